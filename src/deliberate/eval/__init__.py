@@ -1,0 +1,1 @@
+"""eval layer (see README for what lives here)."""

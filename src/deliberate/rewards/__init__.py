@@ -1,0 +1,1 @@
+"""rewards layer (see README for what lives here)."""

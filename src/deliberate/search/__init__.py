@@ -1,0 +1,1 @@
+"""search layer (see README for what lives here)."""

@@ -1,0 +1,137 @@
+"""The Task base class and the task registry.
+
+A task is one small class in one file: it makes or loads problems, formats prompts, splits a
+completion into steps, extracts the final answer and verifies it. Register it with
+``@register_task("name")``; ``get_task("name", **options)`` builds it, and ``gym:<name>`` builds a
+reasoning-gym task.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Sequence
+
+from deliberate.errors import DeliberateError
+from deliberate.types import Completion, Problem, Sample
+
+SPLITS = ("train", "test")
+
+
+class Task(ABC):
+    """Problems + prompt format + step splitting + answer extraction + automatic verifier.
+
+    Subclasses implement :meth:`problems`, :meth:`prompt`, :meth:`extract_answer` and
+    :meth:`is_correct`; the rest has sensible defaults.
+    """
+
+    name: str = "task"
+    #: stop strings that end a completion (the model's own EOS also ends it)
+    stop: tuple[str, ...] = ()
+    #: a sensible default for max generated tokens
+    max_tokens: int = 256
+
+    # --- problems -------------------------------------------------------------------------
+    @abstractmethod
+    def problems(self, split: str = "test", n: int | None = None, seed: int = 0) -> list[Problem]:
+        """Problems of ``split`` ("train" or "test"); the first ``n`` of them when ``n`` is given.
+
+        Generated tasks make them from ``seed`` (train and test never share a question); file
+        tasks read them in file order.
+        """
+
+    # --- formatting -----------------------------------------------------------------------
+    @abstractmethod
+    def prompt(self, problem: Problem, style: str = "plain") -> str:
+        """The text the model continues. ``style="plain"`` is the compact format the tiny model is
+        trained on; ``style="instruct"`` is a natural-language instruction for chat/instruct models."""
+
+    def rationale(self, problem: Problem) -> str | None:
+        """Gold completion (step lines + answer line) for supervised training, if the task has one."""
+        return None
+
+    def split_steps(self, text: str) -> tuple[str, ...]:
+        """Reasoning steps of a completion: its non-empty lines."""
+        return tuple(line.strip() for line in text.split("\n") if line.strip())
+
+    # --- verification ---------------------------------------------------------------------
+    @abstractmethod
+    def extract_answer(self, text: str) -> str | None:
+        """The final answer written in a completion, normalised, or None if there is none."""
+
+    @abstractmethod
+    def is_correct(self, answer: str | None, problem: Problem) -> bool:
+        """Whether an extracted answer matches the problem's gold answer."""
+
+    def step_correct(self, problem: Problem, steps: Sequence[str]) -> list[bool] | None:
+        """Ground-truth correctness of each step prefix, when the task can check steps (else None)."""
+        return None
+
+    def normalize(self, answer: str | None) -> str | None:
+        """Canonical form used to group answers for majority vote."""
+        return None if answer is None else answer.strip()
+
+    # --- conveniences built on the above ----------------------------------------------------
+    def parse(self, completion: Completion) -> Sample:
+        return Sample(
+            text=completion.text,
+            steps=self.split_steps(completion.text),
+            answer=self.extract_answer(completion.text),
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            finish_reason=completion.finish_reason,
+            logprobs=completion.logprobs,
+        )
+
+    def reward(self, text: str, problem: Problem) -> float:
+        """1.0 if the completion's answer is correct else 0.0 (RL reward, reuses the verifier)."""
+        return float(self.is_correct(self.extract_answer(text), problem))
+
+    def describe(self) -> str:
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        return doc[0] if doc else self.name
+
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+_BUILTIN = ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym")
+
+
+def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
+        _TASKS[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_builtin() -> None:
+    for mod in _BUILTIN:
+        try:
+            importlib.import_module(f"deliberate.tasks.{mod}")
+        except ModuleNotFoundError as e:
+            if not e.name or not e.name.startswith("deliberate"):
+                continue  # optional dependency missing: that task is simply not offered
+            raise
+
+
+def task_names() -> list[str]:
+    _load_builtin()
+    return sorted(n for n in _TASKS if n != "gym") + (["gym:<name>"] if "gym" in _TASKS else [])
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """Build a task by name, e.g. ``get_task("arith", max_ops=4)`` or ``get_task("gym:chain_sum")``."""
+    _load_builtin()
+    if name.startswith("gym:") and "gym" in _TASKS:
+        return _TASKS["gym"](dataset=name[4:], **options)
+    if name not in _TASKS or name == "gym":
+        raise DeliberateError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    try:
+        return _TASKS[name](**options)
+    except TypeError as e:
+        raise DeliberateError(f"bad options for task {name!r}: {e}") from None
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DeliberateError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")

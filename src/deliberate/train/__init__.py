@@ -1,0 +1,1 @@
+"""train layer (see README for what lives here)."""
