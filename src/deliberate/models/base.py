@@ -74,3 +74,54 @@ def get_backend(name: str, **kwargs) -> Backend:
     if name not in _BACKENDS:
         raise DeliberateError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(_BACKENDS))}")
     return _BACKENDS[name](**kwargs)
+
+
+# --- CLI glue shared by every subcommand that needs a model -------------------------------------
+
+def add_backend_arguments(parser) -> None:
+    """Add ``--backend/--model/--base-url/--chat/--backend-arg`` to an argparse parser."""
+    g = parser.add_argument_group("model backend")
+    g.add_argument("--backend", default="tiny", help="backend name: tiny | hf | openai (default: tiny)")
+    g.add_argument("--model", default=None,
+                   help="tiny/hf: checkpoint directory, .gguf file, or 'smollm2'; openai: served model name")
+    g.add_argument("--base-url", default=None, help="openai: server base URL, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--chat", action="store_true", help="wrap prompts as chat messages (instruct models)")
+    g.add_argument("--backend-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra backend option (repeatable), e.g. --backend-arg concurrency=32")
+
+
+def parse_kv(items, what: str = "option") -> dict:
+    """Parse ``["k=v", ...]`` into a dict, turning ints/floats/bools into Python values."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DeliberateError(f"bad {what} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        low = v.lower()
+        if low in ("true", "false"):
+            out[k] = low == "true"
+            continue
+        for conv in (int, float):
+            try:
+                out[k] = conv(v)
+                break
+            except ValueError:
+                pass
+        else:
+            out[k] = v
+    return out
+
+
+def backend_from_args(args) -> Backend:
+    """Build the backend named by parsed ``add_backend_arguments`` flags."""
+    kwargs = parse_kv(getattr(args, "backend_arg", []), "--backend-arg")
+    if args.backend == "openai":
+        if not args.base_url:
+            raise DeliberateError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        kwargs.update(base_url=args.base_url, model=args.model, chat=args.chat)
+    else:
+        if args.model is not None:
+            kwargs["path"] = args.model
+        if args.chat:
+            kwargs["chat"] = True
+    return get_backend(args.backend, **kwargs)
