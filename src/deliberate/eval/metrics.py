@@ -1,0 +1,166 @@
+"""Scaling metrics from n >= k samples per problem: unbiased pass@k, maj@k, weighted@k, bootstrap CIs.
+
+Every estimator here answers "what accuracy would a method that drew k samples get?" from a
+*larger* pool of n samples, so one sampling run gives the whole curve k = 1, 2, 4, ... n with less
+variance than drawing k samples afresh for each k. Per-problem values are averaged over problems by
+the caller; :func:`bootstrap_ci` turns the per-problem values into a 95% interval.
+
+All functions are pure (no I/O, no global random state: every random choice takes a ``seed``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import numpy as np
+
+from deliberate.errors import DeliberateError
+
+#: enumerate all C(n, k) subsets exactly up to this many; above it, Monte-Carlo
+EXACT_SUBSET_LIMIT = 5000
+#: Monte-Carlo draws above the limit (standard error <= 0.5 / sqrt(2000) ~ 0.011 per problem)
+MC_DRAWS = 2000
+
+
+def _check_nk(n: int, k: int) -> None:
+    for name, v in (("n", n), ("k", k)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise DeliberateError(f"{name} must be an integer (got {v!r})")
+    if n < 1:
+        raise DeliberateError(f"need at least one sample (n={n})")
+    if not 1 <= k <= n:
+        raise DeliberateError(f"k must be in [1, n] (got k={k}, n={n}): cannot estimate @{k} from {n} samples")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``.
+
+    The probability that a uniformly random size-``k`` subset of the ``n`` samples holds at least
+    one correct sample (Chen et al. 2021, "Evaluating Large Language Models Trained on Code").
+    Computed as a product of ratios, so it is stable for large ``n`` where the binomials overflow.
+
+    >>> pass_at_k(10, 0, 5), pass_at_k(10, 10, 1), pass_at_k(4, 1, 1)
+    (0.0, 1.0, 0.25)
+    >>> round(pass_at_k(4, 1, 2), 6)  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    0.5
+    """
+    _check_nk(n, k)
+    if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= c <= n:
+        raise DeliberateError(f"c (correct samples) must be an integer in [0, n={n}] (got {c!r})")
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i = n-c+1}^{n} (1 - k / i)
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
+
+
+def _vote_at_k(answers: Sequence[str | None], correct: Sequence[bool], weights: np.ndarray, k: int,
+               seed: int, exact_limit: int, n_draws: int) -> float:
+    """Expected correctness of the weighted vote over a uniformly random size-k subset (see maj_at_k)."""
+    n = len(answers)
+    _check_nk(n, k)
+    if len(correct) != n:
+        raise DeliberateError(f"answers and correct differ in length ({n} vs {len(correct)})")
+    ids: dict[str, int] = {}
+    col = np.array([-1 if a is None else ids.setdefault(a, len(ids)) for a in answers], dtype=np.int64)
+    if not ids:
+        return 0.0  # every sample lacks an answer: the vote has nothing to pick
+    corr = np.asarray(correct, dtype=np.float64)
+    # an answer's correctness: mean over its samples (they agree for any deterministic verifier)
+    ans_correct = np.zeros(len(ids))
+    np.add.at(ans_correct, col[col >= 0], corr[col >= 0])
+    ans_correct /= np.bincount(col[col >= 0], minlength=len(ids))
+
+    if math.comb(n, k) <= exact_limit:
+        subsets = np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+    else:
+        rng = np.random.default_rng(seed)
+        subsets = np.argsort(rng.random((n_draws, n)), axis=1)[:, :k]
+    m, n_ans = len(subsets), len(ids)
+    # (m, A) tables of how often / with what mass each answer occurs in each subset; None never votes
+    sub_col = col[subsets]
+    votes = sub_col >= 0
+    cell = (np.arange(m)[:, None] * n_ans + sub_col)[votes]
+    present = np.bincount(cell, minlength=m * n_ans).reshape(m, n_ans) > 0
+    totals = np.bincount(cell, weights=weights[subsets][votes], minlength=m * n_ans).reshape(m, n_ans)
+    top = totals.max(axis=1, keepdims=True)
+    # the winners: present answers with the top mass (all present ones if every weight is 0);
+    # a subset of only answer-less samples has no winner and scores 0
+    tied = present & np.isclose(totals, top, rtol=1e-9, atol=0.0)
+    n_tied = tied.sum(axis=1)
+    value = np.where(n_tied > 0, (tied @ ans_correct) / np.maximum(n_tied, 1), 0.0)
+    return float(value.mean())
+
+
+def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, seed: int = 0, *,
+             exact_limit: int = EXACT_SUBSET_LIMIT, n_draws: int = MC_DRAWS) -> float:
+    """Expected accuracy of majority vote over a uniformly random size-``k`` subset of n samples.
+
+    ``answers[i]`` is sample i's normalised answer (None when it has none), ``correct[i]`` whether
+    it is right. Within a subset the most frequent answer wins; None never votes, and a subset of
+    only None scores 0. Ties are broken uniformly at random, so a subset contributes the fraction
+    of its tied top answers that are correct. ``k == n`` is the plain majority vote over all
+    samples. The expectation is exact (all subsets enumerated) when ``C(n, k) <= exact_limit``,
+    else estimated from ``n_draws`` random subsets drawn with ``seed`` (standard error at most
+    ``0.5 / sqrt(n_draws)``).
+
+    >>> maj_at_k(["7", "7", "3", None], [True, True, False, False], k=4)
+    1.0
+    >>> maj_at_k(["7", "3"], [True, False], k=2)  # a tie: a coin flip
+    0.5
+    >>> round(maj_at_k(["7", "7", "3"], [True, True, False], k=1), 4)  # k=1 is plain accuracy
+    0.6667
+    """
+    return _vote_at_k(answers, correct, np.ones(len(answers)), k, seed, exact_limit, n_draws)
+
+
+def weighted_at_k(answers: Sequence[str | None], correct: Sequence[bool], scores: Sequence[float], k: int,
+                  seed: int = 0, *, exact_limit: int = EXACT_SUBSET_LIMIT, n_draws: int = MC_DRAWS) -> float:
+    """Like :func:`maj_at_k`, but each answer's vote is the sum of its samples' verifier ``scores``.
+
+    Scores must be finite and >= 0 (probabilities, say). Exact ties split uniformly at random.
+
+    >>> weighted_at_k(["7", "3", "3"], [True, False, False], [0.9, 0.2, 0.3], k=3)
+    1.0
+    >>> maj_at_k(["7", "3", "3"], [True, False, False], k=3)
+    0.0
+    """
+    w = np.asarray(scores, dtype=np.float64)
+    if w.shape != (len(answers),):
+        raise DeliberateError(f"answers and scores differ in length ({len(answers)} vs {w.size})")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise DeliberateError("scores must be finite and >= 0")
+    return _vote_at_k(answers, correct, w, k, seed, exact_limit, n_draws)
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap ``1 - alpha`` interval of the mean of ``values`` (one value per problem).
+
+    Problems are resampled with replacement ``n_boot`` times; the interval is the ``alpha/2`` and
+    ``1 - alpha/2`` quantiles of the resampled means.
+
+    >>> bootstrap_ci([1.0, 1.0, 1.0])
+    (1.0, 1.0)
+    >>> lo, hi = bootstrap_ci([0, 1] * 50)
+    >>> lo < 0.5 < hi
+    True
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise DeliberateError("bootstrap_ci needs at least one value")
+    if not np.all(np.isfinite(v)):
+        raise DeliberateError("bootstrap_ci: values must be finite")
+    if not isinstance(n_boot, int) or n_boot < 1:
+        raise DeliberateError(f"n_boot must be an integer >= 1 (got {n_boot!r})")
+    if not 0 < alpha < 1:
+        raise DeliberateError(f"alpha must be in (0, 1) (got {alpha!r})")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // v.size)  # bound memory at ~32 MB of indices per chunk
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        means[start:start + m] = v[rng.integers(0, v.size, size=(m, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

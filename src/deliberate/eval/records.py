@@ -1,0 +1,193 @@
+"""Append-only, resumable JSONL files of :class:`~deliberate.types.SampleRecord` rows.
+
+A long eval or sweep writes one line per sample as soon as it exists, so a run killed at any point
+(Ctrl-C, SIGKILL, a lost machine) loses at most the line being written. On reopen,
+:class:`RecordWriter` cuts a torn last line off, and the run skips every key already on disk
+(:func:`done_keys`). A key ``(problem_id, strategy, index)`` is written at most once per file.
+Small summary/config files are replaced atomically with :func:`write_json_atomic`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from deliberate.errors import DeliberateError
+from deliberate.types import SampleRecord
+
+try:  # advisory lock so two processes never append to one file; POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, int]
+
+
+def _parse_line(raw: bytes, path: Path, lineno: int) -> SampleRecord:
+    where = f"{path}:{lineno}"
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DeliberateError(f"{where}: malformed record line ({e})") from None
+    if not isinstance(row, dict):
+        raise DeliberateError(f"{where}: a record line must be a JSON object, got {type(row).__name__}")
+    try:
+        rec = SampleRecord.from_dict(row)
+    except (KeyError, TypeError) as e:
+        raise DeliberateError(f"{where}: bad record ({e.args[0] if e.args else e})") from None
+    if not isinstance(rec.problem_id, str) or not isinstance(rec.strategy, str) \
+            or not isinstance(rec.index, int) or isinstance(rec.index, bool):
+        raise DeliberateError(f"{where}: bad record key (problem_id and strategy must be strings, "
+                              f"index an integer; got {rec.key!r})")
+    return rec
+
+
+def _read(path: Path) -> tuple[list[SampleRecord], int]:
+    """Records of every complete line, and the byte length of the complete part of the file."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn, partial line
+    records: list[SampleRecord] = []
+    first_line: dict[Key, int] = {}
+    for lineno, raw in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        if not raw.strip():
+            continue
+        rec = _parse_line(raw, path, lineno)
+        if rec.key in first_line:
+            raise DeliberateError(f"{path}:{lineno}: duplicate record key {rec.key!r} "
+                                  f"(first written on line {first_line[rec.key]})")
+        first_line[rec.key] = lineno
+        records.append(rec)
+    return records, end
+
+
+def load_records(path: str | os.PathLike) -> list[SampleRecord]:
+    """All records of a JSONL file in file order (a missing file has none).
+
+    A torn last line (no trailing newline: the writer was killed mid-line) is ignored with a
+    warning; a malformed complete line or a repeated key raises :class:`DeliberateError` naming
+    ``file:line``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records, end = _read(path)
+    if end < path.stat().st_size:
+        log.warning("%s: ignoring a partial last line (%d bytes; a run was killed mid-write)",
+                    path, path.stat().st_size - end)
+    return records
+
+
+def done_keys(path: str | os.PathLike) -> set[Key]:
+    """Keys ``(problem_id, strategy, index)`` already written to ``path``."""
+    return {r.key for r in load_records(path)}
+
+
+class RecordWriter:
+    """Append records to a JSONL file, one complete, fsynced line each; a context manager.
+
+    Opening cuts a torn last line (with a warning) and reads the keys already present;
+    :meth:`append` never writes a key twice. Only one writer may hold a file at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+b")
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise DeliberateError(f"{self.path} is being written by another process") from None
+            records, end = _read(self.path)
+            size = os.fstat(self._f.fileno()).st_size
+            if end < size:
+                log.warning("%s: cutting a partial last line (%d bytes; a run was killed mid-write)",
+                            self.path, size - end)
+                self._f.truncate(end)
+                os.fsync(self._f.fileno())
+        except BaseException:
+            self._f.close()
+            raise
+        self._keys: set[Key] = {r.key for r in records}
+
+    @property
+    def keys(self) -> frozenset[Key]:
+        """Keys on disk (including those appended through this writer)."""
+        return frozenset(self._keys)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._keys
+
+    def append(self, records: Iterable[SampleRecord], on_duplicate: str = "skip") -> int:
+        """Write ``records`` (complete lines, then flush + fsync); return how many were written.
+
+        A record whose key is already in the file (or earlier in ``records``) is skipped, or raises
+        :class:`DeliberateError` with ``on_duplicate="error"``.
+        """
+        if on_duplicate not in ("skip", "error"):
+            raise DeliberateError(f"on_duplicate must be 'skip' or 'error' (got {on_duplicate!r})")
+        if self._f.closed:
+            raise DeliberateError(f"{self.path}: writer is closed")
+        lines, new = [], []
+        seen = set(self._keys)
+        for rec in records:
+            if rec.key in seen:
+                if on_duplicate == "error":
+                    raise DeliberateError(f"{self.path}: record {rec.key!r} is already written")
+                continue
+            seen.add(rec.key)
+            new.append(rec.key)
+            lines.append(json.dumps(rec.to_dict()) + "\n")  # ASCII: survives lone surrogates
+        if lines:
+            self._f.seek(0, os.SEEK_END)
+            self._f.write("".join(lines).encode("utf-8"))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._keys.update(new)
+        return len(lines)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()  # closing releases the lock
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically: temp file, fsync, ``os.replace``.
+
+    Readers see either the old file or the new one, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
