@@ -58,7 +58,7 @@ def _load_builtin() -> None:
         try:
             importlib.import_module(f"deliberate.models.{mod}")
         except ModuleNotFoundError as e:  # a backend whose optional dependency is missing
-            if not e.name or not e.name.startswith("deliberate"):
+            if not e.name or not e.name.startswith("deliberate") or e.name == f"deliberate.models.{mod}":
                 continue
             raise
 

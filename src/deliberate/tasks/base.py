@@ -109,7 +109,7 @@ def _load_builtin() -> None:
         try:
             importlib.import_module(f"deliberate.tasks.{mod}")
         except ModuleNotFoundError as e:
-            if not e.name or not e.name.startswith("deliberate"):
+            if not e.name or not e.name.startswith("deliberate") or e.name == f"deliberate.tasks.{mod}":
                 continue  # optional dependency missing: that task is simply not offered
             raise
 
