@@ -1,0 +1,423 @@
+"""Answer extraction and equivalence shared by every task.
+
+- :func:`extract_answer` finds the final answer a completion states (last ``\\boxed{}``, else the
+  last ``Answer: X`` / ``#### X`` / ``The answer is X`` line); :func:`extract_last_number` is an
+  opt-in fallback for real models that end without an answer line.
+- :func:`parse_number` / :func:`numbers_equal` / :func:`canonical_number` compare numeric answers
+  ("1,000", "$1000.00", "1000 dollars" are the same number).
+- :func:`math_equal` compares LaTeX answers: a fast string/number path, then ``math_verify`` run in
+  a persistent worker *process* with a wall-clock timeout. The worker is a plain subprocess (not
+  ``multiprocessing``) so it also works inside daemonic pool workers, which may not start
+  multiprocessing children; the caller never touches signals, so it is safe from any thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+
+# --------------------------------------------------------------------------------------------
+# extraction
+# --------------------------------------------------------------------------------------------
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+_LINE_RES = (
+    re.compile(r"(?im)^[ \t>*_#-]*(?:final\s+)?answer\s*[:：]\**\s*(.+?)\s*$"),
+    re.compile(r"(?m)^\s*####\s*(.+?)\s*$"),
+    re.compile(r"(?i)\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)\s*$", re.MULTILINE),
+)
+_NUMBER_RE = re.compile(r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+−]?\.\d+")
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` (balanced braces) and ``\\boxed X`` in ``text``, in order."""
+    out = []
+    for m in _BOX_RE.finditer(text):
+        i = m.end()
+        if i < len(text) and text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                c = text[j]
+                if c == "\\" and j + 1 < len(text):
+                    j += 2  # skip escaped characters such as \{ and \}
+                    continue
+                if c == "{":
+                    depth += 1
+                elif c == "}":
+                    depth -= 1
+                    if depth == 0:
+                        out.append(text[i + 1 : j].strip())
+                        break
+                j += 1
+        elif m.group(0).endswith((" ", "\t")):  # "\boxed 5": one token
+            tok = re.match(r"[^\s$]+", text[i:])
+            if tok:
+                out.append(tok.group(0))
+    return out
+
+
+def _clean_answer(s: str) -> str:
+    s = s.strip()
+    s = re.sub(r"^\*+|\*+$", "", s).strip()  # markdown bold
+    if len(s) >= 2 and s.startswith("$") and s.endswith("$") and s.count("$") == 2:
+        s = s[1:-1].strip()
+    elif s.startswith("\\(") and s.endswith("\\)"):
+        s = s[2:-2].strip()
+    s = s.rstrip(".").strip()
+    if len(s) >= 2 and s.startswith("$") and s.endswith("$") and s.count("$") == 2:
+        s = s[1:-1].strip()
+    return s
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer stated in ``text``, or None.
+
+    Priority: the last ``\\boxed{...}`` (nested braces fine); else the last line of the form
+    ``Answer: X``, ``#### X``, ``... the answer is X`` or ``... the final answer is X``.
+    Surrounding ``$``, markdown bold and a trailing period are removed.
+
+    >>> extract_answer("so 3+4=7\\nAnswer: 7")
+    '7'
+    >>> extract_answer("The answer is $\\\\boxed{\\\\frac{1}{2}}$.")
+    '\\\\frac{1}{2}'
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    boxed = [b for b in _boxed_contents(text) if b]
+    if boxed:
+        return boxed[-1]
+    best: tuple[int, str] | None = None
+    for rx in _LINE_RES:
+        for m in rx.finditer(text):
+            if best is None or m.start(1) >= best[0]:
+                best = (m.start(1), m.group(1))
+    if best is None:
+        return None
+    ans = _clean_answer(best[1])
+    return ans or None
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number written in ``text`` ("1,234.5", "-3", "3/4"), or None.
+
+    Opt-in fallback for real models that do not end with an answer line (lm-eval-harness's
+    "flexible extract"); synthetic tasks never use it, so a trained model must state its answer.
+    """
+    if not isinstance(text, str):
+        return None
+    found = _NUMBER_RE.findall(text)
+    return found[-1].replace(" ", "").replace("−", "-") if found else None
+
+
+# --------------------------------------------------------------------------------------------
+# numbers
+# --------------------------------------------------------------------------------------------
+
+_STRICT_NUM = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
+_FRAC_LATEX = re.compile(r"^([-+]?)\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$")
+_MAX_DIGITS = 4000  # Python refuses int(str) beyond 4300 digits; longer strings are not answers
+
+
+def _plain_number(s: str) -> Fraction | None:
+    if len(s) > _MAX_DIGITS or not _STRICT_NUM.fullmatch(s):
+        return None
+    try:
+        return Fraction(s.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_number(s: str | None, units: bool = True) -> Fraction | None:
+    """Parse a numeric answer exactly, or return None.
+
+    Accepts thousands commas ("1,000" but not "1,2"), a leading ``$`` / ``\\$``, a trailing ``%``,
+    a trailing period, decimals (".5", "2."), negatives (also the unicode minus), fractions
+    ("3/4", "\\frac{3}{4}") and, when ``units`` is true, trailing words ("18 dollars", "5 cm").
+    "50%" parses as 50 (answers are compared in the unit the question uses).
+
+    >>> parse_number("$1,000.50")
+    Fraction(2001, 2)
+    >>> parse_number("3/4 cups")
+    Fraction(3, 4)
+    """
+    if not isinstance(s, str):
+        return None
+    t = s.strip().replace("−", "-").replace("\\!", "").replace("{,}", ",")
+    if units:
+        t = re.sub(r"(?<=[\d.])\s*(?:\\[a-z]+\{)?[A-Za-z][A-Za-z .'’/]*\}?$", "", t)
+    t = re.sub(r"\\?%$", "", t.strip()).strip()
+    t = t.rstrip(".") if t.endswith(".") and not re.fullmatch(r"[-+]?\d+\.", t) else t
+    neg = ""
+    if t[:1] in "+-" and t[1:2] in ("$", "\\"):
+        neg, t = t[0], t[1:]
+    t = re.sub(r"^\\?\$\s*", "", t)
+    t = neg + t.replace(" ", "") if re.fullmatch(r"[-+\d,.\s/]+", t) else neg + t
+    if not t:
+        return None
+    m = _FRAC_LATEX.match(t)
+    if m:
+        num, den = _plain_number(m.group(2).strip()), _plain_number(m.group(3).strip())
+        if num is None or den is None or den == 0:
+            return None
+        return -num / den if m.group(1) == "-" else num / den
+    if "/" in t:
+        parts = t.split("/")
+        if len(parts) != 2:
+            return None
+        num, den = _plain_number(parts[0]), _plain_number(parts[1])
+        if num is None or den is None or den == 0:
+            return None
+        return num / den
+    return _plain_number(t)
+
+
+def numbers_equal(a: str | float | Fraction | None, b: str | float | Fraction | None, rel_tol: float = 1e-6) -> bool:
+    """Whether two numeric answers are the same number (exact, or within ``rel_tol`` relatively)."""
+
+    def as_frac(x):
+        if isinstance(x, Fraction):
+            return x
+        if isinstance(x, bool) or x is None:
+            return None
+        if isinstance(x, (int, float)):
+            try:
+                return Fraction(x)
+            except (ValueError, OverflowError):
+                return None
+        return parse_number(x)
+
+    fa, fb = as_frac(a), as_frac(b)
+    if fa is None or fb is None:
+        return False
+    if fa == fb:
+        return True
+    return abs(fa - fb) <= Fraction(rel_tol) * max(abs(fa), abs(fb))
+
+
+def canonical_number(s: str | None, units: bool = True) -> str | None:
+    """A canonical string for a numeric answer ("1,000" and "1000.0" -> "1000"; "0.5" -> "1/2")."""
+    f = parse_number(s, units=units)
+    if f is None:
+        return None
+    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
+
+
+def normalize_answer(s: str | None) -> str | None:
+    """Majority-vote key: the canonical number when ``s`` is numeric, else ``s`` without spaces."""
+    if s is None:
+        return None
+    c = canonical_number(s)
+    return c if c is not None else re.sub(r"\s+", "", s) or None
+
+
+def normalize_latex(s: str | None) -> str | None:
+    """Majority-vote key for LaTeX answers: a light, conservative normalisation (no math engine)."""
+    if s is None:
+        return None
+    t = s.strip()
+    t = re.sub(r"\\(?:left|right|displaystyle|!|,|;|:)", "", t)
+    t = re.sub(r"\\[dt]frac", r"\\frac", t)
+    t = re.sub(r"\^\s*\{?\\circ\}?|\\text\{\s*\}", "", t)
+    t = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", t)
+    t = re.sub(r"\s+", "", t).rstrip(".")
+    c = canonical_number(t, units=False)
+    return c if c is not None else (t or None)
+
+
+# --------------------------------------------------------------------------------------------
+# math equivalence through math_verify in a worker process
+# --------------------------------------------------------------------------------------------
+
+
+def _strict_number(s: str) -> Fraction | None:
+    """A number with no words around it (so "2x" is not 2), for the fast path of math_equal."""
+    t = s.strip().strip("$").strip()
+    if re.search(r"[A-Za-z]", re.sub(r"\\[dt]?frac", "", t)):
+        return None
+    return parse_number(t, units=False)
+
+
+def _fast_equal(pred: str, gold: str) -> bool | None:
+    """True/False when a cheap check decides, None when math_verify must."""
+    p, g = re.sub(r"\s+", "", pred), re.sub(r"\s+", "", gold)
+    if p == g:
+        return True
+    fp, fg = _strict_number(pred), _strict_number(gold)
+    if fp is not None and fg is not None:
+        return fp == fg
+    return None
+
+
+def _worker_main() -> None:
+    """Worker process loop: one JSON request per stdin line, one JSON reply per stdout line.
+
+    Runs in the worker's main thread, so math_verify's own signal-based timeouts are allowed there
+    (they bound single sympy operations; the caller's wall-clock timeout bounds the whole request).
+    """
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout = sys.stderr  # anything math_verify/sympy prints must not corrupt the protocol
+    import logging
+
+    logging.disable(logging.WARNING)
+    from math_verify import parse, verify
+
+    out.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            inner = max(1, int(req.get("inner_timeout", 2)))
+            gold = parse(_wrap(req["gold"]), parsing_timeout=inner)
+            pred = parse(_wrap(req["pred"]), parsing_timeout=inner)
+            ok = bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=inner))
+        except Exception:  # malformed input or a math_verify failure: not equal
+            ok = False
+        out.write(json.dumps({"ok": ok}) + "\n")
+
+
+def _wrap(s: str) -> str:
+    s = s.strip()
+    return s if "\\boxed" in s else "\\boxed{" + s + "}"
+
+
+class MathChecker:
+    """A persistent math_verify worker process with a per-call wall-clock timeout.
+
+    Thread-safe (one lock around the pipe). On timeout the worker is killed and restarted lazily,
+    and the call returns False. A checker used after ``fork`` starts its own worker in the child.
+    """
+
+    def __init__(self, start_timeout: float = 60.0):
+        self.start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._replies: queue.Queue | None = None
+        self._pid = os.getpid()
+        self.restarts = 0
+
+    def _start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from deliberate.tasks.grading import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+        self._replies = queue.Queue()
+        threading.Thread(target=self._read, args=(self._proc, self._replies), daemon=True).start()
+        try:
+            ready = self._replies.get(timeout=self.start_timeout)
+        except queue.Empty:
+            ready = None
+        if not ready or not ready.get("ready"):
+            self._kill()
+            raise RuntimeError("math_verify worker failed to start")
+
+    @staticmethod
+    def _read(proc: subprocess.Popen, replies: queue.Queue) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                replies.put(json.loads(line))
+            except ValueError:
+                continue
+        replies.put(None)  # EOF: the worker died
+
+    def _kill(self) -> None:
+        proc, self._proc, self._replies = self._proc, None, None
+        if proc is None:
+            return
+        try:
+            proc.kill()
+            proc.wait(timeout=5)
+        except Exception:
+            pass
+        for f in (proc.stdin, proc.stdout):
+            try:
+                if f is not None:
+                    f.close()
+            except Exception:
+                pass
+
+    def check(self, pred: str, gold: str, timeout: float = 5.0) -> bool:
+        with self._lock:
+            if os.getpid() != self._pid:  # forked child: the parent's worker is not ours
+                self._proc, self._replies, self._pid = None, None, os.getpid()
+            if self._proc is None or self._proc.poll() is not None:
+                self._kill()
+                self._start()
+            assert self._proc is not None and self._proc.stdin is not None and self._replies is not None
+            req = {"pred": pred, "gold": gold, "inner_timeout": max(1, int(timeout / 3))}
+            try:
+                self._proc.stdin.write(json.dumps(req) + "\n")
+                self._proc.stdin.flush()
+                reply = self._replies.get(timeout=timeout)
+            except (OSError, queue.Empty, ValueError):
+                reply = None
+            if reply is None:  # timed out or died: kill, restart on next call
+                self._kill()
+                self.restarts += 1
+                return False
+            return bool(reply.get("ok"))
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._proc is not None and os.getpid() == self._pid:
+                self._kill()
+            self._proc = None
+
+
+_CHECKER: MathChecker | None = None
+_CHECKER_LOCK = threading.Lock()
+
+
+def _checker() -> MathChecker:
+    global _CHECKER
+    with _CHECKER_LOCK:
+        if _CHECKER is None:
+            _CHECKER = MathChecker()
+        return _CHECKER
+
+
+def shutdown() -> None:
+    """Stop the module-level math_verify worker (also registered with atexit)."""
+    global _CHECKER
+    with _CHECKER_LOCK:
+        if _CHECKER is not None:
+            _CHECKER.shutdown()
+        _CHECKER = None
+
+
+atexit.register(shutdown)
+
+
+def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool:
+    """Whether answer ``pred`` equals ``gold`` mathematically (LaTeX or plain).
+
+    Exact string or number equality decides at once; otherwise ``math_verify`` decides in the
+    worker process, and a call that runs past ``timeout`` seconds returns False (the worker is
+    killed and restarted). Safe from any thread and from worker processes.
+    """
+    if pred is None or gold is None:
+        return False
+    pred, gold = str(pred), str(gold)
+    if not pred.strip() or not gold.strip():
+        return False
+    fast = _fast_equal(pred, gold)
+    if fast is not None:
+        return fast
+    deadline = time.monotonic() + timeout
+    try:
+        return _checker().check(pred, gold, timeout=max(0.01, deadline - time.monotonic()))
+    except RuntimeError:
+        return False
