@@ -1,0 +1,356 @@
+"""The ``eval`` job: sample n completions per problem, then report pass@k, maj@k and greedy accuracy.
+
+One sampling pass gives the whole inference-scaling curve: for every k in ``ns`` the unbiased
+pass@k and maj@k estimators (``deliberate.eval.metrics``) are computed from the same n samples,
+with 95% bootstrap intervals over problems, and each row carries the compute it stands for.
+Every sample is written to ``<out>/records.jsonl`` the moment it exists, so a killed run resumes
+where it stopped (the seeding contract regenerates identical samples).
+
+    deliberate eval --task arith --n-problems 100 --n 16 --out runs/eval-arith
+
+Outputs in ``<out>``: ``config.json``, ``records.jsonl``, ``summary.json``, ``accuracy_vs_n.png``,
+``accuracy_vs_tokens.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
+from deliberate.eval.records import RecordWriter, load_records, write_json_atomic
+from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
+from deliberate.models.sampling import SamplingParams
+from deliberate.tasks.base import SPLITS, Task, get_task
+from deliberate.types import Compute, Problem, SampleRecord
+
+log = logging.getLogger(__name__)
+
+RECORDS_FILE = "records.jsonl"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+#: config.json entries that decide what the samples are; a rerun into the same directory must match
+#: them. (n, n_problems, ns, greedy and batch_size may change: the seeding contract makes sample j of
+#: problem i the same whatever n or the batch, and problems are a prefix-stable list, so a rerun with
+#: a larger n or n_problems extends the run instead of mixing two.)
+IDENTITY = ("task", "task_options", "split", "temperature", "top_p", "max_tokens", "seed", "prompt_style",
+            "model")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def default_ns(n: int) -> tuple[int, ...]:
+    """Powers of two up to ``n``, plus ``n`` itself (the most precise estimate) when it is not one."""
+    ks = [2 ** i for i in range(int(math.log2(n)) + 1) if 2 ** i <= n]
+    return tuple(ks + ([n] if ks[-1] != n else []))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how; ``out_dir`` (keyword) is where records and the summary go."""
+
+    task: str
+    task_options: Mapping[str, Any] = field(default_factory=dict)
+    split: str = "test"
+    n_problems: int = 100
+    n: int = 16  # samples per problem
+    ns: tuple[int, ...] | None = None  # the k of pass@k / maj@k; None -> powers of two up to n
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = None  # None -> the task's default
+    seed: int = 0
+    prompt_style: str = "plain"
+    greedy: bool = True  # also one greedy sample per problem
+    batch_size: int = 16  # problems per backend call
+    out_dir: str = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.task, str) or not self.task:
+            problems.append(f"task must be a task name (got {self.task!r})")
+        if not isinstance(self.task_options, Mapping) or not all(isinstance(k, str) for k in self.task_options):
+            problems.append(f"task_options must be a mapping with string keys (got {self.task_options!r})")
+        else:
+            object.__setattr__(self, "task_options", dict(self.task_options))
+            try:
+                json.dumps(self.task_options)
+            except (TypeError, ValueError):
+                problems.append(f"task_options must be JSON values (got {self.task_options!r})")
+        if self.split not in SPLITS:
+            problems.append(f"split must be one of {', '.join(SPLITS)} (got {self.split!r})")
+        for name in ("n_problems", "n", "batch_size"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                problems.append(f"{name} must be an integer >= 1 (got {v!r})")
+        if self.ns is None:
+            if _is_int(self.n) and self.n >= 1:
+                object.__setattr__(self, "ns", default_ns(self.n))
+        else:
+            try:
+                ns = tuple(self.ns)
+            except TypeError:
+                ns = (self.ns,)
+            if not ns or not all(_is_int(k) for k in ns):
+                problems.append(f"ns must be a non-empty list of integers (got {self.ns!r})")
+            else:
+                bad = [k for k in ns if not (1 <= k <= (self.n if _is_int(self.n) else 0))]
+                if bad:
+                    problems.append(f"every k in ns must be in [1, n={self.n}] (got {', '.join(map(str, bad))}): "
+                                    f"pass@k and maj@k need n >= k samples")
+                object.__setattr__(self, "ns", tuple(sorted(set(ns))))
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not math.isfinite(self.temperature) or self.temperature < 0:
+            problems.append(f"temperature must be a finite number >= 0 (got {self.temperature!r})")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (got {self.top_p!r})")
+        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
+            problems.append(f"max_tokens must be None or an integer >= 1 (got {self.max_tokens!r})")
+        if not _is_int(self.seed) or self.seed < 0:
+            problems.append(f"seed must be an integer >= 0 (got {self.seed!r})")
+        if not isinstance(self.prompt_style, str) or not self.prompt_style:
+            problems.append(f"prompt_style must be a non-empty string (got {self.prompt_style!r})")
+        if not isinstance(self.greedy, bool):
+            problems.append(f"greedy must be True or False (got {self.greedy!r})")
+        if isinstance(self.out_dir, Path):
+            object.__setattr__(self, "out_dir", str(self.out_dir))
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            problems.append(f"out_dir must be a directory path (got {self.out_dir!r})")
+        if problems:
+            raise DeliberateError("invalid eval config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ns"] = list(self.ns)
+        return d
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+def _generate(backend: Backend, task: Task, problems: Sequence[Problem], prompts: Sequence[str],
+              idxs: Sequence[int], params: SamplingParams, strategy: str, writer: RecordWriter) -> tuple[Compute, int]:
+    """One backend call for problems ``idxs``; write the records not yet on disk. Returns (compute, rows)."""
+    t0 = time.perf_counter()
+    outs = backend.generate([prompts[i] for i in idxs], params)
+    dt = time.perf_counter() - t0
+    if len(outs) != len(idxs) or any(len(row) != params.n for row in outs):
+        raise DeliberateError(f"backend {backend.model_name!r} returned {[len(r) for r in outs]} completions "
+                              f"for {len(idxs)} prompts x n={params.n}")
+    share = dt / (len(idxs) * params.n)  # each sample's share of the call's wall time
+    records = []
+    for i, comps in zip(idxs, outs):
+        p = problems[i]
+        for j, c in enumerate(comps):
+            if (p.id, strategy, j) in writer:
+                continue  # already on disk from an earlier (interrupted) run
+            s = task.parse(c)
+            records.append(SampleRecord(
+                problem_id=p.id, strategy=strategy, index=j, seed=params.seed, text=c.text, answer=s.answer,
+                gold=p.answer, correct=bool(task.is_correct(s.answer, p)), prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens, finish_reason=c.finish_reason, wall_s=share))
+    written = writer.append(records, on_duplicate="error")
+    spent = Compute(generated_tokens=sum(c.completion_tokens for row in outs for c in row),
+                    prompt_tokens=sum(c.prompt_tokens for row in outs for c in row), model_calls=1, wall_s=dt)
+    return spent, written
+
+
+def _check_config(out: Path, meta: dict[str, Any]) -> None:
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DeliberateError(f"{path}: unreadable config of an earlier run ({e})") from None
+    diffs = [f"{k}: {old.get(k)!r} on disk vs {meta[k]!r} now" for k in IDENTITY if old.get(k) != meta[k]]
+    if diffs:
+        raise DeliberateError(f"{out} holds a run with a different config ({'; '.join(diffs)}); "
+                              f"use a new --out directory rather than mixing runs")
+
+
+def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, progress: bool = True) -> dict:
+    """Sample, record, score; return the summary (also written to ``<out_dir>/summary.json``).
+
+    Summary: ``{"task", "model", "seed", "results", "compute", "config"}``. ``results`` has one row
+    ``{"strategy", "n", "accuracy", "ci", "generated_tokens", "wall_s", "n_problems"}`` for
+    "greedy" (n=1), "sample" (mean single-sample accuracy, n=1), and "pass@k" and "maj@k" for each
+    k in ``config.ns`` (mean over problems of the unbiased per-problem estimator; ``ci`` is the 95%
+    bootstrap interval over problems). Row compute is computed from the records, so a resumed run
+    reports the same numbers as an uninterrupted one: ``generated_tokens`` is the expected tokens
+    the strategy generates over all problems (k x the problem's mean tokens per sample, summed;
+    greedy: its actual tokens); ``wall_s`` is the measured time of the greedy calls, and for sampled
+    strategies the sampling time prorated by k/n (each sample is charged an equal share of its
+    call's time). ``compute`` is what *this* invocation spent (backend calls, tokens, wall time),
+    including samples regenerated and discarded on resume.
+    """
+    if task is None:
+        task = get_task(config.task, **config.task_options)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    max_tokens = config.max_tokens if config.max_tokens is not None else task.max_tokens
+    stop = tuple(task.stop)
+    meta = {**config.to_dict(), "max_tokens": max_tokens, "model": backend.model_name, "stop": list(stop)}
+    _check_config(out, meta)
+    write_json_atomic(out / CONFIG_FILE, meta)
+
+    problems = list(task.problems(config.split, config.n_problems, config.seed))
+    if not problems:
+        raise DeliberateError(f"task {config.task!r} has no {config.split!r} problems")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DeliberateError(f"task {config.task!r} returned problem id {dup!r} twice; ids must be unique")
+    if len(problems) < config.n_problems:
+        log.warning("task %s has only %d %s problems (asked for %d)", config.task, len(problems),
+                    config.split, config.n_problems)
+    prompts = [task.prompt(p, config.prompt_style) for p in problems]
+    greedy_params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens, stop=stop,
+                                   seed=config.seed)
+    sample_params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                                   max_tokens=max_tokens, stop=stop, seed=config.seed)
+
+    spent = Compute()
+    records_path = out / RECORDS_FILE
+    with RecordWriter(records_path) as writer:
+        need_g = {i for i, p in enumerate(problems) if config.greedy and (p.id, "greedy", 0) not in writer}
+        missing_s = {i: sum((p.id, "sample", j) not in writer for j in range(config.n)) for i, p in enumerate(problems)}
+        need_s = {i for i, m in missing_s.items() if m}
+        todo = sorted(need_g | need_s)
+        from tqdm import tqdm
+
+        with tqdm(total=len(need_g) + sum(missing_s.values()), desc=f"eval {config.task}", unit="sample",
+                  file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+            for start in range(0, len(todo), config.batch_size):
+                chunk = todo[start:start + config.batch_size]
+                for strategy, need, params in (("greedy", need_g, greedy_params), ("sample", need_s, sample_params)):
+                    idxs = [i for i in chunk if i in need]
+                    if idxs:
+                        c, written = _generate(backend, task, problems, prompts, idxs, params, strategy, writer)
+                        spent += c
+                        bar.update(written)
+
+    summary = summarize(config, load_records(records_path), problems, task, backend.model_name, spent)
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    from deliberate.eval.plots import plot_accuracy_vs_n, plot_accuracy_vs_tokens
+
+    plot_accuracy_vs_n(summary, out / "accuracy_vs_n.png")
+    plot_accuracy_vs_tokens(summary, out / "accuracy_vs_tokens.png")
+    return summary
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Sequence[Problem], task: Task,
+              model: str, compute: Compute = Compute()) -> dict:
+    """The summary of :func:`run_eval` from records (extra records, e.g. of a larger earlier run, are ignored)."""
+    by_key = {r.key: r for r in records}
+    n, P = config.n, len(problems)
+
+    def get(pid: str, strategy: str, j: int) -> SampleRecord:
+        try:
+            return by_key[(pid, strategy, j)]
+        except KeyError:
+            raise DeliberateError(f"no record for problem {pid!r}, {strategy} sample {j}") from None
+
+    samples = [[get(p.id, "sample", j) for j in range(n)] for p in problems]
+    correct = np.array([[r.correct for r in row] for row in samples], dtype=bool)  # (P, n)
+    tokens = np.array([[r.completion_tokens for r in row] for row in samples], dtype=np.float64)
+    sample_wall = float(sum(r.wall_s for row in samples for r in row))
+    mean_tokens = float(tokens.mean(axis=1).sum())  # expected tokens of one sample, summed over problems
+    answers = [[task.normalize(r.answer) for r in row] for row in samples]
+
+    def row(strategy: str, k: int, values: Sequence[float], gen_tokens: float, wall: float) -> dict:
+        lo, hi = bootstrap_ci(values, seed=config.seed)
+        return {"strategy": strategy, "n": k, "accuracy": float(np.mean(values)), "ci": [lo, hi],
+                "generated_tokens": gen_tokens, "wall_s": wall, "n_problems": P}
+
+    results = []
+    if config.greedy:
+        greedy = [get(p.id, "greedy", 0) for p in problems]
+        results.append(row("greedy", 1, [float(r.correct) for r in greedy],
+                           sum(r.completion_tokens for r in greedy), float(sum(r.wall_s for r in greedy))))
+    results.append(row("sample", 1, correct.mean(axis=1).tolist(), mean_tokens, sample_wall / n))
+    c = correct.sum(axis=1)
+    for k in config.ns:
+        results.append(row("pass@k", k, [pass_at_k(n, int(ci), k) for ci in c], k * mean_tokens, sample_wall * k / n))
+    for k in config.ns:
+        vals = [maj_at_k(answers[i], correct[i].tolist(), k, seed=config.seed * 1_000_003 + i) for i in range(P)]
+        results.append(row("maj@k", k, vals, k * mean_tokens, sample_wall * k / n))
+    return {"task": config.task, "model": model, "seed": config.seed, "results": results,
+            "compute": compute.to_dict(), "config": config.to_dict()}
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """A fixed-width text table of the summary's rows: strategy, n, accuracy, 95% CI, tokens."""
+    lines = [f"{summary.get('task')} | {summary.get('model')} | seed {summary.get('seed')}",
+             f"{'strategy':<10} {'n':>4} {'accuracy':>9} {'95% CI':>17} {'tokens':>12}"]
+    for r in summary["results"]:
+        lo, hi = r["ci"]
+        lines.append(f"{r['strategy']:<10} {r['n']:>4} {r['accuracy']:>9.3f} {f'[{lo:.3f}, {hi:.3f}]':>17} "
+                     f"{r['generated_tokens']:>12.0f}")
+    return "\n".join(lines)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+def _parse_ns(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise DeliberateError(f"--ns must be a comma-separated list of integers (got {text!r})") from None
+
+
+def add_arguments(parser) -> None:
+    """Flags of ``deliberate eval``."""
+    d = EvalConfig(task="_", out_dir="_")
+    parser.add_argument("--task", required=True, help="task name, e.g. arith, addition, gsm8k, gym:<name>")
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="task option (repeatable), e.g. --task-arg max_ops=4")
+    parser.add_argument("--split", default=d.split, choices=SPLITS, help="problem split (default: %(default)s)")
+    parser.add_argument("--n-problems", type=int, default=d.n_problems, help="problems to evaluate (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=d.n, help="samples per problem (default: %(default)s)")
+    parser.add_argument("--ns", default=None, help="k values for pass@k/maj@k, e.g. 1,2,4 (default: powers of two up to n)")
+    parser.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="max generated tokens (default: the task's)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="problem and sampling seed (default: %(default)s)")
+    parser.add_argument("--prompt-style", default=d.prompt_style, help="plain (tiny model) or instruct (default: %(default)s)")
+    parser.add_argument("--no-greedy", action="store_true", help="skip the greedy sample per problem")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per backend call (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="output directory; rerun with the same one to resume "
+                                                    "(default: runs/eval-<task>-<timestamp>)")
+    add_backend_arguments(parser)
+
+
+def main(args) -> int:
+    """Run ``deliberate eval`` from parsed :func:`add_arguments` flags; print the table."""
+    out = args.out or f"runs/eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.task)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = EvalConfig(task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"), split=args.split,
+                        n_problems=args.n_problems, n=args.n, ns=_parse_ns(args.ns), temperature=args.temperature,
+                        top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
+                        prompt_style=args.prompt_style, greedy=not args.no_greedy, batch_size=args.batch_size,
+                        out_dir=out)
+    task = get_task(config.task, **config.task_options)
+    backend = backend_from_args(args)
+    try:
+        summary = run_eval(config, backend, task=task)
+    finally:
+        backend.close()
+    print(format_table(summary))
+    print(f"wrote {Path(out) / SUMMARY_FILE}, {Path(out) / RECORDS_FILE} and plots")
+    return 0

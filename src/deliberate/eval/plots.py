@@ -1,0 +1,76 @@
+"""Inference-scaling plots from an eval/sweep summary: accuracy vs samples and vs generated tokens.
+
+Every strategy with an ``@`` in its name (pass@k, maj@k, and later weighted@k, bon@k ...) is a line
+with its 95% CI band; greedy is a horizontal reference line (vs n) or a single point (vs tokens).
+Uses matplotlib's object API on the Agg canvas, so it never opens a window or touches pyplot state.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _lines(summary: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    lines: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in summary["results"]:
+        if "@" in r["strategy"]:
+            lines[r["strategy"]].append(r)
+    return {s: sorted(rs, key=lambda r: r["n"]) for s, rs in lines.items()}
+
+
+def _greedy(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next((r for r in summary["results"] if r["strategy"] == "greedy"), None)
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _finish(fig, ax, summary: Mapping[str, Any], xlabel: str, path: str | Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{summary.get('task')} — {summary.get('model')}")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+
+
+def plot_accuracy_vs_n(summary: Mapping[str, Any], path: str | Path) -> None:
+    """PNG of accuracy vs samples per problem (log2 x axis), one line + CI band per @k strategy."""
+    fig, ax = _figure()
+    for strategy, rows in _lines(summary).items():
+        xs = [r["n"] for r in rows]
+        (line,) = ax.plot(xs, [r["accuracy"] for r in rows], marker="o", label=strategy.replace("@k", "@n"))
+        ax.fill_between(xs, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows], color=line.get_color(), alpha=0.2)
+    g = _greedy(summary)
+    if g is not None:
+        ax.axhline(g["accuracy"], color="k", linestyle="--", linewidth=1, label="greedy")
+        ax.axhspan(g["ci"][0], g["ci"][1], color="k", alpha=0.06)
+    ax.set_xscale("log", base=2)
+    _finish(fig, ax, summary, "samples per problem (n)", path)
+
+
+def plot_accuracy_vs_tokens(summary: Mapping[str, Any], path: str | Path) -> None:
+    """PNG of accuracy vs generated tokens (log x axis), one line + CI band per @k strategy."""
+    fig, ax = _figure()
+    for strategy, rows in _lines(summary).items():
+        xs = [max(r["generated_tokens"], 1e-9) for r in rows]
+        (line,) = ax.plot(xs, [r["accuracy"] for r in rows], marker="o", label=strategy.replace("@k", "@n"))
+        ax.fill_between(xs, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows], color=line.get_color(), alpha=0.2)
+    g = _greedy(summary)
+    if g is not None:
+        lo, hi = g["ci"]
+        ax.errorbar([max(g["generated_tokens"], 1e-9)], [g["accuracy"]],
+                    yerr=[[g["accuracy"] - lo], [hi - g["accuracy"]]], fmt="s", color="k", label="greedy")
+    ax.set_xscale("log")
+    _finish(fig, ax, summary, "generated tokens (all problems)", path)
