@@ -1,0 +1,262 @@
+"""The ``hf`` backend: any local transformers causal LM (checkpoint directory or GGUF file).
+
+Generation goes through the project's own sampling engine (:mod:`deliberate.models.engine`), so
+an HF model gets the same seeding contract, stop strings, log-probs and token counts as the tiny
+model. This file only loads the model, adapts its tokenizer to the engine's small tokenizer
+protocol, and applies the chat template when asked.
+
+    deliberate eval --backend hf --model smollm2 --chat ...        # built-in SmolLM2-135M-Instruct
+    deliberate eval --backend hf --model /path/to/checkpoint ...   # any local checkpoint / .gguf
+
+Nothing is ever downloaded: every ``from_pretrained`` call is ``local_files_only``.
+
+BOS and EOS, the two places instruct models go wrong:
+* Plain prompts get a BOS only if the HF tokenizer itself would add one (Llama does, SmolLM2 and
+  Qwen do not). Chat prompts get none from us: the chat template writes its own special tokens
+  (SmolLM2's BOS *is* ``<|im_start|>``, which the template already starts with).
+* Generation stops at the tokenizer's EOS, the EOS ids in ``generation_config.json``, and with
+  ``chat`` also at ``<|im_end|>`` when the vocabulary has it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from deliberate.errors import DeliberateError
+from deliberate.models.base import Backend, register_backend
+from deliberate.models.sampling import SamplingParams
+from deliberate.types import Completion
+
+ALIASES = {"smollm2": "SmolLM2-135M-Instruct"}
+DTYPES = ("float32", "bfloat16", "float16")
+CHAT_END = "<|im_end|>"
+
+
+class ChatText(str):
+    """A prompt already rendered with the chat template; a chat backend does not wrap it again.
+
+    :meth:`HFBackend.chat_prompt` returns one, so ``backend.generate([backend.chat_prompt(msgs)])``
+    is right whether or not the backend was built with ``chat=True`` (the server relies on this).
+    """
+
+
+class HFTokenizer:
+    """Adapter from a Hugging Face tokenizer to the engine's tokenizer protocol.
+
+    ``encode`` adds no special tokens; ``bos_token_id`` is the BOS the engine prepends (``None`` when
+    the HF tokenizer adds none, and always ``None`` with ``chat``); ``eos_token_ids`` are all ids
+    that end a completion. ``decode(encode(s)) == s`` for ordinary text (special tokens are kept in
+    the text, spaces are not "cleaned up").
+    """
+
+    def __init__(self, tokenizer: Any, *, chat: bool = False, extra_eos: Iterable[int] = ()):
+        self.hf = tokenizer
+        self.chat = chat
+        self.bos_token_id: int | None = None if chat else _added_bos(tokenizer)
+        eos: list[int] = []
+        if tokenizer.eos_token_id is not None:
+            eos.append(int(tokenizer.eos_token_id))
+        eos += [int(i) for i in extra_eos]
+        if chat:
+            end = tokenizer.get_vocab().get(CHAT_END)
+            if end is not None:
+                eos.append(int(end))
+        self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos))
+        self.eos_token_id: int | None = self.eos_token_ids[0] if self.eos_token_ids else None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        ids = list(self.hf.encode(text, add_special_tokens=False))
+        # A prompt that already starts with the BOS token (e.g. a Llama-2 chat template rendered
+        # as text) must not get a second one when the engine prepends ours.
+        if self.bos_token_id is not None and ids and ids[0] == self.bos_token_id:
+            ids = ids[1:]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _added_bos(tokenizer: Any) -> int | None:
+    """The BOS id the HF tokenizer adds to a plain text by itself, or ``None`` if it adds none."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    probe = "Hello"
+    plain = list(tokenizer.encode(probe, add_special_tokens=False))
+    full = list(tokenizer.encode(probe, add_special_tokens=True))
+    return int(bos) if full[:1] == [bos] and full[1:1 + len(plain)] == plain else None
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: [{"type": "text", "text": ...}, ...]
+        parts = []
+        for p in content:
+            if isinstance(p, Mapping) and isinstance(p.get("text"), str):
+                parts.append(p["text"])
+            elif isinstance(p, str):
+                parts.append(p)
+            else:
+                raise DeliberateError(f"chat message content parts must be text (got {p!r})")
+        return "".join(parts)
+    if content is None:
+        return ""
+    raise DeliberateError(f"chat message content must be a string (got {type(content).__name__})")
+
+
+def resolve_path(path: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, str]:
+    """``path`` option -> (checkpoint dir or .gguf file, readable name); raises for anything else."""
+    key = str(path).strip()
+    if key.lower() in ALIASES:
+        from deliberate.models.smollm2 import smollm2_checkpoint
+
+        return smollm2_checkpoint(cache_dir), ALIASES[key.lower()]
+    p = Path(key).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return p, p.stem
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise DeliberateError(f"{p} is not a transformers checkpoint directory (no config.json)")
+        return p, p.name
+    what = "file is not a .gguf" if p.is_file() else "no such file or directory"
+    raise DeliberateError(
+        f"hf backend: cannot load {key!r} ({what}); give a checkpoint directory with config.json, "
+        f"a .gguf file, or one of the built-in names: {', '.join(ALIASES)}"
+    )
+
+
+def _torch_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype is None:
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    if dtype not in DTYPES:
+        raise DeliberateError(f"hf backend: dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    return getattr(torch, dtype)
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeliberateError(f"hf backend: bad device {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeliberateError(f"hf backend: device {device!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise DeliberateError(f"hf backend: device must be cpu or cuda (got {device!r})")
+    return str(dev)
+
+
+def load_hf(path: Path, *, dtype, device: str):
+    """Load (model, HF tokenizer) from a checkpoint dir or a .gguf file, offline, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path.suffix.lower() == ".gguf":
+        from deliberate.models.smollm2 import load_gguf
+
+        model, tokenizer = load_gguf(path)
+        model = model.to(dtype)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, KeyError) as e:
+            raise DeliberateError(f"hf backend: could not load checkpoint {path}: {e}") from e
+    return model.to(device).eval(), tokenizer
+
+
+def _generation_eos(model) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+@register_backend("hf")
+class HFBackend(Backend):
+    """A local transformers causal LM behind the sampling engine.
+
+    ``path``: checkpoint directory, ``.gguf`` file, or ``smollm2`` (converted once and cached, see
+    :mod:`deliberate.models.smollm2`; ``cache_dir`` overrides where). ``chat``: render each prompt
+    as one user message with the tokenizer's chat template. ``model``/``tokenizer``: use an
+    already-built transformers model and tokenizer instead of loading ``path``.
+    """
+
+    name = "hf"
+
+    def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = None,
+                 device: str = "cpu", max_batch_size: int = 32, cache_dir: str | Path | None = None,
+                 model: Any = None, tokenizer: Any = None):
+        from deliberate.models.engine import Engine
+
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise DeliberateError(f"hf backend: max_batch_size must be an integer >= 1 (got {max_batch_size!r})")
+        device = _check_device(device)
+        torch_dtype = _torch_dtype(dtype, device)
+        t0 = time.perf_counter()
+        if model is None:
+            if path is None:
+                raise DeliberateError(
+                    "--backend hf needs --model: a checkpoint directory, a .gguf file, or 'smollm2'"
+                )
+            where, self._name = resolve_path(path, cache_dir)
+            model, tokenizer = load_hf(where, dtype=torch_dtype, device=device)
+        else:
+            if tokenizer is None:
+                raise DeliberateError("HFBackend(model=...) also needs tokenizer=")
+            self._name = str(path) if path is not None else type(model).__name__
+            model = model.to(device=device, dtype=torch_dtype).eval()
+        self.load_s = time.perf_counter() - t0
+        self.path = str(path) if path is not None else None
+        self.chat = bool(chat)
+        self.device = device
+        self.model, self.hf_tokenizer = model, tokenizer
+        if self.chat and not getattr(tokenizer, "chat_template", None):
+            raise DeliberateError(f"hf backend: chat=True but the tokenizer of {self._name} has no chat template")
+        self.tokenizer = HFTokenizer(tokenizer, chat=self.chat, extra_eos=_generation_eos(model))
+        self.engine = Engine(model, self.tokenizer, device=device, max_batch_size=max_batch_size,
+                             eos_token_ids=self.tokenizer.eos_token_ids)
+
+    @property
+    def model_name(self) -> str:
+        return f"hf:{self._name}" + (":chat" if self.chat else "")
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> ChatText:
+        """Render chat ``messages`` ([{"role", "content"}, ...]) with the chat template, ready for the
+        assistant's reply (``add_generation_prompt=True``)."""
+        if not getattr(self.hf_tokenizer, "chat_template", None):
+            raise DeliberateError(f"hf backend: the tokenizer of {self._name} has no chat template")
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+            raise DeliberateError("chat messages must be a non-empty list of {'role', 'content'} objects")
+        clean = []
+        for m in messages:
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+                raise DeliberateError(f"each chat message must be an object with a 'role' (got {m!r})")
+            clean.append({"role": m["role"], "content": _message_text(m.get("content"))})
+        try:
+            text = self.hf_tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja errors, e.g. a template that rejects a role
+            raise DeliberateError(f"hf backend: chat template failed: {e}") from e
+        return ChatText(text)
+
+    def _wrap(self, prompt: str) -> str:
+        if not self.chat or isinstance(prompt, ChatText):
+            return prompt
+        return self.chat_prompt([{"role": "user", "content": prompt}])
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        return self.engine.generate([self._wrap(p) for p in prompts], params)
+
+    def continue_from(self, prompt: str, prefixes: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        """With ``chat`` the prefix continues the assistant's reply, not the user's message."""
+        head = self._wrap(prompt)
+        return self.engine.generate([head + p for p in prefixes], params)
