@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
@@ -229,8 +230,6 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
         missing_s = {i: sum((p.id, "sample", j) not in writer for j in range(config.n)) for i, p in enumerate(problems)}
         need_s = {i for i, m in missing_s.items() if m}
         todo = sorted(need_g | need_s)
-        from tqdm import tqdm
-
         with tqdm(total=len(need_g) + sum(missing_s.values()), desc=f"eval {config.task}", unit="sample",
                   file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
             for start in range(0, len(todo), config.batch_size):

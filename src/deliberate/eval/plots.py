@@ -57,6 +57,9 @@ def plot_accuracy_vs_n(summary: Mapping[str, Any], path: str | Path) -> None:
         ax.axhline(g["accuracy"], color="k", linestyle="--", linewidth=1, label="greedy")
         ax.axhspan(g["ci"][0], g["ci"][1], color="k", alpha=0.06)
     ax.set_xscale("log", base=2)
+    ks = sorted({r["n"] for rs in _lines(summary).values() for r in rs})
+    if ks:
+        ax.set_xticks(ks, [str(k) for k in ks])
     _finish(fig, ax, summary, "samples per problem (n)", path)
 
 
