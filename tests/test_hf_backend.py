@@ -275,3 +275,18 @@ def test_smollm2_same_seed_same_samples(smol):
     assert [s.text for row in c for s in row] != [s.text for row in a for s in row]
     # batch invariance: a sample does not depend on the other prompts in the batch
     assert smol.generate(PROMPTS[1:], p)[0] == a[1]
+
+
+def test_gguf_path_goes_through_the_gguf_loader(monkeypatch, tmp_path, hf_tok, tiny_model):
+    seen = []
+
+    def fake_load_gguf(gguf):
+        seen.append(gguf)
+        return copy.deepcopy(tiny_model), hf_tok
+
+    monkeypatch.setattr(smollm2, "load_gguf", fake_load_gguf)
+    f = tmp_path / "Some-Model.Q8_0.GGUF"
+    f.write_bytes(b"GGUF")
+    b = HFBackend(path=f, dtype="bfloat16")
+    assert seen == [f] and b.model_name == "hf:Some-Model.Q8_0"
+    assert b.model.dtype == torch.bfloat16
