@@ -3,7 +3,7 @@
 A problem is a short story whose quantity changes ``ops`` times (add, take away, multiply, split,
 buy packs = multiply then add). The gold rationale is one equation per line, then ``Answer: N``::
 
-    Q: Mia has 7 coins. She buys 3 packs of 4 coins. She gives 5 coins to Leo. How many coins does Mia have now?
+    Q: Mia has 7 coins. She buys 3 packs of 4. She gives 5 to Leo. How many coins now?
     A:
     3*4=12
     7+12=19
@@ -86,36 +86,36 @@ class ArithTask(Task):
                 b = rng.randint(1, M)
                 if cur + b > MAX_VALUE:
                     continue
-                sents.append(f"{pron} finds {b} more {item}.")
+                sents.append(f"{pron} finds {b} more.")
                 steps.append((cur, "+", b, cur + b))
             elif kind == "sub":
                 if cur < 2:
                     continue
                 b = rng.randint(1, min(M, cur - 1))
-                sents.append(f"{pron} gives {b} {item} to {other}.")
+                sents.append(f"{pron} gives {b} to {other}.")
                 steps.append((cur, "-", b, cur - b))
             elif kind == "mul":
                 k = rng.randint(2, 4)
                 if cur * k > MAX_VALUE:
                     continue
-                sents.append(f"Then {pron.lower()} gets {k} times as many {item}.")
+                sents.append(f"{pron} gets {k} times as many.")
                 steps.append((cur, "*", k, cur * k))
             elif kind == "div":
                 ks = [k for k in (2, 3, 4, 5) if cur % k == 0 and cur // k >= 1]
                 if not ks:
                     continue
                 k = rng.choice(ks)
-                sents.append(f"{pron} splits them into {k} equal piles and keeps one.")
+                sents.append(f"{pron} keeps one of {k} equal piles.")
                 steps.append((cur, "/", k, cur // k))
             else:  # packs: b*c then cur + b*c
                 b, c = rng.randint(2, 5), rng.randint(2, M)
                 if cur + b * c > MAX_VALUE:
                     continue
-                sents.append(f"{pron} buys {b} packs of {c} {item}.")
+                sents.append(f"{pron} buys {b} packs of {c}.")
                 steps.append((b, "*", c, b * c))
                 steps.append((cur, "+", b * c, cur + b * c))
             cur = steps[-1][3]
-        sents.append(f"How many {item} does {name} have now?")
+        sents.append(f"How many {item} now?")
         return " ".join(sents), steps
 
     def problems(self, split: str = "test", n: int | None = None, seed: int = 0) -> list[Problem]:

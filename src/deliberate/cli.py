@@ -1,0 +1,84 @@
+"""The ``deliberate`` command line: one subcommand per job, each with ``--help``.
+
+    deliberate quickstart            train the tiny model on arith and plot its test-time scaling
+    deliberate train sft ...         supervised training of the tiny model on gold rationales
+    deliberate eval ...              greedy / sampling / majority vote with pass@k, maj@k and CIs
+    deliberate tasks                 list the registered tasks
+    deliberate serve ...             OpenAI-compatible HTTP server over a local backend
+
+Each job's flags and logic live in its own module (``add_arguments(parser)`` + ``main(args)``);
+this file only wires them up and turns :class:`~deliberate.errors.DeliberateError` into a one-line
+message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from deliberate import __version__
+from deliberate.errors import DeliberateError
+
+COMMANDS = {
+    "quickstart": ("deliberate.quickstart", "train the tiny model on arith, evaluate greedy/maj@n/pass@n, plot"),
+    "eval": ("deliberate.eval.evaluate", "evaluate a model on a task: greedy, sampling, majority vote"),
+    "tasks": ("deliberate.cli", "list registered tasks"),
+    "serve": ("deliberate.models.server", "OpenAI-compatible server over a local backend"),
+}
+TRAIN_RECIPES = {
+    "sft": ("deliberate.train.sft", "supervised fine-tuning on a task's gold rationales"),
+}
+
+
+def add_arguments(parser) -> None:  # `deliberate tasks`
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
+
+
+def main(args) -> int:  # `deliberate tasks`
+    from deliberate.tasks.base import _TASKS, task_names
+
+    for name in task_names():
+        factory = _TASKS.get(name.split(":")[0], None) or _TASKS.get("gym")
+        doc = (factory.__doc__ or "").strip().splitlines()
+        print(f"{name:12s} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deliberate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"deliberate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=mod)
+        importlib.import_module(mod).add_arguments(p)
+    train = sub.add_parser("train", help="training recipes", description="training recipes")
+    tsub = train.add_subparsers(dest="recipe", metavar="RECIPE")
+    for name, (mod, help_) in TRAIN_RECIPES.items():
+        p = tsub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=mod)
+        importlib.import_module(mod).add_arguments(p)
+    return parser
+
+
+def main_cli(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2 if args.command is None else 2
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except DeliberateError as e:
+        print(f"deliberate: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deliberate: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main_cli())

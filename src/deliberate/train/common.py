@@ -1,0 +1,133 @@
+"""Shared training plumbing: tokenised examples, batching, atomic checkpoints, compute accounting.
+
+Every recipe (SFT now; STaR, ReST-EM, GRPO ... later) reuses these so a killed run resumes from its
+last completed checkpoint with the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised sequence: ``ids`` with ``n_prompt`` leading tokens excluded from the loss."""
+
+    ids: tuple[int, ...]
+    n_prompt: int
+
+
+def make_example(tokenizer, prompt: str, completion: str, max_len: int) -> Example | None:
+    """BOS + prompt + completion + EOS; None when longer than ``max_len``."""
+    p = [tokenizer.bos_token_id] + tokenizer.encode(prompt)
+    ids = p + tokenizer.encode(completion) + [tokenizer.eos_token_id]
+    if len(ids) > max_len:
+        return None
+    return Example(tuple(ids), len(p))
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; labels are IGNORE on prompt and padding positions."""
+    L = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), L), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), L), dtype=torch.long)
+    for i, e in enumerate(batch):
+        t = torch.tensor(e.ids, dtype=torch.long)
+        ids[i, : len(t)] = t
+        mask[i, : len(t)] = 1
+        labels[i, e.n_prompt: len(t)] = t[e.n_prompt:]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of the examples in batch ``step``: a pure function of (seed, step), so resume is exact.
+
+    Walks seeded permutations epoch by epoch so every example is seen once per epoch.
+    """
+    per_epoch = max(1, n_examples // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n_examples, generator=g)
+    return perm[k * batch_size:(k + 1) * batch_size].tolist()
+
+
+def lr_at(step: int, total: int, base: float, warmup: int, final_frac: float = 0.1) -> float:
+    """Linear warmup then cosine decay to ``final_frac * base``."""
+    import math
+
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str | Path, model, tokenizer, optimizer, state: dict[str, Any]) -> None:
+    """Write model + tokenizer + optimizer + state into ``directory`` atomically (tmp dir + rename)."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save(tmp)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_json_atomic(tmp / "trainer_state.json", state)
+    old = directory.with_name(f".{directory.name}.old{os.getpid()}")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_state(directory: str | Path) -> dict[str, Any] | None:
+    f = Path(directory, "trainer_state.json")
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+class ComputeMeter:
+    """Train-time compute: tokens trained/sampled, approximate FLOPs (6ND train, 2ND sample), wall time."""
+
+    def __init__(self, n_params: int, state: dict[str, Any] | None = None):
+        self.n_params = n_params
+        s = state or {}
+        self.tokens_trained = int(s.get("tokens_trained", 0))
+        self.tokens_sampled = int(s.get("tokens_sampled", 0))
+        self.wall_s = float(s.get("wall_s", 0.0))
+        self._t0 = time.perf_counter()
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.wall_s += now - self._t0
+        self._t0 = now
+
+    @property
+    def flops(self) -> float:
+        return 6.0 * self.n_params * self.tokens_trained + 2.0 * self.n_params * self.tokens_sampled
+
+    def to_dict(self) -> dict[str, Any]:
+        self.tick()
+        return {"tokens_trained": self.tokens_trained, "tokens_sampled": self.tokens_sampled,
+                "flops": self.flops, "wall_s": round(self.wall_s, 3), "n_params": self.n_params}

@@ -1,0 +1,173 @@
+"""Supervised fine-tuning of the tiny model on a task's gold rationales (from scratch or a checkpoint).
+
+    deliberate train sft --task arith --steps 1500 --out runs/sft
+
+Loss is next-token cross-entropy on the completion only (prompt tokens masked). Checkpoints every
+``checkpoint_every`` steps into ``OUT/checkpoint`` (atomic); rerunning the same command resumes from
+it and gives the same final weights as an uninterrupted run. The final model is ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.models.engine import count_parameters
+from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
+from deliberate.tasks import get_task
+from deliberate.train.common import (
+    ComputeMeter, batch_indices, collate, load_state, lr_at, make_example, save_checkpoint, write_json_atomic,
+)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    n_train: int = 20000
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    model: TinyConfig = field(default_factory=TinyConfig)
+    init_from: str | None = None  # start from this checkpoint instead of a fresh model
+    seed: int = 0
+    data_seed: int | None = None  # problems' seed (default: seed)
+    checkpoint_every: int = 250
+    out: str = "runs/sft"
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "steps", "batch_size", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise DeliberateError(f"sft: {name} must be a positive integer (got {v!r})")
+        if not (0 < self.lr < 1):
+            raise DeliberateError(f"sft: lr must be in (0, 1) (got {self.lr!r})")
+        if self.warmup < 0:
+            raise DeliberateError(f"sft: warmup must be >= 0 (got {self.warmup!r})")
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", TinyConfig(**self.model))
+
+
+def build_examples(cfg: SFTConfig, tokenizer: CharTokenizer, max_len: int):
+    task = get_task(cfg.task, **cfg.task_options)
+    probs = task.problems("train", cfg.n_train, seed=cfg.seed if cfg.data_seed is None else cfg.data_seed)
+    exs = []
+    for p in probs:
+        r = task.rationale(p)
+        if r is None:
+            raise DeliberateError(f"task {cfg.task!r} has no gold rationales to train on")
+        e = make_example(tokenizer, task.prompt(p), r, max_len)
+        if e is not None:
+            exs.append(e)
+    if not exs:
+        raise DeliberateError("sft: no training example fits the model's max_len")
+    return exs
+
+
+def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
+    """Run (or resume) SFT; returns the final model directory."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    state = load_state(ckpt)
+    if state is not None and state.get("config") != cfg_dict:
+        raise DeliberateError(f"{ckpt} was written by a different config; use another --out or delete it")
+    write_json_atomic(out / "config.json", cfg_dict)
+
+    torch.manual_seed(cfg.seed)
+    if state is not None:
+        model, tok = load_tiny(ckpt)
+    elif cfg.init_from:
+        model, tok = load_tiny(cfg.init_from)
+    else:
+        tok = CharTokenizer()
+        model = build_tiny_model(cfg.model, tok, seed=cfg.seed)
+    model.train()
+    max_len = model.config.max_position_embeddings
+    examples = build_examples(cfg, tok, max_len)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    start = 0
+    if state is not None:
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        start = int(state["step"])
+    meter = ComputeMeter(count_parameters(model), state and state.get("compute"))
+    log_path = out / "train_log.jsonl"
+    bar = tqdm(total=cfg.steps, initial=start, desc="sft", disable=not progress, dynamic_ncols=True)
+    loss_ema = None
+    for step in range(start, cfg.steps):
+        idx = batch_indices(len(examples), cfg.batch_size, cfg.seed, step)
+        batch = collate([examples[i] for i in idx], tok.pad_token_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        meter.tokens_trained += int(batch["attention_mask"].sum())
+        lv = loss.item()
+        loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.3f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            comp = meter.to_dict()
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": done, "loss": round(loss_ema, 5), **comp}) + "\n")
+            save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "compute": comp})
+    bar.close()
+    final = out / "model"
+    model.eval()
+    save_tiny(model, tok, final)
+    write_json_atomic(out / "compute.json", meter.to_dict())
+    return final
+
+
+def add_arguments(parser) -> None:
+    d = SFTConfig()
+    m = TinyConfig()
+    parser.add_argument("--task", default=d.task)
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--n-train", type=int, default=d.n_train, help="number of generated training problems")
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--d-model", type=int, default=m.d_model)
+    parser.add_argument("--n-layers", type=int, default=m.n_layers)
+    parser.add_argument("--n-heads", type=int, default=m.n_heads)
+    parser.add_argument("--init-from", default=None, help="fine-tune this checkpoint instead of training from scratch")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--out", default=d.out)
+
+
+def main(args) -> int:
+    from deliberate.models.base import parse_kv
+
+    cfg = SFTConfig(
+        task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"), n_train=args.n_train,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        model=TinyConfig(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_heads),
+        init_from=args.init_from, seed=args.seed, checkpoint_every=args.checkpoint_every, out=args.out,
+    )
+    t0 = time.perf_counter()
+    final = train_sft(cfg)
+    print(f"model written to {final} ({time.perf_counter() - t0:.0f}s)")
+    return 0
