@@ -406,7 +406,9 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool
 
     Exact string or number equality decides at once; otherwise ``math_verify`` decides in the
     worker process, and a call that runs past ``timeout`` seconds returns False (the worker is
-    killed and restarted). Safe from any thread and from worker processes.
+    killed and restarted). Safe from any thread and from worker processes. The timeout covers the
+    check itself: the first call of a process (or the first after a timeout) also waits about a
+    second for the worker to start and import sympy.
     """
     if pred is None or gold is None:
         return False
