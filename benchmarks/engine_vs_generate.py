@@ -1,0 +1,97 @@
+"""Sampling engine vs ``transformers.generate`` on the same tiny model, batch 64, CPU.
+
+    python benchmarks/engine_vs_generate.py [--model runs/quickstart/sft/model] [--batch 64] [--new 128]
+
+Both generate exactly ``--new`` tokens per row (EOS disabled) with temperature-1 sampling from the
+same prompts; the script prints tokens/s for each and their ratio. Without ``--model`` a freshly
+initialised tiny model of the default size is used (speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from deliberate.models.engine import Engine
+from deliberate.models.sampling import SamplingParams
+from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
+from deliberate.tasks import get_task
+
+
+class _NoEOS:
+    """The tiny tokenizer with EOS switched off, so every row runs the full length."""
+
+    def __init__(self, tok):
+        self.tok, self.bos_token_id, self.eos_token_id = tok, tok.bos_token_id, None
+
+    def encode(self, s):
+        return self.tok.encode(s)
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.model:
+        model, tok = load_tiny(a.model)
+    else:
+        tok = CharTokenizer()
+        model = build_tiny_model(TinyConfig(), tok, seed=0).eval()
+    task = get_task("arith")
+    prompts = [task.prompt(p) for p in task.problems("test", a.batch, seed=0)]
+    engine = Engine(model, _NoEOS(tok), max_batch_size=a.batch)
+    params = SamplingParams(n=1, temperature=1.0, max_tokens=a.new, seed=0)
+
+    # transformers.generate on the same left-padded batch
+    enc = [[tok.bos_token_id] + tok.encode(p) for p in prompts]
+    P = max(map(len, enc))
+    ids = torch.full((len(enc), P), tok.pad_token_id)
+    mask = torch.zeros((len(enc), P), dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, P - len(e):] = torch.tensor(e)
+        mask[i, P - len(e):] = 1
+
+    def run_engine():
+        out = engine.generate(prompts, params)
+        return sum(c[0].completion_tokens for c in out)
+
+    def run_hf():
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
+                                 top_k=0, max_new_tokens=a.new, min_new_tokens=a.new, eos_token_id=None,
+                                 pad_token_id=tok.pad_token_id)
+        return int((out.shape[1] - P) * out.shape[0])
+
+    res = {}
+    for name, fn in (("engine", run_engine), ("transformers.generate", run_hf)):
+        fn()  # warm-up
+        times, ntok = [], 0
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            ntok = fn()
+            times.append(time.perf_counter() - t0)
+        res[name] = {"tokens": ntok, "median_s": statistics.median(times), "tok_per_s": ntok / statistics.median(times)}
+        print(f"{name:24s} {ntok} tokens  median {statistics.median(times):.2f}s  {res[name]['tok_per_s']:.0f} tok/s",
+              flush=True)
+    ratio = res["engine"]["tok_per_s"] / res["transformers.generate"]["tok_per_s"]
+    print(f"ratio engine / transformers.generate = {ratio:.2f}x  (batch {a.batch}, {a.new} new tokens, "
+          f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()})")
+    print(json.dumps({"ratio": round(ratio, 3), **res}))
+
+
+if __name__ == "__main__":
+    main()
