@@ -345,6 +345,7 @@ def main(args) -> int:
                         prompt_style=args.prompt_style, greedy=not args.no_greedy, batch_size=args.batch_size,
                         out_dir=out)
     task = get_task(config.task, **config.task_options)
+    task.problems(config.split, config.n_problems, config.seed)  # bad data fails here, before a model loads
     backend = backend_from_args(args)
     try:
         summary = run_eval(config, backend, task=task)

@@ -1,0 +1,5 @@
+"""``python -m deliberate`` = the ``deliberate`` command."""
+
+from deliberate.cli import entry
+
+entry()
