@@ -1,1 +1,1 @@
-"""eval layer (see README for what lives here)."""
+"""Evaluation: unbiased pass@k / maj@k with bootstrap CIs, resumable records, plots, the `eval` job."""

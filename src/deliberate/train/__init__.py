@@ -1,1 +1,1 @@
-"""train layer (see README for what lives here)."""
+"""Training recipes (one file each) over shared plumbing in ``common.py``; ``sft.py`` for now."""

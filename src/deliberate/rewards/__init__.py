@@ -1,1 +1,0 @@
-"""rewards layer (see README for what lives here)."""

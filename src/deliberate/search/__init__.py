@@ -1,1 +1,0 @@
-"""search layer (see README for what lives here)."""
