@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
+from deliberate.eval.records import write_json_atomic
+
 IGNORE = -100
 
 
@@ -80,16 +82,6 @@ def lr_at(step: int, total: int, base: float, warmup: int, final_frac: float = 0
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(directory: str | Path, model, tokenizer, optimizer, state: dict[str, Any]) -> None:
