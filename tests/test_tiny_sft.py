@@ -23,11 +23,11 @@ def test_char_tokenizer_round_trip():
 
 
 def test_batch_indices_cover_each_epoch_once():
-    lengths = [i % 17 for i in range(1000)]
     per_epoch = 1000 // 10
-    seen = [i for s in range(per_epoch) for i in batch_indices(1000, 10, 3, s, lengths)]
+    seen = [i for s in range(per_epoch) for i in batch_indices(1000, 10, 3, s)]
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 1000
-    assert batch_indices(1000, 10, 3, 5, lengths) == batch_indices(1000, 10, 3, 5, lengths)
+    assert batch_indices(1000, 10, 3, 5) == batch_indices(1000, 10, 3, 5)
+    assert batch_indices(1000, 10, 3, 5) != batch_indices(1000, 10, 3, 105)  # next epoch reshuffled
 
 
 def _cfg(out, **kw):

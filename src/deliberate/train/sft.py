@@ -97,7 +97,6 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     model.train()
     max_len = model.config.max_position_embeddings
     examples = build_examples(cfg, tok, max_len)
-    lengths = [len(e.ids) for e in examples]
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -111,7 +110,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     bar = tqdm(total=cfg.steps, initial=start, desc="sft", disable=not progress, dynamic_ncols=True)
     loss_ema = None
     for step in range(start, cfg.steps):
-        idx = batch_indices(len(examples), cfg.batch_size, cfg.seed, step, lengths)
+        idx = batch_indices(len(examples), cfg.batch_size, cfg.seed, step)
         batch = collate([examples[i] for i in idx], tok.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
