@@ -148,3 +148,9 @@ def test_generic_runner_on_non_llama_model():
 def test_invalid_sampling_params(bad):
     with pytest.raises(DeliberateError, match="invalid sampling parameters"):
         SamplingParams(**bad)
+
+
+def test_prompt_longer_than_context_is_a_clear_error(model_tok):
+    model, tok = model_tok
+    with pytest.raises(DeliberateError, match="does not fit"):
+        Engine(model, tok).generate(["x" * 600], SamplingParams(max_tokens=4))

@@ -19,6 +19,7 @@ from typing import Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from deliberate.errors import DeliberateError
 from deliberate.models.sampling import SamplingParams, sequence_seed
 from deliberate.types import Completion
 
@@ -265,7 +266,10 @@ class Engine:
         P = max(len(encoded[i]) for i in uniq)
         max_new = params.max_tokens
         if self.max_positions:
-            max_new = max(1, min(max_new, self.max_positions - P))
+            if P >= self.max_positions:
+                raise DeliberateError(f"prompt of {P} tokens does not fit the model's context of "
+                                      f"{self.max_positions} positions")
+            max_new = min(max_new, self.max_positions - P)
         ids = torch.zeros(len(uniq), P, dtype=torch.long)
         pad = torch.zeros(len(uniq), dtype=torch.long)
         for k, i in enumerate(uniq):
