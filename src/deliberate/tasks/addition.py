@@ -117,14 +117,10 @@ class AdditionTask(Task):
             ))
         return out
 
-    def prompt(self, problem: Problem, style: str = "plain") -> str:
-        if style == "plain":
-            return f"Q: {problem.question}\nA:\n"
-        if style == "instruct":
-            return (f"Compute {problem.question}. Add the digits column by column from the right, one column per "
-                    f"line like 7+5+0=12, 2 (the digits, the carry in, the sum, then the answer digits so far), "
-                    f"then finish with a line 'Answer: N'.")
-        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: plain, instruct")
+    def instruction(self, problem: Problem) -> str:
+        return (f"Compute {problem.question}. Add the digits column by column from the right, one column per "
+                f"line like 7+5+0=12, 2 (the digits, the carry in, the sum, then the answer digits so far), "
+                f"then finish with a line 'Answer: N'.")
 
     def rationale(self, problem: Problem) -> str:
         return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.answer}"

@@ -141,13 +141,9 @@ class ArithTask(Task):
         return out
 
     # --- formatting -----------------------------------------------------------------------
-    def prompt(self, problem: Problem, style: str = "plain") -> str:
-        if style == "plain":
-            return f"Q: {problem.question}\nA:\n"
-        if style == "instruct":
-            return (f"{problem.question}\nSolve it step by step, writing one calculation per line like 3*4=12, "
-                    f"then finish with a line 'Answer: N'.")
-        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: plain, instruct")
+    def instruction(self, problem: Problem) -> str:
+        return (f"{problem.question}\nSolve it step by step, writing one calculation per line like 3*4=12, "
+                f"then finish with a line 'Answer: N'.")
 
     def rationale(self, problem: Problem) -> str:
         return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.answer}"

@@ -16,13 +16,14 @@ from deliberate.errors import DeliberateError
 from deliberate.types import Completion, Problem, Sample
 
 SPLITS = ("train", "test")
+PROMPT_STYLES = ("plain", "instruct")
 
 
 class Task(ABC):
     """Problems + prompt format + step splitting + answer extraction + automatic verifier.
 
-    Subclasses implement :meth:`problems`, :meth:`prompt`, :meth:`extract_answer` and
-    :meth:`is_correct`; the rest has sensible defaults.
+    Subclasses implement :meth:`problems`, :meth:`extract_answer` and :meth:`is_correct`, and
+    usually :meth:`instruction` and :meth:`rationale`; the rest has sensible defaults.
     """
 
     name: str = "task"
@@ -41,10 +42,18 @@ class Task(ABC):
         """
 
     # --- formatting -----------------------------------------------------------------------
-    @abstractmethod
     def prompt(self, problem: Problem, style: str = "plain") -> str:
-        """The text the model continues. ``style="plain"`` is the compact format the tiny model is
-        trained on; ``style="instruct"`` is a natural-language instruction for chat/instruct models."""
+        """The text the model continues. ``style="plain"`` is the compact ``Q: ...\nA:\n`` format the
+        tiny model is trained on; ``style="instruct"`` is :meth:`instruction`, for chat/instruct models."""
+        if style == "plain":
+            return f"Q: {problem.question}\nA:\n"
+        if style == "instruct":
+            return self.instruction(problem)
+        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: {', '.join(PROMPT_STYLES)}")
+
+    def instruction(self, problem: Problem) -> str:
+        """Natural-language prompt for instruct models; tasks override it to ask for their answer format."""
+        return f"{problem.question}\n\nThink step by step, then end your reply with a final line 'Answer: ...'."
 
     def rationale(self, problem: Problem) -> str | None:
         """Gold completion (step lines + answer line) for supervised training, if the task has one."""

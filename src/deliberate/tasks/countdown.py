@@ -305,15 +305,11 @@ class CountdownTask(Task):
             ))
         return out
 
-    def prompt(self, problem: Problem, style: str = "plain") -> str:
-        if style == "plain":
-            return f"Q: {problem.question}\nA:\n"
-        if style == "instruct":
-            nums, target = problem.metadata["numbers"], problem.metadata["target"]
-            return (f"Using the numbers {', '.join(map(str, nums))}, each at most once, and the operations + - * / "
-                    f"(integer results only), reach {target}. Write one operation per line like 12+3=15, then "
-                    f"finish with a line 'Answer: EXPRESSION' giving one expression that equals {target}.")
-        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: plain, instruct")
+    def instruction(self, problem: Problem) -> str:
+        nums, target = problem.metadata["numbers"], problem.metadata["target"]
+        return (f"Using the numbers {', '.join(map(str, nums))}, each at most once, and the operations + - * / "
+                f"(integer results only), reach {target}. Write one operation per line like 12+3=15, then "
+                f"finish with a line 'Answer: EXPRESSION' giving one expression that equals {target}.")
 
     def rationale(self, problem: Problem) -> str:
         return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.metadata['expression']}"

@@ -49,8 +49,31 @@ def numeric_extract(text: str, last_number_fallback: bool) -> str | None:
     return canonical_number(ans) or ans.strip() or None
 
 
+class NumericWordProblemTask(Task):
+    """Word problems with a numeric answer (GSM8K, MAWPS): instruction, extraction, numeric check.
+
+    Subclasses set ``last_number_fallback``: real models that end without an answer line are graded
+    on their last number when it is True.
+    """
+
+    last_number_fallback: bool = True
+
+    def instruction(self, problem: Problem) -> str:
+        return (f"Solve the following math word problem. Reason step by step, then finish with a line "
+                f"'The answer is N.' where N is the final number.\n\n{problem.question}")
+
+    def extract_answer(self, text: str) -> str | None:
+        return numeric_extract(text, self.last_number_fallback)
+
+    def is_correct(self, answer: str | None, problem: Problem) -> bool:
+        return numbers_equal(answer, problem.answer)
+
+    def normalize(self, answer: str | None) -> str | None:
+        return None if answer is None else (canonical_number(answer) or answer.strip() or None)
+
+
 @register_task("gsm8k")
-class GSM8KTask(Task):
+class GSM8KTask(NumericWordProblemTask):
     """GSM8K grade-school math word problems (numeric answers)."""
 
     name = "gsm8k"
@@ -84,22 +107,5 @@ class GSM8KTask(Task):
         rows = self._load(split)
         return rows if n is None else rows[:n]
 
-    def prompt(self, problem: Problem, style: str = "plain") -> str:
-        if style == "plain":
-            return f"Q: {problem.question}\nA:\n"
-        if style == "instruct":
-            return (f"Solve the following math word problem. Reason step by step, then finish with a line "
-                    f"'The answer is N.' where N is the final number.\n\n{problem.question}")
-        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: plain, instruct")
-
     def rationale(self, problem: Problem) -> str:
         return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.answer}"
-
-    def extract_answer(self, text: str) -> str | None:
-        return numeric_extract(text, self.last_number_fallback)
-
-    def is_correct(self, answer: str | None, problem: Problem) -> bool:
-        return numbers_equal(answer, problem.answer)
-
-    def normalize(self, answer: str | None) -> str | None:
-        return None if answer is None else (canonical_number(answer) or answer.strip() or None)

@@ -107,13 +107,6 @@ class GymTask(Task):
             raise DeliberateError(f"gym: could only make {len(out)} {split} problems distinct from the test split")
         return out
 
-    def prompt(self, problem: Problem, style: str = "plain") -> str:
-        if style == "plain":
-            return f"Q: {problem.question}\nA:\n"
-        if style == "instruct":
-            return f"{problem.question}\n\nThink step by step, then end your reply with a final line 'Answer: ...'."
-        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: plain, instruct")
-
     def rationale(self, problem: Problem) -> str:
         return f"Answer: {problem.answer}"
 

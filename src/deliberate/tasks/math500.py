@@ -53,13 +53,9 @@ class MATH500Task(Task):
         rows = self._load()
         return rows if n is None else rows[:n]
 
-    def prompt(self, problem: Problem, style: str = "plain") -> str:
-        if style == "plain":
-            return f"Q: {problem.question}\nA:\n"
-        if style == "instruct":
-            return (f"Solve the following math problem. Reason step by step, and put your final answer within "
-                    f"\\boxed{{}}.\n\n{problem.question}")
-        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: plain, instruct")
+    def instruction(self, problem: Problem) -> str:
+        return (f"Solve the following math problem. Reason step by step, and put your final answer within "
+                f"\\boxed{{}}.\n\n{problem.question}")
 
     def rationale(self, problem: Problem) -> str:
         return problem.metadata["solution"]

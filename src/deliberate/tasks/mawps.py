@@ -12,9 +12,9 @@ an answer line are graded on their last number unless ``last_number_fallback=Fal
 from __future__ import annotations
 
 from deliberate.errors import DeliberateError
-from deliberate.tasks.base import Task, check_split, register_task
-from deliberate.tasks.grading import canonical_number, numbers_equal
-from deliberate.tasks.gsm8k import numeric_extract
+from deliberate.tasks.base import check_split, register_task
+from deliberate.tasks.grading import canonical_number
+from deliberate.tasks.gsm8k import NumericWordProblemTask
 from deliberate.tasks.jsonl import read_jsonl, resolve_data_file
 from deliberate.types import Problem
 
@@ -22,7 +22,7 @@ SUBSETS = ("singleop", "addsub", "singleeq", "multiarith")
 
 
 @register_task("mawps")
-class MAWPSTask(Task):
+class MAWPSTask(NumericWordProblemTask):
     """MAWPS arithmetic word problems (numeric answers; test split only)."""
 
     name = "mawps"
@@ -62,20 +62,3 @@ class MAWPSTask(Task):
             raise DeliberateError("mawps has only a test split; use split='test' (train on gsm8k or arith instead)")
         rows = self._load()
         return rows if n is None else rows[:n]
-
-    def prompt(self, problem: Problem, style: str = "plain") -> str:
-        if style == "plain":
-            return f"Q: {problem.question}\nA:\n"
-        if style == "instruct":
-            return (f"Solve the following math word problem. Reason step by step, then finish with a line "
-                    f"'The answer is N.' where N is the final number.\n\n{problem.question}")
-        raise DeliberateError(f"unknown prompt style {style!r}; valid styles: plain, instruct")
-
-    def extract_answer(self, text: str) -> str | None:
-        return numeric_extract(text, self.last_number_fallback)
-
-    def is_correct(self, answer: str | None, problem: Problem) -> bool:
-        return numbers_equal(answer, problem.answer)
-
-    def normalize(self, answer: str | None) -> str | None:
-        return None if answer is None else (canonical_number(answer) or answer.strip() or None)
