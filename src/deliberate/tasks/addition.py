@@ -122,9 +122,6 @@ class AdditionTask(Task):
                 f"line like 7+5+0=12, 2 (the digits, the carry in, the sum, then the answer digits so far), "
                 f"then finish with a line 'Answer: N'.")
 
-    def rationale(self, problem: Problem) -> str:
-        return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.answer}"
-
     def extract_answer(self, text: str) -> str | None:
         found = _ANSWER.findall(text)
         return str(int(found[-1])) if found else None

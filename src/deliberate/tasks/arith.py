@@ -145,9 +145,6 @@ class ArithTask(Task):
         return (f"{problem.question}\nSolve it step by step, writing one calculation per line like 3*4=12, "
                 f"then finish with a line 'Answer: N'.")
 
-    def rationale(self, problem: Problem) -> str:
-        return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.answer}"
-
     # --- verification ---------------------------------------------------------------------
     def extract_answer(self, text: str) -> str | None:
         found = _ANSWER.findall(text)

@@ -56,8 +56,10 @@ class Task(ABC):
         return f"{problem.question}\n\nThink step by step, then end your reply with a final line 'Answer: ...'."
 
     def rationale(self, problem: Problem) -> str | None:
-        """Gold completion (step lines + answer line) for supervised training, if the task has one."""
-        return None
+        """Gold completion for supervised training: the gold ``steps`` in the problem's metadata, one per
+        line, then ``Answer: <gold>``; None when the task has no gold steps."""
+        steps = problem.metadata.get("steps")
+        return None if steps is None else "\n".join(steps) + f"\nAnswer: {problem.answer}"
 
     def split_steps(self, text: str) -> tuple[str, ...]:
         """Reasoning steps of a completion: its non-empty lines."""

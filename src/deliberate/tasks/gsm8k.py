@@ -106,6 +106,3 @@ class GSM8KTask(NumericWordProblemTask):
         check_split(split)
         rows = self._load(split)
         return rows if n is None else rows[:n]
-
-    def rationale(self, problem: Problem) -> str:
-        return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.answer}"
