@@ -100,7 +100,7 @@ def test_stop_strings_length_and_token_accounting(model_tok):
     first = text.find(stop)
     assert c.text == text[:first] and c.finish_reason == "stop"
     # same tokens as the free run up to the one that completed the stop string, and no further
-    assert c.logprobs == free[0][0].logprobs[: c.completion_tokens]
+    assert c.logprobs == pytest.approx(free[0][0].logprobs[: c.completion_tokens], abs=1e-4)
     assert first + len(stop) <= c.completion_tokens < 30
     assert all(x.prompt_tokens == len(PROMPTS[0]) + 1 for x in cut[0])
 
