@@ -18,23 +18,18 @@ distinct. Every scratchpad line is checkable (:meth:`AdditionTask.step_correct`)
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from typing import Sequence
 
 from deliberate.errors import DeliberateError
-from deliberate.tasks.base import Task, check_split, register_task
+from deliberate.tasks.base import Task, check_split, distinct_draws, register_task
 from deliberate.tasks.grading import canonical_number
 from deliberate.types import Problem
 
 _ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 MAX_DIGITS = 30
 
-
-def _split_of(question: str) -> str:
-    h = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=4).digest(), "little")
-    return "test" if h % 10 == 0 else "train"
 
 
 def parse_digits(digits: int | str) -> tuple[int, int]:
@@ -97,25 +92,17 @@ class AdditionTask(Task):
                 f"{self.min_digits}-{self.max_digits} digits"
             )
         rng = random.Random(f"addition:{seed}:{split}:{self.min_digits}:{self.max_digits}")
-        out: list[Problem] = []
-        seen: set[str] = set()
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 200 * n + 10000:
-                raise DeliberateError(f"addition: could not generate {n} distinct {split} problems with these digits")
+
+        def draw():
             d = rng.randint(self.min_digits, self.max_digits)
             lo = 0 if d == 1 else 10 ** (d - 1)
             a, b = rng.randint(lo, 10**d - 1), rng.randint(lo, 10**d - 1)
-            q = f"{a}+{b}"
-            if q in seen or _split_of(q) != split:
-                continue
-            seen.add(q)
-            out.append(Problem(
-                id=f"addition-{split}-{seed}-{len(out)}", question=q, answer=str(a + b),
-                metadata={"a": a, "b": b, "digits": d, "steps": scratchpad(a, b)},
-            ))
-        return out
+            return f"{a}+{b}", (a, b, d)
+
+        drawn = distinct_draws(split, n, draw, what="addition", max_tries=200 * n + 10000)
+        return [Problem(id=f"addition-{split}-{seed}-{i}", question=q, answer=str(a + b),
+                        metadata={"a": a, "b": b, "digits": d, "steps": scratchpad(a, b)})
+                for i, (q, (a, b, d)) in enumerate(drawn)]
 
     def instruction(self, problem: Problem) -> str:
         return (f"Compute {problem.question}. Add the digits column by column from the right, one column per "

@@ -20,13 +20,12 @@ train and test never share a question whatever the seeds or sizes.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from typing import Sequence
 
 from deliberate.errors import DeliberateError
-from deliberate.tasks.base import Task, check_split, register_task
+from deliberate.tasks.base import Task, check_split, distinct_draws, register_task
 from deliberate.types import Problem
 
 NAMES = [("Mia", "She"), ("Leo", "He"), ("Ava", "She"), ("Sam", "He"), ("Zoe", "She"), ("Max", "He"),
@@ -48,10 +47,6 @@ def _apply(a: int, op: str, b: int) -> int | None:
         return a // b if b != 0 and a % b == 0 else None
     return None
 
-
-def _split_of(question: str) -> str:
-    h = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=4).digest(), "little")
-    return "test" if h % 10 == 0 else "train"
 
 
 @register_task("arith")
@@ -123,22 +118,10 @@ class ArithTask(Task):
         if n is None:
             n = 500 if split == "test" else 5000
         rng = random.Random(f"arith:{seed}:{split}:{self.min_ops}:{self.max_ops}:{self.max_operand}")
-        out: list[Problem] = []
-        seen: set[str] = set()
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 200 * n + 10000:
-                raise DeliberateError(f"arith: could not generate {n} distinct {split} problems at this difficulty")
-            q, steps = self._make(rng)
-            if q in seen or _split_of(q) != split:
-                continue
-            seen.add(q)
-            out.append(Problem(
-                id=f"arith-{split}-{seed}-{len(out)}", question=q, answer=str(steps[-1][3]),
-                metadata={"steps": [f"{a}{op}{b}={c}" for a, op, b, c in steps], "ops": len(steps)},
-            ))
-        return out
+        drawn = distinct_draws(split, n, lambda: self._make(rng), what="arith", max_tries=200 * n + 10000)
+        return [Problem(id=f"arith-{split}-{seed}-{i}", question=q, answer=str(steps[-1][3]),
+                        metadata={"steps": [f"{a}{op}{b}={c}" for a, op, b, c in steps], "ops": len(steps)})
+                for i, (q, steps) in enumerate(drawn)]
 
     # --- formatting -----------------------------------------------------------------------
     def instruction(self, problem: Problem) -> str:

@@ -8,9 +8,10 @@ reasoning-gym task.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 from deliberate.errors import DeliberateError
 from deliberate.types import Completion, Problem, Sample
@@ -146,3 +147,37 @@ def get_task(name: str, **options: Any) -> Task:
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise DeliberateError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
+def hash_split(question: str) -> str:
+    """``"test"`` iff a hash of the question text falls in the lowest 10% bucket, else ``"train"``.
+
+    Generated tasks use it so train and test never share a question, whatever the seeds or sizes.
+    """
+    h = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=4).digest(), "little")
+    return "test" if h % 10 == 0 else "train"
+
+
+def distinct_draws(split: str, n: int, draw: Callable[[], tuple[str, Any] | None], *, what: str,
+                   max_tries: int) -> list[tuple[str, Any]]:
+    """Call ``draw()`` until ``n`` distinct questions of ``split`` (by :func:`hash_split`) are found.
+
+    ``draw`` returns ``(question, payload)`` or None (a rejected draw); the result is the accepted
+    ``(question, payload)`` pairs in draw order. Gives up with a DeliberateError after ``max_tries``.
+    """
+    out: list[tuple[str, Any]] = []
+    seen: set[Hashable] = set()
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > max_tries:
+            raise DeliberateError(f"{what}: could not generate {n} distinct {split} problems with these options")
+        made = draw()
+        if made is None:
+            continue
+        q = made[0]
+        if q in seen or hash_split(q) != split:
+            continue
+        seen.add(q)
+        out.append(made)
+    return out

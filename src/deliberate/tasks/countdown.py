@@ -27,7 +27,6 @@ in the lowest 10% bucket, so train and test never share a question.
 from __future__ import annotations
 
 import ast
-import hashlib
 import random
 import re
 from collections import Counter, deque
@@ -36,7 +35,7 @@ from fractions import Fraction
 from typing import Callable, Iterator, Sequence
 
 from deliberate.errors import DeliberateError
-from deliberate.tasks.base import Task, check_split, register_task
+from deliberate.tasks.base import Task, check_split, distinct_draws, register_task
 from deliberate.tasks.grading import _boxed_contents
 from deliberate.types import Problem
 
@@ -241,10 +240,6 @@ def check_expression(expr: str | None, numbers: Sequence[int], target: int) -> b
 # --------------------------------------------------------------------------------------------
 
 
-def _split_of(question: str) -> str:
-    h = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=4).digest(), "little")
-    return "test" if h % 10 == 0 else "train"
-
 
 @register_task("countdown")
 class CountdownTask(Task):
@@ -281,25 +276,18 @@ class CountdownTask(Task):
             n = 500 if split == "test" else 5000
         rng = random.Random(f"countdown:{seed}:{split}:{self.n_numbers}:{self.min_number}:{self.max_number}:"
                             f"{self.min_target}:{self.max_target}")
-        out: list[Problem] = []
-        seen: set[str] = set()
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 1000 * n + 10000:
-                raise DeliberateError(f"countdown: could not generate {n} distinct {split} problems with these options")
+
+        def draw():
             made = self._make(rng)
-            if made is None:
-                continue
-            nums, target = made
-            q = f"{' '.join(map(str, nums))} -> {target}"
-            if q in seen or _split_of(q) != split:
-                continue
-            seen.add(q)
+            return None if made is None else (f"{' '.join(map(str, made[0]))} -> {made[1]}", made)
+
+        out = []
+        for i, (q, (nums, target)) in enumerate(distinct_draws(split, n, draw, what="countdown",
+                                                               max_tries=1000 * n + 10000)):
             sol = solve_state(nums, target)
             assert sol is not None, "generated problems are solvable by construction"
             out.append(Problem(
-                id=f"countdown-{split}-{seed}-{len(out)}", question=q, answer=str(target),
+                id=f"countdown-{split}-{seed}-{i}", question=q, answer=str(target),
                 metadata={"numbers": nums, "target": target, "steps": list(sol.steps),
                           "expression": sol.expression(target)},
             ))
