@@ -128,6 +128,8 @@ class _LlamaRunner:
         x = self.inner.embed_tokens(ids)
         cos = self.cos[pos][:, None]  # [B,1,L,hd]
         sin = self.sin[pos][:, None]
+        if L == 1:  # additive mask, built once per step rather than per layer
+            bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for i, layer in enumerate(self.inner.layers):
             att = layer.self_attn
             h = layer.input_layernorm(x)
@@ -138,11 +140,15 @@ class _LlamaRunner:
             k = k * cos + _rotate_half(k) * sin
             self.k[i, :, :, start:end] = k
             self.v[i, :, :, start:end] = v
-            o = F.scaled_dot_product_attention(
-                q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=mask,
-                enable_gqa=self.n_kv != self.n_heads,
-            )
-            x = x + att.o_proj(o.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+            K, V = self.k[i, :, :, :end], self.v[i, :, :, :end]
+            if L == 1:  # decode: plain matmuls are ~2x faster than SDPA's masked CPU kernel for one query
+                qg = q.reshape(B, self.n_kv, self.n_heads // self.n_kv, self.head_dim)  # heads sharing a kv head
+                w = torch.softmax(qg @ K.transpose(-1, -2) * self.head_dim ** -0.5 + bias, dim=-1)
+                o = (w @ V).reshape(B, 1, self.n_heads * self.head_dim)
+            else:
+                o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+                o = o.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)
+            x = x + att.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.len = end
         x = self.inner.norm(x[:, -1])
