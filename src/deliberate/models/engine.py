@@ -88,8 +88,9 @@ class _LlamaRunner:
         dev = ids.device
         dtype = next(self.model.parameters()).dtype
         self.T = total_len
-        self.k = torch.zeros(self.n_layers, B, self.n_kv, total_len, self.head_dim, dtype=dtype, device=dev)
-        self.v = torch.zeros_like(self.k)
+        # uninitialised: slot s is written (prefill or decode) before any query attends to it
+        self.k = torch.empty(self.n_layers, B, self.n_kv, total_len, self.head_dim, dtype=dtype, device=dev)
+        self.v = torch.empty_like(self.k)
         self.pad = pad.clone()
         self.len = P
         t = torch.arange(total_len, device=dev, dtype=torch.float32)
@@ -125,34 +126,89 @@ class _LlamaRunner:
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
         B, L = ids.shape
         end = start + L
-        x = self.inner.embed_tokens(ids)
-        cos = self.cos[pos][:, None]  # [B,1,L,hd]
-        sin = self.sin[pos][:, None]
-        if L == 1:  # additive mask, built once per step rather than per layer
-            bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        if L == 1:
+            return self._decode(ids, pos, start, mask)
+        # prefill: the per-token work (norms, projections, MLP) runs on the real tokens only, packed;
+        # attention runs on the padded [B, L] layout that the cache keeps
+        keep = (torch.arange(L, device=ids.device)[None, :] >= self.pad[:, None])  # [B, L] real tokens
+        flat = keep.reshape(-1).nonzero().squeeze(-1)
+        x = self.inner.embed_tokens(ids.reshape(-1).index_select(0, flat))  # [N, d]
+        cos = self.cos[pos].reshape(B * L, -1).index_select(0, flat)[:, None]  # [N,1,hd]
+        sin = self.sin[pos].reshape(B * L, -1).index_select(0, flat)[:, None]
+        N = x.shape[0]
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for i, layer in enumerate(self.inner.layers):
             att = layer.self_attn
             h = layer.input_layernorm(x)
-            q = att.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-            k = att.k_proj(h).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-            v = att.v_proj(h).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+            q = att.q_proj(h).view(N, self.n_heads, self.head_dim)
+            k = att.k_proj(h).view(N, self.n_kv, self.head_dim)
+            v = att.v_proj(h).view(N, self.n_kv, self.head_dim)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            qp = q.new_zeros(B * L, self.n_heads, self.head_dim).index_copy_(0, flat, q)
+            kp = k.new_zeros(B * L, self.n_kv, self.head_dim).index_copy_(0, flat, k)
+            vp = v.new_zeros(B * L, self.n_kv, self.head_dim).index_copy_(0, flat, v)
+            qp = qp.view(B, L, self.n_heads, self.head_dim).transpose(1, 2) * self.head_dim ** -0.5
+            self.k[i, :, :, start:end] = kp.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+            self.v[i, :, :, start:end] = vp.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+            K, V = self.k[i, :, :, :end], self.v[i, :, :, :end]
+            if self.n_kv != self.n_heads:
+                K, V = (t.repeat_interleave(self.n_heads // self.n_kv, dim=1) for t in (K, V))
+            # explicit masked attention: faster on CPU than SDPA's masked kernel at these sizes
+            o = torch.softmax((qp @ K.transpose(-1, -2)).add_(bias), dim=-1) @ V
+            o = o.transpose(1, 2).reshape(B * L, self.n_heads * self.head_dim).index_select(0, flat)
+            x = x + att.o_proj(o)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.len = end
+        last = keep.sum(dim=1).cumsum(0) - 1  # each row's last real token (the last slot) in the packing
+        x = self.inner.norm(x.index_select(0, last))
+        return self.model.lm_head(x).float()
+
+    def _decode(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+        B = ids.shape[0]
+        end = start + 1
+        x = self.inner.embed_tokens(ids)
+        cos = self.cos[pos][:, None]  # [B,1,1,hd]
+        sin = self.sin[pos][:, None]
+        # additive mask, built once per step rather than per layer
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        groups = self._groups(B)
+        g = self.n_heads // self.n_kv
+        for i, layer in enumerate(self.inner.layers):
+            att = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = att.q_proj(h).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
+            k = att.k_proj(h).view(B, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            v = att.v_proj(h).view(B, 1, self.n_kv, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             self.k[i, :, :, start:end] = k
             self.v[i, :, :, start:end] = v
-            K, V = self.k[i, :, :, :end], self.v[i, :, :, :end]
-            if L == 1:  # decode: plain matmuls are ~2x faster than SDPA's masked CPU kernel for one query
-                qg = q.reshape(B, self.n_kv, self.n_heads // self.n_kv, self.head_dim)  # heads sharing a kv head
-                w = torch.softmax(qg @ K.transpose(-1, -2) * self.head_dim ** -0.5 + bias, dim=-1)
-                o = (w @ V).reshape(B, 1, self.n_heads * self.head_dim)
-            else:
-                o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
-                o = o.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)
+            qg = q.reshape(B, self.n_kv, g, self.head_dim) * self.head_dim ** -0.5  # heads sharing a kv head
+            outs = []
+            # plain matmuls are ~2x faster than SDPA's masked CPU kernel for one query; rows are sorted
+            # longest prompt first, so each group of rows can skip the slots that are padding for all of it
+            for b0, b1, lo in groups:
+                K, V = self.k[i, b0:b1, :, lo:end], self.v[i, b0:b1, :, lo:end]
+                w = torch.softmax((qg[b0:b1] @ K.transpose(-1, -2)).add_(bias[b0:b1, ..., lo:end]), dim=-1)
+                outs.append(w @ V)
+            o = (outs[0] if len(outs) == 1 else torch.cat(outs)).reshape(B, 1, self.n_heads * self.head_dim)
             x = x + att.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.len = end
         x = self.inner.norm(x[:, -1])
         return self.model.lm_head(x).float()
+
+    def _groups(self, B: int) -> list[tuple[int, int, int]]:
+        """Split the batch into contiguous row groups with their first non-padding slot.
+
+        Only when rows are sorted by padding (the engine sorts them longest prompt first) does a group
+        skip anything; otherwise every group starts at its smallest padding, which is still exact.
+        """
+        n = 1 if B < 16 else 4
+        size = -(-B // n)
+        pads = self.pad.tolist()
+        return [(b0, min(B, b0 + size), min(pads[b0:b0 + size])) for b0 in range(0, B, size)]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -286,20 +342,23 @@ class Engine:
         logits = runner.start(ids.to(dev), pad.to(dev), P + max_new)
         self.stats.prefill_tokens += int(sum(len(encoded[i]) for i in uniq))
         self.stats.forward_calls += 1
-        expand = torch.tensor([where[i] for i, _ in chunk], dtype=torch.long, device=dev)
+        rows = [_Row(i, j, len(encoded[i])) for i, j in chunk]
+        # the runner's batch holds rows longest prompt first (stable), so decode attention can skip
+        # padding group by group; `active` maps batch position -> index into rows
+        active = sorted(range(len(rows)), key=lambda r: -rows[r].prompt_len)
+        expand = torch.tensor([where[rows[r].prompt_idx] for r in active], dtype=torch.long, device=dev)
         runner.select(expand)
         logits = logits.index_select(0, expand)
-        rows = [_Row(i, j, len(encoded[i])) for i, j in chunk]
         # per-row random streams: batch-invariant by construction
         if params.greedy:
             U = None
         else:
             U = torch.empty(len(rows), max_new, dtype=torch.float64)
-            for r, row in enumerate(rows):
+            for b, r in enumerate(active):
+                row = rows[r]
                 g = torch.Generator().manual_seed(sequence_seed(params.seed, prompts[row.prompt_idx], row.sample_idx))
-                U[r] = torch.rand(max_new, generator=g, dtype=torch.float64)
+                U[b] = torch.rand(max_new, generator=g, dtype=torch.float64)
             U = U.to(dev)
-        active = list(range(len(rows)))  # indices into rows, aligned with the runner's batch
         max_stop = max((len(s) for s in params.stop), default=0)
         for t in range(max_new):
             u = None if U is None else U[:, t]
