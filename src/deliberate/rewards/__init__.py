@@ -1,0 +1,5 @@
+"""Verifiers: learned (ORM, PRM, GenRM, HF checkpoints) and automatic (oracle, noisy), one interface."""
+
+from deliberate.rewards.base import AGGREGATIONS, Verifier, VerifierStats, aggregate, get_verifier, register_verifier
+
+__all__ = ["AGGREGATIONS", "Verifier", "VerifierStats", "aggregate", "get_verifier", "register_verifier"]

@@ -1,0 +1,123 @@
+"""The verifier interface: ``score(problem, steps) -> per-step scores``, plus aggregation.
+
+Every verifier — learned (ORM, PRM, GenRM, an HF checkpoint on disk) or automatic (the task's own
+checker, a deliberately noisy copy of it) — answers the same question: given a problem and the
+reasoning steps written so far, how likely is each step prefix to lead to a correct answer?
+Scores are probabilities in [0, 1], one per step. An outcome model (ORM) gives the same score for
+every prefix position it was asked about, computed on the text so far.
+
+Search strategies only see this interface, so any verifier plugs into any strategy::
+
+    v = get_verifier("prm:runs/prm", task=task)
+    v.score(problem, ["3+4=7", "7*2=14"])          # -> [0.93, 0.88]
+    aggregate(v.score(problem, steps), "min")      # -> 0.88
+
+Compute is counted: ``v.stats`` holds verifier calls (forward passes), scored sequences and
+tokens run through the verifier.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from deliberate.errors import DeliberateError
+from deliberate.types import Problem
+
+AGGREGATIONS = ("min", "prod", "last", "mean")
+
+
+def aggregate(scores: Sequence[float], how: str = "min") -> float:
+    """Reduce per-step scores to one solution score (``min`` | ``prod`` | ``last`` | ``mean``).
+
+    An empty solution scores 0.0 (it cannot be correct)."""
+    if how not in AGGREGATIONS:
+        raise DeliberateError(f"unknown aggregation {how!r}; valid: {', '.join(AGGREGATIONS)}")
+    if not scores:
+        return 0.0
+    if how == "min":
+        return float(min(scores))
+    if how == "last":
+        return float(scores[-1])
+    if how == "mean":
+        return float(sum(scores) / len(scores))
+    return float(math.exp(sum(math.log(max(s, 1e-12)) for s in scores)))
+
+
+@dataclass
+class VerifierStats:
+    """Verifier compute: forward calls, sequences scored, tokens run through the verifier."""
+
+    calls: int = 0
+    sequences: int = 0
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Verifier(ABC):
+    """Scores step prefixes of candidate solutions. Subclasses implement :meth:`score_batch`."""
+
+    name: str = "verifier"
+
+    def __init__(self) -> None:
+        self.stats = VerifierStats()
+
+    @abstractmethod
+    def score_batch(self, items: Sequence[tuple[Problem, Sequence[str]]]) -> list[list[float]]:
+        """For each (problem, steps) pair, one score in [0, 1] per step (same length as steps)."""
+
+    def score(self, problem: Problem, steps: Sequence[str]) -> list[float]:
+        return self.score_batch([(problem, steps)])[0]
+
+    def score_solutions(self, items: Sequence[tuple[Problem, Sequence[str]]], how: str = "min") -> list[float]:
+        """One aggregated score per (problem, steps)."""
+        return [aggregate(s, how) for s in self.score_batch(items)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+# --------------------------------------------------------------------------------------------
+# Registry: "kind" or "kind:arg" specs, e.g. "prm:runs/prm", "noisy:0.2", "oracle"
+# --------------------------------------------------------------------------------------------
+
+_VERIFIERS: dict[str, Callable[..., Verifier]] = {}
+
+
+def register_verifier(kind: str) -> Callable[[Callable[..., Verifier]], Callable[..., Verifier]]:
+    def deco(factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
+        _VERIFIERS[kind] = factory
+        return factory
+
+    return deco
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for mod in ("oracle", "models", "genrm"):
+        try:
+            importlib.import_module(f"deliberate.rewards.{mod}")
+        except ModuleNotFoundError as e:  # a verifier module not written yet
+            if e.name != f"deliberate.rewards.{mod}":
+                raise
+
+
+def verifier_kinds() -> list[str]:
+    _load_builtin()
+    return sorted(_VERIFIERS)
+
+
+def get_verifier(spec: str, **kwargs: Any) -> Verifier:
+    """Build a verifier from ``"kind"`` or ``"kind:argument"`` (a path, a noise level ...).
+
+    ``kwargs`` (e.g. ``task=``, ``seed=``) are passed to the factory."""
+    _load_builtin()
+    kind, _, arg = spec.partition(":")
+    if kind not in _VERIFIERS:
+        raise DeliberateError(f"unknown verifier {kind!r}; valid: {', '.join(sorted(_VERIFIERS))}")
+    return _VERIFIERS[kind](arg or None, **kwargs)
