@@ -1,0 +1,12 @@
+"""Test-time search strategies, one file each, one signature: ``run(problems, ctx) -> [SearchResult]``.
+
+    from deliberate.search import SearchContext, SearchSettings, run_search
+    ctx = SearchContext(backend, task, SearchSettings(n=16), verifier=get_verifier("prm:runs/prm", task=task))
+    results = run_search("beam", problems, ctx)
+"""
+
+from deliberate.search.base import (POOL_STRATEGIES, Candidate, SearchContext, SearchResult, SearchSettings,
+                                    get_strategy, run_search, strategy_names)
+
+__all__ = ["POOL_STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings", "get_strategy",
+           "run_search", "strategy_names"]
