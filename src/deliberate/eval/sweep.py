@@ -1,0 +1,525 @@
+"""``deliberate sweep``: strategies x budgets x seeds on a task, resumable, one summary and plots.
+
+    deliberate sweep --task arith --backend tiny --model runs/quickstart/sft/model \\
+        --verifier prm:runs/prm --strategies majority,best_of_n,weighted,beam,mcts \\
+        --budgets 4,16 --seeds 0,1,2 --n-problems 100 --out runs/sweep
+
+What it writes in ``--out`` (a rerun with the same flags resumes and skips everything on disk):
+
+- ``config.json`` — the sweep's configuration; a rerun with a different one is refused.
+- ``pool.jsonl`` — for the sample-based strategies (majority, best_of_n, weighted), ``max(budgets)``
+  full samples per problem and seed, drawn once; every budget N selects among the first N of them.
+- ``pool_scores.jsonl`` — the verifier's per-step scores of every pool sample (cached).
+- ``results.jsonl`` — one row per (problem, strategy, budget, seed): the selected answer, whether it
+  is correct, whether any candidate was (the strategy's own ceiling), and its compute.
+- ``trees.jsonl`` — the search trees of the tree strategies (first ``--trees-per-run`` problems).
+- ``summary.json`` — ``{"task","model","seed","results":[{"strategy","n","accuracy","ci",
+  "generated_tokens","prompt_tokens","verifier_sequences","wall_s","pass_at_n","fraction_of_ceiling",
+  "accuracy_std"}],"extra":{...},"compute":{...},"config":{...}}``; ``extra`` holds the
+  compute-matched table, the token-bucket curve and the verifier-noise ("taste") curve.
+- ``accuracy.png`` (accuracy vs N and vs generated tokens, every strategy, 95% CIs),
+  ``token_buckets.png`` (plain sampling, accuracy per bucket of tokens used),
+  ``taste.png`` (best-of-N with verifiers of known noise vs N, against pass@N).
+
+Accuracy is averaged over seeds per problem, then over problems; CIs bootstrap over problems.
+pass@N (the ceiling of any selection at N) is the unbiased estimator over the pool's samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.metrics import bootstrap_ci, pass_at_k
+from deliberate.eval.records import RecordWriter, load_records, write_json_atomic
+from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
+from deliberate.models.sampling import SamplingParams
+from deliberate.rewards.base import Verifier, aggregate, get_verifier
+from deliberate.search.base import (POOL_STRATEGIES, Candidate, SearchContext, SearchSettings, get_strategy,
+                                    run_search, strategy_names)
+from deliberate.search.sampling import select
+from deliberate.tasks.base import Task, get_task
+from deliberate.types import Problem, SampleRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    task: str
+    out_dir: str
+    strategies: tuple[str, ...] = ("majority", "best_of_n", "weighted", "beam")
+    budgets: tuple[int, ...] = (4, 16)
+    seeds: tuple[int, ...] = (0,)
+    n_problems: int = 100
+    split: str = "test"
+    problem_seed: int = 0
+    task_options: dict[str, Any] = field(default_factory=dict)
+    verifier: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # SearchSettings overrides (n and seed are set per run)
+    batch_problems: int = 50
+    taste_sigmas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    trees_per_run: int = 20
+
+    def __post_init__(self) -> None:
+        valid = strategy_names()
+        bad = [s for s in self.strategies if s not in valid]
+        if bad:
+            raise DeliberateError(f"unknown strategy {bad[0]!r}; valid: {', '.join(valid)}")
+        if not self.strategies:
+            raise DeliberateError("--strategies is empty")
+        if not self.budgets or any(not isinstance(b, int) or b < 1 for b in self.budgets):
+            raise DeliberateError(f"budgets must be integers >= 1 (got {self.budgets!r})")
+        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise DeliberateError(f"seeds must be integers >= 0 (got {self.seeds!r})")
+        if self.n_problems < 1 or self.batch_problems < 1:
+            raise DeliberateError("n_problems and batch_problems must be >= 1")
+        SearchSettings(**self.settings)  # validate the overrides now, before any model loads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pool_key(seed: int) -> str:
+    return f"pool-s{seed}"
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+
+def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, verifier: Verifier | None = None,
+              progress: bool = True) -> dict:
+    task = task or get_task(config.task, **config.task_options)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**config.to_dict(), "model": backend.model_name}
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run ({e})") from None
+        ident = ("task", "task_options", "split", "problem_seed", "verifier", "settings", "model")
+        diffs = [f"{k}: {old.get(k)!r} on disk vs {meta[k]!r} now" for k in ident if old.get(k) != meta[k]]
+        if diffs:
+            raise DeliberateError(f"{out} holds a sweep with a different config ({'; '.join(diffs)}); "
+                                  "use a new --out directory")
+    write_json_atomic(cfg_path, meta)
+    if verifier is None and config.verifier:
+        verifier = get_verifier(config.verifier, task=task)
+    problems = list(task.problems(config.split, config.n_problems, config.problem_seed))
+    if not problems:
+        raise DeliberateError(f"task {config.task!r} has no {config.split!r} problems")
+    base = SearchSettings(**config.settings)
+    max_tokens = base.max_tokens or task.max_tokens
+    t_start = time.perf_counter()
+    spent = {"generated_tokens": 0, "prompt_tokens_sent": 0, "backend_calls": 0}
+    eng0 = _engine_stats(backend)
+
+    pool_needed = any(s in POOL_STRATEGIES for s in config.strategies) or bool(config.taste_sigmas)
+    pool_n = max(config.budgets)
+    if pool_needed:
+        _sample_pool(config, backend, task, problems, base, max_tokens, pool_n, out, spent, progress)
+    pool = _load_pool(out, problems, config.seeds, pool_n) if pool_needed else {}
+    pool_scores: dict[tuple[str, int, int], list[float]] = {}
+    if pool_needed and verifier is not None and any(s in ("best_of_n", "weighted") for s in config.strategies):
+        pool_scores = _score_pool(out, problems, pool, verifier, progress)
+
+    results_path = out / "results.jsonl"
+    done = _read_jsonl(results_path, key=lambda r: (r["problem_id"], r["strategy"], r["n"], r["seed"]))
+    with open(results_path, "a", encoding="utf-8") as rf, open(out / "trees.jsonl", "a", encoding="utf-8") as tf:
+        # sample-based strategies: selection over the pool (no new generation)
+        for strategy in [s for s in config.strategies if s in POOL_STRATEGIES]:
+            for seed in config.seeds:
+                for n in config.budgets:
+                    for p in problems:
+                        key = (p.id, strategy, n, seed)
+                        if key in done:
+                            continue
+                        row = _pool_row(task, p, strategy, n, seed, pool, pool_scores, base.aggregation)
+                        rf.write(json.dumps(row) + "\n")
+                        done[key] = row
+                rf.flush()
+        # search strategies: run per (budget, seed) over batches of problems
+        runs = [(s, n, seed) for s in config.strategies if s not in POOL_STRATEGIES
+                for n in config.budgets for seed in config.seeds]
+        todo_total = sum(1 for s, n, seed in runs for p in problems if (p.id, s, n, seed) not in done)
+        with tqdm(total=todo_total, desc="sweep search", unit="problem", file=sys.stderr,
+                  disable=not progress or todo_total == 0, dynamic_ncols=True) as bar:
+            for strategy, n, seed in runs:
+                todo = [p for p in problems if (p.id, strategy, n, seed) not in done]
+                for b0 in range(0, len(todo), config.batch_problems):
+                    chunk = todo[b0:b0 + config.batch_problems]
+                    ctx = SearchContext(backend, task, replace(base, n=n, seed=seed), verifier)
+                    res = run_search(strategy, chunk, ctx)
+                    spent["generated_tokens"] += ctx.generated
+                    spent["prompt_tokens_sent"] += ctx.prompt_sent
+                    spent["backend_calls"] += ctx.calls
+                    for p, r in zip(chunk, res):
+                        correct = bool(task.is_correct(r.answer, p))
+                        row = {"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed, "answer": r.answer,
+                               "gold": p.answer, "correct": correct,
+                               "any_correct": any(task.is_correct(c.answer, p) for c in r.candidates),
+                               "candidates": len(r.candidates), "generated_tokens": r.generated_tokens,
+                               "prompt_tokens": r.prompt_tokens, "model_calls": r.model_calls,
+                               "verifier_sequences": r.verifier_sequences, "wall_s": r.wall_s, "text": r.text}
+                        if r.tree is not None and problems.index(p) < config.trees_per_run:
+                            tf.write(json.dumps({"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed,
+                                                 "question": p.question, "gold": p.answer, "nodes": r.tree}) + "\n")
+                        rf.write(json.dumps(row) + "\n")
+                        done[(p.id, strategy, n, seed)] = row
+                    rf.flush()
+                    tf.flush()
+                    bar.update(len(chunk))
+
+    compute = {**spent, "wall_s": time.perf_counter() - t_start}
+    eng1 = _engine_stats(backend)
+    if eng0 is not None and eng1 is not None:
+        compute["engine"] = {k: eng1[k] - eng0.get(k, 0) for k in eng1}
+    if verifier is not None:
+        compute["verifier"] = verifier.stats.to_dict()
+    summary = summarize(config, task, problems, done, pool, backend.model_name, compute, verifier is not None)
+    write_json_atomic(out / "summary.json", summary)
+    from deliberate.eval.plots import plot_sweep
+
+    plot_sweep(summary, out)
+    return summary
+
+
+def _engine_stats(backend: Backend) -> dict[str, int] | None:
+    st = getattr(getattr(backend, "engine", None), "stats", None)
+    return None if st is None else {k: int(v) for k, v in vars(st).items() if isinstance(v, int)}
+
+
+def _read_jsonl(path: Path, key) -> dict:
+    """Rows of a results file by key; a torn last line (killed run) is cut off, malformed lines are errors."""
+    out: dict = {}
+    if not path.exists():
+        return out
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping a torn last line from an interrupted run", path)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    for lineno, raw in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            out[key(row)] = row
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DeliberateError(f"{path}:{lineno}: malformed results line ({e})") from None
+    return out
+
+
+def _sample_pool(config, backend, task, problems, base, max_tokens, pool_n, out, spent, progress) -> None:
+    prompts = {p.id: task.prompt(p, base.prompt_style) for p in problems}
+    with RecordWriter(out / "pool.jsonl") as writer:
+        need = [(seed, p) for seed in config.seeds for p in problems
+                if any((p.id, _pool_key(seed), j) not in writer for j in range(pool_n))]
+        with tqdm(total=len(need) * pool_n, desc="sweep pool", unit="sample", file=sys.stderr,
+                  disable=not progress or not need, dynamic_ncols=True) as bar:
+            for seed in config.seeds:
+                todo = [p for s, p in need if s == seed]
+                params = SamplingParams(n=pool_n, temperature=base.temperature, top_p=base.top_p,
+                                        max_tokens=max_tokens, stop=tuple(task.stop), seed=seed)
+                step = max(1, 256 // pool_n)
+                for b0 in range(0, len(todo), step):
+                    chunk = todo[b0:b0 + step]
+                    t0 = time.perf_counter()
+                    outs = backend.generate([prompts[p.id] for p in chunk], params)
+                    dt = time.perf_counter() - t0
+                    spent["backend_calls"] += 1
+                    recs = []
+                    for p, comps in zip(chunk, outs):
+                        spent["prompt_tokens_sent"] += comps[0].prompt_tokens if comps else 0
+                        for j, c in enumerate(comps):
+                            spent["generated_tokens"] += c.completion_tokens
+                            if (p.id, _pool_key(seed), j) in writer:
+                                continue
+                            ans = task.extract_answer(c.text)
+                            recs.append(SampleRecord(
+                                problem_id=p.id, strategy=_pool_key(seed), index=j, seed=seed, text=c.text,
+                                answer=ans, gold=p.answer, correct=bool(task.is_correct(ans, p)),
+                                prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                                finish_reason=c.finish_reason, wall_s=dt / (len(chunk) * pool_n)))
+                    bar.update(writer.append(recs, on_duplicate="error"))
+
+
+def _load_pool(out: Path, problems, seeds, pool_n) -> dict[tuple[str, int], list[SampleRecord]]:
+    recs = {r.key: r for r in load_records(out / "pool.jsonl")}
+    pool = {}
+    for seed in seeds:
+        for p in problems:
+            try:
+                pool[(p.id, seed)] = [recs[(p.id, _pool_key(seed), j)] for j in range(pool_n)]
+            except KeyError:
+                raise DeliberateError(f"{out / 'pool.jsonl'}: missing samples for {p.id} seed {seed}") from None
+    return pool
+
+
+def _score_pool(out: Path, problems, pool, verifier: Verifier, progress: bool) -> dict:
+    path = out / "pool_scores.jsonl"
+    have = _read_jsonl(path, key=lambda r: (r["problem_id"], r["seed"], r["index"]))
+    by_id = {p.id: p for p in problems}
+    todo = [(pid, seed, j, r) for (pid, seed), rs in pool.items() for j, r in enumerate(rs)
+            if (pid, seed, j) not in have]
+    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="sweep verifier", unit="sample",
+                                                      file=sys.stderr, disable=not progress or not todo,
+                                                      dynamic_ncols=True) as bar:
+        for b0 in range(0, len(todo), 256):
+            chunk = todo[b0:b0 + 256]
+            task_split = [verifier_steps(r.text) for _, _, _, r in chunk]
+            scores = verifier.score_batch([(by_id[pid], st) for (pid, _, _, _), st in zip(chunk, task_split)])
+            for (pid, seed, j, _), sc in zip(chunk, scores):
+                row = {"problem_id": pid, "seed": seed, "index": j, "scores": [round(float(x), 6) for x in sc]}
+                f.write(json.dumps(row) + "\n")
+                have[(pid, seed, j)] = row
+            f.flush()
+            bar.update(len(chunk))
+    return {k: v["scores"] for k, v in have.items()}
+
+
+def verifier_steps(text: str) -> list[str]:
+    """Steps of a full sample as the verifiers see them: its non-empty lines."""
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def _pool_row(task, p: Problem, strategy: str, n: int, seed: int, pool, pool_scores, how: str) -> dict:
+    recs = pool[(p.id, seed)][:n]
+    cands = []
+    for j, r in enumerate(recs):
+        sc = pool_scores.get((p.id, seed, j))
+        cands.append(Candidate(r.text, tuple(verifier_steps(r.text)), r.answer,
+                               None if sc is None else aggregate(sc, how)))
+    if strategy != "majority" and any(c.score is None for c in cands):
+        raise DeliberateError(f"strategy {strategy!r} needs a verifier (--verifier ...)")
+    best = select(task, cands, strategy)
+    return {"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed, "answer": best.answer if best else None,
+            "gold": p.answer, "correct": bool(best is not None and task.is_correct(best.answer, p)),
+            "any_correct": any(r.correct for r in recs), "candidates": n,
+            "generated_tokens": sum(r.completion_tokens for r in recs),
+            "prompt_tokens": sum(r.prompt_tokens for r in recs), "model_calls": 1,
+            "verifier_sequences": 0 if strategy == "majority" else n,
+            "wall_s": sum(r.wall_s for r in recs), "text": best.text if best else ""}
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------------
+
+def summarize(config: SweepConfig, task: Task, problems: Sequence[Problem], rows: dict, pool: dict, model: str,
+              compute: dict, have_verifier: bool) -> dict:
+    P = len(problems)
+    pool_n = max(config.budgets)
+    results = []
+    # the ceiling: pass@N from the pool (unbiased over its samples), per problem averaged over seeds
+    ceiling: dict[int, list[float]] = {}
+    if pool:
+        for n in config.budgets:
+            ceiling[n] = [float(np.mean([pass_at_k(pool_n, sum(r.correct for r in pool[(p.id, s)]), n)
+                                         for s in config.seeds])) for p in problems]
+            results.append(_row("pass@n", n, ceiling[n], config, problems, pool=pool))
+    for strategy in config.strategies:
+        for n in config.budgets:
+            got = [[rows[(p.id, strategy, n, s)] for s in config.seeds] for p in problems]
+            acc = [float(np.mean([r["correct"] for r in g])) for g in got]
+            row = _row(strategy, n, acc, config, problems, rows=got)
+            if n in ceiling:
+                c = float(np.mean(ceiling[n]))
+                row["pass_at_n"] = c
+                row["fraction_of_ceiling"] = row["accuracy"] / c if c > 0 else None
+            per_seed = [float(np.mean([rows[(p.id, strategy, n, s)]["correct"] for p in problems]))
+                        for s in config.seeds]
+            row["accuracy_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+            row["accuracy_per_seed"] = per_seed
+            row["own_ceiling"] = float(np.mean([np.mean([r["any_correct"] for r in g]) for g in got]))
+            results.append(row)
+    extra: dict[str, Any] = {"compute_matched": compute_matched(results)}
+    if pool:
+        extra["token_buckets"] = token_buckets(pool)
+        extra["taste"] = taste_curve(task, problems, pool, config)
+    return {"task": config.task, "model": model, "seed": list(config.seeds), "n_problems": P, "results": results,
+            "extra": extra, "compute": compute, "config": config.to_dict(), "kind": "sweep"}
+
+
+def _row(strategy: str, n: int, values: Sequence[float], config: SweepConfig, problems, rows=None, pool=None) -> dict:
+    lo, hi = bootstrap_ci(values, seed=config.problem_seed)
+    out = {"strategy": strategy, "n": n, "accuracy": float(np.mean(values)), "ci": [lo, hi], "n_problems": len(values)}
+    if rows is not None:
+        S = len(config.seeds)
+        for k in ("generated_tokens", "prompt_tokens", "verifier_sequences", "wall_s"):
+            out[k] = float(sum(r[k] for g in rows for r in g) / S)  # per seed, summed over problems
+    elif pool is not None:  # pass@n: the tokens of n samples
+        S = len(config.seeds)
+        out["generated_tokens"] = float(sum(sum(r.completion_tokens for r in pool[(p.id, s)][:n])
+                                            for p in problems for s in config.seeds) / S)
+        out["wall_s"] = float(sum(sum(r.wall_s for r in pool[(p.id, s)][:n]) for p in problems
+                                  for s in config.seeds) / S)
+    return out
+
+
+def compute_matched(results: Sequence[dict]) -> list[dict]:
+    """Accuracy of every strategy at equal generated tokens: at each token level that some strategy
+    reached, each other strategy's accuracy interpolated linearly on its accuracy-vs-tokens curve
+    (None outside the range it covered)."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        if r["strategy"] == "pass@n" or "generated_tokens" not in r:
+            continue
+        curves.setdefault(r["strategy"], []).append((r["generated_tokens"], r["accuracy"]))
+    levels = sorted({round(t) for c in curves.values() for t, _ in c})
+    table = []
+    for lv in levels:
+        row: dict[str, Any] = {"generated_tokens": lv}
+        for s, c in curves.items():
+            c = sorted(c)
+            xs, ys = [x for x, _ in c], [y for _, y in c]
+            row[s] = float(np.interp(lv, xs, ys)) if xs[0] <= lv <= xs[-1] else None
+        table.append(row)
+    return table
+
+
+def token_buckets(pool: dict, n_buckets: int = 6) -> list[dict]:
+    """Plain sampling, no search: completions grouped by the tokens they used (quantile buckets),
+    accuracy per bucket — the "o1 using search was a PSYOP" curve."""
+    toks = np.array([r.completion_tokens for rs in pool.values() for r in rs], dtype=float)
+    corr = np.array([r.correct for rs in pool.values() for r in rs], dtype=float)
+    if toks.size == 0:
+        return []
+    edges = np.unique(np.quantile(toks, np.linspace(0, 1, n_buckets + 1)))
+    out = []
+    for i in range(len(edges) - 1):
+        lo, hi = edges[i], edges[i + 1]
+        m = (toks >= lo) & ((toks < hi) if i < len(edges) - 2 else (toks <= hi))
+        if m.sum() == 0:
+            continue
+        out.append({"tokens_lo": float(lo), "tokens_hi": float(hi), "mean_tokens": float(toks[m].mean()),
+                    "accuracy": float(corr[m].mean()), "samples": int(m.sum())})
+    return out
+
+
+def taste_curve(task: Task, problems, pool: dict, config: SweepConfig) -> list[dict]:
+    """Best-of-N with a verifier of known noise: score = true correctness + N(0, sigma), per N and
+    sigma, against pass@N (sigma=0 is a perfect verifier and reaches pass@N)."""
+    from deliberate.rewards.oracle import NoisyVerifier
+
+    out = []
+    pool_n = max(config.budgets)
+    ns = sorted({n for n in [1, 2, 4, 8, 16, 32, 64, 128] if n <= pool_n} | set(config.budgets))
+    for sigma in config.taste_sigmas:
+        v = NoisyVerifier(task, sigma, seed=config.problem_seed)
+        for n in ns:
+            acc = []
+            for p in problems:
+                for s in config.seeds:
+                    recs = pool[(p.id, s)][:n]
+                    sc = [v.score(p, verifier_steps(r.text) or [""])[0] for r in recs]
+                    acc.append(float(recs[int(np.argmax(sc))].correct))
+            out.append({"sigma": sigma, "n": n, "accuracy": float(np.mean(acc))})
+    for n in ns:
+        vals = [pass_at_k(pool_n, sum(r.correct for r in pool[(p.id, s)]), n) for p in problems for s in config.seeds]
+        out.append({"sigma": "pass@n", "n": n, "accuracy": float(np.mean(vals))})
+    return out
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{summary['task']} | {summary['model']} | seeds {summary['seed']} | {summary['n_problems']} problems",
+             f"{'strategy':<11} {'N':>4} {'accuracy':>9} {'95% CI':>16} {'/pass@N':>8} {'tokens/prob':>12} "
+             f"{'verif/prob':>10}"]
+    P = max(1, summary["n_problems"])
+    for r in summary["results"]:
+        lo, hi = r["ci"]
+        frac = r.get("fraction_of_ceiling")
+        lines.append(f"{r['strategy']:<11} {r['n']:>4} {r['accuracy']:>9.3f} {f'[{lo:.3f},{hi:.3f}]':>16} "
+                     f"{(f'{frac:.2f}' if frac is not None else '-'):>8} "
+                     f"{r.get('generated_tokens', 0) / P:>12.1f} {r.get('verifier_sequences', 0) / P:>10.1f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise DeliberateError(f"{flag} must be a comma-separated list of integers (got {text!r})") from None
+
+
+def _settings(items: Sequence[str]) -> dict[str, Any]:
+    raw = parse_kv(items, "--setting")
+    valid = {f for f in SearchSettings.__dataclass_fields__}
+    out = {}
+    for k, v in raw.items():
+        if k not in valid:
+            raise DeliberateError(f"unknown --setting {k!r}; valid: {', '.join(sorted(valid))}")
+        if k in ("n", "seed"):
+            raise DeliberateError(f"--setting {k} is set by --budgets/--seeds")
+        out[k] = v
+    return out
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--task", required=True, help="task name, e.g. arith, mawps, gym:<name>")
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option (repeatable)")
+    parser.add_argument("--strategies", default="majority,best_of_n,weighted,beam",
+                        help=f"comma-separated, from: {', '.join(strategy_names())} (default: %(default)s)")
+    parser.add_argument("--budgets", default="4,16", help="budgets N, comma-separated (default: %(default)s)")
+    parser.add_argument("--seeds", default="0", help="sampling seeds, comma-separated (default: %(default)s)")
+    parser.add_argument("--n-problems", type=int, default=100, help="problems (default: %(default)s)")
+    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--problem-seed", type=int, default=0, help="seed of the generated problems (default: 0)")
+    parser.add_argument("--verifier", default=None,
+                        help="verifier spec: prm:DIR, orm:DIR, genrm:DIR, hf-prm:DIR, oracle, noisy:SIGMA")
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="search setting (repeatable), e.g. expansions=4, aggregation=last, temperature=0.8, "
+                             "prompt_style=instruct, mcts_value=rollout")
+    parser.add_argument("--batch-problems", type=int, default=50, help="problems searched together (default: 50)")
+    parser.add_argument("--taste", default="0,0.5,1,2", help="noise levels of the taste curve ('' to skip)")
+    parser.add_argument("--trees-per-run", type=int, default=20, help="search trees kept per (strategy, N, seed)")
+    parser.add_argument("--out", default=None, help="output directory; rerun with the same one to resume")
+    add_backend_arguments(parser)
+
+
+def main(args) -> int:
+    out = args.out or f"runs/sweep-{args.task.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        taste = tuple(float(x) for x in args.taste.split(",") if x.strip())
+    except ValueError:
+        raise DeliberateError(f"--taste must be comma-separated numbers (got {args.taste!r})") from None
+    config = SweepConfig(task=args.task, out_dir=out, strategies=tuple(s.strip() for s in args.strategies.split(",")
+                                                                        if s.strip()),
+                         budgets=_ints(args.budgets, "--budgets"), seeds=_ints(args.seeds, "--seeds"),
+                         n_problems=args.n_problems, split=args.split, problem_seed=args.problem_seed,
+                         task_options=parse_kv(args.task_arg, "--task-arg"), verifier=args.verifier,
+                         settings=_settings(args.setting), batch_problems=args.batch_problems, taste_sigmas=taste,
+                         trees_per_run=args.trees_per_run)
+    task = get_task(config.task, **config.task_options)
+    task.problems(config.split, config.n_problems, config.problem_seed)  # bad data fails before a model loads
+    for s in config.strategies:
+        get_strategy(s)
+    needs = {"best_of_n", "weighted", "beam", "dvts"} & set(config.strategies)
+    if needs and not config.verifier:
+        raise DeliberateError(f"strategies {', '.join(sorted(needs))} need --verifier")
+    verifier = get_verifier(config.verifier, task=task) if config.verifier else None
+    backend = backend_from_args(args)
+    try:
+        summary = run_sweep(config, backend, task=task, verifier=verifier)
+    finally:
+        backend.close()
+    print(format_table(summary))
+    print(f"wrote {Path(out) / 'summary.json'}, results.jsonl, plots; `deliberate report {out}` for the HTML report")
+    return 0
