@@ -428,8 +428,8 @@ def taste_curve(task: Task, problems, pool: dict, config: SweepConfig) -> list[d
                     sc = [v.score(p, verifier_steps(r.text) or [""])[0] for r in recs]
                     acc.append(float(recs[int(np.argmax(sc))].correct))
             out.append({"sigma": sigma, "n": n, "accuracy": float(np.mean(acc))})
-    for n in ns:
-        vals = [pass_at_k(pool_n, sum(r.correct for r in pool[(p.id, s)]), n) for p in problems for s in config.seeds]
+    for n in ns:  # the ceiling on the same first-n samples the selections saw
+        vals = [float(any(r.correct for r in pool[(p.id, s)][:n])) for p in problems for s in config.seeds]
         out.append({"sigma": "pass@n", "n": n, "accuracy": float(np.mean(vals))})
     return out
 
