@@ -31,6 +31,12 @@ class Backend(ABC):
         """Continue each partial solution ``prefix`` of ``prompt``; the returned text excludes the prefix."""
         return self.generate([prompt + p for p in prefixes], params)
 
+    def continue_many(self, requests: Sequence[tuple[str, str]], params: SamplingParams) -> list[list[Completion]]:
+        """Batched :meth:`continue_from`: for each ``(prompt, prefix)``, ``params.n`` continuations of the
+        partial solution ``prefix`` (texts exclude it). Search strategies use this so that chat
+        backends put the prefix in the assistant's reply rather than in the user's message."""
+        return self.generate([p + pre for p, pre in requests], params)
+
     @property
     def model_name(self) -> str:
         return self.name

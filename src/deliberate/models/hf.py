@@ -256,6 +256,10 @@ class HFBackend(Backend):
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate([self._wrap(p) for p in prompts], params)
 
+    def continue_many(self, requests: Sequence[tuple[str, str]], params: SamplingParams) -> list[list[Completion]]:
+        """With ``chat`` each prefix continues the assistant's reply to its prompt."""
+        return self.engine.generate([self._wrap(p) + pre for p, pre in requests], params)
+
     def continue_from(self, prompt: str, prefixes: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         """With ``chat`` the prefix continues the assistant's reply, not the user's message."""
         head = self._wrap(prompt)

@@ -227,7 +227,7 @@ class SearchContext:
         params = SamplingParams(n=n, temperature=s.temperature if temperature is None else temperature,
                                 top_p=s.top_p, max_tokens=mt, stop=stop, seed=self.next_seed(step, n),
                                 logprobs=logprobs)
-        outs = self.backend.generate([self.prompt(p) + pre for p, pre in requests], params)
+        outs = self.backend.continue_many([(self.prompt(p), pre) for p, pre in requests], params)
         if len(outs) != len(requests) or any(len(o) != n for o in outs):
             raise DeliberateError(f"backend returned {[len(o) for o in outs]} completions for "
                                   f"{len(requests)} prompts x n={n}")
