@@ -69,6 +69,7 @@ class SweepConfig:
     batch_problems: int = 50
     taste_sigmas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     trees_per_run: int = 20
+    pool_from: str | None = None  # reuse the sample pool of an earlier sweep (same task, problems, sampling)
 
     def __post_init__(self) -> None:
         valid = strategy_names()
@@ -128,6 +129,8 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
 
     pool_needed = any(s in POOL_STRATEGIES for s in config.strategies) or bool(config.taste_sigmas)
     pool_n = max(config.budgets)
+    if pool_needed and config.pool_from:
+        _copy_pool(Path(config.pool_from), out, meta)
     if pool_needed:
         _sample_pool(config, backend, task, problems, base, max_tokens, pool_n, out, spent, progress)
     pool = _load_pool(out, problems, config.seeds, pool_n) if pool_needed else {}
@@ -255,6 +258,29 @@ def _sample_pool(config, backend, task, problems, base, max_tokens, pool_n, out,
                                 prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                                 finish_reason=c.finish_reason, wall_s=dt / (len(chunk) * pool_n)))
                     bar.update(writer.append(recs, on_duplicate="error"))
+
+
+def _copy_pool(src: Path, out: Path, meta: dict) -> None:
+    """Start this sweep's pool from an earlier sweep's, so verifiers/strategies are compared on the
+    very same samples; refused unless the samples were drawn the same way."""
+    if (out / "pool.jsonl").exists():
+        return
+    try:
+        old = json.loads((src / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DeliberateError(f"--pool-from {src}: no readable config.json ({e})") from None
+    same_keys = ("task", "task_options", "split", "problem_seed", "model")
+    sampling = ("temperature", "top_p", "max_tokens", "prompt_style")
+    diffs = [k for k in same_keys if old.get(k) != meta[k]]
+    diffs += [f"settings.{k}" for k in sampling
+              if (old.get("settings") or {}).get(k) != (meta["settings"] or {}).get(k)]
+    if diffs:
+        raise DeliberateError(f"--pool-from {src}: its samples were drawn differently ({', '.join(diffs)} differ)")
+    if not (src / "pool.jsonl").exists():
+        raise DeliberateError(f"--pool-from {src}: no pool.jsonl there")
+    import shutil
+
+    shutil.copyfile(src / "pool.jsonl", out / "pool.jsonl")
 
 
 def _load_pool(out: Path, problems, seeds, pool_n) -> dict[tuple[str, int], list[SampleRecord]]:
@@ -490,6 +516,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-problems", type=int, default=50, help="problems searched together (default: 50)")
     parser.add_argument("--taste", default="0,0.5,1,2", help="noise levels of the taste curve ('' to skip)")
     parser.add_argument("--trees-per-run", type=int, default=20, help="search trees kept per (strategy, N, seed)")
+    parser.add_argument("--pool-from", default=None, metavar="SWEEP_DIR",
+                        help="reuse the samples of an earlier sweep (e.g. to compare verifiers on the same samples)")
     parser.add_argument("--out", default=None, help="output directory; rerun with the same one to resume")
     add_backend_arguments(parser)
 
@@ -506,7 +534,7 @@ def main(args) -> int:
                          n_problems=args.n_problems, split=args.split, problem_seed=args.problem_seed,
                          task_options=parse_kv(args.task_arg, "--task-arg"), verifier=args.verifier,
                          settings=_settings(args.setting), batch_problems=args.batch_problems, taste_sigmas=taste,
-                         trees_per_run=args.trees_per_run)
+                         trees_per_run=args.trees_per_run, pool_from=args.pool_from)
     task = get_task(config.task, **config.task_options)
     task.problems(config.split, config.n_problems, config.problem_seed)  # bad data fails before a model loads
     for s in config.strategies:
