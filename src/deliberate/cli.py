@@ -26,6 +26,7 @@ COMMANDS = {
     "eval": ("deliberate.eval.evaluate", "evaluate a model on a task: greedy, sampling, majority vote"),
     "tasks": ("deliberate.cli", "list registered tasks"),
     "serve": ("deliberate.models.server", "OpenAI-compatible server over a local backend"),
+    "report": ("deliberate.eval.report", "self-contained HTML report of a run dir: tables, plots, search-tree viewer"),
 }
 TRAIN_RECIPES = {
     "sft": ("deliberate.train.sft", "supervised fine-tuning on a task's gold rationales"),
