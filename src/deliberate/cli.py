@@ -26,10 +26,14 @@ COMMANDS = {
     "eval": ("deliberate.eval.evaluate", "evaluate a model on a task: greedy, sampling, majority vote"),
     "tasks": ("deliberate.cli", "list registered tasks"),
     "serve": ("deliberate.models.server", "OpenAI-compatible server over a local backend"),
+    "label": ("deliberate.rewards.mc_labels", "step labels for PRMs: Monte-Carlo rollouts, PRM800K import/export"),
     "report": ("deliberate.eval.report", "self-contained HTML report of a run dir: tables, plots, search-tree viewer"),
 }
 TRAIN_RECIPES = {
     "sft": ("deliberate.train.sft", "supervised fine-tuning on a task's gold rationales"),
+    "prm": ("deliberate.train.verifier", "process reward model on step labels (BCE at step ends)"),
+    "orm": ("deliberate.train.verifier", "outcome reward model on solution outcomes"),
+    "genrm": ("deliberate.train.verifier", "generative verifier: the LM answers Yes/No per step prefix"),
 }
 
 

@@ -1,0 +1,363 @@
+"""Learned verifiers: the tiny PRM/ORM (a 1-logit token-classification head) and HF checkpoints on disk.
+
+``prm:DIR`` / ``orm:DIR`` — a checkpoint written by ``deliberate train prm|orm``: the tiny char-level
+Llama with a ``LlamaForTokenClassification`` head (one logit per position), usually initialised from
+the policy's SFT weights (the backbone already reads the task's format). The scored text is::
+
+    <bos> Q: ...\\nA:\\n  step 1 \\n  step 2 \\n ...
+
+and the score of step ``i`` is ``sigmoid(logit)`` at the ``\\n`` that ends step ``i``. Because the
+model is causal, that position has seen exactly the question and steps ``1..i``, so **one forward pass
+scores every prefix** of a candidate. The PRM is trained on every step end (step labels); the ORM
+only on the last one (outcome labels), but it is asked at every step end at test time, so both return
+one score per step.
+
+``hf-prm:DIR`` / ``hf-orm:DIR`` — a user's Hugging Face checkpoint with its own tokenizer:
+``AutoModelForTokenClassification`` (PRM: read at the last token of each step + separator) and
+``AutoModelForSequenceClassification`` (ORM: one sequence per step prefix). A 1-logit head is read as
+``sigmoid(logit)``; a 2-label head as ``softmax(logits)[positive_label]``. Options (factory keywords):
+``separator`` (default ``"\\n"``), ``positive_label`` (default 1), ``prompt_style`` (default
+``"plain"``), ``batch_size``.
+
+Every verifier here counts its compute in ``stats``: forward calls, sequences, tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from deliberate.errors import DeliberateError
+from deliberate.rewards.base import Verifier, register_verifier
+from deliberate.types import Problem
+
+#: file in a verifier checkpoint that says what it is (kind, task, how it was trained)
+VERIFIER_META = "verifier.json"
+VERIFIER_KINDS = ("prm", "orm")
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding: prompt + steps -> token ids and the positions that end each step
+# --------------------------------------------------------------------------------------------
+
+def encode_steps(tokenizer, prompt: str, steps: Sequence[str], separator: str = "\n",
+                 bos: int | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of ``[bos] + prompt + (step + separator) * n`` and, per step, the index of its last token.
+
+    Steps are encoded one chunk at a time so the step-end positions are exact for any tokenizer
+    (for the char tokenizer this equals encoding the whole string)."""
+    ids = ([bos] if bos is not None else []) + list(tokenizer.encode(prompt))
+    ends = []
+    for s in steps:
+        chunk = list(tokenizer.encode(s + separator))
+        if not chunk:
+            raise DeliberateError(f"step {s!r} encodes to no tokens")
+        ids.extend(chunk)
+        ends.append(len(ids) - 1)
+    return ids, ends
+
+
+def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _fit(ids: list[int], ends: list[int], max_len: int) -> tuple[list[int], list[int]]:
+    """Keep the last ``max_len`` tokens (a too-long candidate is judged on its end, not rejected).
+
+    Step ends that fall off the front are read at the first kept position."""
+    if len(ids) <= max_len:
+        return ids, ends
+    cut = len(ids) - max_len
+    return ids[cut:], [max(0, e - cut) for e in ends]
+
+
+def head_probability(logits: torch.Tensor, positive_label: int = 1) -> torch.Tensor:
+    """P(correct) from a classification head's logits (``[..., num_labels]``).
+
+    1 label: ``sigmoid``; 2 or more: ``softmax`` probability of ``positive_label``."""
+    if logits.shape[-1] == 1:
+        return torch.sigmoid(logits[..., 0].float())
+    if not 0 <= positive_label < logits.shape[-1]:
+        raise DeliberateError(f"positive_label {positive_label} is not a label of a {logits.shape[-1]}-label head")
+    return torch.softmax(logits.float(), dim=-1)[..., positive_label]
+
+
+# --------------------------------------------------------------------------------------------
+# The tiny PRM / ORM
+# --------------------------------------------------------------------------------------------
+
+def build_reward_model(tokenizer, init_from: str | Path | None = None, model_config=None, seed: int = 0):
+    """A ``LlamaForTokenClassification`` with one logit per position.
+
+    ``init_from`` (a tiny policy checkpoint) gives the backbone its trained weights and a fresh
+    head; otherwise a fresh model of ``model_config`` (a :class:`~deliberate.models.tiny.TinyConfig`).
+    Dropout on the head is off: the tiny models are trained without dropout."""
+    from transformers import LlamaForTokenClassification
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if init_from is not None:
+            d = Path(init_from)
+            if not (d / "config.json").exists():
+                raise DeliberateError(f"--init-from {str(d)!r} is not a model checkpoint (no config.json)")
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(d, local_files_only=True)
+            cfg.num_labels = 1
+            cfg.classifier_dropout = 0.0
+            model = LlamaForTokenClassification.from_pretrained(d, config=cfg, local_files_only=True)
+        else:
+            from deliberate.models.tiny import TinyConfig, build_tiny_model
+
+            causal = build_tiny_model(model_config or TinyConfig(), tokenizer, seed=seed)
+            cfg = causal.config
+            cfg.num_labels = 1
+            cfg.classifier_dropout = 0.0
+            model = LlamaForTokenClassification(cfg)
+    # a fresh head starting at logit ~0 (p = 0.5) keeps the first steps' gradients sane
+    torch.nn.init.zeros_(model.score.weight)
+    if model.score.bias is not None:
+        torch.nn.init.zeros_(model.score.bias)
+    return model
+
+
+def save_reward_model(model, tokenizer, directory: str | Path, meta: dict[str, Any]) -> None:
+    """Weights + char tokenizer + ``verifier.json`` (kind, task, training provenance)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save(directory)
+    (directory / VERIFIER_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_reward_model(directory: str | Path):
+    """(model, tokenizer, meta) of a ``deliberate train prm|orm`` checkpoint."""
+    from transformers import LlamaForTokenClassification
+
+    from deliberate.models.tiny import CharTokenizer
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise DeliberateError(f"verifier checkpoint {str(d)!r} not found (train one with `deliberate train prm`)")
+    if not (d / VERIFIER_META).exists() and (d / "model" / VERIFIER_META).exists():
+        d = d / "model"  # the training output directory: its final model
+    meta_f = d / VERIFIER_META
+    if not meta_f.exists():
+        raise DeliberateError(f"{d} is not a PRM/ORM checkpoint (no {VERIFIER_META}); "
+                              "for a Hugging Face checkpoint use hf-prm:DIR or hf-orm:DIR")
+    try:
+        meta = json.loads(meta_f.read_text())
+    except json.JSONDecodeError as e:
+        raise DeliberateError(f"{meta_f}: malformed JSON ({e})") from None
+    tok = CharTokenizer.load(d)
+    model = LlamaForTokenClassification.from_pretrained(d, local_files_only=True)
+    return model.eval(), tok, meta
+
+
+class TinyRewardModel(Verifier):
+    """PRM or ORM on the tiny char-level Llama: one forward pass per batch scores every step prefix."""
+
+    def __init__(self, model, tokenizer, kind: str = "prm", task=None, batch_size: int = 256,
+                 path: str | None = None, meta: dict[str, Any] | None = None):
+        super().__init__()
+        if kind not in VERIFIER_KINDS:
+            raise DeliberateError(f"reward model kind must be one of {', '.join(VERIFIER_KINDS)} (got {kind!r})")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DeliberateError(f"batch_size must be a positive integer (got {batch_size!r})")
+        self.model, self.tokenizer, self.kind, self.task = model.eval(), tokenizer, kind, task
+        self.batch_size, self.path, self.meta = batch_size, path, dict(meta or {})
+        self.max_len = int(getattr(model.config, "max_position_embeddings", 512))
+        self.name = f"{kind}:{path}" if path else kind
+
+    def _prompt(self, problem: Problem) -> str:
+        if self.task is not None:
+            return self.task.prompt(problem)
+        return f"Q: {problem.question}\nA:\n"
+
+    def encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        ids, ends = encode_steps(self.tokenizer, self._prompt(problem), steps, "\n", self.tokenizer.bos_token_id)
+        return _fit(ids, ends, self.max_len)
+
+    @torch.inference_mode()
+    def score_batch(self, items):
+        out: list[list[float]] = [[] for _ in items]
+        enc = [(i, *self.encode(p, list(s))) for i, (p, s) in enumerate(items) if len(s)]
+        enc.sort(key=lambda e: len(e[1]))  # similar lengths together: less padding
+        for start in range(0, len(enc), self.batch_size):
+            chunk = enc[start:start + self.batch_size]
+            ids, mask = _pad_right([e[1] for e in chunk], self.tokenizer.pad_token_id)
+            probs = head_probability(self.model(input_ids=ids, attention_mask=mask).logits)
+            self.stats.calls += 1
+            self.stats.sequences += len(chunk)
+            self.stats.tokens += int(mask.sum())
+            for row, (i, _, ends) in enumerate(chunk):
+                out[i] = probs[row, ends].tolist()
+        return out
+
+    def describe(self):
+        return {"name": self.name, "kind": self.kind, "path": self.path,
+                **{k: self.meta[k] for k in ("task", "task_options", "labels", "label_type") if k in self.meta}}
+
+
+def _load_tiny_verifier(arg: str | None, kind: str, task=None, batch_size: int = 256, **_: Any) -> TinyRewardModel:
+    if not arg:
+        raise DeliberateError(f"the {kind} verifier needs a checkpoint: {kind}:DIR")
+    model, tok, meta = load_reward_model(arg)
+    if meta.get("kind") not in (None, kind):
+        raise DeliberateError(f"{arg} holds a {meta.get('kind')!r} model, not {kind!r} (use {meta.get('kind')}:{arg})")
+    return TinyRewardModel(model, tok, kind=kind, task=task, batch_size=batch_size, path=arg, meta=meta)
+
+
+@register_verifier("prm")
+def _prm(arg, task=None, **kw):
+    return _load_tiny_verifier(arg, "prm", task=task, **kw)
+
+
+@register_verifier("orm")
+def _orm(arg, task=None, **kw):
+    return _load_tiny_verifier(arg, "orm", task=task, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face checkpoints on disk
+# --------------------------------------------------------------------------------------------
+
+class _NoSpecialTokens:
+    """An HF tokenizer's ``encode`` without special tokens (BOS is added once, by :func:`encode_steps`)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+class _HFVerifierBase(Verifier):
+    auto_class = ""
+    kind = "hf"
+
+    def __init__(self, path: str | None, task=None, separator: str = "\n", positive_label: int = 1,
+                 prompt_style: str = "plain", batch_size: int = 64, **_: Any):
+        super().__init__()
+        import transformers
+
+        if not path:
+            raise DeliberateError(f"the {self.kind} verifier needs a checkpoint directory: {self.kind}:DIR")
+        d = Path(path)
+        if not (d / "config.json").exists():
+            raise DeliberateError(f"{self.kind}: {str(d)!r} is not a Hugging Face checkpoint directory (no config.json)")
+        if not isinstance(separator, str) or not separator:
+            raise DeliberateError("separator must be a non-empty string")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DeliberateError(f"batch_size must be a positive integer (got {batch_size!r})")
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
+            self.model = getattr(transformers, self.auto_class).from_pretrained(d, local_files_only=True).eval()
+        except (OSError, ValueError, KeyError) as e:
+            raise DeliberateError(f"{self.kind}: cannot load {str(d)!r} as {self.auto_class}: {e}") from None
+        n_labels = int(self.model.config.num_labels)
+        if n_labels >= 2 and not 0 <= positive_label < n_labels:
+            raise DeliberateError(f"{self.kind}: positive_label {positive_label} is not a label of a "
+                                  f"{n_labels}-label head")
+        self.task, self.separator, self.positive_label = task, separator, positive_label
+        self.prompt_style, self.batch_size, self.path = prompt_style, batch_size, str(d)
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.bos = tok.bos_token_id
+        self.max_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.name = f"{self.kind}:{self.path}"
+
+    def _prompt(self, problem: Problem) -> str:
+        if self.task is not None:
+            return self.task.prompt(problem, style=self.prompt_style)
+        return f"Q: {problem.question}\nA:\n"
+
+    def _encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        ids, ends = encode_steps(_NoSpecialTokens(self.tokenizer), self._prompt(problem), steps, self.separator,
+                                 self.bos)
+        return _fit(ids, ends, self.max_len)
+
+    def _forward(self, seqs: list[list[int]]) -> torch.Tensor:
+        ids, mask = _pad_right(seqs, self.pad_id)
+        self.stats.calls += 1
+        self.stats.sequences += len(seqs)
+        self.stats.tokens += int(mask.sum())
+        return self.model(input_ids=ids, attention_mask=mask).logits
+
+    def describe(self):
+        return {"name": self.name, "separator": self.separator, "positive_label": self.positive_label,
+                "num_labels": int(self.model.config.num_labels)}
+
+
+class HFProcessRewardModel(_HFVerifierBase):
+    """``AutoModelForTokenClassification``: P(correct) read at the last token of each step+separator."""
+
+    auto_class = "AutoModelForTokenClassification"
+    kind = "hf-prm"
+
+    @torch.inference_mode()
+    def score_batch(self, items):
+        out: list[list[float]] = [[] for _ in items]
+        enc = sorted(((i, *self._encode(p, list(s))) for i, (p, s) in enumerate(items) if len(s)),
+                     key=lambda e: len(e[1]))
+        for start in range(0, len(enc), self.batch_size):
+            chunk = enc[start:start + self.batch_size]
+            probs = head_probability(self._forward([e[1] for e in chunk]), self.positive_label)
+            for row, (i, _, ends) in enumerate(chunk):
+                out[i] = probs[row, ends].tolist()
+        return out
+
+
+class HFOutcomeRewardModel(_HFVerifierBase):
+    """``AutoModelForSequenceClassification``: one sequence per step prefix (the head pools the last token)."""
+
+    auto_class = "AutoModelForSequenceClassification"
+    kind = "hf-orm"
+
+    def __init__(self, path, **kw):
+        super().__init__(path, **kw)
+        if getattr(self.model.config, "pad_token_id", None) is None:
+            # the head finds each row's last real token through the pad id; without one, batch size 1
+            if self.tokenizer.pad_token_id is not None or self.tokenizer.eos_token_id is not None:
+                self.model.config.pad_token_id = self.pad_id
+            else:
+                self.batch_size = 1
+        else:
+            self.pad_id = int(self.model.config.pad_token_id)
+
+    @torch.inference_mode()
+    def score_batch(self, items):
+        out: list[list[float]] = [[0.0] * len(s) for _, s in items]
+        prefixes = []  # (item, step index, ids of the text up to that step's end)
+        for i, (p, s) in enumerate(items):
+            if not len(s):
+                continue
+            ids, ends = self._encode(p, list(s))
+            prefixes.extend((i, j, ids[: e + 1]) for j, e in enumerate(ends))
+        prefixes.sort(key=lambda e: len(e[2]))
+        for start in range(0, len(prefixes), self.batch_size):
+            chunk = prefixes[start:start + self.batch_size]
+            probs = head_probability(self._forward([e[2] for e in chunk]), self.positive_label)
+            for row, (i, j, _) in enumerate(chunk):
+                out[i][j] = float(probs[row])
+        return out
+
+
+def _hf_factory(cls):
+    def factory(arg, task=None, **kw):
+        return cls(arg, task=task, **{k: v for k, v in kw.items() if k != "seed"})
+
+    return factory
+
+
+register_verifier("hf-prm")(_hf_factory(HFProcessRewardModel))
+register_verifier("hf-orm")(_hf_factory(HFOutcomeRewardModel))

@@ -1,0 +1,473 @@
+"""Training learned verifiers: ``deliberate train prm | orm | genrm``.
+
+    deliberate label mc --model runs/quickstart/sft/model --task arith ... --out runs/labels
+    deliberate train prm --labels runs/labels --init-from runs/quickstart/sft/model --out runs/prm
+    deliberate train orm --labels runs/labels --init-from runs/quickstart/sft/model --out runs/orm
+    deliberate train genrm --labels runs/labels --init-from runs/quickstart/sft/model --out runs/genrm
+
+- **PRM**: binary cross-entropy at every step end against the step labels (``soft`` Monte-Carlo
+  values by default, or ``hard``). A soft target is a proper probability, so BCE on it is the
+  cross-entropy the Math-Shepherd paper uses for its soft variant.
+- **ORM**: the same head and loss at the final step end only, against the solution's outcome
+  (the labels file's ``outcome``, or the ``correct`` flag of ``deliberate eval`` samples with
+  ``--samples EVAL_DIR``).
+- **GenRM**: the causal LM itself learns to answer ``Yes``/``No`` after the verification cue
+  (:data:`deliberate.rewards.genrm.TINY_CUE`) for each step prefix; optionally mixed with the task's
+  SFT data (``--sft-mix``) so it keeps generating (GenRM trained jointly with generation).
+
+Why initialise from the policy (``--init-from``): the backbone already reads the task's format,
+so a short run learns a useful head; a verifier from scratch needs far more labels.
+
+Same plumbing as SFT: seeded batches that are a pure function of (seed, step), atomic checkpoints in
+``OUT/checkpoint`` every ``--checkpoint-every`` steps, an exact resume by rerunning the command,
+progress bar, ``train_log.jsonl``. The final verifier is ``OUT/model`` (``get_verifier("prm:OUT/model")``;
+``prm:OUT`` also works). A held-out slice of problems (``--val-frac``) gives ``OUT/metrics.json``:
+validation loss and, for PRM/ORM, the AUC of the scores against the hard labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.records import write_json_atomic
+from deliberate.models.engine import count_parameters
+from deliberate.train.common import ComputeMeter, batch_indices, load_state, lr_at, save_checkpoint
+from deliberate.types import Problem
+
+KINDS = ("prm", "orm", "genrm")
+
+
+@dataclass(frozen=True)
+class VerifierTrainConfig:
+    kind: str = "prm"
+    labels: str | None = None  # labels.jsonl or a `label mc` directory
+    samples: str | None = None  # ORM only: a `deliberate eval` output directory instead of labels
+    label_type: str = "soft"  # prm/genrm: "soft" or "hard"
+    task: str = "arith"
+    task_options: Mapping[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # a tiny policy checkpoint (recommended)
+    model: dict[str, Any] = field(default_factory=dict)  # TinyConfig fields when not init_from
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    head_lr_mult: float = 10.0  # prm/orm: learning-rate multiplier of the fresh classification head
+    val_frac: float = 0.05
+    sft_mix: float = 0.0  # genrm: fraction of each batch that is the task's SFT data
+    seed: int = 0
+    checkpoint_every: int = 200
+    out: str = "runs/prm"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {', '.join(KINDS)} (got {self.kind!r})")
+        if self.label_type not in ("soft", "hard"):
+            problems.append(f"label_type must be 'soft' or 'hard' (got {self.label_type!r})")
+        if (self.labels is None) == (self.samples is None):
+            problems.append("give exactly one of --labels (a label file/dir) or --samples (ORM: an eval dir)")
+        if self.samples is not None and self.kind != "orm":
+            problems.append("--samples (outcome labels from eval samples) only trains an ORM")
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"{name} must be a positive integer (got {v!r})")
+        if not (0 < self.lr < 1):
+            problems.append(f"lr must be in (0, 1) (got {self.lr!r})")
+        if not (0 <= self.val_frac < 1):
+            problems.append(f"val_frac must be in [0, 1) (got {self.val_frac!r})")
+        if not (0 <= self.sft_mix < 1):
+            problems.append(f"sft_mix must be in [0, 1) (got {self.sft_mix!r})")
+        if self.sft_mix and self.kind != "genrm":
+            problems.append("--sft-mix only applies to genrm")
+        if problems:
+            raise DeliberateError(f"train {self.kind}: " + "; ".join(problems))
+        object.__setattr__(self, "task_options", dict(self.task_options))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+def rows_from_samples(eval_dir: str | Path) -> list[dict]:
+    """Outcome-labelled rows from a ``deliberate eval`` output (its config rebuilds the problems)."""
+    from deliberate.eval.evaluate import CONFIG_FILE, RECORDS_FILE
+    from deliberate.eval.records import load_records
+    from deliberate.tasks import get_task
+
+    d = Path(eval_dir)
+    cfg_f, rec_f = d / CONFIG_FILE, d / RECORDS_FILE
+    if not cfg_f.exists() or not rec_f.exists():
+        raise DeliberateError(f"--samples {str(d)!r} is not a `deliberate eval` output (needs {CONFIG_FILE} "
+                              f"and {RECORDS_FILE})")
+    cfg = json.loads(cfg_f.read_text())
+    task = get_task(cfg["task"], **cfg.get("task_options", {}))
+    problems = {p.id: p for p in task.problems(cfg.get("split", "test"), cfg["n_problems"], cfg["seed"])}
+    rows = []
+    for r in load_records(rec_f):
+        p = problems.get(r.problem_id)
+        if p is None:
+            continue
+        steps = list(task.split_steps(r.text))
+        rows.append({"problem_id": p.id, "index": r.index, "question": p.question, "gold": p.answer,
+                     "steps": steps, "outcome": bool(r.correct), "soft": [float(r.correct)] * len(steps),
+                     "hard": [float(r.correct)] * len(steps)})
+    if not rows:
+        raise DeliberateError(f"{rec_f} holds no samples of its config's problems")
+    return rows
+
+
+def _is_val(question: str, frac: float) -> bool:
+    """Held out by a hash of the question: all samples of a problem fall on the same side."""
+    if frac <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=4, person=b"val").digest(), "little")
+    return (h % 10_000) < frac * 10_000
+
+
+@dataclass(frozen=True)
+class ScoredExample:
+    """Token ids, positions whose head output is supervised, and their targets in [0, 1]."""
+
+    ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    targets: tuple[float, ...]
+
+
+def reward_examples(rows: Sequence[dict], task, tokenizer, kind: str, label_type: str,
+                    max_len: int) -> list[ScoredExample]:
+    """PRM: every step end with its step label; ORM: the last step end with the outcome."""
+    from deliberate.rewards.models import encode_steps
+
+    out = []
+    for r in rows:
+        if not r["steps"]:
+            continue
+        prob = Problem(id=str(r.get("problem_id", "")), question=r["question"], answer=str(r.get("gold")))
+        ids, ends = encode_steps(tokenizer, task.prompt(prob), r["steps"], "\n", tokenizer.bos_token_id)
+        if len(ids) > max_len:
+            continue
+        if kind == "prm":
+            out.append(ScoredExample(tuple(ids), tuple(ends), tuple(float(x) for x in r[label_type])))
+        else:
+            out.append(ScoredExample(tuple(ids), (ends[-1],), (float(r["outcome"]),)))
+    return out
+
+
+def genrm_examples(rows: Sequence[dict], task, tokenizer, label_type: str, max_len: int) -> list[ScoredExample]:
+    """One example per step prefix: ids end with the cue; the target is P(Yes) at the last position."""
+    from deliberate.rewards.genrm import TINY_CUE
+
+    out = []
+    for r in rows:
+        prob = Problem(id=str(r.get("problem_id", "")), question=r["question"], answer=str(r.get("gold")))
+        head = task.prompt(prob)
+        for i in range(1, len(r["steps"]) + 1):
+            text = head + "".join(s + "\n" for s in r["steps"][:i]) + TINY_CUE
+            ids = [tokenizer.bos_token_id] + tokenizer.encode(text)
+            if len(ids) <= max_len:
+                out.append(ScoredExample(tuple(ids), (len(ids) - 1,), (float(r[label_type][i - 1]),)))
+    return out
+
+
+def _collate(batch: Sequence[ScoredExample], pad_id: int):
+    L = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), L), dtype=torch.long)
+    rows, cols, tgt = [], [], []
+    for i, e in enumerate(batch):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+        rows += [i] * len(e.positions)
+        cols += list(e.positions)
+        tgt += list(e.targets)
+    return ids, mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(tgt, dtype=torch.float32)
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve (probability a random positive outscores a random negative; ties 1/2).
+
+    None when one class is absent."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    t = torch.tensor(list(scores), dtype=torch.float64)
+    ranks = torch.empty_like(t)
+    order = torch.argsort(t)
+    ranks[order] = torch.arange(1, len(t) + 1, dtype=torch.float64)
+    # average ranks over ties
+    vals, inv, counts = torch.unique(t, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(vals), dtype=torch.float64).index_add_(0, inv, ranks)
+    ranks = (sums / counts)[inv]
+    y = torch.tensor([bool(v) for v in labels])
+    r_pos = ranks[y].sum().item()
+    n_pos, n_neg = len(pos), len(neg)
+    return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+class _YesNo:
+    """Token ids of the GenRM answers for the char tokenizer."""
+
+    def __init__(self, tokenizer):
+        from deliberate.rewards.genrm import TINY_ANSWERS
+
+        self.yes = tokenizer.encode(TINY_ANSWERS[0])[0]
+        self.no = tokenizer.encode(TINY_ANSWERS[1])[0]
+
+
+def _head_logits(model, kind: str, ids, mask, rows, cols, yn: _YesNo | None) -> torch.Tensor:
+    """Logit of P(correct) at the supervised positions (GenRM: log P(Yes) - log P(No))."""
+    if kind == "genrm":
+        logits = model(input_ids=ids, attention_mask=mask).logits[rows, cols]
+        return logits[:, yn.yes] - logits[:, yn.no]
+    return model(input_ids=ids, attention_mask=mask).logits[rows, cols, 0]
+
+
+def _loss(model, kind: str, batch, yn: _YesNo | None) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask, rows, cols, tgt = batch
+    if kind == "genrm":
+        # cross-entropy over the whole vocabulary with a soft Yes/No target: the LM must put its mass
+        # on the two answers, in the labelled proportion
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[rows, cols].float(), dim=-1)
+        loss = -(tgt * logp[:, yn.yes] + (1 - tgt) * logp[:, yn.no]).mean()
+        return loss, (logp[:, yn.yes] - logp[:, yn.no]).detach()
+    z = model(input_ids=ids, attention_mask=mask).logits[rows, cols, 0].float()
+    return F.binary_cross_entropy_with_logits(z, tgt), z.detach()
+
+
+@torch.inference_mode()
+def evaluate_examples(model, kind: str, examples: Sequence[ScoredExample], pad_id: int, yn=None,
+                      batch_size: int = 256) -> dict[str, Any]:
+    """Mean loss, and the AUC of the scores against targets > 0 (hard labels), on held-out examples."""
+    if not examples:
+        return {}
+    was = model.training
+    model.eval()
+    tot, n, scores, targets = 0.0, 0, [], []
+    for s in range(0, len(examples), batch_size):
+        batch = _collate(examples[s:s + batch_size], pad_id)
+        loss, z = _loss(model, kind, batch, yn)
+        tot += loss.item() * len(z)
+        n += len(z)
+        scores += torch.sigmoid(z).tolist()
+        targets += (batch[4] > 0).tolist()
+    model.train(was)
+    return {"val_loss": round(tot / n, 5), "val_auc_vs_hard": auc(scores, targets), "val_positions": n}
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+def _load_model(cfg: VerifierTrainConfig, ckpt: Path | None):
+    """(model, tokenizer) to train: from the checkpoint when resuming, else built fresh."""
+    from transformers import LlamaForCausalLM, LlamaForTokenClassification
+
+    from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
+    from deliberate.rewards.models import build_reward_model
+
+    if ckpt is not None:
+        tok = CharTokenizer.load(ckpt)
+        cls = LlamaForCausalLM if cfg.kind == "genrm" else LlamaForTokenClassification
+        return cls.from_pretrained(ckpt, local_files_only=True), tok
+    if cfg.init_from:
+        tok = CharTokenizer.load(cfg.init_from)
+    else:
+        tok = CharTokenizer()
+    if cfg.kind == "genrm":
+        if cfg.init_from:
+            model, tok = load_tiny(cfg.init_from)
+            return model, tok
+        return build_tiny_model(TinyConfig(**cfg.model), tok, seed=cfg.seed), tok
+    return build_reward_model(tok, init_from=cfg.init_from, model_config=TinyConfig(**cfg.model), seed=cfg.seed), tok
+
+
+def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) verifier training; returns the final model directory ``OUT/model``."""
+    from deliberate.rewards.mc_labels import read_labels
+    from deliberate.rewards.models import save_reward_model
+    from deliberate.tasks import get_task
+    from deliberate.train.common import collate as lm_collate, make_example
+
+    task = get_task(cfg.task, **cfg.task_options)
+    rows = read_labels(cfg.labels) if cfg.labels is not None else rows_from_samples(cfg.samples)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    cfg_dict = cfg.to_dict()
+    state = load_state(ckpt)
+    if state is not None and state.get("config") != cfg_dict:
+        raise DeliberateError(f"{ckpt} was written by a different config; use another --out or delete it")
+    write_json_atomic(out / "config.json", cfg_dict)
+
+    torch.manual_seed(cfg.seed)
+    model, tok = _load_model(cfg, ckpt if state is not None else None)
+    model.train()
+    max_len = int(model.config.max_position_embeddings)
+    yn = _YesNo(tok) if cfg.kind == "genrm" else None
+    train_rows = [r for r in rows if not _is_val(r["question"], cfg.val_frac)]
+    val_rows = [r for r in rows if _is_val(r["question"], cfg.val_frac)]
+
+    def build(rs):
+        if cfg.kind == "genrm":
+            return genrm_examples(rs, task, tok, cfg.label_type, max_len)
+        return reward_examples(rs, task, tok, cfg.kind, cfg.label_type, max_len)
+
+    train_ex, val_ex = build(train_rows), build(val_rows)
+    if not train_ex:
+        raise DeliberateError(f"train {cfg.kind}: no training example (every labelled solution is empty "
+                              f"or longer than the model's {max_len} positions)")
+    sft_ex = []
+    n_sft = int(round(cfg.batch_size * cfg.sft_mix))
+    if n_sft:
+        for p in task.problems("train", 5000, seed=cfg.seed):
+            r = task.rationale(p)
+            e = r is not None and make_example(tok, task.prompt(p), r, max_len)
+            if e:
+                sft_ex.append(e)
+        if not sft_ex:
+            raise DeliberateError(f"--sft-mix: task {cfg.task!r} has no gold rationales to train on")
+    n_ver = cfg.batch_size - n_sft
+
+    head = getattr(model, "score", None) if cfg.kind != "genrm" else None
+    if head is not None and state is None and head.bias is not None:
+        # start the fresh head at the base rate of the targets, so the steps go to telling steps apart
+        tgt = torch.tensor([t for e in train_ex for t in e.targets]).mean().clamp(0.02, 0.98)
+        with torch.no_grad():
+            head.bias.fill_(torch.logit(tgt).item())
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    groups = [
+        {"params": [p for p in model.parameters() if p.dim() >= 2 and id(p) not in head_ids],
+         "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+        {"params": [p for p in model.parameters() if p.dim() < 2 and id(p) not in head_ids],
+         "weight_decay": 0.0, "lr_mult": 1.0},
+    ]
+    if head is not None:  # a fresh 1-output head learns faster than the pretrained backbone should move
+        groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lr_mult": cfg.head_lr_mult})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+    start = 0
+    if state is not None:
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        start = int(state["step"])
+    meter = ComputeMeter(count_parameters(model), state and state.get("compute"))
+    first_loss = state.get("first_loss") if state else None
+    log_path = out / "train_log.jsonl"
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.kind}", disable=not progress, dynamic_ncols=True)
+    loss_ema = state.get("loss_ema") if state else None
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup) * g["lr_mult"]
+        idx = batch_indices(len(train_ex), n_ver, cfg.seed, step)
+        batch = _collate([train_ex[i] for i in idx], tok.pad_token_id)
+        loss, _ = _loss(model, cfg.kind, batch, yn)
+        meter.tokens_trained += int(batch[1].sum())
+        if n_sft:
+            sb = lm_collate([sft_ex[i] for i in batch_indices(len(sft_ex), n_sft, cfg.seed + 1, step)], tok.pad_token_id)
+            loss = (n_ver * loss + n_sft * model(**sb).loss) / cfg.batch_size
+            meter.tokens_trained += int(sb["attention_mask"].sum())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        lv = loss.item()
+        if first_loss is None:
+            first_loss = lv
+        loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            comp = meter.to_dict()
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": done, "loss": round(loss_ema, 5), **comp}) + "\n")
+            save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "compute": comp,
+                                                     "first_loss": first_loss, "loss_ema": loss_ema})
+    bar.close()
+    model.eval()
+    metrics = {"first_loss": first_loss, "final_loss_ema": loss_ema, "train_examples": len(train_ex),
+               "val_examples": len(val_ex), **evaluate_examples(model, cfg.kind, val_ex, tok.pad_token_id, yn),
+               "compute": meter.to_dict()}
+    write_json_atomic(out / "metrics.json", metrics)
+    final = out / "model"
+    meta = {"kind": cfg.kind, "task": cfg.task, "task_options": dict(cfg.task_options), "label_type": cfg.label_type,
+            "labels": cfg.labels or cfg.samples, "init_from": cfg.init_from, "steps": cfg.steps, "seed": cfg.seed}
+    if cfg.kind == "genrm":
+        from deliberate.models.tiny import save_tiny
+
+        save_tiny(model, tok, final)
+        (final / "verifier.json").write_text(json.dumps(meta, indent=2) + "\n")
+    else:
+        save_reward_model(model, tok, final, meta)
+    write_json_atomic(out / "compute.json", meter.to_dict())
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: one module serves the three recipes (the kind comes from the recipe name)
+# --------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    d = VerifierTrainConfig(labels="(defaults)")
+    parser.add_argument("--labels", default=None, help="labels.jsonl or a `deliberate label mc` output directory")
+    parser.add_argument("--samples", default=None,
+                        help="ORM only: a `deliberate eval` output directory (outcome labels from its samples)")
+    parser.add_argument("--label-type", choices=("soft", "hard"), default=d.label_type,
+                        help="PRM/GenRM step targets: Monte-Carlo fraction (soft) or any-correct (hard)")
+    parser.add_argument("--task", default=d.task)
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--init-from", default=None, help="tiny policy checkpoint to start from (recommended)")
+    parser.add_argument("--d-model", type=int, default=None, help="fresh model size (without --init-from)")
+    parser.add_argument("--n-layers", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--val-frac", type=float, default=d.val_frac)
+    parser.add_argument("--sft-mix", type=float, default=d.sft_mix, help="genrm: fraction of each batch from SFT data")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--out", default=None, help="output directory (default: runs/<kind>)")
+
+
+def main(args) -> int:
+    from deliberate.models.base import parse_kv
+
+    kind = args.recipe
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = {}
+    if args.d_model:
+        model.update(d_model=args.d_model)
+    if args.n_layers:
+        model.update(n_layers=args.n_layers)
+    cfg = VerifierTrainConfig(kind=kind, labels=args.labels, samples=args.samples, label_type=args.label_type,
+                              task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"),
+                              init_from=args.init_from, model=model, steps=args.steps, batch_size=args.batch_size,
+                              lr=args.lr, warmup=args.warmup, val_frac=args.val_frac, sft_mix=args.sft_mix,
+                              seed=args.seed, checkpoint_every=args.checkpoint_every, out=args.out or f"runs/{kind}")
+    t0 = time.perf_counter()
+    final = train_verifier(cfg)
+    m = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    extra = "" if m.get("val_loss") is None else f", val loss {m['val_loss']:.4f}, val AUC {m.get('val_auc_vs_hard')}"
+    print(f"{kind} written to {final} (loss {m['first_loss']:.4f} -> {m['final_loss_ema']:.4f}{extra}; "
+          f"{time.perf_counter() - t0:.0f}s)")
+    return 0
