@@ -113,7 +113,7 @@ def main() -> int:
     auc_rows = []
     for item in args.verifier:
         name, _, spec = item.partition("=")
-        if ":" not in spec:
+        if ":" not in spec and spec != "oracle":
             spec = f"{name.split('-')[0]}:{spec}"
         v = get_verifier(spec, task=task)
         t1 = time.perf_counter()
@@ -131,12 +131,18 @@ def main() -> int:
                 add(f"{name} weighted ({agg})", k,
                     [weighted_at_k(a, c.tolist(), np.clip(sc, 0, None).tolist(), k, seed=args.seed * 1_000_003 + i)
                      for i, (a, c, sc) in enumerate(zip(answers, correct, agg_scores))])
-        truth = [task.step_correct(p, s) for p, row in zip(problems, steps) for s in row]
+        truth = [task.step_correct(p, s) or [] for p, row in zip(problems, steps) for s in row]
         flat_scores = [x for row in per for s in row for x in s]
-        flat_truth = [y for t in truth for y in (t or [])]
+        flat_truth = [y for t in truth for y in t]
         last = [s[-1] if s else 0.0 for row in per for s in row]
+        # within a problem: does the verifier rank that problem's correct samples above its wrong ones?
+        # (the pooled AUCs above also reward merely knowing which problems are easy)
+        within = [auc([s[-1] if s else 0.0 for s in row], c.tolist()) for row, c in zip(per, correct)]
+        within = [w for w in within if w is not None]
         auc_rows.append({"verifier": name, "spec": spec, "step_auc": auc(flat_scores, flat_truth),
                          "outcome_auc_last_step": auc(last, correct.ravel().tolist()),
+                         "within_problem_auc_last_step": float(np.mean(within)) if within else None,
+                         "problems_with_both_classes": len(within),
                          "n_steps": len(flat_scores), "wall_s": round(wall, 1), **stats})
 
     # 3. report
@@ -157,7 +163,9 @@ def main() -> int:
     print()
     for a in auc_rows:
         print(f"{a['verifier']}: step AUC vs task.step_correct {a['step_auc']:.3f} ({a['n_steps']} steps), "
-              f"outcome AUC of last-step score {a['outcome_auc_last_step']:.3f}; "
+              f"outcome AUC of last-step score {a['outcome_auc_last_step']:.3f} (pooled), "
+              f"{a['within_problem_auc_last_step']:.3f} (within a problem, mean over "
+              f"{a['problems_with_both_classes']}); "
               f"{a['sequences']} sequences / {a['tokens']} tokens in {a['calls']} calls, {a['wall_s']}s")
     write_json_atomic(out / "results.json", {"config": vars(args), "task_options": opts, "rows": rows,
                                              "auc": auc_rows, "pass": pass16, "maj": maj16})
