@@ -8,16 +8,26 @@ rows from the batch. For Llama-architecture models (the tiny model, SmolLM2, Lla
 checkpoints) attention runs over a preallocated static cache with our own RoPE + SDPA; any other
 transformers causal LM falls back to its own forward with a ``DynamicCache``.
 
-Measured against ``transformers.generate``: ``python benchmarks/engine_vs_generate.py``.
+Automatic prefix caching (Llama path only): after each batch the KV of every row's processed tokens
+(prompt + generated tokens that were fed back) is kept in a byte-bounded LRU :class:`PrefixCache`
+keyed by token ids. A later prompt that shares a prefix with a cached row — step-level search
+re-submits ``prompt + partial_solution`` every round, each one extending a row of the previous round —
+copies that KV into its batch slots and prefills only the remaining tokens. Outputs are the same as
+without the cache up to float noise (see ``tests/test_prefix_cache.py``).
+
+Measured against ``transformers.generate``: ``python benchmarks/engine_vs_generate.py``; prefix
+caching in a simulated beam search: ``python benchmarks/prefix_cache.py``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from functools import partial
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from deliberate.errors import DeliberateError
 from deliberate.models.sampling import SamplingParams, sequence_seed
@@ -37,14 +47,153 @@ class TokenizerLike(Protocol):
 
 @dataclass
 class EngineStats:
-    """Work actually done: tokens run through prefill, decode steps x rows, forward calls."""
+    """Work actually done: prompt tokens computed in prefill, prompt tokens whose KV came from the
+    prefix cache instead (not computed), decode steps x rows, forward calls."""
 
     prefill_tokens: int = 0
+    cached_tokens: int = 0
     decode_tokens: int = 0
     forward_calls: int = 0
 
     def reset(self) -> None:
-        self.prefill_tokens = self.decode_tokens = self.forward_calls = 0
+        self.prefill_tokens = self.cached_tokens = self.decode_tokens = self.forward_calls = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Prefix cache: KV of already-processed token sequences, reused by later prompts that share a prefix.
+# --------------------------------------------------------------------------------------------
+
+_BLOCK = 16  # prefix lookups are indexed every _BLOCK tokens, then extended token by token
+
+
+def _chain_hashes(tokens: Sequence[int]) -> list[int]:
+    """``h[i]`` identifies ``tokens[:i + 1]``; each is one step from the previous, so all are O(n)."""
+    out, h = [], 0
+    for t in tokens:
+        h = hash((h, t))
+        out.append(h)
+    return out
+
+
+@dataclass(eq=False)
+class _CacheEntry:
+    tokens: tuple[int, ...]
+    k: torch.Tensor  # [n_layers, n_kv, len, head_dim]
+    v: torch.Tensor
+    nbytes: int
+    blocks: list[int]  # chained hash at each full _BLOCK boundary
+    end: int  # chained hash of the whole token sequence
+
+
+class PrefixCache:
+    """Byte-bounded LRU of per-sequence KV, looked up by longest common token prefix.
+
+    Why longest *common* prefix rather than "an entry that is a prefix of the prompt": causal
+    attention makes the KV of a sequence's first ``m`` tokens depend on those tokens only, so any
+    entry sharing ``m`` leading tokens with a prompt serves those ``m`` — sibling partial solutions of
+    one question share the question's KV even though neither is a prefix of the other. An entry that
+    is a strict prefix of a newer one is therefore dominated and dropped on insert; a new sequence
+    already covered by an entry is not stored again. Lookups walk an index of chained hashes taken
+    every ``_BLOCK`` tokens (so shared prefixes shorter than ``_BLOCK`` are not reused, and sequences
+    shorter than that are never stored) and then compare token by token. Entries that share a
+    prefix each hold their own copy of its KV (no block sharing as in vLLM): simple, at some memory
+    cost, and ``bytes`` never exceeds ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise DeliberateError(f"prefix_cache_bytes must be an integer >= 0 (got {max_bytes!r})")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[int, _CacheEntry] = OrderedDict()  # LRU order, oldest first
+        self._by_block: dict[int, set[int]] = {}
+        self._by_end: dict[int, set[int]] = {}
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_block.clear()
+        self._by_end.clear()
+        self.bytes = 0
+
+    def lookup(self, tokens: Sequence[int], hashes: list[int] | None = None) -> tuple[_CacheEntry | None, int]:
+        """The entry sharing the longest leading run with ``tokens`` and that run's length (marks it used)."""
+        eid, m = self._longest(tokens, _chain_hashes(tokens) if hashes is None else hashes)
+        if eid is None:
+            return None, 0
+        self._entries.move_to_end(eid)
+        return self._entries[eid], m
+
+    def insert(self, tokens: Sequence[int], nbytes: int,
+               extract: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        """Store the KV of ``tokens`` (``extract()`` clones it out of the batch only when it is kept).
+
+        Returns whether a new entry was stored. Evicts least-recently-used entries to stay in budget.
+        """
+        n = len(tokens)
+        if n < _BLOCK or nbytes > self.max_bytes:
+            return False
+        tokens = tuple(tokens)
+        hs = _chain_hashes(tokens)
+        eid, m = self._longest(tokens, hs)
+        if eid is not None and m == n:  # already covered by an equal or longer entry
+            self._entries.move_to_end(eid)
+            return False
+        for i in range(_BLOCK - 1, n):  # drop stored strict prefixes of this sequence: it serves them all
+            for old in list(self._by_end.get(hs[i], ())):
+                if self._entries[old].tokens == tokens[:i + 1]:
+                    self._remove(old)
+        while self.bytes + nbytes > self.max_bytes:
+            self._remove(next(iter(self._entries)))
+        k, v = extract()
+        if k.shape[2] != n or v.shape[2] != n:
+            raise DeliberateError(f"prefix cache: KV for {k.shape[2]} positions stored under {n} tokens")
+        eid = self._next_id
+        self._next_id += 1
+        e = _CacheEntry(tokens, k, v, nbytes, [hs[j * _BLOCK - 1] for j in range(1, n // _BLOCK + 1)], hs[-1])
+        self._entries[eid] = e
+        for h in e.blocks:
+            self._by_block.setdefault(h, set()).add(eid)
+        self._by_end.setdefault(e.end, set()).add(eid)
+        self.bytes += nbytes
+        return True
+
+    def _longest(self, tokens: Sequence[int], hs: list[int]) -> tuple[int | None, int]:
+        n = len(tokens)
+        depth = 0  # deepest block boundary some entry shares (sharing block j implies sharing j - 1)
+        while (depth + 1) * _BLOCK <= n and hs[(depth + 1) * _BLOCK - 1] in self._by_block:
+            depth += 1
+        if depth == 0:
+            return None, 0
+        base = depth * _BLOCK
+        best, best_m = None, 0
+        for eid in self._by_block[hs[base - 1]]:
+            et = self._entries[eid].tokens
+            m, lim = base, min(n, len(et))
+            while m < lim and et[m] == tokens[m]:
+                m += 1
+            if m > best_m:
+                best, best_m = eid, m
+        # the hash index only proposes; the tokens decide (guards against hash collisions)
+        if best is None or self._entries[best].tokens[:best_m] != tuple(tokens[:best_m]):
+            return None, 0
+        return best, best_m
+
+    def _remove(self, eid: int) -> None:
+        e = self._entries.pop(eid)
+        self.bytes -= e.nbytes
+        for h in e.blocks:
+            ids = self._by_block[h]
+            ids.discard(eid)
+            if not ids:
+                del self._by_block[h]
+        ids = self._by_end[e.end]
+        ids.discard(eid)
+        if not ids:
+            del self._by_end[e.end]
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,13 +231,25 @@ class _LlamaRunner:
         self.inv_freq = rot.inv_freq.float()
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
 
-    def start(self, ids: torch.Tensor, pad: torch.Tensor, total_len: int) -> torch.Tensor:
-        """Prefill ``ids`` [B, P] (left-padded by ``pad`` [B]); returns last-position logits [B, V]."""
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V that one position occupies across all layers (prefix-cache accounting)."""
+        return 2 * self.n_layers * self.n_kv * self.head_dim * next(self.model.parameters()).element_size()
+
+    def start(self, ids: torch.Tensor, pad: torch.Tensor, total_len: int,
+              reuse: Sequence[tuple[torch.Tensor, torch.Tensor, int] | None] | None = None) -> torch.Tensor:
+        """Prefill ``ids`` [B, P] (left-padded by ``pad`` [B]); returns last-position logits [B, V].
+
+        ``reuse[b] = (K, V, m)`` gives row ``b``'s first ``m`` real tokens' KV (``[n_layers, n_kv, >=m,
+        head_dim]``, from the prefix cache): those slots are copied, not computed, and only the rest
+        of the row runs through the model. ``m`` must leave at least the row's last token to compute.
+        """
         B, P = ids.shape
         dev = ids.device
         dtype = next(self.model.parameters()).dtype
         self.T = total_len
-        # uninitialised: slot s is written (prefill or decode) before any query attends to it
+        # uninitialised: every slot is written (zeros for padding, cached KV, prefill or decode)
+        # before any query attends to it
         self.k = torch.empty(self.n_layers, B, self.n_kv, total_len, self.head_dim, dtype=dtype, device=dev)
         self.v = torch.empty_like(self.k)
         self.pad = pad.clone()
@@ -98,14 +259,33 @@ class _LlamaRunner:
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = (emb.cos() * self.rope_scale).to(dtype)
         self.sin = (emb.sin() * self.rope_scale).to(dtype)
-        slots = torch.arange(P, device=dev)
-        pos = (slots[None, :] - self.pad[:, None]).clamp(min=0)  # [B, P]
-        valid = slots[None, :] >= self.pad[:, None]  # key is a real token
-        causal = slots[:, None] >= slots[None, :]  # [P, P]
-        mask = causal[None, None] & valid[:, None, None, :]  # [B, 1, P, P]
+        pads = pad.tolist()
+        first = list(pads)  # first slot of each row that is computed
+        for b in range(B):
+            if pads[b]:
+                # padding keys get zero weight, but 0 * garbage could be NaN: make them finite
+                self.k[:, b, :, :pads[b]] = 0
+                self.v[:, b, :, :pads[b]] = 0
+            r = reuse[b] if reuse is not None else None
+            if r is not None and r[2] > 0:
+                K, V, m = r
+                if m >= P - pads[b] or K.shape[2] < m:
+                    raise DeliberateError(f"prefix reuse of {m} tokens does not leave a token to compute "
+                                          f"in a row of {P - pads[b]}")
+                self.k[:, b, :, pads[b]:pads[b] + m] = K[:, :, :m]
+                self.v[:, b, :, pads[b]:pads[b] + m] = V[:, :, :m]
+                first[b] += m
+        q0 = min(first)  # queries run over slots [q0, P): everything before is padding or cached
+        qslots = torch.arange(q0, P, device=dev)
+        kslots = torch.arange(P, device=dev)
+        pos = (qslots[None, :] - self.pad[:, None]).clamp(min=0)  # [B, Lq]
+        compute = qslots[None, :] >= torch.tensor(first, device=dev)[:, None]  # [B, Lq] tokens to run
+        valid = kslots[None, :] >= self.pad[:, None]  # key is a real token (cached or computed)
+        causal = qslots[:, None] >= kslots[None, :]  # [Lq, P]
+        mask = causal[None, None] & valid[:, None, None, :]  # [B, 1, Lq, P]
         # padded query rows see nothing valid; let them attend to themselves to avoid NaNs
-        mask = mask | torch.eye(P, dtype=torch.bool, device=dev)[None, None]
-        return self._forward(ids, pos, 0, mask)
+        mask = mask | (qslots[:, None] == kslots[None, :])[None, None]
+        return self._prefill(ids[:, q0:], pos, q0, mask, compute)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row [B]; returns next-token logits [B, V]."""
@@ -114,8 +294,7 @@ class _LlamaRunner:
         pos = (s - self.pad)[:, None]
         slots = torch.arange(s + 1, device=dev)
         mask = (slots[None, :] >= self.pad[:, None])[:, None, None, :]  # [B,1,1,s+1]
-        out = self._forward(tokens[:, None], pos, s, mask)
-        return out
+        return self._decode(tokens[:, None], pos, s, mask)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` of the batch (drop finished sequences / expand shared prefills)."""
@@ -123,15 +302,24 @@ class _LlamaRunner:
         self.v = self.v.index_select(1, rows)
         self.pad = self.pad.index_select(0, rows)
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+    def row_kv(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of batch row ``b``'s K and V for every real position so far: [n_layers, n_kv, len, head_dim]."""
+        lo = int(self.pad[b])
+        return self.k[:, b, :, lo:self.len].clone(), self.v[:, b, :, lo:self.len].clone()
+
+    def _prefill(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor,
+                 keep: torch.Tensor) -> torch.Tensor:
+        """Run the ``keep`` tokens of ``ids`` [B, L] (slots ``start..start+L``) and write their KV.
+
+        The per-token work (norms, projections, MLP) runs on those tokens only, packed; attention
+        runs as masked matmuls of the padded [B, L] query layout against all cache slots before
+        ``start + L`` — including KV copied in from the prefix cache, which is never recomputed.
+        """
         B, L = ids.shape
         end = start + L
-        if L == 1:
-            return self._decode(ids, pos, start, mask)
-        # prefill: the per-token work (norms, projections, MLP) runs on the real tokens only, packed;
-        # attention runs on the padded [B, L] layout that the cache keeps
-        keep = (torch.arange(L, device=ids.device)[None, :] >= self.pad[:, None])  # [B, L] real tokens
         flat = keep.reshape(-1).nonzero().squeeze(-1)
+        rows = flat // L
+        slots = flat % L + start
         x = self.inner.embed_tokens(ids.reshape(-1).index_select(0, flat))  # [N, d]
         cos = self.cos[pos].reshape(B * L, -1).index_select(0, flat)[:, None]  # [N,1,hd]
         sin = self.sin[pos].reshape(B * L, -1).index_select(0, flat)[:, None]
@@ -146,11 +334,10 @@ class _LlamaRunner:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             qp = q.new_zeros(B * L, self.n_heads, self.head_dim).index_copy_(0, flat, q)
-            kp = k.new_zeros(B * L, self.n_kv, self.head_dim).index_copy_(0, flat, k)
-            vp = v.new_zeros(B * L, self.n_kv, self.head_dim).index_copy_(0, flat, v)
             qp = qp.view(B, L, self.n_heads, self.head_dim).transpose(1, 2) * self.head_dim ** -0.5
-            self.k[i, :, :, start:end] = kp.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-            self.v[i, :, :, start:end] = vp.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+            # write only the computed tokens' KV: the other slots hold padding zeros or cached KV
+            self.k[i].transpose(1, 2)[rows, slots] = k
+            self.v[i].transpose(1, 2)[rows, slots] = v
             K, V = self.k[i, :, :, :end], self.v[i, :, :, :end]
             if self.n_kv != self.n_heads:
                 K, V = (t.repeat_interleave(self.n_heads // self.n_kv, dim=1) for t in (K, V))
@@ -230,7 +417,7 @@ class _HFRunner:
     def start(self, ids: torch.Tensor, pad: torch.Tensor, total_len: int) -> torch.Tensor:
         from transformers import DynamicCache
 
-        B, P = ids.shape
+        P = ids.shape[1]
         slots = torch.arange(P, device=ids.device)
         self.attn = (slots[None, :] >= pad[:, None]).long()
         self.pad = pad.clone()
@@ -278,10 +465,15 @@ class Engine:
     """Generate continuations for prompts with a local causal LM (see module docstring).
 
     ``Engine(model, tokenizer).generate(prompts, SamplingParams(n=8, temperature=0.8, seed=1))``
+
+    ``prefix_cache_bytes`` bounds the automatic prefix cache (Llama-style models only; 0 disables it).
+    The cache is dropped whenever the model's parameters change (in-place updates included), so an
+    engine kept across training steps never serves stale KV.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: TokenizerLike, *, device: str | torch.device = "cpu",
-                 max_batch_size: int = 64, eos_token_ids: Sequence[int] | None = None):
+                 max_batch_size: int = 64, eos_token_ids: Sequence[int] | None = None,
+                 prefix_cache_bytes: int = 256 * 2**20):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -294,6 +486,30 @@ class Engine:
         self.runner_cls = _LlamaRunner if _is_llama_like(model) else _HFRunner
         self.stats = EngineStats()
         self.max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        cache = PrefixCache(prefix_cache_bytes)  # validates the budget for every model type
+        # the generic fallback runs the model's own forward and cannot take KV from outside
+        use = prefix_cache_bytes > 0 and self.runner_cls is _LlamaRunner
+        self.prefix_cache: PrefixCache | None = cache if use else None
+        self._weights_key: tuple | None = None
+
+    def clear_prefix_cache(self) -> None:
+        """Forget all cached prefix KV (e.g. to free memory between unrelated workloads)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    def _check_weights(self) -> None:
+        """Drop the prefix cache if any parameter or buffer was replaced or modified in place."""
+        key = []
+        for t in (*self.model.parameters(), *self.model.buffers()):
+            try:
+                ver = t._version
+            except RuntimeError:  # inference tensors keep no version counter (they cannot change in place)
+                ver = -1
+            key.append((t.data_ptr(), ver, t.dtype, t.device))
+        key_t = tuple(key)
+        if key_t != self._weights_key:
+            self.clear_prefix_cache()
+            self._weights_key = key_t
 
     def encode_prompt(self, prompt: str) -> list[int]:
         ids = list(self.tokenizer.encode(prompt))
@@ -303,6 +519,8 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         encoded = [self.encode_prompt(p) for p in prompts]
+        if self.prefix_cache is not None:
+            self._check_weights()
         n = 1 if params.greedy else params.n
         work = [(i, j) for i in range(len(prompts)) for j in range(n)]
         results: dict[tuple[int, int], Completion] = {}
@@ -339,8 +557,23 @@ class Engine:
             ids[k, P - len(e):] = torch.tensor(e, dtype=torch.long)
             pad[k] = P - len(e)
         runner = self.runner_cls(self.model)
-        logits = runner.start(ids.to(dev), pad.to(dev), P + max_new)
-        self.stats.prefill_tokens += int(sum(len(encoded[i]) for i in uniq))
+        cache = self.prefix_cache
+        if cache is None:
+            logits = runner.start(ids.to(dev), pad.to(dev), P + max_new)
+            reused = 0
+        else:
+            # reuse the longest cached prefix of each prompt, leaving its last token to compute (the
+            # sampler needs that position's logits)
+            reuse: list[tuple[torch.Tensor, torch.Tensor, int] | None] = []
+            for i in uniq:
+                entry, m = cache.lookup(encoded[i])
+                m = min(m, len(encoded[i]) - 1)
+                reuse.append((entry.k, entry.v, m) if entry is not None and m > 0 else None)
+            logits = runner.start(ids.to(dev), pad.to(dev), P + max_new, reuse=reuse)
+            reused = sum(r[2] for r in reuse if r is not None)
+            del reuse  # the batch holds copies; do not pin entries the cache may evict
+        self.stats.prefill_tokens += int(sum(len(encoded[i]) for i in uniq)) - reused
+        self.stats.cached_tokens += reused
         self.stats.forward_calls += 1
         rows = [_Row(i, j, len(encoded[i])) for i, j in chunk]
         # the runner's batch holds rows longest prompt first (stable), so decode attention can skip
@@ -384,6 +617,15 @@ class Engine:
                     row.finish = "length"
                     continue
                 keep.append(b)
+            if cache is not None and len(keep) < len(active):
+                # rows leaving the batch: keep the KV of everything they fed (not the token just sampled)
+                kept = set(keep)
+                per_tok = runner.kv_bytes_per_token
+                for b, r in enumerate(active):
+                    if b not in kept:
+                        row = rows[r]
+                        fed = encoded[row.prompt_idx] + row.ids[:-1]
+                        cache.insert(fed, per_tok * len(fed), partial(runner.row_kv, b))
             if len(keep) == 0:
                 break
             if len(keep) < len(active):
@@ -444,4 +686,4 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Engine", "EngineStats", "TokenizerLike", "count_parameters"]
+__all__ = ["Engine", "EngineStats", "PrefixCache", "TokenizerLike", "count_parameters"]
