@@ -24,6 +24,7 @@ from deliberate.errors import DeliberateError
 COMMANDS = {
     "quickstart": ("deliberate.quickstart", "train the tiny model on arith, evaluate greedy/maj@n/pass@n, plot"),
     "eval": ("deliberate.eval.evaluate", "evaluate a model on a task: greedy, sampling, majority vote"),
+    "sweep": ("deliberate.eval.sweep", "search strategies x budgets x seeds: accuracy vs compute, resumable"),
     "tasks": ("deliberate.cli", "list registered tasks"),
     "serve": ("deliberate.models.server", "OpenAI-compatible server over a local backend"),
     "label": ("deliberate.rewards.mc_labels", "step labels for PRMs: Monte-Carlo rollouts, PRM800K import/export"),
