@@ -150,11 +150,37 @@ def test_reward_model_batching_is_consistent(tiny_ckpt, task, tmp_path):
     torch.nn.init.normal_(model.score.weight, std=0.5)
     v = TinyRewardModel(model, tok, kind="prm", task=task, batch_size=3)
     items = [(p, list(p.metadata["steps"])) for p in task.problems("test", 7)]
-    together = v.score_batch(items)
-    alone = [v.score(p, s) for p, s in items]
+    together = v._score_full(items)
+    alone = [v._score_full([(p, s)])[0] for p, s in items]
     for a, b in zip(together, alone):
         assert a == pytest.approx(b, abs=1e-5)
     assert v.stats.calls == 3 + 7 and v.stats.sequences == 14
+
+
+def test_incremental_scoring_matches_full_forward(tiny_ckpt, task):
+    """Search scores children of scored parents from the parent's cached KV: same numbers, fewer tokens."""
+    from deliberate.models.tiny import CharTokenizer
+    from deliberate.rewards.models import TinyRewardModel, build_reward_model
+
+    tok = CharTokenizer.load(tiny_ckpt)
+    model = build_reward_model(tok, init_from=tiny_ckpt)
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    v = TinyRewardModel(model, tok, kind="prm", task=task)
+    probs = task.problems("test", 6)
+    chains = [(p, list(p.metadata["steps"]) + [f"Answer: {p.answer}"]) for p in probs]
+    full = v._score_full(chains)
+    tokens_full = v.stats.tokens
+    v.stats.tokens = 0
+    depth = max(len(s) for _, s in chains)
+    for k in range(1, depth + 1):  # round by round, as a beam search asks
+        got = v.score_batch([(p, s[:k]) for p, s in chains if len(s) >= k])
+        want = [f[:k] for (p, s), f in zip(chains, full) if len(s) >= k]
+        for a, b in zip(got, want):
+            assert a == pytest.approx(b, abs=1e-5)
+    # each token ran once, as in one full pass over the finished chains; scoring every round's prefixes
+    # from scratch would have run each prompt `depth` times
+    from_scratch = sum(len(v.encode(p, s[:k])[0]) for p, s in chains for k in range(1, len(s) + 1))
+    assert v.stats.tokens <= tokens_full < from_scratch / 2
 
 
 def test_train_resume_equals_uninterrupted(labels_file, tiny_ckpt, tmp_path, task, monkeypatch):

@@ -227,6 +227,9 @@ class _LlamaRunner:
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # the output head: lm_head for causal LMs, `score` for token-classification reward models
+        head = getattr(model, "lm_head", None)
+        self.head = head if head is not None else model.score
         rot = self.inner.rotary_emb
         self.inv_freq = rot.inv_freq.float()
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
@@ -349,7 +352,7 @@ class _LlamaRunner:
         self.len = end
         last = keep.sum(dim=1).cumsum(0) - 1  # each row's last real token (the last slot) in the packing
         x = self.inner.norm(x.index_select(0, last))
-        return self.model.lm_head(x).float()
+        return self.head(x).float()
 
     def _decode(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
         B = ids.shape[0]
@@ -384,7 +387,7 @@ class _LlamaRunner:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.len = end
         x = self.inner.norm(x[:, -1])
-        return self.model.lm_head(x).float()
+        return self.head(x).float()
 
     def _groups(self, B: int) -> list[tuple[int, int, int]]:
         """Split the batch into contiguous row groups with their first non-padding slot.
@@ -538,6 +541,53 @@ class Engine:
             got = [results[(i, j)] for j in range(n)]
             out.append(got if n == params.n else got * params.n)  # greedy: n identical copies
         return out
+
+    @torch.inference_mode()
+    def last_logits(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Head output at the last position of each prompt, ``[len(prompts), V]`` (float32), using and
+        filling the prefix cache: scoring a partial solution that extends an already-scored one runs
+        only its new tokens. This is how a reward model (``LlamaForTokenClassification``) scores the
+        newest step of each search node incrementally."""
+        if self.runner_cls is not _LlamaRunner:
+            raise DeliberateError("last_logits needs a Llama-style model")
+        encoded = [self.encode_prompt(p) for p in prompts]
+        if self.prefix_cache is not None:
+            self._check_weights()
+        out: list[torch.Tensor] = []
+        dev = self.device
+        for c in range(0, len(encoded), self.max_batch_size):
+            chunk = encoded[c:c + self.max_batch_size]
+            P = max(len(e) for e in chunk)
+            if self.max_positions and P > self.max_positions:
+                raise DeliberateError(f"sequence of {P} tokens does not fit the model's context of "
+                                      f"{self.max_positions} positions")
+            ids = torch.zeros(len(chunk), P, dtype=torch.long)
+            pad = torch.zeros(len(chunk), dtype=torch.long)
+            for k, e in enumerate(chunk):
+                ids[k, P - len(e):] = torch.tensor(e, dtype=torch.long)
+                pad[k] = P - len(e)
+            runner = _LlamaRunner(self.model)
+            cache = self.prefix_cache
+            reuse = None
+            reused = 0
+            if cache is not None:
+                reuse = []
+                for e in chunk:
+                    entry, m = cache.lookup(e)
+                    m = min(m, len(e) - 1)
+                    reuse.append((entry.k, entry.v, m) if entry is not None and m > 0 else None)
+                reused = sum(r[2] for r in reuse if r is not None)
+            logits = runner.start(ids.to(dev), pad.to(dev), P, reuse=reuse)
+            del reuse
+            self.stats.prefill_tokens += sum(len(e) for e in chunk) - reused
+            self.stats.cached_tokens += reused
+            self.stats.forward_calls += 1
+            if cache is not None:
+                per_tok = runner.kv_bytes_per_token
+                for b, e in enumerate(chunk):
+                    cache.insert(e, per_tok * len(e), partial(runner.row_kv, b))
+            out.append(logits)
+        return torch.cat(out) if out else torch.zeros(0)
 
     def _run_chunk(self, chunk, prompts, encoded, params: SamplingParams) -> list[_Row]:
         dev = self.device
