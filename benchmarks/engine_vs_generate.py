@@ -53,7 +53,8 @@ def main() -> None:
         model = build_tiny_model(TinyConfig(), tok, seed=0).eval()
     task = get_task("arith")
     prompts = [task.prompt(p) for p in task.problems("test", a.batch, seed=0)]
-    engine = Engine(model, _NoEOS(tok), max_batch_size=a.batch)
+    # no prefix cache: the same prompts repeat across runs, and generate gets no such reuse
+    engine = Engine(model, _NoEOS(tok), max_batch_size=a.batch, prefix_cache_bytes=0)
     params = SamplingParams(n=1, temperature=1.0, max_tokens=a.new, seed=0)
 
     # transformers.generate on the same left-padded batch
