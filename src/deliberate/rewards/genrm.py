@@ -79,8 +79,21 @@ class GenerativeVerifier(Verifier):
 
     @torch.inference_mode()
     def score_batch(self, items):
+        """Each step prefix is one query; queries already answered (a search re-asks about a node's
+        earlier steps every round) come from a memo. Queries are left-padded with explicit positions
+        and only the last position's logits are computed (an LM head over a large vocabulary at every
+        position would dominate the cost)."""
+        if not hasattr(self, "_memo"):
+            self._memo: dict[tuple[int, ...], float] = {}
         out: list[list[float]] = [[0.0] * len(s) for _, s in items]
-        queries = [(i, j, self.query_ids(p, list(s), j + 1)) for i, (p, s) in enumerate(items) for j in range(len(s))]
+        queries, pending = [], []
+        for i, (p, s) in enumerate(items):
+            for j in range(len(s)):
+                q = tuple(self.query_ids(p, list(s), j + 1))
+                if q in self._memo:
+                    out[i][j] = self._memo[q]
+                else:
+                    queries.append((i, j, q))
         queries.sort(key=lambda q: len(q[2]))
         for start in range(0, len(queries), self.batch_size):
             chunk = queries[start:start + self.batch_size]
@@ -88,16 +101,21 @@ class GenerativeVerifier(Verifier):
             ids = torch.full((len(chunk), L), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), L), dtype=torch.long)
             for r, (_, _, q) in enumerate(chunk):
-                ids[r, : len(q)] = torch.tensor(q)
-                mask[r, : len(q)] = 1
-            last = mask.sum(1) - 1
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[torch.arange(len(chunk)), last].float()
-            two = torch.softmax(logits[:, [self.yes, self.no]], dim=-1)[:, 0]
+                ids[r, L - len(q):] = torch.tensor(q)
+                mask[r, L - len(q):] = 1
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            try:
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
+            except TypeError:  # a model without logits_to_keep
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            two = torch.softmax(logits[:, -1].float()[:, [self.yes, self.no]], dim=-1)[:, 0]
             self.stats.calls += 1
             self.stats.sequences += len(chunk)
             self.stats.tokens += int(mask.sum())
-            for r, (i, j, _) in enumerate(chunk):
-                out[i][j] = float(two[r])
+            if len(self._memo) > 500_000:
+                self._memo.clear()
+            for r, (i, j, q) in enumerate(chunk):
+                out[i][j] = self._memo[q] = float(two[r])
         return out
 
     def describe(self):
