@@ -494,6 +494,8 @@ def _settings(items: Sequence[str]) -> dict[str, Any]:
             raise DeliberateError(f"unknown --setting {k!r}; valid: {', '.join(sorted(valid))}")
         if k in ("n", "seed"):
             raise DeliberateError(f"--setting {k} is set by --budgets/--seeds")
+        if k in ("step_delimiter", "reflection_cue") and isinstance(v, str):
+            v = v.replace("\\n", "\n").replace("\\t", "\t")  # --setting 'step_delimiter=\n\n'
         out[k] = v
     return out
 

@@ -61,6 +61,9 @@ class SearchSettings:
     vote_rollouts: int = 2
     reflection_cue: str = REFLECTION_CUE
     reflection_final: str = "last"  # last | majority
+    # what ends a step: a line by default; "\n\n" (paragraphs) suits chat models that put blank lines
+    # between lines of reasoning (an empty step ends the solution)
+    step_delimiter: str = "\n"
 
     def __post_init__(self) -> None:
         bad = []
@@ -77,6 +80,8 @@ class SearchSettings:
                             ("tot_eval", ("value", "vote")), ("reflection_final", ("last", "majority"))):
             if getattr(self, name) not in valid:
                 bad.append(f"{name} must be one of {', '.join(valid)} (got {getattr(self, name)!r})")
+        if not isinstance(self.step_delimiter, str) or not self.step_delimiter:
+            bad.append(f"step_delimiter must be a non-empty string (got {self.step_delimiter!r})")
         if not self.mcts_c >= 0:
             bad.append(f"mcts_c must be >= 0 (got {self.mcts_c!r})")
         if bad:
@@ -196,9 +201,9 @@ class SearchContext:
     def prompt(self, problem: Problem) -> str:
         return self.task.prompt(problem, self.settings.prompt_style)
 
-    @staticmethod
-    def prefix(steps: Sequence[str]) -> str:
-        return "".join(s + "\n" for s in steps)
+    def prefix(self, steps: Sequence[str]) -> str:
+        d = self.settings.step_delimiter
+        return "".join(s + d for s in steps)
 
     def _count(self, pid: str, key: str, v: int) -> None:
         d = self.per_problem.setdefault(pid, {"generated_tokens": 0, "prompt_tokens": 0, "model_calls": 0,
@@ -222,7 +227,7 @@ class SearchContext:
         if not requests:
             return []
         s = self.settings
-        stop = ("\n",) if step else tuple(self.task.stop)
+        stop = (s.step_delimiter,) if step else tuple(self.task.stop)
         mt = max_tokens or (s.step_tokens if step else self.max_tokens)
         params = SamplingParams(n=n, temperature=s.temperature if temperature is None else temperature,
                                 top_p=s.top_p, max_tokens=mt, stop=stop, seed=self.next_seed(step, n),
