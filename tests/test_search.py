@@ -189,3 +189,13 @@ def test_sweep_resumes_with_one_row_per_key_and_reports_the_ceiling(tmp_path):
     with pytest.raises(DeliberateError, match="different config"):
         run_sweep(SweepConfig(**{**cfg.to_dict(), "verifier": "noisy:0.5"}), FakeBackend(noisy_solver),
                   progress=False)
+
+
+def test_mcts_with_a_budget_too_small_to_reach_an_answer_completes_its_path(ctx_factory):
+    """One iteration cannot reach depth 3: the chosen path is finished by a rollout, so every problem
+    still gets an answer (and that rollout's tokens are counted)."""
+    res = run_search("mcts", PROBLEMS[:4], ctx_factory(n=1, expansions=2))
+    for r in res:
+        assert r.answer is not None
+        assert r.text.strip().splitlines()[-1].startswith("Answer:")
+        assert r.model_calls == 2

@@ -14,7 +14,7 @@ Each iteration, for every problem at once (one batched backend call, one batched
 
 Budget ``n`` = iterations. The answer follows the most visited child from the root until a terminal
 node (ties: higher value); if that path ends unfinished, the best-valued finished node (or rollout)
-is used. The whole tree is returned for the report's viewer.
+is used, and when the tree has none, one sampled rollout completes the path. The whole tree is returned for the report's viewer.
 """
 
 from __future__ import annotations
@@ -93,15 +93,33 @@ def mcts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
                     _backprop(t, nd.id, nd.score or 0.0)
             else:  # a terminal leaf: re-visit it with its own value
                 _backprop(t, nid, t.nodes[nid].score or 0.0)
-    results = []
-    for i, (p, t) in enumerate(zip(problems, trees)):
+    # the answer: follow the most visited children; a path that ends unfinished (the budget ran out
+    # before the tree reached an answer) is completed by one sampled rollout from its last node,
+    # unless a finished node or rollout exists to fall back on
+    ends = []
+    for t in trees:
         nid = 0
         while t.nodes[nid].children and not t.nodes[nid].terminal:
             nid = max(t.nodes[nid].children, key=lambda k: (t.nodes[k].visits, t.nodes[k].value))
+        ends.append(nid)
+    need = [i for i, (t, nid) in enumerate(zip(trees, ends))
+            if not t.nodes[nid].terminal and not rollouts[i] and not any(n.terminal for n in t.nodes)]
+    finals: dict[int, Candidate] = {}
+    if need:
+        outs = ctx.generate([(trees[i].problem, ctx.prefix(trees[i].steps(ends[i]))) for i in need], 1, step=False)
+        for i, comps in zip(need, outs):
+            text = ctx.prefix(trees[i].steps(ends[i])) + comps[0].text
+            finals[i] = Candidate(text, tuple(ctx.task.split_steps(text)), ctx.task.extract_answer(text), None)
+    results = []
+    for i, (p, t) in enumerate(zip(problems, trees)):
+        nid = ends[i]
         terminals = [n.id for n in t.nodes if n.terminal]
         cands = [candidate(ctx, t, k) for k in terminals] + rollouts[i]
         if t.nodes[nid].terminal:
             chosen, best = nid, candidate(ctx, t, nid)
+        elif i in finals:
+            chosen, best = nid, finals[i]
+            cands.append(best)
         else:
             best = pick(ctx.task, cands, "best") if cands else candidate(ctx, t, nid)
             idx = next((k for k, c in enumerate(cands) if c is best), None)
