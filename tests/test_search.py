@@ -13,14 +13,13 @@ import random
 import re
 
 import pytest
+from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.sweep import SweepConfig, run_sweep
 from deliberate.rewards import get_verifier
 from deliberate.search import SearchContext, SearchSettings, run_search, strategy_names
 from deliberate.tasks import get_task
-
-from fakes import FakeBackend
 
 TASK = get_task("arith", min_ops=2, max_ops=3, max_operand=10)
 PROBLEMS = TASK.problems("test", 12, seed=0)
@@ -29,7 +28,7 @@ BY_Q = {p.question: p for p in PROBLEMS}
 
 def noisy_solver(prompt: str, rng: random.Random, p_wrong: float = 0.3) -> str:
     """Continue an arith prompt ``Q: ...\\nA:\\n<prefix>``: remaining gold steps, each wrong w.p. p_wrong."""
-    m = re.match(r"Q: (.*)\nA:\n", prompt, re.S)
+    m = re.match(r"Q: (.*)\nA:\n", prompt, re.DOTALL)
     prob = BY_Q[m.group(1)]
     written = [ln for ln in prompt[m.end():].split("\n") if ln.strip()]
     gold = prob.metadata["steps"]
@@ -172,7 +171,7 @@ def test_sweep_resumes_with_one_row_per_key_and_reports_the_ceiling(tmp_path):
     keys = [tuple(json.loads(x)[k] for k in ("problem_id", "strategy", "n", "seed"))
             for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 72
-    acc = lambda s: {(r["strategy"], r["n"]): r["accuracy"] for r in s["results"]}  # noqa: E731
+    acc = lambda s: {(r["strategy"], r["n"]): r["accuracy"] for r in s["results"]}
     assert acc(s1) == acc(s2)
     bon4 = next(r for r in s2["results"] if r["strategy"] == "best_of_n" and r["n"] == 4)
     assert bon4["accuracy"] == pytest.approx(bon4["own_ceiling"])  # a perfect verifier finds any correct one

@@ -31,9 +31,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -44,8 +45,15 @@ from deliberate.eval.records import RecordWriter, load_records, write_json_atomi
 from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
 from deliberate.models.sampling import SamplingParams
 from deliberate.rewards.base import Verifier, aggregate, get_verifier
-from deliberate.search.base import (POOL_STRATEGIES, Candidate, SearchContext, SearchSettings, get_strategy,
-                                    run_search, strategy_names)
+from deliberate.search.base import (
+    POOL_STRATEGIES,
+    Candidate,
+    SearchContext,
+    SearchSettings,
+    get_strategy,
+    run_search,
+    strategy_names,
+)
 from deliberate.search.sampling import select
 from deliberate.tasks.base import Task, get_task
 from deliberate.types import Problem, SampleRecord
@@ -462,8 +470,8 @@ def taste_curve(task: Task, problems, pool: dict, config: SweepConfig) -> list[d
 
 def format_table(summary: dict) -> str:
     lines = [f"{summary['task']} | {summary['model']} | seeds {summary['seed']} | {summary['n_problems']} problems",
-             f"{'strategy':<11} {'N':>4} {'accuracy':>9} {'95% CI':>16} {'/pass@N':>8} {'tokens/prob':>12} "
-             f"{'verif/prob':>10}"]
+             (f"{'strategy':<11} {'N':>4} {'accuracy':>9} {'95% CI':>16} {'/pass@N':>8} {'tokens/prob':>12} "
+              f"{'verif/prob':>10}")]
     P = max(1, summary["n_problems"])
     for r in summary["results"]:
         lo, hi = r["ci"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from deliberate.errors import DeliberateError
 from deliberate.rewards.base import Verifier, register_verifier

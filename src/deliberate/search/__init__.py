@@ -5,8 +5,16 @@
     results = run_search("beam", problems, ctx)
 """
 
-from deliberate.search.base import (POOL_STRATEGIES, Candidate, SearchContext, SearchResult, SearchSettings,
-                                    get_strategy, run_search, strategy_names)
+from deliberate.search.base import (
+                                    POOL_STRATEGIES,
+                                    Candidate,
+                                    SearchContext,
+                                    SearchResult,
+                                    SearchSettings,
+                                    get_strategy,
+                                    run_search,
+                                    strategy_names,
+)
 
 __all__ = ["POOL_STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings", "get_strategy",
            "run_search", "strategy_names"]

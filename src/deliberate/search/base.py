@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend

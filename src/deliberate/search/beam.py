@@ -10,7 +10,7 @@ or the weighted-majority answer over the finished ones (``final=weighted``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from deliberate.search.base import SearchContext, SearchResult, Tree, candidate, expand, pick, register_strategy
 from deliberate.types import Problem

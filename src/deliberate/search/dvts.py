@@ -8,10 +8,9 @@ subtrees' finished solutions (best score, or weighted majority with ``final=weig
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from deliberate.search.base import (SearchContext, SearchResult, Tree, candidate, expand, pick,
-                                    register_strategy)
+from deliberate.search.base import SearchContext, SearchResult, Tree, candidate, expand, pick, register_strategy
 from deliberate.types import Problem
 
 

@@ -20,10 +20,18 @@ is used, and when the tree has none, one sampled rollout completes the path. The
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
-from deliberate.search.base import (Candidate, SearchContext, SearchResult, Tree, candidate, expand, pick,
-                                    register_strategy)
+from deliberate.search.base import (
+    Candidate,
+    SearchContext,
+    SearchResult,
+    Tree,
+    candidate,
+    expand,
+    pick,
+    register_strategy,
+)
 from deliberate.types import Problem
 
 

@@ -9,7 +9,7 @@ would no longer fit the model's context stops revising there.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from deliberate.errors import DeliberateError
 from deliberate.search.base import Candidate, SearchContext, SearchResult, register_strategy, vote

@@ -8,7 +8,7 @@ candidates that already exist, which is how a sweep gets every N from one pool o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from deliberate.search.base import Candidate, SearchContext, SearchResult, pick, register_strategy, vote
 from deliberate.tasks.base import Task

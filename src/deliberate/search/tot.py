@@ -14,10 +14,9 @@ rollouts that reach it (no verifier needed).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from deliberate.search.base import (SearchContext, SearchResult, Tree, candidate, expand, pick,
-                                    register_strategy, vote)
+from deliberate.search.base import SearchContext, SearchResult, Tree, candidate, expand, pick, register_strategy, vote
 from deliberate.types import Problem
 
 

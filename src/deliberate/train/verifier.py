@@ -87,6 +87,9 @@ class VerifierTrainConfig:
                 problems.append(f"{name} must be a positive integer (got {v!r})")
         if not (0 < self.lr < 1):
             problems.append(f"lr must be in (0, 1) (got {self.lr!r})")
+        if not (isinstance(self.head_lr_mult, (int, float)) and not isinstance(self.head_lr_mult, bool)
+                and self.head_lr_mult > 0):
+            problems.append(f"head_lr_mult must be > 0 (got {self.head_lr_mult!r})")
         if not (0 <= self.val_frac < 1):
             problems.append(f"val_frac must be in [0, 1) (got {self.val_frac!r})")
         if not (0 <= self.sft_mix < 1):
@@ -440,6 +443,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
+                        help="prm/orm: learning-rate multiplier of the fresh classification head")
     parser.add_argument("--val-frac", type=float, default=d.val_frac)
     parser.add_argument("--sft-mix", type=float, default=d.sft_mix, help="genrm: fraction of each batch from SFT data")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -462,7 +467,8 @@ def main(args) -> int:
     cfg = VerifierTrainConfig(kind=kind, labels=args.labels, samples=args.samples, label_type=args.label_type,
                               task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"),
                               init_from=args.init_from, model=model, steps=args.steps, batch_size=args.batch_size,
-                              lr=args.lr, warmup=args.warmup, val_frac=args.val_frac, sft_mix=args.sft_mix,
+                              lr=args.lr, warmup=args.warmup,
+                              head_lr_mult=args.head_lr_mult, val_frac=args.val_frac, sft_mix=args.sft_mix,
                               seed=args.seed, checkpoint_every=args.checkpoint_every, out=args.out or f"runs/{kind}")
     t0 = time.perf_counter()
     final = train_verifier(cfg)
