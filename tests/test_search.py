@@ -198,3 +198,40 @@ def test_mcts_with_a_budget_too_small_to_reach_an_answer_completes_its_path(ctx_
         assert r.answer is not None
         assert r.text.strip().splitlines()[-1].startswith("Answer:")
         assert r.model_calls == 2
+
+
+def test_pool_from_reuses_samples_and_refuses_a_different_sampling(tmp_path):
+    base = dict(task="arith", task_options={"min_ops": 2, "max_ops": 3, "max_operand": 10},
+                strategies=("majority", "best_of_n"), budgets=(2, 4), seeds=(0,), n_problems=4,
+                settings={"max_tokens": 80}, taste_sigmas=())
+    first = SweepConfig(out_dir=str(tmp_path / "a"), verifier="oracle", **base)
+    s1 = run_sweep(first, FakeBackend(noisy_solver), progress=False)
+    backend = FakeBackend(noisy_solver)
+    s2 = run_sweep(SweepConfig(out_dir=str(tmp_path / "b"), verifier="noisy:0.5", pool_from=str(tmp_path / "a"),
+                               **base), backend, progress=False)
+    assert backend.calls == 0 and s2["compute"]["generated_tokens"] == 0  # no sampling: same samples
+    maj = lambda s: [r["accuracy"] for r in s["results"] if r["strategy"] == "majority"]  # noqa: E731
+    assert maj(s1) == maj(s2)
+    other = {**base, "settings": {"max_tokens": 80, "temperature": 0.5}}
+    with pytest.raises(DeliberateError, match="drawn differently.*temperature"):
+        run_sweep(SweepConfig(out_dir=str(tmp_path / "c"), verifier="oracle", pool_from=str(tmp_path / "a"),
+                              **other), FakeBackend(noisy_solver), progress=False)
+
+
+def test_step_delimiter_sets_the_step_stop_and_the_prefix_join(ctx_factory):
+    seen = []
+
+    class Spy(FakeBackend):
+        def generate(self, prompts, params):
+            seen.append((prompts, params.stop))
+            return super().generate(prompts, params)
+
+    ctx = SearchContext(Spy(noisy_solver), TASK, SearchSettings(n=2, expansions=2, max_tokens=80,
+                                                                step_delimiter="\n"), verifier=None)
+    assert ctx.prefix(["a", "b"]) == "a\nb\n"
+    para = SearchContext(Spy(noisy_solver), TASK, SearchSettings(step_delimiter="\n\n"))
+    assert para.prefix(["a", "b"]) == "a\n\nb\n\n"
+    para.generate([(PROBLEMS[0], "")], 1, step=True)
+    assert seen[-1][1] == ("\n\n",)
+    with pytest.raises(DeliberateError, match="step_delimiter"):
+        SearchSettings(step_delimiter="")
