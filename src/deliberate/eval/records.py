@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Hashable, Iterable, TypeVar
 
 from deliberate.errors import DeliberateError
 from deliberate.types import SampleRecord
@@ -97,24 +97,7 @@ class RecordWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a+b")
-        try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise DeliberateError(f"{self.path} is being written by another process") from None
-            records, end = _read(self.path)
-            size = os.fstat(self._f.fileno()).st_size
-            if end < size:
-                log.warning("%s: cutting a partial last line (%d bytes; a run was killed mid-write)",
-                            self.path, size - end)
-                self._f.truncate(end)
-                os.fsync(self._f.fileno())
-        except BaseException:
-            self._f.close()
-            raise
+        self._f, records = open_for_append(self.path, _read)
         self._keys: set[Key] = {r.key for r in records}
 
     @property
@@ -158,6 +141,99 @@ class RecordWriter:
             self._f.close()  # closing releases the lock
 
     def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+T = TypeVar("T")
+
+
+def open_for_append(path: Path, read: Callable[[Path], tuple[T, int]]) -> tuple[BinaryIO, T]:
+    """Open ``path`` for appending under an exclusive advisory lock, parse its complete lines with
+    ``read`` (which returns what it parsed and the byte length of the complete part), and cut a torn
+    last line left by a killed run. Shared by every resumable JSONL file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+b")
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DeliberateError(f"{path} is being written by another process") from None
+        parsed, end = read(path)
+        size = os.fstat(f.fileno()).st_size
+        if end < size:
+            log.warning("%s: cutting a partial last line (%d bytes; a run was killed mid-write)", path, size - end)
+            f.truncate(end)
+            os.fsync(f.fileno())
+    except BaseException:
+        f.close()
+        raise
+    return f, parsed
+
+
+def read_jsonl_rows(path: Path, validate: Callable[[dict, str], None] | None = None) -> tuple[list[dict], int]:
+    """Dict rows of every complete line and the byte length of the complete part (a torn tail is left out).
+
+    A malformed complete line raises :class:`DeliberateError` naming ``file:line``."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    rows = []
+    for lineno, raw in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DeliberateError(f"{where}: malformed JSON line ({e})") from None
+        if not isinstance(row, dict):
+            raise DeliberateError(f"{where}: a line must be a JSON object, got {type(row).__name__}")
+        if validate is not None:
+            validate(row, where)
+        rows.append(row)
+    return rows, end
+
+
+class JsonlAppender:
+    """Append keyed dict rows to a file: complete fsynced lines, a torn tail cut on open, no key twice.
+
+    ``key(row)`` identifies a row; :attr:`rows` maps each key on disk to its row."""
+
+    def __init__(self, path: str | os.PathLike, key: Callable[[dict], Hashable],
+                 validate: Callable[[dict, str], None] | None = None):
+        self.path = Path(path)
+        self.key = key
+        self._f, rows = open_for_append(self.path, lambda p: read_jsonl_rows(p, validate))
+        self.rows: dict[Hashable, dict] = {}
+        for r in rows:
+            self.rows.setdefault(key(r), r)
+
+    def __contains__(self, k: Hashable) -> bool:
+        return k in self.rows
+
+    def append(self, rows: Iterable[dict]) -> int:
+        lines = []
+        for r in rows:
+            k = self.key(r)
+            if k in self.rows:
+                continue
+            self.rows[k] = r
+            lines.append(json.dumps(r) + "\n")
+        if lines:
+            self._f.seek(0, os.SEEK_END)
+            self._f.write("".join(lines).encode("utf-8"))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        return len(lines)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
-from deliberate.eval.records import RecordWriter, load_records, write_json_atomic
+from deliberate.eval.records import JsonlAppender, RecordWriter, load_records, write_json_atomic
 from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
 from deliberate.models.sampling import SamplingParams
 from deliberate.rewards.base import Verifier, aggregate, get_verifier
@@ -147,20 +147,22 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
         pool_scores = _score_pool(out, problems, pool, verifier, progress)
 
     results_path = out / "results.jsonl"
-    done = _read_jsonl(results_path, key=lambda r: (r["problem_id"], r["strategy"], r["n"], r["seed"]))
-    with open(results_path, "a", encoding="utf-8") as rf, open(out / "trees.jsonl", "a", encoding="utf-8") as tf:
+    def run_key(r: dict) -> tuple:
+        return (r["problem_id"], r["strategy"], r["n"], r["seed"])
+
+    with JsonlAppender(results_path, key=run_key) as rf, JsonlAppender(out / "trees.jsonl", key=run_key) as tf:
+        done = rf.rows
         # sample-based strategies: selection over the pool (no new generation)
         for strategy in [s for s in config.strategies if s in POOL_STRATEGIES]:
             for seed in config.seeds:
+                rows = []
                 for n in config.budgets:
                     for p in problems:
                         key = (p.id, strategy, n, seed)
                         if key in done:
                             continue
-                        row = _pool_row(task, p, strategy, n, seed, pool, pool_scores, base.aggregation)
-                        rf.write(json.dumps(row) + "\n")
-                        done[key] = row
-                rf.flush()
+                        rows.append(_pool_row(task, p, strategy, n, seed, pool, pool_scores, base.aggregation))
+                rf.append(rows)
         # search strategies: run per (budget, seed) over batches of problems
         runs = [(s, n, seed) for s in config.strategies if s not in POOL_STRATEGIES
                 for n in config.budgets for seed in config.seeds]
@@ -176,6 +178,7 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
                     spent["generated_tokens"] += ctx.generated
                     spent["prompt_tokens_sent"] += ctx.prompt_sent
                     spent["backend_calls"] += ctx.calls
+                    rows, trees = [], []
                     for p, r in zip(chunk, res):
                         correct = bool(task.is_correct(r.answer, p))
                         row = {"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed, "answer": r.answer,
@@ -185,12 +188,11 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
                                "prompt_tokens": r.prompt_tokens, "model_calls": r.model_calls,
                                "verifier_sequences": r.verifier_sequences, "wall_s": r.wall_s, "text": r.text}
                         if r.tree is not None and problems.index(p) < config.trees_per_run:
-                            tf.write(json.dumps({"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed,
-                                                 "question": p.question, "gold": p.answer, "nodes": r.tree}) + "\n")
-                        rf.write(json.dumps(row) + "\n")
-                        done[(p.id, strategy, n, seed)] = row
-                    rf.flush()
-                    tf.flush()
+                            trees.append({"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed,
+                                          "question": p.question, "gold": p.answer, "nodes": r.tree})
+                        rows.append(row)
+                    tf.append(trees)  # trees first: a kill in between reruns the batch, never loses a tree
+                    rf.append(rows)
                     bar.update(len(chunk))
 
     compute = {**spent, "wall_s": time.perf_counter() - t_start}
@@ -210,28 +212,6 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
 def _engine_stats(backend: Backend) -> dict[str, int] | None:
     st = getattr(getattr(backend, "engine", None), "stats", None)
     return None if st is None else {k: int(v) for k, v in vars(st).items() if isinstance(v, int)}
-
-
-def _read_jsonl(path: Path, key) -> dict:
-    """Rows of a results file by key; a torn last line (killed run) is cut off, malformed lines are errors."""
-    out: dict = {}
-    if not path.exists():
-        return out
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("%s: dropping a torn last line from an interrupted run", path)
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    for lineno, raw in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-            out[key(row)] = row
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DeliberateError(f"{path}:{lineno}: malformed results line ({e})") from None
-    return out
 
 
 def _sample_pool(config, backend, task, problems, base, max_tokens, pool_n, out, spent, progress) -> None:
@@ -304,25 +284,20 @@ def _load_pool(out: Path, problems, seeds, pool_n) -> dict[tuple[str, int], list
 
 
 def _score_pool(out: Path, problems, pool, verifier: Verifier, progress: bool) -> dict:
-    path = out / "pool_scores.jsonl"
-    have = _read_jsonl(path, key=lambda r: (r["problem_id"], r["seed"], r["index"]))
+    """Per-step verifier scores of every pool sample, cached in ``pool_scores.jsonl`` (resumable)."""
     by_id = {p.id: p for p in problems}
-    todo = [(pid, seed, j, r) for (pid, seed), rs in pool.items() for j, r in enumerate(rs)
-            if (pid, seed, j) not in have]
-    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="sweep verifier", unit="sample",
-                                                      file=sys.stderr, disable=not progress or not todo,
-                                                      dynamic_ncols=True) as bar:
-        for b0 in range(0, len(todo), 256):
-            chunk = todo[b0:b0 + 256]
-            task_split = [verifier_steps(r.text) for _, _, _, r in chunk]
-            scores = verifier.score_batch([(by_id[pid], st) for (pid, _, _, _), st in zip(chunk, task_split)])
-            for (pid, seed, j, _), sc in zip(chunk, scores):
-                row = {"problem_id": pid, "seed": seed, "index": j, "scores": [round(float(x), 6) for x in sc]}
-                f.write(json.dumps(row) + "\n")
-                have[(pid, seed, j)] = row
-            f.flush()
-            bar.update(len(chunk))
-    return {k: v["scores"] for k, v in have.items()}
+    with JsonlAppender(out / "pool_scores.jsonl", key=lambda r: (r["problem_id"], r["seed"], r["index"])) as f:
+        todo = [(pid, seed, j, r) for (pid, seed), rs in pool.items() for j, r in enumerate(rs)
+                if (pid, seed, j) not in f]
+        with tqdm(total=len(todo), desc="sweep verifier", unit="sample", file=sys.stderr,
+                  disable=not progress or not todo, dynamic_ncols=True) as bar:
+            for b0 in range(0, len(todo), 256):
+                chunk = todo[b0:b0 + 256]
+                scores = verifier.score_batch([(by_id[pid], verifier_steps(r.text)) for pid, _, _, r in chunk])
+                f.append({"problem_id": pid, "seed": seed, "index": j, "scores": [round(float(x), 6) for x in sc]}
+                         for (pid, seed, j, _), sc in zip(chunk, scores))
+                bar.update(len(chunk))
+        return {k: v["scores"] for k, v in f.rows.items()}
 
 
 def verifier_steps(text: str) -> list[str]:

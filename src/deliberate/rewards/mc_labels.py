@@ -52,18 +52,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.eval.records import JsonlAppender, write_json_atomic
+from deliberate.eval.records import read_jsonl_rows as _read_jsonl
 from deliberate.types import Compute, Problem
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -71,93 +67,6 @@ LABELS_FILE = "labels.jsonl"
 CACHE_FILE = "rollouts.jsonl"
 META_FILE = "meta.json"
 LABEL_TYPES = ("soft", "hard")
-
-
-# --------------------------------------------------------------------------------------------
-# JSONL plumbing: append-only, resumable, keyed rows (the style of eval.records, for dict rows)
-# --------------------------------------------------------------------------------------------
-
-def _read_jsonl(path: Path, validate: Callable[[dict, str], None] | None = None) -> tuple[list[dict], int]:
-    """Rows of every complete line and the byte length of the complete part (a torn tail is left out).
-
-    A malformed complete line raises :class:`DeliberateError` naming ``file:line``."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    rows = []
-    for lineno, raw in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DeliberateError(f"{where}: malformed JSON line ({e})") from None
-        if not isinstance(row, dict):
-            raise DeliberateError(f"{where}: a line must be a JSON object, got {type(row).__name__}")
-        if validate is not None:
-            validate(row, where)
-        rows.append(row)
-    return rows, end
-
-
-class JsonlAppender:
-    """Append keyed JSON rows to a file: complete fsynced lines, a torn tail cut on open, no key twice.
-
-    ``key(row)`` identifies a row; :attr:`rows` maps each key on disk to its row."""
-
-    def __init__(self, path: str | os.PathLike, key: Callable[[dict], Hashable],
-                 validate: Callable[[dict, str], None] | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.key = key
-        self._f = open(self.path, "a+b")
-        try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise DeliberateError(f"{self.path} is being written by another process") from None
-            rows, end = _read_jsonl(self.path, validate)
-            size = os.fstat(self._f.fileno()).st_size
-            if end < size:
-                log.warning("%s: cutting a partial last line (%d bytes; a run was killed mid-write)",
-                            self.path, size - end)
-                self._f.truncate(end)
-                os.fsync(self._f.fileno())
-        except BaseException:
-            self._f.close()
-            raise
-        self.rows: dict[Hashable, dict] = {}
-        for r in rows:
-            self.rows.setdefault(key(r), r)
-
-    def __contains__(self, k: Hashable) -> bool:
-        return k in self.rows
-
-    def append(self, rows: Iterable[dict]) -> int:
-        lines = []
-        for r in rows:
-            k = self.key(r)
-            if k in self.rows:
-                continue
-            self.rows[k] = r
-            lines.append(json.dumps(r) + "\n")
-        if lines:
-            self._f.seek(0, os.SEEK_END)
-            self._f.write("".join(lines).encode("utf-8"))
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        return len(lines)
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> "JsonlAppender":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------
