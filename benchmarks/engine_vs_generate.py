@@ -19,7 +19,7 @@ import torch
 
 from deliberate.models.engine import Engine
 from deliberate.models.sampling import SamplingParams
-from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
+from deliberate.models.tiny import load_or_init_tiny
 from deliberate.tasks import get_task
 
 
@@ -46,11 +46,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.model:
-        model, tok = load_tiny(a.model)
-    else:
-        tok = CharTokenizer()
-        model = build_tiny_model(TinyConfig(), tok, seed=0).eval()
+    model, tok = load_or_init_tiny(a.model)
     task = get_task("arith")
     prompts = [task.prompt(p) for p in task.problems("test", a.batch, seed=0)]
     # no prefix cache: the same prompts repeat across runs, and generate gets no such reuse

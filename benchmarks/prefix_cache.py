@@ -25,7 +25,7 @@ import torch
 
 from deliberate.models.engine import Engine
 from deliberate.models.sampling import SamplingParams
-from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
+from deliberate.models.tiny import load_or_init_tiny
 from deliberate.tasks import get_task
 
 
@@ -76,11 +76,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.model:
-        model, tok = load_tiny(a.model)
-    else:
-        tok = CharTokenizer()
-        model = build_tiny_model(TinyConfig(), tok, seed=0).eval()
+    model, tok = load_or_init_tiny(a.model)
     task = get_task("arith")
     questions = [task.prompt(p) for p in task.problems("test", a.problems)]
 

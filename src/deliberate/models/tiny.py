@@ -124,6 +124,15 @@ def load_tiny(directory: str | Path):
     return model.eval(), tok
 
 
+def load_or_init_tiny(path: str | Path | None, seed: int = 0):
+    """``load_tiny(path)``, or a freshly initialised default-size tiny model when ``path`` is None
+    (benchmarks: speed does not depend on the weights)."""
+    if path:
+        return load_tiny(path)
+    tok = CharTokenizer()
+    return build_tiny_model(TinyConfig(), tok, seed=seed).eval(), tok
+
+
 @register_backend("tiny")
 class TinyBackend(Backend):
     """A trained tiny checkpoint behind the sampling engine."""
