@@ -11,13 +11,14 @@ prefix it has already computed (automatic prefix caching); remote servers are ex
 same (vLLM/SGLang prefix caching), so continuing a partial solution costs only its new tokens.
 
 Every result carries its compute: generated tokens, prompt tokens sent (before any prefix caching),
-backend calls, verifier sequences; :class:`SearchContext` also keeps run totals, including the
-prompt tokens the local engine actually ran (after prefix caching) when the backend exposes them.
+backend calls, verifier sequences; :class:`SearchContext` also keeps run totals. What the local
+engine actually ran after prefix caching is in ``backend.engine.stats`` (the sweep records it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -105,7 +106,7 @@ class Node:
     score: float | None = None  # verifier score of the prefix ending here (aggregated)
     visits: int = 0
     value_sum: float = 0.0
-    prior: float = 1.0
+    confidence: float | None = None  # mean chosen-token probability of the step, when log-probs were asked for
     terminal: bool = False
     answer: str | None = None
     tokens: int = 0  # tokens generated for this step
@@ -282,13 +283,6 @@ class SearchContext:
                             model_calls=d.get("model_calls", 0), verifier_sequences=d.get("verifier_sequences", 0),
                             wall_s=wall_share, tree=tree.to_json(self.task) if tree is not None else None)
 
-    def engine_stats(self) -> dict[str, int] | None:
-        """Prompt tokens the local engine actually computed / reused, when the backend has an engine."""
-        eng = getattr(self.backend, "engine", None)
-        st = getattr(eng, "stats", None)
-        if st is None:
-            return None
-        return {k: int(v) for k, v in vars(st).items() if isinstance(v, int)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,9 +415,7 @@ def expand(ctx: SearchContext, frontier: Sequence[tuple[Tree, int]], m: int, *, 
             node = t.add(nid, step, c.completion_tokens)
             node.terminal, node.answer = ctx.is_terminal(step, c, node.depth)
             if logprobs and c.logprobs:
-                import math
-
-                node.prior = sum(math.exp(x) for x in c.logprobs) / len(c.logprobs)
+                node.confidence = sum(math.exp(x) for x in c.logprobs) / len(c.logprobs)
             row.append(node)
         kids.append(row)
     if score:

@@ -18,7 +18,8 @@ from deliberate.types import Problem
 
 def beam_search(problems: Sequence[Problem], ctx: SearchContext, *, width: int, expansions: int,
                 first: int) -> list[SearchResult]:
-    """Shared by beam search (width = n // expansions) and DVTS (independent width-1 subtrees)."""
+    """Keep the ``width`` best unfinished prefixes per round, expand each ``expansions`` ways; the first
+    round samples ``first`` steps from the root."""
     s = ctx.settings
     trees = [Tree(p) for p in problems]
     finished: list[list[int]] = [[] for _ in problems]

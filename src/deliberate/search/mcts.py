@@ -93,7 +93,7 @@ def mcts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
         elif use_conf:
             for row in kids:
                 for nd in row:
-                    nd.score = nd.prior
+                    nd.score = nd.confidence
         for t, nid in leaves:
             row = new_by_tree.get(id(t))
             if row:
