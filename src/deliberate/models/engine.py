@@ -332,7 +332,6 @@ class _LlamaRunner:
         x = self.inner.embed_tokens(ids.reshape(-1).index_select(0, flat))  # [N, d]
         cos = self.cos[pos].reshape(B * L, -1).index_select(0, flat)[:, None]  # [N,1,hd]
         sin = self.sin[pos].reshape(B * L, -1).index_select(0, flat)[:, None]
-        N = x.shape[0]
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         # per group of rows: (first row, end row, first query column, first key slot)
         n_rows = keep.sum(dim=1).tolist()
