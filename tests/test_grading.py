@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,7 +39,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
         ("The answer is 18 dollars.", "18 dollars"),
         ("Thus the final answer is $42$.", "42"),
         ("**Answer:** 5", "5"),
-        ("x \\boxed{\\frac{1}{2}} then \\boxed{\\frac{a^{2}}{b}}", "\\frac{a^{2}}{b}"),
+        ("x \\boxed{\\frac{1}{2}} then \\boxed{\\frac{a^{2}}{b}}", None),  # two different boxes: a hedge
+        ("\\boxed{\\frac{a^{2}}{b}} so \\boxed{\\frac{a^{2}}{b}}", "\\frac{a^{2}}{b}"),  # same box twice: fine
         ("Answer: 3\nso the answer is $\\boxed{4}$.", "4"),  # boxed beats answer lines
         ("the answer is 3\n#### 5", "5"),  # the last answer line wins
         ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces inside the box
@@ -161,3 +163,123 @@ def test_math500_boxed_solution_agrees_with_answer():
     print(f"MATH-500 agreement: math_equal {agree:.3f}, math_verify only {agree_mv:.3f}, shifted {false_pos:.3f}")
     assert agree >= 0.98 and agree_mv >= 0.98
     assert false_pos <= 0.02
+
+
+# --- timeouts hold in threads and in worker processes ----------------------------------------
+PATHOLOGICAL = ["9^{9^{9^9}}", "(x+1)^{100000}", "\\frac{1}{" * 40 + "2" + "}" * 40]
+BUDGET, SLACK = 0.5, 3.0  # 0.5 s is below math_verify's own 1 s minimum: our wall clock must fire
+
+
+def _timed(pred):
+    t0 = time.monotonic()
+    verdict = math_equal(pred, "7", timeout=BUDGET)
+    return verdict, time.monotonic() - t0
+
+
+def _warm_then_timed(pred):
+    assert math_equal("x+1", "1+x")  # start this process's worker outside the measured call
+    return _timed(pred)
+
+
+def test_pathological_inputs_time_out_in_a_thread_pool(monkeypatch):
+    checker = grading.MathChecker(max_workers=2)
+    monkeypatch.setattr(grading, "_CHECKER", checker)
+    try:
+        with ThreadPoolExecutor(2) as ex:  # two concurrent callers start two workers
+            assert all(ex.map(lambda _: math_equal("x+1", "1+x"), range(2)))
+            results = [f.result(timeout=60) for f in [ex.submit(_timed, p) for p in PATHOLOGICAL[:2]]]
+        for verdict, elapsed in results:
+            assert verdict is False and elapsed < BUDGET + SLACK
+        assert checker.restarts == 2
+        with ThreadPoolExecutor(3) as ex:  # and the pool recovers, also when callers outnumber workers
+            assert list(ex.map(lambda p: math_equal(*p), [("x+1", "1+x"), ("\\sqrt{5}", "2"), ("2x", "x*2")])) == [
+                True, False, True]
+    finally:
+        checker.shutdown()
+
+
+def _in_process_pool(ctx):
+    with ProcessPoolExecutor(1, mp_context=mp.get_context(ctx)) as ex:
+        futures = [ex.submit(_warm_then_timed, p) for p in PATHOLOGICAL]
+        return [f.result(timeout=120) for f in futures]
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_pathological_inputs_time_out_in_a_process_pool_worker(ctx):
+    for verdict, elapsed in _in_process_pool(ctx):
+        assert verdict is False and elapsed < BUDGET + SLACK
+
+
+# --- answer hacking ---------------------------------------------------------------------------
+def test_several_different_boxed_answers_are_a_hedge_and_wrong():
+    for text in ("\\boxed{3} or \\boxed{4}", "\\boxed{4}, unless it is \\boxed{3}", "\\boxed{4} \\boxed{5} \\boxed{4}"):
+        assert extract_answer(text) is None
+        assert not math_equal(extract_answer(text), "4")
+    assert extract_answer("first \\boxed{4}; to confirm, $\\boxed{4}$.") == "4"  # repeating one answer is fine
+    # the same number spelled two ways is one answer (normalize_latex), different ones are not
+    assert extract_answer("\\boxed{0.5} and again \\boxed{\\dfrac{1}{2}}") == "\\dfrac{1}{2}"
+    assert extract_answer("\\boxed{0.5} and again \\boxed{\\dfrac{1}{3}}") is None
+    # countdown uses the same rule
+    from deliberate.tasks.countdown import CountdownTask
+
+    cd = CountdownTask()
+    assert cd.extract_answer("\\boxed{50+25+7} or \\boxed{50+32}") is None
+    assert cd.extract_answer("\\boxed{50+25+7}") == "50+25+7"
+
+
+def test_listing_candidate_numbers_is_not_an_answer():
+    from deliberate.tasks.gsm8k import numeric_extract
+
+    guesses = "It could be " + ", ".join(str(i) for i in range(1, 101))
+    assert extract_last_number(guesses) is None
+    assert numeric_extract(guesses, last_number_fallback=True) is None
+    assert extract_last_number("maybe 40, 41, or 42") is None and extract_last_number("1 2 3") is None
+    assert extract_last_number("5 apples + 3 apples = 8") == "8"  # ordinary working still ends on its result
+    assert extract_last_number("between 3 and 8") == "8"  # two numbers are not a list
+    # an answer line that lists numbers is not a number, so it matches none of them
+    for text in ("Answer: 3, 4, 5, 6", "The answer is 3 or 4", "#### 3 4 5"):
+        ans = numeric_extract(text, last_number_fallback=True)
+        assert not any(numbers_equal(ans, str(g)) for g in (3, 4, 5, 6))
+
+
+def test_echoing_the_question_numbers_is_not_graded_correct():
+    from deliberate.tasks.gsm8k import numeric_extract
+
+    question = "Tom has 3 apples, buys 5 more and gives away 2. How many apples does he have?"
+    echo = question + " " + question
+    assert not numbers_equal(numeric_extract(echo, last_number_fallback=True), "6")
+
+
+def test_absurdly_long_answers_are_wrong_without_parsing():
+    t0 = time.monotonic()
+    assert not math_equal("1+" * 50_000 + "3", "4")
+    assert not math_equal("x" * 5000, "x^{5000}")
+    assert time.monotonic() - t0 < 1.0  # never reached sympy
+    assert extract_answer("\\boxed{" * 50_000) is None  # unbalanced boxes: linear scan
+    assert extract_answer("Answer: a" + " " * 100_000 + "b").startswith("a")
+    assert time.monotonic() - t0 < 3.0
+
+
+@pytest.mark.parametrize(
+    "pred,gold,expected",
+    [
+        ("3 = 4", "4", False),  # math_verify reads an equation as its right side
+        ("5=4", "4", False),
+        ("x = 3 = 4", "4", False),
+        ("x = 4", "4", True),  # a variable on the left is the usual way to state an answer
+        ("2+2 = 4", "4", True),
+        ("4} or \\text{3", "4", False),  # would close the wrapping \boxed{} early
+        ("3} \\boxed{4", "4", False),
+        ("\\boxed{3}\\boxed{4}", "4", False),  # raw text with a hedge
+        ("x", "4", False),
+        ("\\text{4}", "4", True),
+        ("4 \\text{ or } 3", "4", False),
+        ("\\{3,4\\}", "4", False),
+        ("3, 4", "4", False),
+        ("\\pm 4", "4", False),
+        ("4 \\neq 5", "4", False),
+        ("\\infty", "4", False),
+    ],
+)
+def test_string_tricks_do_not_fool_math_equal(pred, gold, expected):
+    assert math_equal(pred, gold) is expected

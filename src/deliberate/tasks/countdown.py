@@ -36,10 +36,10 @@ from typing import Callable, Iterator, Sequence
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks.base import Task, check_split, distinct_draws, register_task
-from deliberate.tasks.grading import _boxed_contents
+from deliberate.tasks.grading import final_boxed
 from deliberate.types import Problem
 
-_ANSWER = re.compile(r"Answer:\s*(.+?)\s*$", re.MULTILINE)
+_ANSWER = re.compile(r"Answer:\s*(\S.*)$", re.MULTILINE)  # greedy + strip: linear on long lines
 _STEP = re.compile(r"^\s*(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)\s*$")
 MAX_EXPR_CHARS = 200
 
@@ -303,13 +303,14 @@ class CountdownTask(Task):
         return "\n".join(problem.metadata["steps"]) + f"\nAnswer: {problem.metadata['expression']}"
 
     def extract_answer(self, text: str) -> str | None:
-        """The expression on the last ``Answer:`` line (or in the last ``\\boxed{}``), spaces removed."""
+        """The expression on the last ``Answer:`` line (or the boxed one, under the hedging rule of
+        :func:`deliberate.tasks.grading.final_boxed`), spaces removed."""
         if not isinstance(text, str):
             return None
-        boxed = [b for b in _boxed_contents(text) if b]
-        found = _ANSWER.findall(text)
-        ans = boxed[-1] if boxed else found[-1] if found else None
-        if ans is None:
+        has_boxes, boxed = final_boxed(text)  # several different boxed answers: a hedge, no answer
+        found = _ANSWER.findall(text) if not has_boxes else []
+        ans = boxed if has_boxes else found[-1] if found else None
+        if ans is None or len(ans) > 10 * MAX_EXPR_CHARS:
             return None
         ans = re.sub(r"\s+", "", ans).rstrip(".").strip("$")
         return ans or None

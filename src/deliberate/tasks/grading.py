@@ -29,39 +29,69 @@ from fractions import Fraction
 # --------------------------------------------------------------------------------------------
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+# Greedy ``(.+)`` then a strip in Python: a lazy ``(.+?)\s*$`` backtracks quadratically on long lines.
 _LINE_RES = (
-    re.compile(r"(?im)^[ \t>*_#-]*(?:final\s+)?answer\s*[:：]\**\s*(.+?)\s*$"),
-    re.compile(r"(?m)^\s*####\s*(.+?)\s*$"),
-    re.compile(r"(?i)\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)\s*$", re.MULTILINE),
+    re.compile(r"(?im)^[ \t>*_#-]*(?:final\s+)?answer\s*[:：]\**\s*(\S.*)$"),
+    re.compile(r"(?m)^[ \t]*####\s*(\S.*)$"),
+    re.compile(r"(?i)\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(\S.*)$", re.MULTILINE),
 )
 _NUMBER_RE = re.compile(r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+−]?\.\d+")
+
+#: Answers longer than this (characters) are wrong without further checks: no real final answer is
+#: this long, and sympy / math_verify on megabytes of LaTeX only burns the timeout.
+MAX_ANSWER_CHARS = 1000
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """``{open index: matching close index}`` for every balanced ``{`` in ``text``, in one pass
+    (escaped ``\\{`` / ``\\}`` skipped), so finding all boxes is linear, not quadratic."""
+    match, stack, j, n = {}, [], 0, len(text)
+    while j < n:
+        c = text[j]
+        if c == "\\" and j + 1 < n:
+            j += 2
+            continue
+        if c == "{":
+            stack.append(j)
+        elif c == "}" and stack:
+            match[stack.pop()] = j
+        j += 1
+    return match
 
 
 def _boxed_contents(text: str) -> list[str]:
     """Contents of every ``\\boxed{...}`` (balanced braces) and ``\\boxed X`` in ``text``, in order."""
     out = []
+    close: dict[int, int] | None = None
     for m in _BOX_RE.finditer(text):
         i = m.end()
         if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                c = text[j]
-                if c == "\\" and j + 1 < len(text):
-                    j += 2  # skip escaped characters such as \{ and \}
-                    continue
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        out.append(text[i + 1 : j].strip())
-                        break
-                j += 1
+            if close is None:
+                close = _closing_braces(text)
+            j = close.get(i)
+            if j is not None:
+                out.append(text[i + 1 : j].strip())
         elif m.group(0).endswith((" ", "\t")):  # "\boxed 5": one token
             tok = re.match(r"[^\s$]+", text[i:])
             if tok:
                 out.append(tok.group(0))
     return out
+
+
+def final_boxed(text: str) -> tuple[bool, str | None]:
+    """``(has_boxes, answer)``: the answer a completion boxes, under the *hedging rule*.
+
+    A completion that boxes one answer (possibly several times) answers it: the last box. A
+    completion that boxes two or more *different* answers (different after :func:`normalize_latex`,
+    e.g. ``\\boxed{3} or \\boxed{4}``) is hedging and has no answer (``(True, None)``), so it is
+    graded wrong even when one of its boxes is right. Empty boxes are ignored.
+    """
+    boxed = [b for b in _boxed_contents(text) if b]
+    if not boxed:
+        return False, None
+    if len({normalize_latex(b) for b in boxed}) > 1:
+        return True, None
+    return True, boxed[-1]
 
 
 def _clean_answer(s: str) -> str:
@@ -80,20 +110,24 @@ def _clean_answer(s: str) -> str:
 def extract_answer(text: str) -> str | None:
     """The final answer stated in ``text``, or None.
 
-    Priority: the last ``\\boxed{...}`` (nested braces fine); else the last line of the form
-    ``Answer: X``, ``#### X``, ``... the answer is X`` or ``... the final answer is X``.
-    Surrounding ``$``, markdown bold and a trailing period are removed.
+    Priority: the ``\\boxed{...}`` answer (nested braces fine; several *different* boxed answers
+    are a hedge and give None, see :func:`final_boxed`); else the last line of the form
+    ``Answer: X``, ``#### X``, ``... the answer is X`` or ``... the final answer is X`` (the last one
+    wins: a model may correct itself on a later line). Surrounding ``$``, markdown bold and a
+    trailing period are removed.
 
     >>> extract_answer("so 3+4=7\\nAnswer: 7")
     '7'
     >>> extract_answer("The answer is $\\\\boxed{\\\\frac{1}{2}}$.")
     '\\\\frac{1}{2}'
+    >>> extract_answer("\\\\boxed{3} or maybe \\\\boxed{4}") is None
+    True
     """
     if not isinstance(text, str) or not text:
         return None
-    boxed = [b for b in _boxed_contents(text) if b]
-    if boxed:
-        return boxed[-1]
+    has_boxes, boxed = final_boxed(text)
+    if has_boxes:
+        return boxed
     best: tuple[int, str] | None = None
     for rx in _LINE_RES:
         for m in rx.finditer(text):
@@ -105,16 +139,28 @@ def extract_answer(text: str) -> str | None:
     return ans or None
 
 
+_LIST_SEP = re.compile(r"(?:\s*(?:[,;|&]|\bor\b|\band\b))*\s*", re.IGNORECASE)
+
+
 def extract_last_number(text: str) -> str | None:
     """The last number written in ``text`` ("1,234.5", "-3", "3/4"), or None.
 
     Opt-in fallback for real models that do not end with an answer line (lm-eval-harness's
     "flexible extract"); synthetic tasks never use it, so a trained model must state its answer.
+    Guard against listing candidates: when the last number ends a list of three or more numbers
+    separated only by commas, semicolons, "or"/"and" or spaces ("... 40, 41, 42"), there is no
+    answer (None), so a completion that enumerates guesses is not graded on its last guess.
     """
     if not isinstance(text, str):
         return None
-    found = _NUMBER_RE.findall(text)
-    return found[-1].replace(" ", "").replace("−", "-") if found else None
+    found = list(_NUMBER_RE.finditer(text))
+    if not found:
+        return None
+    if len(found) >= 3:
+        a, b, c = found[-3:]
+        if _LIST_SEP.fullmatch(text, a.end(), b.start()) and _LIST_SEP.fullmatch(text, b.end(), c.start()):
+            return None
+    return found[-1].group(0).replace(" ", "").replace("−", "-")
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,24 +333,12 @@ def _wrap(s: str) -> str:
     return s if "\\boxed" in s else "\\boxed{" + s + "}"
 
 
-class MathChecker:
-    """A persistent math_verify worker process with a per-call wall-clock timeout.
+class _Worker:
+    """One math_verify worker process and the thread that reads its replies."""
 
-    Thread-safe (one lock around the pipe). On timeout the worker is killed and restarted lazily,
-    and the call returns False. A checker used after ``fork`` starts its own worker in the child.
-    """
-
-    def __init__(self, start_timeout: float = 60.0):
-        self.start_timeout = start_timeout
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self._replies: queue.Queue | None = None
-        self._pid = os.getpid()
-        self.restarts = 0
-
-    def _start(self) -> None:
+    def __init__(self, start_timeout: float):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._proc = subprocess.Popen(
+        self.proc = subprocess.Popen(
             [sys.executable, "-c", "from deliberate.tasks.grading import _worker_main; _worker_main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -313,68 +347,135 @@ class MathChecker:
             bufsize=1,
             env=env,
         )
-        self._replies = queue.Queue()
-        threading.Thread(target=self._read, args=(self._proc, self._replies), daemon=True).start()
+        self.replies: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, args=(self.proc, self.replies), daemon=True).start()
         try:
-            ready = self._replies.get(timeout=self.start_timeout)
+            ready = self.replies.get(timeout=start_timeout)
         except queue.Empty:
             ready = None
         if not ready or not ready.get("ready"):
-            self._kill()
+            self.kill()
             raise RuntimeError("math_verify worker failed to start")
 
     @staticmethod
     def _read(proc: subprocess.Popen, replies: queue.Queue) -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                replies.put(json.loads(line))
-            except ValueError:
-                continue
+        try:
+            for line in proc.stdout:
+                try:
+                    replies.put(json.loads(line))
+                except ValueError:
+                    continue
+        except (OSError, ValueError):
+            pass
         replies.put(None)  # EOF: the worker died
 
-    def _kill(self) -> None:
-        proc, self._proc, self._replies = self._proc, None, None
-        if proc is None:
-            return
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def request(self, req: dict, timeout: float) -> dict | None:
+        """The worker's reply, or None when it timed out or died (the caller then kills it)."""
+        assert self.proc.stdin is not None
         try:
-            proc.kill()
-            proc.wait(timeout=5)
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            return self.replies.get(timeout=max(0.0, timeout))
+        except (OSError, queue.Empty, ValueError):
+            return None
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
         except Exception:
             pass
-        for f in (proc.stdin, proc.stdout):
+        for f in (self.proc.stdin, self.proc.stdout):
             try:
                 if f is not None:
                     f.close()
             except Exception:
                 pass
 
+
+class MathChecker:
+    """A small pool of persistent math_verify worker processes with a per-call wall-clock timeout.
+
+    Thread-safe: each call borrows an idle worker, or starts one while fewer than ``max_workers``
+    exist, or waits for one; so concurrent callers run in parallel (up to ``max_workers``) instead
+    of queueing behind one slow check. On timeout the borrowed worker is killed (a fresh one is
+    started when next needed) and the call returns False. A checker used after ``fork`` starts its
+    own workers in the child (the parent's are not touched).
+    """
+
+    def __init__(self, start_timeout: float = 60.0, max_workers: int | None = None):
+        if max_workers is None:
+            max_workers = int(os.environ.get("DELIBERATE_MATH_WORKERS", "0")) or min(4, os.cpu_count() or 1)
+        self.start_timeout = start_timeout
+        self.max_workers = max(1, int(max_workers))
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._count = 0  # workers alive or starting, idle or borrowed
+        self._pid = os.getpid()
+        self.restarts = 0
+
+    def _reset_after_fork(self) -> None:
+        if os.getpid() != self._pid:  # forked child: the parent's workers are not ours
+            self._idle, self._count, self._pid = [], 0, os.getpid()
+
+    def _borrow(self) -> _Worker:
+        with self._cond:
+            self._reset_after_fork()
+            while True:
+                while self._idle:
+                    w = self._idle.pop()
+                    if w.alive():
+                        return w
+                    w.kill()
+                    self._count -= 1
+                if self._count < self.max_workers:
+                    self._count += 1
+                    break
+                self._cond.wait()
+        try:
+            return _Worker(self.start_timeout)  # started outside the lock: others keep working
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def _give_back(self, w: _Worker, ok: bool) -> None:
+        if not ok:
+            w.kill()
+        with self._cond:
+            if os.getpid() != self._pid:
+                return
+            if ok:
+                self._idle.append(w)
+            else:
+                self._count -= 1
+            self._cond.notify()
+
     def check(self, pred: str, gold: str, timeout: float = 5.0) -> bool:
-        with self._lock:
-            if os.getpid() != self._pid:  # forked child: the parent's worker is not ours
-                self._proc, self._replies, self._pid = None, None, os.getpid()
-            if self._proc is None or self._proc.poll() is not None:
-                self._kill()
-                self._start()
-            assert self._proc is not None and self._proc.stdin is not None and self._replies is not None
-            req = {"pred": pred, "gold": gold, "inner_timeout": max(1, int(timeout / 3))}
-            try:
-                self._proc.stdin.write(json.dumps(req) + "\n")
-                self._proc.stdin.flush()
-                reply = self._replies.get(timeout=timeout)
-            except (OSError, queue.Empty, ValueError):
-                reply = None
-            if reply is None:  # timed out or died: kill, restart on next call
-                self._kill()
+        w = self._borrow()
+        req = {"pred": pred, "gold": gold, "inner_timeout": max(1, int(timeout / 3))}
+        reply = w.request(req, timeout)
+        if reply is None:  # timed out or died: kill it; a fresh one starts when next needed
+            self._give_back(w, ok=False)
+            with self._cond:
                 self.restarts += 1
-                return False
-            return bool(reply.get("ok"))
+            return False
+        self._give_back(w, ok=True)
+        return bool(reply.get("ok"))
 
     def shutdown(self) -> None:
-        with self._lock:
-            if self._proc is not None and os.getpid() == self._pid:
-                self._kill()
-            self._proc = None
+        with self._cond:
+            idle, self._idle = self._idle, []
+            mine = os.getpid() == self._pid
+            self._count -= len(idle)
+        if mine:
+            for w in idle:
+                w.kill()
 
 
 _CHECKER: MathChecker | None = None
@@ -406,19 +507,72 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool
 
     Exact string or number equality decides at once; otherwise ``math_verify`` decides in the
     worker process, and a call that runs past ``timeout`` seconds returns False (the worker is
-    killed and restarted). Safe from any thread and from worker processes. The timeout covers the
-    check itself: the first call of a process (or the first after a timeout) also waits about a
-    second for the worker to start and import sympy.
+    killed and restarted). Safe from any thread and from worker processes; concurrent callers use up
+    to ``MathChecker.max_workers`` workers in parallel. The timeout covers the check itself: a call
+    that must start a worker (the first of a process, or the first after a timeout) also waits about
+    a second for it to import sympy, and a caller may wait for a free worker when all are busy.
+
+    Guards against answers that fool string or sympy checks: a ``pred`` longer than
+    :data:`MAX_ANSWER_CHARS` (and twice the gold) is False without parsing; in an equation
+    ``a = b = c`` every side without a variable must equal ``gold`` on its own (so ``3 = 4`` is not
+    4); several different boxed answers never reach here (:func:`extract_answer` gives None).
     """
     if pred is None or gold is None:
         return False
     pred, gold = str(pred), str(gold)
     if not pred.strip() or not gold.strip():
         return False
+    if len(pred) > max(MAX_ANSWER_CHARS, 2 * len(gold)):  # absurdly long: never sent to sympy
+        return False
+    if _BOX_RE.search(pred):  # raw text rather than an extracted answer: grade what it boxes
+        pred = final_boxed(pred)[1] or ""
+        if not pred:
+            return False
+    if not _balanced(pred):  # "4} or \\text{3" would close the wrapping \\boxed{} early
+        return False
     fast = _fast_equal(pred, gold)
     if fast is not None:
         return fast
     deadline = time.monotonic() + timeout
+    # An equation "lhs = rhs" against a gold without "=" is read by math_verify as its right side, so
+    # "\\boxed{3 = 4}" would pass for gold 4: every side without a variable must equal gold itself.
+    if "=" in pred and "=" not in gold:
+        sides = pred.split("=")
+        for side in sides[:-1]:
+            if not side.strip() or not _LETTER.search(_LATEX_CMD.sub("", side)):
+                if not _check(side, gold, deadline):
+                    return False
+    return _check(pred, gold, deadline)
+
+
+_LETTER = re.compile(r"[A-Za-z]")
+
+
+def _balanced(s: str) -> bool:
+    """Whether the unescaped ``{`` / ``}`` of ``s`` are balanced."""
+    depth, j = 0, 0
+    while j < len(s):
+        c = s[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+        j += 1
+    return depth == 0
+_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+
+
+def _check(pred: str, gold: str, deadline: float) -> bool:
+    if not pred.strip():
+        return False
+    fast = _fast_equal(pred, gold)
+    if fast is not None:
+        return fast
     try:
         return _checker().check(pred, gold, timeout=max(0.01, deadline - time.monotonic()))
     except RuntimeError:
