@@ -27,7 +27,7 @@ from deliberate.tasks.base import Task, check_split, distinct_draws, register_ta
 from deliberate.tasks.grading import canonical_number
 from deliberate.types import Problem
 
-_ANSWER = re.compile(r"Answer:\s*(-?\d+)")
+_ANSWER = re.compile(r"Answer:\s*(-?\d{1,1000})(?!\d)")  # longer is no answer (int() stops at 4300 digits)
 MAX_DIGITS = 30
 
 

@@ -31,8 +31,8 @@ from deliberate.types import Problem
 NAMES = [("Mia", "She"), ("Leo", "He"), ("Ava", "She"), ("Sam", "He"), ("Zoe", "She"), ("Max", "He"),
          ("Ivy", "She"), ("Ben", "He"), ("Eva", "She"), ("Tom", "He")]
 ITEMS = ["apples", "coins", "cards", "books", "shells", "stamps", "marbles", "pens"]
-_EQ = re.compile(r"^\s*(-?\d+)\s*([+\-*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
-_ANSWER = re.compile(r"Answer:\s*(-?\d+)")
+_EQ = re.compile(r"^\s*(-?\d{1,1000})\s*([+\-*/])\s*(-?\d{1,1000})\s*=\s*(-?\d{1,1000})\s*$")
+_ANSWER = re.compile(r"Answer:\s*(-?\d{1,1000})(?!\d)")  # longer is no answer (int() stops at 4300 digits)
 MAX_VALUE = 999
 
 

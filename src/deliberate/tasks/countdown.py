@@ -40,7 +40,7 @@ from deliberate.tasks.grading import final_boxed
 from deliberate.types import Problem
 
 _ANSWER = re.compile(r"Answer:\s*(\S.*)$", re.MULTILINE)  # greedy + strip: linear on long lines
-_STEP = re.compile(r"^\s*(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)\s*$")
+_STEP = re.compile(r"^\s*(\d{1,1000})\s*([+\-*/])\s*(\d{1,1000})\s*=\s*(\d{1,1000})\s*$")  # int() limit: 4300 digits
 MAX_EXPR_CHARS = 200
 
 
