@@ -54,6 +54,7 @@ a ``check`` function, when the tests define one, must be the one compiled from t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -110,6 +111,8 @@ class Verdict:
     violations: tuple[str, ...] = ()
     stray_killed: int = 0
     isolation: tuple[str, ...] = field(default_factory=tuple)
+    #: the run's temp dir name (removed after the run) and the child's ``DELIBERATE_SANDBOX`` value
+    run_id: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,7 +610,7 @@ def run_tests(code: str, tests: str, entry_point: str | None = None, *, limits: 
         for fd in (nonce_r, res_w):
             os.close(fd)
             fds.remove(fd)
-        return _supervise(proc, res_r, lim, nonce, t0, prefix)
+        return dataclasses.replace(_supervise(proc, res_r, lim, nonce, t0, prefix), run_id=os.path.basename(tmp))
     finally:
         if proc is not None:
             if proc.returncode is None:
