@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
+from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 
 IGNORE = -100
@@ -76,8 +77,81 @@ def lr_at(step: int, total: int, base: float, warmup: int, final_frac: float = 0
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file in ``directory`` and the directory itself (durable before the rename)."""
+    for f in sorted(directory.iterdir()):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_dir(tmp: Path, directory: Path) -> None:
+    """Make the complete directory ``tmp`` appear as ``directory`` (replacing any old one).
+
+    Two renames (a directory cannot be replaced in one): ``directory -> .NAME.old<pid>`` and
+    ``tmp -> directory``. A kill between them leaves no ``directory`` but both complete copies;
+    :func:`recover_dir` puts one back."""
+    _fsync_tree(tmp)
+    old = directory.with_name(f".{directory.name}.old{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    _fsync_dir(directory.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(directory: str | Path, complete_marker: str) -> None:
+    """Undo what a kill in the middle of :func:`replace_dir` left behind.
+
+    When ``directory`` is missing, the newest complete leftover (``.NAME.tmp*`` or ``.NAME.old*``
+    holding ``complete_marker``; for checkpoints the highest ``step``) is renamed back. Every other
+    leftover is removed."""
+    directory = Path(directory)
+    if not directory.parent.exists():
+        return
+    left = sorted(p for p in directory.parent.glob(f".{directory.name}.*")
+                  if p.is_dir() and (p.name.startswith(f".{directory.name}.tmp")
+                                     or p.name.startswith(f".{directory.name}.old")))
+    if not directory.exists():
+        def rank(p: Path) -> tuple[int, int]:
+            try:
+                step = int(json.loads((p / "trainer_state.json").read_text()).get("step", 0))
+            except (OSError, ValueError, AttributeError):
+                step = 0
+            return step, p.name.startswith(f".{directory.name}.tmp")
+
+        complete = [p for p in left if (p / complete_marker).exists()]
+        if complete:
+            best = max(complete, key=rank)
+            best.rename(directory)
+            _fsync_dir(directory.parent)
+            left.remove(best)
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(directory: str | Path, model, tokenizer, optimizer, state: dict[str, Any]) -> None:
-    """Write model + tokenizer + optimizer + state into ``directory`` atomically (tmp dir + rename)."""
+    """Write model + tokenizer + optimizer + RNG state + ``state`` into ``directory`` atomically.
+
+    Everything goes to a temp directory first (``trainer_state.json`` last, so its presence marks a
+    complete checkpoint), is fsynced, then renamed into place (:func:`replace_dir`)."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
     if tmp.exists():
@@ -87,18 +161,62 @@ def save_checkpoint(directory: str | Path, model, tokenizer, optimizer, state: d
     tokenizer.save(tmp)
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
     write_json_atomic(tmp / "trainer_state.json", state)
-    old = directory.with_name(f".{directory.name}.old{os.getpid()}")
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_dir(tmp, directory)
 
 
 def load_state(directory: str | Path) -> dict[str, Any] | None:
+    """The ``trainer_state.json`` of the checkpoint in ``directory`` (None when there is none).
+
+    Recovers a checkpoint whose replacement was interrupted (:func:`recover_dir`) first."""
+    recover_dir(directory, "trainer_state.json")
     f = Path(directory, "trainer_state.json")
-    return json.loads(f.read_text()) if f.exists() else None
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise DeliberateError(f"{f}: unreadable checkpoint state ({e}); delete {directory} to start over") from None
+
+
+def restore_rng(directory: str | Path) -> None:
+    """Restore the RNG state saved with a checkpoint (a checkpoint without one leaves the RNG alone)."""
+    f = Path(directory, "rng.pt")
+    if not f.exists():
+        return
+    rng = torch.load(f, weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def trim_log(path: str | Path, step: int) -> None:
+    """Keep only the rows of a ``train_log.jsonl`` up to ``step`` (the checkpoint resumed from).
+
+    A run killed after logging step ``s`` but before its checkpoint landed resumes from an earlier
+    step and logs ``s`` again; trimming first keeps one row per step (and drops a torn last line)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(errors="replace").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # torn tail
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line)
+    text = "".join(keep)
+    if text != path.read_text(errors="replace"):
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 class ComputeMeter:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from deliberate.models.engine import count_parameters
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
-    ComputeMeter, batch_indices, collate, load_state, lr_at, make_example, save_checkpoint, write_json_atomic,
+    ComputeMeter, batch_indices, collate, load_state, lr_at, make_example, recover_dir, replace_dir, restore_rng,
+    save_checkpoint, trim_log, write_json_atomic,
 )
 
 
@@ -104,11 +106,13 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     start = 0
     if state is not None:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        restore_rng(ckpt)
         start = int(state["step"])
     meter = ComputeMeter(count_parameters(model), state and state.get("compute"))
     log_path = out / "train_log.jsonl"
+    trim_log(log_path, start)  # rows logged after the checkpoint we resume from are logged again
     bar = tqdm(total=cfg.steps, initial=start, desc="sft", disable=not progress, dynamic_ncols=True)
-    loss_ema = None
+    loss_ema = state.get("loss_ema") if state else None
     for step in range(start, cfg.steps):
         idx = batch_indices(len(examples), cfg.batch_size, cfg.seed, step)
         batch = collate([examples[i] for i in idx], tok.pad_token_id)
@@ -130,11 +134,15 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
             comp = meter.to_dict()
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": done, "loss": round(loss_ema, 5), **comp}) + "\n")
-            save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "compute": comp})
+            save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "compute": comp,
+                                                     "loss_ema": loss_ema})
     bar.close()
     final = out / "model"
     model.eval()
-    save_tiny(model, tok, final)
+    recover_dir(final, "char_tokenizer.json")  # clear leftovers of a kill during an earlier final save
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    save_tiny(model, tok, tmp)
+    replace_dir(tmp, final)  # a killed run never leaves a half-written model
     write_json_atomic(out / "compute.json", meter.to_dict())
     return final
 

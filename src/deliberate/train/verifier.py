@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,9 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.engine import count_parameters
-from deliberate.train.common import ComputeMeter, batch_indices, load_state, lr_at, save_checkpoint
+from deliberate.train.common import (
+    ComputeMeter, batch_indices, load_state, lr_at, recover_dir, replace_dir, restore_rng, save_checkpoint, trim_log,
+)
 from deliberate.types import Problem
 
 KINDS = ("prm", "orm", "genrm")
@@ -368,10 +371,12 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
     start = 0
     if state is not None:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        restore_rng(ckpt)
         start = int(state["step"])
     meter = ComputeMeter(count_parameters(model), state and state.get("compute"))
     first_loss = state.get("first_loss") if state else None
     log_path = out / "train_log.jsonl"
+    trim_log(log_path, start)  # rows logged after the checkpoint we resume from are logged again
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.kind}", disable=not progress, dynamic_ncols=True)
     loss_ema = state.get("loss_ema") if state else None
     for step in range(start, cfg.steps):
@@ -412,13 +417,16 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
     final = out / "model"
     meta = {"kind": cfg.kind, "task": cfg.task, "task_options": dict(cfg.task_options), "label_type": cfg.label_type,
             "labels": cfg.labels or cfg.samples, "init_from": cfg.init_from, "steps": cfg.steps, "seed": cfg.seed}
+    recover_dir(final, "verifier.json")  # clear leftovers of a kill during an earlier final save
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     if cfg.kind == "genrm":
         from deliberate.models.tiny import save_tiny
 
-        save_tiny(model, tok, final)
-        (final / "verifier.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_tiny(model, tok, tmp)
+        (tmp / "verifier.json").write_text(json.dumps(meta, indent=2) + "\n")
     else:
-        save_reward_model(model, tok, final, meta)
+        save_reward_model(model, tok, tmp, meta)
+    replace_dir(tmp, final)  # a killed run never leaves a half-written model
     write_json_atomic(out / "compute.json", meter.to_dict())
     return final
 
