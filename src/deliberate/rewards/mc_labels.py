@@ -176,6 +176,26 @@ def _prefix_key(problem_id: str, steps: Sequence[str], i: int) -> str:
     return f"{problem_id}\x00{i}\x00{h}"
 
 
+def check_resume(cfg: MCConfig) -> dict[str, Any] | None:
+    """The ``meta.json`` of an earlier run in ``cfg.out`` (None if there is none); an error if that
+    run used a different config."""
+    meta_path = Path(cfg.out) / META_FILE
+    if not meta_path.exists():
+        return None
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DeliberateError(f"{meta_path}: malformed JSON ({e})") from None
+    if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
+        raise DeliberateError(f"{meta_path}: not the meta.json of a `deliberate label mc` run (no 'config' object)")
+    cfg_dict = cfg.to_dict()
+    diff = [k for k in MCConfig.IDENTITY if old["config"].get(k) != cfg_dict.get(k)]
+    if diff:
+        raise DeliberateError(f"{cfg.out} holds labels made with a different config ({', '.join(diff)} differ); "
+                              "use another --out")
+    return old
+
+
 def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) Monte-Carlo labelling; returns the meta dict (config, compute, counts)."""
     from deliberate.models.sampling import SamplingParams
@@ -186,16 +206,7 @@ def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_FILE
     cfg_dict = cfg.to_dict()
-    old = None
-    if meta_path.exists():
-        try:
-            old = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DeliberateError(f"{meta_path}: malformed JSON ({e})") from None
-        diff = [k for k in MCConfig.IDENTITY if old.get("config", {}).get(k) != cfg_dict.get(k)]
-        if diff:
-            raise DeliberateError(f"{out} holds labels made with a different config ({', '.join(diff)} differ); "
-                                  "use another --out")
+    old = check_resume(cfg)
     spent = Compute(**(old or {}).get("compute", {})) if old else Compute()
 
     problems = task.problems(cfg.split, cfg.n_problems, cfg.seed)
@@ -225,8 +236,8 @@ def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[s
             comps = backend.generate([task.prompt(p, style=cfg.prompt_style) for p in chunk], sample_params)
             spent = spent + Compute(sum(x.completion_tokens for r in comps for x in r),
                                     sum(x.prompt_tokens for r in comps for x in r), 1, time.perf_counter() - t0)
-            sols = [(p, j, task.parse(x)) for p, row in zip(chunk, comps) for j, x in enumerate(row)
-                    if (p.id, j) not in writer]
+            every = [(p, j, task.parse(x)) for p, row in zip(chunk, comps) for j, x in enumerate(row)]
+            sols = [(p, j, s) for p, j, s in every if (p.id, j) not in writer]
             # distinct prefixes not yet in the cache (the last step is labelled by the outcome)
             need: dict[str, tuple[Problem, tuple[str, ...], int]] = {}
             for p, _, s in sols:
@@ -234,7 +245,6 @@ def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[s
                     k = _prefix_key(p.id, s.steps, i)
                     if k not in cache and k not in need:
                         need[k] = (p, s.steps, i)
-            fresh_tokens: dict[str, int] = {}
             items = list(need.items())
             for r in range(0, len(items), cfg.rollout_batch):
                 part = items[r:r + cfg.rollout_batch]
@@ -248,19 +258,25 @@ def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[s
                     prefix = "".join(s + "\n" for s in st[:i])
                     n_ok = sum(bool(task.is_correct(task.extract_answer(prefix + x.text), p)) for x in o)
                     toks = sum(x.completion_tokens for x in o)
-                    fresh_tokens[k] = toks
                     rows.append({"key": k, "problem_id": p.id, "step": i, "correct": n_ok, "k": len(o),
                                  "generated_tokens": toks})
                 cache.append(rows)
-            rows = []
-            for p, j, s in sols:
+            rows, charged = [], set()
+            # a prefix's rollout tokens count once, for the first solution (in (problem, index) order)
+            # needing it; solutions already on disk are walked too, so a resumed run charges the same
+            for p, j, s in every:
+                if (p.id, j) in writer:
+                    charged.update(_prefix_key(p.id, s.steps, i) for i in range(1, len(s.steps)))
+                    continue
                 outcome = bool(task.is_correct(s.answer, p))
                 soft, used = [], s.completion_tokens
                 for i in range(1, len(s.steps)):
                     k = _prefix_key(p.id, s.steps, i)
                     hit = cache.rows[k]
                     soft.append(hit["correct"] / hit["k"])
-                    used += fresh_tokens.pop(k, 0)  # tokens count once, for the first solution needing them
+                    if k not in charged:
+                        charged.add(k)
+                        used += int(hit.get("generated_tokens", 0))
                 if s.steps:
                     soft.append(float(outcome))
                 rows.append({"problem_id": p.id, "index": j, "question": p.question, "gold": p.answer,
@@ -438,6 +454,7 @@ def main(args) -> int:
                    out=args.out)
     task = get_task(cfg.task, **cfg.task_options)
     task.problems(cfg.split, 1, cfg.seed)  # bad task options / split fail here, before a model loads
+    check_resume(cfg)  # and so does an --out holding labels of a different config
     backend = backend_from_args(args)
     meta = label_mc(cfg, backend, task=task)
     rows = read_labels(Path(cfg.out) / LABELS_FILE)
