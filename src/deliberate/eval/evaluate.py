@@ -168,7 +168,7 @@ def _generate(backend: Backend, task: Task, problems: Sequence[Problem], prompts
     return spent, written
 
 
-def _check_config(out: Path, meta: dict[str, Any]) -> None:
+def _check_config(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY) -> None:
     path = out / CONFIG_FILE
     if not path.exists():
         return
@@ -176,7 +176,9 @@ def _check_config(out: Path, meta: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DeliberateError(f"{path}: unreadable config of an earlier run ({e})") from None
-    diffs = [f"{k}: {old.get(k)!r} on disk vs {meta[k]!r} now" for k in IDENTITY if old.get(k) != meta[k]]
+    if not isinstance(old, dict):
+        raise DeliberateError(f"{path}: unreadable config of an earlier run (not a JSON object)")
+    diffs = [f"{k}: {old.get(k)!r} on disk vs {meta[k]!r} now" for k in keys if old.get(k) != meta[k]]
     if diffs:
         raise DeliberateError(f"{out} holds a run with a different config ({'; '.join(diffs)}); "
                               f"use a new --out directory rather than mixing runs")
@@ -346,6 +348,10 @@ def main(args) -> int:
                         out_dir=out)
     task = get_task(config.task, **config.task_options)
     task.problems(config.split, config.n_problems, config.seed)  # bad data fails here, before a model loads
+    # so does resuming into a directory of a different run (the model name is checked once loaded)
+    max_tokens = config.max_tokens if config.max_tokens is not None else task.max_tokens
+    _check_config(Path(out), {**config.to_dict(), "max_tokens": max_tokens},
+                  keys=[k for k in IDENTITY if k != "model"])
     backend = backend_from_args(args)
     try:
         summary = run_eval(config, backend, task=task)

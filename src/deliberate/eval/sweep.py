@@ -90,8 +90,14 @@ class SweepConfig:
             raise DeliberateError(f"budgets must be integers >= 1 (got {self.budgets!r})")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise DeliberateError(f"seeds must be integers >= 0 (got {self.seeds!r})")
-        if self.n_problems < 1 or self.batch_problems < 1:
-            raise DeliberateError("n_problems and batch_problems must be >= 1")
+        for name in ("n_problems", "batch_problems"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise DeliberateError(f"{name} must be an integer >= 1 (got {v!r})")
+        if not isinstance(self.trees_per_run, int) or self.trees_per_run < 0:
+            raise DeliberateError(f"trees_per_run must be an integer >= 0 (got {self.trees_per_run!r})")
+        if any(not isinstance(s, (int, float)) or not 0 <= s < float("inf") for s in self.taste_sigmas):
+            raise DeliberateError(f"taste sigmas must be finite numbers >= 0 (got {self.taste_sigmas!r})")
         SearchSettings(**self.settings)  # validate the overrides now, before any model loads
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,16 +119,7 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
     out.mkdir(parents=True, exist_ok=True)
     meta = {**config.to_dict(), "model": backend.model_name}
     cfg_path = out / "config.json"
-    if cfg_path.exists():
-        try:
-            old = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run ({e})") from None
-        ident = ("task", "task_options", "split", "problem_seed", "verifier", "settings", "model")
-        diffs = [f"{k}: {old.get(k)!r} on disk vs {meta[k]!r} now" for k in ident if old.get(k) != meta[k]]
-        if diffs:
-            raise DeliberateError(f"{out} holds a sweep with a different config ({'; '.join(diffs)}); "
-                                  "use a new --out directory")
+    _check_resume(out, meta)
     write_json_atomic(cfg_path, meta)
     if verifier is None and config.verifier:
         verifier = get_verifier(config.verifier, task=task)
@@ -207,6 +204,26 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
 
     plot_sweep(summary, out)
     return summary
+
+
+#: config entries a rerun into the same --out must match (budgets, seeds, strategies and n_problems may grow)
+IDENTITY = ("task", "task_options", "split", "problem_seed", "verifier", "settings", "model")
+
+
+def _check_resume(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY) -> None:
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        return
+    try:
+        old = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run ({e})") from None
+    if not isinstance(old, dict):
+        raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run (not a JSON object)")
+    diffs = [f"{k}: {old.get(k)!r} on disk vs {meta[k]!r} now" for k in keys if old.get(k) != meta[k]]
+    if diffs:
+        raise DeliberateError(f"{out} holds a sweep with a different config ({'; '.join(diffs)}); "
+                              "use a new --out directory")
 
 
 def _engine_stats(backend: Backend) -> dict[str, int] | None:
@@ -524,9 +541,13 @@ def main(args) -> int:
     task.problems(config.split, config.n_problems, config.problem_seed)  # bad data fails before a model loads
     for s in config.strategies:
         get_strategy(s)
+    if config.pool_from and not (Path(config.pool_from) / "pool.jsonl").is_file():
+        raise DeliberateError(f"--pool-from {config.pool_from}: no pool.jsonl there (not a sweep output directory)")
     needs = {"best_of_n", "weighted", "beam", "dvts"} & set(config.strategies)
     if needs and not config.verifier:
         raise DeliberateError(f"strategies {', '.join(sorted(needs))} need --verifier")
+    # resuming into the directory of a different sweep fails before a model loads (the model: once loaded)
+    _check_resume(Path(out), config.to_dict(), keys=[k for k in IDENTITY if k != "model"])
     verifier = get_verifier(config.verifier, task=task) if config.verifier else None
     backend = backend_from_args(args)
     try:

@@ -7,6 +7,7 @@ search) is ``generate([prompt + prefix], ...)``; backends that keep a KV cache m
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Callable, Sequence
 
@@ -79,7 +80,18 @@ def get_backend(name: str, **kwargs) -> Backend:
     _load_builtin()
     if name not in _BACKENDS:
         raise DeliberateError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(_BACKENDS))}")
-    return _BACKENDS[name](**kwargs)
+    factory = _BACKENDS[name]
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:  # an option this backend does not take (e.g. a --backend-arg typo)
+            valid = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            raise DeliberateError(f"bad options for backend {name!r}: {e}; valid: {', '.join(valid)}") from None
+    return factory(**kwargs)
 
 
 # --- CLI glue shared by every subcommand that needs a model -------------------------------------

@@ -58,6 +58,9 @@ class ArithTask(Task):
     max_tokens = 96
 
     def __init__(self, min_ops: int = 1, max_ops: int = 4, max_operand: int = 20):
+        for name, v in (("min_ops", min_ops), ("max_ops", max_ops), ("max_operand", max_operand)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise DeliberateError(f"arith: option {name} must be an integer (got {v!r})")
         if not (1 <= min_ops <= max_ops <= 12):
             raise DeliberateError(f"arith: need 1 <= min_ops <= max_ops <= 12 (got {min_ops}, {max_ops})")
         if not (2 <= max_operand <= 200):

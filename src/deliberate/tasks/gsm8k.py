@@ -91,6 +91,10 @@ class GSM8KTask(NumericWordProblemTask):
         file = resolve_data_file("gsm8k", f"{split}.jsonl", self.paths[split])
         out = []
         for row in read_jsonl(file, ("question", "answer")):
+            for name in ("question", "answer"):
+                if not isinstance(row[name], str):
+                    raise DeliberateError(f"{file}:{row['_line']}: field {name!r} must be a string "
+                                          f"(got {type(row[name]).__name__})")
             lines, final, calcs = parse_gsm8k_answer(str(row["answer"]))
             gold = canonical_number(final) if final is not None else None
             if gold is None:

@@ -42,6 +42,8 @@ def read_jsonl(path: str | os.PathLike, required_fields: Sequence[str] = ()) -> 
                 raise DeliberateError(f"{p}:{lineno}: missing field(s) {', '.join(missing)}")
             row["_line"] = lineno
             rows.append(row)
+    if not rows:
+        raise DeliberateError(f"{p}: no data rows (the file is empty)")
     return rows
 
 
