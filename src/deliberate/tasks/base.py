@@ -105,7 +105,7 @@ class Task(ABC):
 
 
 _TASKS: dict[str, Callable[..., Task]] = {}
-_BUILTIN = ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym")
+_BUILTIN = ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym", "code")
 
 
 def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
@@ -136,6 +136,8 @@ def get_task(name: str, **options: Any) -> Task:
     _load_builtin()
     if name.startswith("gym:") and "gym" in _TASKS:
         return _TASKS["gym"](dataset=name[4:], **options)
+    if name.startswith("code:") and "code" in _TASKS:
+        return _TASKS["code"](path=name[5:], **options)
     if name not in _TASKS or name == "gym":
         raise DeliberateError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
     try:
