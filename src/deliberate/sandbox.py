@@ -511,7 +511,7 @@ def _unshare_prefix() -> tuple[str, ...]:
                 cands.append((exe, "--user", "--map-root-user", "--net", "--"))
                 for c in cands:
                     try:
-                        r = subprocess.run([*c, "true"], capture_output=True, timeout=10)
+                        r = subprocess.run([*c, "true"], capture_output=True, timeout=10, check=False)
                     except (OSError, subprocess.SubprocessError):
                         continue
                     if r.returncode == 0:
@@ -692,8 +692,8 @@ def _decide(bufs, rc, killed_for, nonce, lim, wall, stray, prefix) -> Verdict:
                 status, detail = str(msg["status"]), str(msg.get("detail", ""))
             except (ValueError, KeyError, TypeError):
                 pass
-    common = dict(stdout=out, stderr=err, wall_s=wall, returncode=rc, violations=tuple(violations),
-                  stray_killed=stray, isolation=prefix)
+    common = {"stdout": out, "stderr": err, "wall_s": wall, "returncode": rc, "violations": tuple(violations),
+              "stray_killed": stray, "isolation": prefix}
     if passed:
         return Verdict(True, "pass", "", **common)
     if forged:
