@@ -350,7 +350,8 @@ def main(argv=None) -> int:
             total[k] += s[k]
         print(f"{name:<12} {s['inputs']:>7} {s['hangs']:>6} {s['exceptions']:>10} {s['slow']:>8} {s['wall_s']:>8.1f}",
               flush=True)
-        for i, msg, text, tb in s["examples"][:5]:
+        shown = sorted(s["examples"], key=lambda e: e[1].startswith("SLOW"))[:5]  # hangs and exceptions first
+        for i, msg, text, tb in shown:
             print(f"    #{i}: {msg} | input {text[:120]!r}", flush=True)
             if tb and os.environ.get("FUZZ_TRACEBACKS"):
                 print("      " + tb.replace("\n", "\n      "), flush=True)

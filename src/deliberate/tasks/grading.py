@@ -33,7 +33,7 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
 _LINE_RES = (
     re.compile(r"(?im)^[ \t>*_#-]*(?:final\s+)?answer\s*[:：]\**\s*(\S.*)$"),
     re.compile(r"(?m)^[ \t]*####\s*(\S.*)$"),
-    re.compile(r"(?i)\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(\S.*)$", re.MULTILINE),
+    re.compile(r"(?i)\bthe\s+(?:final\s+)?answer\s+is\s*(?:[:：]\s*)?(\S.*)$", re.MULTILINE),  # not \s*:?\s*
 )
 _NUMBER_RE = re.compile(r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+−]?\.\d+")
 
