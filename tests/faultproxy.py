@@ -8,6 +8,13 @@ It forwards requests to a real server and answers some of them badly instead:
 * ``"drop"``: forwards, then closes the connection without answering (the work was done, the answer lost);
 * ``"hang"``: waits ``hang_s`` (longer than the client timeout), then closes without answering;
 * ``"fewer_choices"``: forwards, then keeps only the first choice (a server that ignores ``n``);
+* ``"truncated"``: forwards, then announces the full ``Content-Length`` but sends half the body and
+  closes (a response cut off mid-transfer);
+* ``"trickle"``: sends status and headers at once, then one body byte every ``trickle_s`` for
+  ``hang_s`` seconds (each read is quick, so only a whole-request deadline catches it), then closes;
+* ``"wrong_shape"``: HTTP 200 with valid JSON that is not a completion (``{"choices": null}``);
+* ``"echo_auth"``: HTTP 500 whose error message echoes the request's ``Authorization`` header (a
+  careless server or gateway: the client must not copy it into its errors or logs);
 * ``"ok"``: forwards untouched.
 
 Which request gets which: ``plan`` gives the faults of the first requests in arrival order; after
@@ -35,7 +42,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Sequence
 from urllib.parse import urlsplit
 
-KINDS = ("ok", "500", "429", "malformed", "drop", "hang", "fewer_choices")
+KINDS = ("ok", "500", "429", "malformed", "drop", "hang", "fewer_choices", "truncated", "trickle", "wrong_shape",
+         "echo_auth")
 
 
 class FaultProxy:
@@ -48,6 +56,7 @@ class FaultProxy:
         seed: int = 0,
         retry_after: float = 0.0,
         hang_s: float = 2.0,
+        trickle_s: float = 0.1,
         max_per_request: int | None = None,
         methods: Sequence[str] = ("POST",),
         lifetime_s: float = 120.0,
@@ -60,6 +69,7 @@ class FaultProxy:
         self.prefix = u.path.rstrip("/")
         self.plan = list(plan)
         self.rate, self.kinds, self.retry_after, self.hang_s = rate, list(kinds), retry_after, hang_s
+        self.trickle_s = trickle_s
         self.max_per_request, self.methods = max_per_request, set(methods)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -169,12 +179,42 @@ def _make_handler(proxy: FaultProxy):
                     proxy._stop.wait(proxy.hang_s)
                     self.close_connection = True
                     return None
+                if fault == "wrong_shape":
+                    return self._send(200, err, b'{"choices": null, "object": "text_completion"}')
+                if fault == "echo_auth":
+                    msg = json.dumps({"error": {"message": f"bad request, headers: Authorization: "
+                                                           f"{self.headers.get('Authorization')}"}})
+                    return self._send(500, err, msg.encode())
+                if fault == "trickle":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    deadline = time.monotonic() + proxy.hang_s
+                    try:
+                        while time.monotonic() < deadline and not proxy._stop.wait(proxy.trickle_s):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return None
                 status, headers, data = proxy._forward(method, self.path, self.headers, body)
                 if fault == "drop":
                     self.close_connection = True
                     return None
                 if fault == "malformed":
                     return self._send(200, headers, data[: len(data) // 2])
+                if fault == "truncated":
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
                 if fault == "fewer_choices" and status == 200:
                     obj = json.loads(data)
                     obj["choices"] = sorted(obj["choices"], key=lambda c: c["index"])[:1]

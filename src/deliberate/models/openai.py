@@ -26,8 +26,13 @@ Behaviour worth knowing:
   backend would give.
 * ``finish_reason`` ``"length"`` stays ``"length"``; anything else (``stop``, ``eos``, ``null`` ...)
   becomes ``"stop"``.
+* Timeouts: ``timeout`` bounds each connect / read / write *and* each whole attempt (a server that
+  accepts and then never answers, or trickles bytes, is cut off after ``timeout`` seconds and retried).
+* No lost samples: ``generate`` returns exactly ``n`` completions for every prompt, or raises
+  :class:`RemoteError` (the first prompt that exhausted its retries); it never returns a partial result.
 * The API key (``api_key=`` or env ``OPENAI_API_KEY`` / ``DELIBERATE_API_KEY``) is sent as a Bearer
-  header and never logged or shown in ``repr``.
+  header and never logged or shown in ``repr``; a server that echoes it in an error message has it
+  replaced by ``***`` in our warnings and errors.
 """
 
 from __future__ import annotations
@@ -357,17 +362,21 @@ class OpenAIBackend(Backend):
         last_status = None
         for attempt in range(self.max_retries + 1):
             try:
-                resp = await client.request(method, url, json=payload)
+                # httpx's timeout bounds each connect / read / write; the deadline bounds the whole
+                # attempt, so a server that trickles bytes slowly cannot hold a request forever.
+                resp = await asyncio.wait_for(client.request(method, url, json=payload), self.timeout)
             except httpx.UnsupportedProtocol as e:
-                raise RemoteError(f"{method} {url}: {e}") from None
-            except (httpx.TransportError, httpx.DecodingError) as e:
+                raise RemoteError(self._redact(f"{method} {url}: {e}")) from None
+            except asyncio.TimeoutError:
+                err = _Retryable(f"no complete answer within the {self.timeout:g} s timeout")
+            except (httpx.TransportError, httpx.DecodingError, httpx.StreamError) as e:
                 err = _Retryable(f"{type(e).__name__}: {e}".rstrip(": "))
             else:
                 try:
                     return self._handle(resp, method, url, parse)
                 except _Retryable as e:
                     err = e
-            last, last_status = str(err), err.status
+            last, last_status = self._redact(str(err)), err.status
             if attempt == self.max_retries:
                 break
             if err.retry_after is not None:
@@ -380,6 +389,11 @@ class OpenAIBackend(Backend):
             await asyncio.sleep(delay)
         raise RemoteError(f"{method} {url} failed after {self.max_retries + 1} attempt(s): {last}", last_status)
 
+    def _redact(self, text: str) -> str:
+        """``text`` with the API key (should a server echo it back in an error) replaced by ``***``."""
+        key = self._api_key.get()
+        return text.replace(key, "***") if key else text
+
     def _handle(self, resp: httpx.Response, method: str, url: str, parse):
         status = resp.status_code
         if status == 429 or status >= 500:
@@ -387,7 +401,7 @@ class OpenAIBackend(Backend):
             raise _Retryable(f"HTTP {status}: {_error_message(resp)}", status, retry_after)
         if status >= 400:
             hint = " (check the API key: env OPENAI_API_KEY or DELIBERATE_API_KEY)" if status in (401, 403) else ""
-            raise RemoteError(f"{method} {url} -> HTTP {status}: {_error_message(resp)}{hint}", status)
+            raise RemoteError(self._redact(f"{method} {url} -> HTTP {status}: {_error_message(resp)}{hint}"), status)
         try:
             body = json.loads(resp.content)
             return parse(body) if parse is not None else body
