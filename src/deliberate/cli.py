@@ -35,6 +35,8 @@ TRAIN_RECIPES = {
     "prm": ("deliberate.train.verifier", "process reward model on step labels (BCE at step ends)"),
     "orm": ("deliberate.train.verifier", "outcome reward model on solution outcomes"),
     "genrm": ("deliberate.train.verifier", "generative verifier: the LM answers Yes/No per step prefix"),
+    "rest-em": ("deliberate.train.rest_em", "ReST-EM / expert iteration: sample, keep verified, fine-tune base, repeat"),
+    "grpo": ("deliberate.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
 }
 
 

@@ -1,0 +1,211 @@
+"""ReST-EM / expert iteration: sample, keep what the verifier accepts, fine-tune the base on it, repeat.
+
+    deliberate train rest-em --init runs/quickstart/sft/model --out runs/rest-em
+
+Iteration t (Singh et al., 2023, "Beyond Human Data"):
+* **E-step** — the policy of iteration t-1 (the base model for t = 1) samples ``k`` completions for
+  each of ``n_train`` training problems at temperature ``temperature``; the task's checker keeps the
+  correct ones (at most ``max_per_problem`` distinct texts per problem, so easy problems do not
+  dominate).
+* **M-step** — fine-tune **the base model** (not the previous iterate; this is what keeps ReST-EM
+  from drifting) on the kept samples.
+* Evaluate greedy / maj@n / pass@n on held-out problems.
+
+Iteration 0 is the base model's own evaluation. Each finished iteration leaves
+``OUT/iterations/NNN.json`` (its samples, compute and evaluation); rerunning the command skips them, and
+an iteration killed midway redoes only its unfinished parts (samples are saved before training), so
+the final numbers equal an uninterrupted run's. ``OUT/summary.json`` and ``OUT/curve.png`` plot
+held-out accuracy against cumulative train compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.records import write_json_atomic
+from deliberate.models.tiny import load_tiny
+from deliberate.tasks import get_task
+from deliberate.train.selfimprove import (
+    FinetuneSettings,
+    IterationLog,
+    Stopwatch,
+    evaluate_policy,
+    finetune,
+    load_rollouts,
+    plot_curve,
+    rollouts,
+    sampled_tokens,
+    save_rollouts,
+)
+
+
+@dataclass(frozen=True)
+class RestEMConfig:
+    init: str = "runs/quickstart/sft/model"
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+    iterations: int = 3
+    n_train: int = 2000
+    k: int = 8
+    temperature: float = 1.0
+    max_per_problem: int = 4
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    eval_problems: int = 200
+    eval_n: int = 16
+    eval_seed: int = 0
+    seed: int = 0
+    out: str = "runs/rest-em"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("iterations", "n_train", "k", "max_per_problem", "eval_problems", "eval_n"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                problems.append(f"{name} must be an integer >= 1 (got {v!r})")
+        if not (self.temperature > 0):
+            problems.append(f"temperature must be > 0 (got {self.temperature!r})")
+        if isinstance(self.finetune, dict):
+            object.__setattr__(self, "finetune", FinetuneSettings(**self.finetune))
+        if problems:
+            raise DeliberateError("rest-em: " + "; ".join(problems))
+
+
+def _check_config(out: Path, cfg_dict: dict[str, Any]) -> None:
+    p = out / "config.json"
+    if p.exists() and json.loads(p.read_text()) != cfg_dict:
+        raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
+    write_json_atomic(p, cfg_dict)
+
+
+def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.init).exists():
+        raise DeliberateError(f"--init {cfg.init} does not exist (train a seed model first, e.g. "
+                              f"`deliberate quickstart`, whose policy is runs/quickstart/sft/model)")
+    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    _check_config(out, cfg_dict)
+    task = get_task(cfg.task, **cfg.task_options)
+    train = task.problems("train", cfg.n_train, seed=cfg.seed)
+    base_model, _ = load_tiny(cfg.init)
+    log = IterationLog(out, sum(p.numel() for p in base_model.parameters()))
+    del base_model
+
+    def evaluate(model_dir: Path, it: int) -> dict[str, Any]:
+        return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
+                               seed=cfg.eval_seed, out_dir=out / f"it{it:03d}" / "eval")
+
+    if log.done(0) is None:
+        clock = Stopwatch()
+        log.write(0, {"model": str(cfg.init), "tokens_sampled": 0, "prompt_tokens": 0, "tokens_trained": 0,
+                      "eval": evaluate(Path(cfg.init), 0), "wall_s": 0.0, "eval_wall_s": clock()})
+    policy = Path(cfg.init)
+    bar = tqdm(range(1, cfg.iterations + 1), desc="rest-em", disable=not progress, dynamic_ncols=True)
+    for it in bar:
+        d = out / f"it{it:03d}"
+        row = log.done(it)
+        if row is not None:
+            policy = Path(row["model"])
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        clock = Stopwatch()
+        samples_path = d / "samples.jsonl"
+        if samples_path.exists():
+            rows = load_rollouts(samples_path)
+        else:
+            model, tok = load_tiny(policy)
+            rows = rollouts(model, tok, task, train, cfg.k, temperature=cfg.temperature,
+                            seed=cfg.seed * 1000 + it, progress=progress, desc=f"E-step {it}")
+            save_rollouts(samples_path, rows)
+        t_sample = clock()
+        gen, prompt = sampled_tokens(rows)
+        pairs, solved = [], 0
+        for rs in rows:
+            kept = list(dict.fromkeys(r.text for r in rs if r.correct))[:cfg.max_per_problem]
+            solved += bool(kept)
+            pairs += [(rs[0].prompt, t) for t in kept]
+        if pairs:
+            model_dir, trained = finetune(cfg.init, pairs, d, cfg.finetune, seed=cfg.seed * 1000 + it,
+                                          progress=progress, desc=f"M-step {it}")
+        else:  # nothing verified: no M-step, the policy stays as it was
+            tqdm.write(f"rest-em: iteration {it}: no sample passed the checker; keeping the previous policy")
+            model_dir, trained = policy, 0
+        t_train = clock() - t_sample
+        ev = evaluate(model_dir, it)
+        row = log.write(it, {"model": str(model_dir), "tokens_sampled": gen, "prompt_tokens": prompt,
+                             "tokens_trained": trained, "kept": len(pairs), "problems_solved": solved,
+                             "sample_accuracy": sum(r.correct for rs in rows for r in rs) / max(1, len(rows) * cfg.k),
+                             "sample_wall_s": t_sample, "train_wall_s": round(t_train, 3),
+                             "wall_s": round(t_sample + t_train, 3), "eval": ev,
+                             "eval_wall_s": round(clock() - t_sample - t_train, 3)})
+        bar.set_postfix(greedy=f"{ev['greedy']['accuracy']:.3f}", kept=len(pairs))
+        policy = model_dir
+    bar.close()
+    rows = log.cumulative()
+    summary = {"recipe": "rest-em", "config": cfg_dict, "iterations": rows}
+    write_json_atomic(out / "summary.json", summary)
+    plot_curve(rows, out / "curve.png", f"ReST-EM on {cfg.task}", keys=("greedy", f"maj@{cfg.eval_n}"))
+    return summary
+
+
+def format_iterations(rows, n: int) -> str:
+    lines = [f"{'iter':>4} {'greedy':>16} {f'maj@{n}':>16} {f'pass@{n}':>16} {'kept':>6} {'train TFLOPs':>12} {'wall s':>7}"]
+    def cell(ev, key):
+        e = ev.get(key)
+        return f"{e['accuracy']:.3f} [{e['ci'][0]:.2f},{e['ci'][1]:.2f}]" if e else "-"
+
+    for r in rows:
+        ev = r["eval"]
+        lines.append(f"{r['iteration']:>4} {cell(ev, 'greedy'):>16} {cell(ev, f'maj@{n}'):>16} {cell(ev, f'pass@{n}'):>16} "
+                     f"{r.get('kept', '-'):>6} {r['cum_flops'] / 1e12:>12.2f} {r['cum_wall_s']:>7.0f}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    d = RestEMConfig()
+    f = FinetuneSettings()
+    parser.add_argument("--init", default=d.init, help="seed policy (a tiny checkpoint); the M-step always restarts from it")
+    parser.add_argument("--task", default=d.task)
+    parser.add_argument("--task-arg", action="append", default=None, metavar="KEY=VALUE",
+                        help="task options (default: the quickstart's arith mix)")
+    parser.add_argument("--iterations", type=int, default=d.iterations)
+    parser.add_argument("--n-train", type=int, default=d.n_train, help="training problems sampled each E-step")
+    parser.add_argument("--k", type=int, default=d.k, help="samples per problem in the E-step")
+    parser.add_argument("--temperature", type=float, default=d.temperature)
+    parser.add_argument("--max-per-problem", type=int, default=d.max_per_problem)
+    parser.add_argument("--epochs", type=float, default=f.epochs, help="M-step epochs over the kept samples")
+    parser.add_argument("--max-steps", type=int, default=f.max_steps)
+    parser.add_argument("--lr", type=float, default=f.lr)
+    parser.add_argument("--eval-problems", type=int, default=d.eval_problems)
+    parser.add_argument("--eval-n", type=int, default=d.eval_n)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=d.out)
+
+
+def main(args) -> int:
+    import torch
+
+    from deliberate.models.base import parse_kv
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = RestEMConfig()
+    cfg = RestEMConfig(
+        init=args.init, task=args.task,
+        task_options=parse_kv(args.task_arg, "--task-arg") if args.task_arg else (d.task_options if args.task == d.task else {}),
+        iterations=args.iterations, n_train=args.n_train, k=args.k, temperature=args.temperature,
+        max_per_problem=args.max_per_problem,
+        finetune=FinetuneSettings(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr),
+        eval_problems=args.eval_problems, eval_n=args.eval_n, seed=args.seed, out=args.out)
+    summary = run_rest_em(cfg)
+    print(format_iterations(summary["iterations"], cfg.eval_n))
+    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
+    return 0

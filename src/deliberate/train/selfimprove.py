@@ -1,0 +1,262 @@
+"""Machinery shared by the self-improvement recipes (ReST-EM, STaR, GRPO, ...).
+
+* :func:`rollouts` — sample ``k`` completions per problem from a policy with the local engine and
+  check each with the task's verifier (seeded per problem and sample: same seed, same samples).
+* :func:`finetune` — supervised fine-tuning of a tiny checkpoint on (prompt, completion) pairs,
+  written atomically to ``OUT/model``; a finished fine-tune is never redone, an interrupted one is
+  redone from its start (it is a pure function of its inputs and seed, so the result is the same).
+* :func:`evaluate_policy` — held-out greedy / maj@n / pass@n through ``deliberate eval``'s own
+  resumable records.
+* :class:`IterationLog` — one JSON file per finished iteration (the resume marker) holding its
+  train-time compute: tokens sampled, tokens trained, approximate FLOPs (6·N·tokens trained +
+  2·N·tokens sampled), wall time, and the held-out evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.records import write_json_atomic
+from deliberate.models.engine import Engine, count_parameters
+from deliberate.models.sampling import SamplingParams
+from deliberate.models.tiny import TinyBackend, load_tiny, save_tiny
+from deliberate.tasks.base import Task
+from deliberate.train.common import batch_indices, collate, lr_at, make_example, recover_dir, replace_dir
+from deliberate.types import Completion, Problem
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One sampled completion of one problem, with the verifier's verdict."""
+
+    problem_id: str
+    prompt: str
+    text: str
+    correct: bool
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def rollouts(model, tokenizer, task: Task, problems: Sequence[Problem], k: int, *, temperature: float = 1.0,
+             max_tokens: int | None = None, seed: int = 0, prompts: Sequence[str] | None = None,
+             batch_problems: int = 64, progress: bool = True, desc: str = "sample") -> list[list[Rollout]]:
+    """``k`` verified samples per problem (``prompts`` overrides the task's prompts, e.g. hinted ones)."""
+    if k < 1:
+        raise DeliberateError(f"rollouts: k must be >= 1 (got {k})")
+    prompts = list(prompts) if prompts is not None else [task.prompt(p) for p in problems]
+    if len(prompts) != len(problems):
+        raise DeliberateError("rollouts: one prompt per problem is needed")
+    engine = Engine(model.eval(), tokenizer, max_batch_size=256, prefix_cache_bytes=0)
+    params = SamplingParams(n=k, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed)
+    out: list[list[Rollout]] = []
+    bar = tqdm(total=len(problems), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
+    for lo in range(0, len(problems), batch_problems):
+        chunk = list(range(lo, min(len(problems), lo + batch_problems)))
+        comps: list[list[Completion]] = engine.generate([prompts[i] for i in chunk], params)
+        for i, cs in zip(chunk, comps):
+            p = problems[i]
+            out.append([Rollout(p.id, prompts[i], c.text, bool(task.reward(c.text, p) > 0), c.completion_tokens,
+                                c.prompt_tokens, c.finish_reason) for c in cs])
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def sampled_tokens(rows: Sequence[Sequence[Rollout]]) -> tuple[int, int]:
+    """(generated tokens, prompt tokens) of a set of rollouts."""
+    gen = sum(r.completion_tokens for rs in rows for r in rs)
+    # the engine prefills each prompt once for its k samples
+    prompt = sum(rs[0].prompt_tokens for rs in rows if rs)
+    return gen, prompt
+
+
+def save_rollouts(path: Path, rows: Sequence[Sequence[Rollout]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps([r.to_json() for r in rs]) + "\n" for rs in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_rollouts(path: Path) -> list[list[Rollout]]:
+    with open(path) as f:
+        return [[Rollout(**d) for d in json.loads(line)] for line in f if line.strip()]
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    steps: int | None = None  # None -> epochs over the data
+    epochs: float = 2.0
+    max_steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+    def n_steps(self, n_examples: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, min(self.max_steps, round(self.epochs * n_examples / self.batch_size)))
+
+
+def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path, settings: FinetuneSettings,
+             *, seed: int = 0, progress: bool = True, desc: str = "finetune") -> tuple[Path, int]:
+    """Fine-tune the tiny checkpoint ``init`` on ``(prompt, completion)`` pairs; returns (model dir, tokens trained).
+
+    The loss is next-token cross-entropy on the completion (+EOS) only. ``OUT/model`` and
+    ``OUT/finetune.json`` are written atomically at the end; when both exist the call returns at once.
+    """
+    out = Path(out)
+    final, meta = out / "model", out / "finetune.json"
+    if meta.exists() and final.exists():
+        return final, int(json.loads(meta.read_text())["tokens_trained"])
+    if not pairs:
+        raise DeliberateError(f"{desc}: no training examples (no verified samples to learn from)")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model, tok = load_tiny(init)
+    model.train()
+    max_len = model.config.max_position_embeddings
+    examples = [e for e in (make_example(tok, p, c, max_len) for p, c in pairs) if e is not None]
+    if not examples:
+        raise DeliberateError(f"{desc}: no example fits the model's {max_len} positions")
+    steps = settings.n_steps(len(examples))
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.98))
+    trained = 0
+    for step in tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        batch = collate([examples[i] for i in batch_indices(len(examples), settings.batch_size, seed, step)],
+                        tok.pad_token_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, settings.lr, settings.warmup)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        trained += int(batch["attention_mask"].sum())
+    model.eval()
+    recover_dir(final, "char_tokenizer.json")
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    save_tiny(model, tok, tmp)
+    replace_dir(tmp, final)
+    write_json_atomic(meta, {"tokens_trained": trained, "steps": steps, "examples": len(examples), "seed": seed})
+    return final, trained
+
+
+def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, Any], *, n_problems: int, n: int,
+                    seed: int, out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
+    """Greedy, maj@n and pass@n (with 95% CIs) on held-out ``test`` problems."""
+    from deliberate.eval.evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig(task=task, task_options=task_options, n_problems=n_problems, n=n, temperature=1.0, seed=seed,
+                     batch_size=64, out_dir=str(out_dir))
+    backend = TinyBackend(model_dir)
+    try:
+        summary = run_eval(cfg, backend, progress=progress)
+    finally:
+        backend.close()
+    res: dict[str, Any] = {}
+    for r in summary["results"]:
+        key = "greedy" if r["strategy"] == "greedy" else f"{r['strategy'].replace('@k', '')}@{r['n']}"
+        if r["strategy"] == "greedy" or r["n"] == n:
+            res[key] = {"accuracy": r["accuracy"], "ci": r["ci"]}
+    return res
+
+
+class IterationLog:
+    """Per-iteration records in ``OUT/iterations/NNN.json``; a file's presence means the iteration finished."""
+
+    def __init__(self, out: str | Path, n_params: int):
+        self.dir = Path(out) / "iterations"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.n_params = n_params
+
+    def path(self, it: int) -> Path:
+        return self.dir / f"{it:03d}.json"
+
+    def done(self, it: int) -> dict[str, Any] | None:
+        p = self.path(it)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def write(self, it: int, row: dict[str, Any]) -> dict[str, Any]:
+        row = dict(row)
+        row["iteration"] = it
+        # 6ND for tokens trained; 2ND for every token only run forward: generated, prompt (prefilled
+        # once per group of samples) and scoring passes (old-policy / reference log-probs)
+        fwd = row.get("tokens_sampled", 0) + row.get("prompt_tokens", 0) + row.get("tokens_forward", 0)
+        row["flops"] = 6.0 * self.n_params * row.get("tokens_trained", 0) + 2.0 * self.n_params * fwd
+        write_json_atomic(self.path(it), row)
+        return row
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.dir.glob("[0-9][0-9][0-9].json"))]
+
+    def cumulative(self) -> list[dict[str, Any]]:
+        """Rows with running totals of train compute (what accuracy is plotted against)."""
+        tot = {"tokens_sampled": 0, "tokens_trained": 0, "flops": 0.0, "wall_s": 0.0}
+        out = []
+        for r in self.rows():
+            for k in tot:
+                tot[k] += r.get(k, 0)
+            out.append({**r, **{f"cum_{k}": v for k, v in tot.items()}})
+        return out
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(time.perf_counter() - self.t0, 3)
+
+
+def n_params_of(model_dir: str | Path) -> int:
+    model, _ = load_tiny(model_dir)
+    return count_parameters(model)
+
+
+def plot_curve(rows: Sequence[dict[str, Any]], path: Path, title: str, keys: Sequence[str] = ("greedy",)) -> None:
+    """Held-out accuracy (with CIs) against cumulative train FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        pts = [(r["cum_flops"], r["eval"][key]) for r in rows if key in r.get("eval", {})]
+        if not pts:
+            continue
+        xs = [max(x, 1.0) for x, _ in pts]
+        ys = [e["accuracy"] for _, e in pts]
+        lo = [e["accuracy"] - e["ci"][0] for _, e in pts]
+        hi = [e["ci"][1] - e["accuracy"] for _, e in pts]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=key)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("cumulative train FLOPs (6ND train + 2ND sample)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

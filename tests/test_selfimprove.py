@@ -1,0 +1,168 @@
+"""Self-improvement recipes: GRPO's loss and advantages, ReST-EM and GRPO loops, resume equals uninterrupted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from deliberate.errors import DeliberateError
+from deliberate.models.tiny import load_tiny
+from deliberate.tasks import get_task
+from deliberate.train import grpo as grpo_mod
+from deliberate.train.grpo import GRPOConfig, group_advantages, grpo_loss, run_grpo
+from deliberate.train.rest_em import RestEMConfig, run_rest_em
+from deliberate.train.selfimprove import FinetuneSettings, finetune, rollouts
+
+SMALL_ARITH = {"min_ops": 1, "max_ops": 1, "max_operand": 5}
+
+
+@pytest.fixture(scope="module")
+def easy_ckpt(tmp_path_factory):
+    """A tiny model that solves ~30% of one-operation arith: enough for verified samples to exist."""
+    from deliberate.models.tiny import TinyConfig
+    from deliberate.train.sft import SFTConfig, train_sft
+
+    cfg = SFTConfig(task_options=SMALL_ARITH, steps=120, n_train=400, batch_size=16, lr=5e-3,
+                    model=TinyConfig(d_model=48, n_layers=2, n_heads=2, n_kv_heads=2),
+                    out=str(tmp_path_factory.mktemp("easy")))
+    return train_sft(cfg, progress=False)
+
+
+def test_group_advantages():
+    assert group_advantages([1.0, 1.0, 1.0]) is None  # no signal in a group that all agree
+    a = group_advantages([1.0, 0.0, 0.0, 1.0])
+    assert a is not None and abs(sum(a)) < 1e-9
+    assert a[0] > 0 > a[1] and a[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_grpo_loss_gradient_and_clip():
+    torch.manual_seed(0)
+    logp = torch.log(torch.full((2, 3), 0.5)).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -1.0])
+    loss, stats = grpo_loss(logp, logp.detach(), logp.detach(), mask, adv, clip=0.2, beta=0.0)
+    loss.backward()
+    # descent raises the log-prob of the positively advantaged row's tokens, lowers the other's
+    assert (logp.grad[0, :2] < 0).all() and (logp.grad[1] > 0).all()
+    assert logp.grad[0, 2] == 0  # masked
+    assert stats["kl"] == pytest.approx(0.0) and stats["clipped"] == 0
+    # a ratio already past 1+clip with a positive advantage gets no gradient (clipped)
+    lp2 = (torch.log(torch.full((1, 2), 0.5)) + 0.5).requires_grad_(True)
+    loss2, stats2 = grpo_loss(lp2, torch.log(torch.full((1, 2), 0.5)), lp2.detach(), torch.ones(1, 2, dtype=torch.bool),
+                              torch.tensor([1.0]), clip=0.2, beta=0.0)
+    loss2.backward()
+    assert torch.all(lp2.grad == 0) and stats2["clipped"] == 1.0
+    # KL to a different reference is positive and pulls toward it
+    lp3 = torch.log(torch.full((1, 2), 0.5)).requires_grad_(True)
+    ref = torch.log(torch.full((1, 2), 0.7))
+    loss3, stats3 = grpo_loss(lp3, lp3.detach(), ref, torch.ones(1, 2, dtype=torch.bool), torch.tensor([0.0]),
+                              clip=0.2, beta=1.0)
+    loss3.backward()
+    assert stats3["kl"] > 0 and (lp3.grad < 0).all()
+
+
+def test_rollouts_seeded_and_verified(tiny_ckpt):
+    model, tok = load_tiny(tiny_ckpt)
+    task = get_task("arith", **SMALL_ARITH)
+    probs = task.problems("train", 6, seed=0)
+    a = rollouts(model, tok, task, probs, 3, seed=5, progress=False)
+    b = rollouts(model, tok, task, probs, 3, seed=5, progress=False)
+    assert [[r.text for r in rs] for rs in a] == [[r.text for r in rs] for rs in b]
+    for p, rs in zip(probs, a):
+        assert len(rs) == 3
+        for r in rs:
+            assert r.correct == (task.reward(r.text, p) > 0)
+    # hinted prompts replace the task's
+    c = rollouts(model, tok, task, probs, 1, seed=5, prompts=["x" + task.prompt(p) for p in probs], progress=False)
+    assert all(rs[0].prompt.startswith("x") for rs in c)
+    with pytest.raises(DeliberateError):
+        rollouts(model, tok, task, probs, 0, progress=False)
+
+
+def test_finetune_learns_and_is_deterministic(tiny_ckpt, tmp_path):
+    task = get_task("arith", **SMALL_ARITH)
+    probs = task.problems("train", 64, seed=1)
+    pairs = [(task.prompt(p), task.rationale(p)) for p in probs]
+    s = FinetuneSettings(steps=15, batch_size=16, lr=3e-3, warmup=2)
+    d1, n1 = finetune(tiny_ckpt, pairs, tmp_path / "a", s, seed=3, progress=False)
+    d2, n2 = finetune(tiny_ckpt, pairs, tmp_path / "b", s, seed=3, progress=False)
+    assert n1 == n2 > 0
+    m1, _ = load_tiny(d1)
+    m2, _ = load_tiny(d2)
+    m0, _ = load_tiny(tiny_ckpt)
+    for (k, p1), p2, p0 in zip(m1.state_dict().items(), m2.state_dict().values(), m0.state_dict().values()):
+        assert torch.equal(p1, p2), k
+    assert any(not torch.equal(p1, p0) for p1, p0 in zip(m1.state_dict().values(), m0.state_dict().values()))
+    # finished: a second call returns at once with the recorded token count
+    assert finetune(tiny_ckpt, [], tmp_path / "a", s, seed=3, progress=False) == (d1, n1)
+    with pytest.raises(DeliberateError, match="no training examples"):
+        finetune(tiny_ckpt, [], tmp_path / "c", s, progress=False)
+
+
+def _rest_cfg(ckpt, out):
+    return RestEMConfig(init=str(ckpt), task_options=SMALL_ARITH, iterations=2, n_train=24, k=4,
+                        finetune=FinetuneSettings(steps=4, batch_size=8), eval_problems=12, eval_n=4, out=str(out))
+
+
+def test_rest_em_runs_logs_compute_and_resumes(easy_ckpt, tmp_path):
+    cfg = _rest_cfg(easy_ckpt, tmp_path / "run")
+    s = run_rest_em(cfg, progress=False)
+    rows = s["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["kept"] > 0 and r["problems_solved"] > 0
+        assert r["tokens_sampled"] > 0 and r["tokens_trained"] > 0 and r["flops"] > 0
+        assert set(r["eval"]) >= {"greedy", "maj@4", "pass@4"}
+    assert rows[2]["cum_flops"] > rows[1]["cum_flops"] > 0
+    assert (tmp_path / "run" / "curve.png").stat().st_size > 0
+    # an interrupted iteration 2 (samples saved, no model, no marker) is redone to the same numbers
+    shutil.rmtree(tmp_path / "run" / "it002" / "model")
+    (tmp_path / "run" / "it002" / "finetune.json").unlink()
+    (tmp_path / "run" / "iterations" / "002.json").unlink()
+    shutil.rmtree(tmp_path / "run" / "it002" / "eval")
+    s2 = run_rest_em(cfg, progress=False)
+    strip = [{k: v for k, v in r.items() if "wall" not in k} for r in s2["iterations"]]
+    assert strip == [{k: v for k, v in r.items() if "wall" not in k} for r in rows]
+    # a different config in the same directory is refused
+    with pytest.raises(DeliberateError, match="different config"):
+        run_rest_em(RestEMConfig(**{**cfg.__dict__, "k": 2}), progress=False)
+
+
+def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeypatch):
+    base = dict(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=32, steps=4, problems_per_step=4, group=4,
+                lr=1e-3, eval_every=4, checkpoint_every=2, eval_problems=8, eval_n=2)
+    ref = run_grpo(GRPOConfig(**base, out=str(tmp_path / "ref")), progress=False)
+    # crash right after the step-2 checkpoint lands, then rerun the same command
+    real_save = grpo_mod.save_checkpoint
+    calls = {"n": 0}
+
+    def crashing_save(*a, **k):
+        real_save(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(grpo_mod, "save_checkpoint", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(GRPOConfig(**base, out=str(tmp_path / "b")), progress=False)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    monkeypatch.setattr(grpo_mod, "save_checkpoint", real_save)
+    res = run_grpo(GRPOConfig(**base, out=str(tmp_path / "b")), progress=False)
+    m1, _ = load_tiny(tmp_path / "ref" / "checkpoint")
+    m2, _ = load_tiny(tmp_path / "b" / "checkpoint")
+    for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(p1, p2), k
+    strip = lambda rows: [{k: v for k, v in r.items() if "wall" not in k} for r in rows]
+    assert strip(res["iterations"]) == strip(ref["iterations"])
+    last = ref["iterations"][-1]
+    assert last["groups"] == 4 * 4 and last["groups_used"] > 0 and last["tokens_trained"] > 0
+
+
+def test_grpo_config_validation():
+    with pytest.raises(DeliberateError, match="group"):
+        GRPOConfig(group=1)
+    with pytest.raises(DeliberateError, match="lr"):
+        GRPOConfig(lr=0)
