@@ -1,12 +1,18 @@
 """Answer extraction and equivalence shared by every task.
 
-- :func:`extract_answer` finds the final answer a completion states (last ``\\boxed{}``, else the
-  last ``Answer: X`` / ``#### X`` / ``The answer is X`` line); :func:`extract_last_number` is an
+- :func:`extract_answer` finds the final answer a completion states (its ``\\boxed{}`` answer, else
+  the last ``Answer: X`` / ``#### X`` / ``The answer is X`` line); :func:`extract_last_number` is an
   opt-in fallback for real models that end without an answer line.
+- Answer-hacking rules: several *different* boxed answers are a hedge and give no answer
+  (:func:`final_boxed`); a trailing list of three or more numbers is no answer for the last-number
+  fallback; :func:`math_equal` rejects answers over :data:`MAX_ANSWER_CHARS`, unbalanced braces and
+  equations whose numeric sides differ from the gold ("3 = 4" is not 4). Extraction runs in linear
+  time on any input (no backtracking regexes, one pass over braces): see tests/test_fuzz_checkers.py
+  and scripts/fuzz_checkers.py.
 - :func:`parse_number` / :func:`numbers_equal` / :func:`canonical_number` compare numeric answers
   ("1,000", "$1000.00", "1000 dollars" are the same number).
 - :func:`math_equal` compares LaTeX answers: a fast string/number path, then ``math_verify`` run in
-  a persistent worker *process* with a wall-clock timeout. The worker is a plain subprocess (not
+  a small pool of persistent worker *processes* with a wall-clock timeout. Workers are plain subprocesses (not
   ``multiprocessing``) so it also works inside daemonic pool workers, which may not start
   multiprocessing children; the caller never touches signals, so it is safe from any thread.
 """
