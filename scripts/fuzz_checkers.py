@@ -113,8 +113,8 @@ def make_input(rng: random.Random) -> str:
         prefix = _chars(rng, rng.randint(0, 40)) + ("\n" if rng.random() < 0.5 else "")
         return prefix + tmpl % body
     if k < 0.6:  # several answers / hedges
-        parts = [rng.choice(["\\boxed{%s}", "Answer: %s\n", "%s, "]) % (_latex(rng) if rng.random() < 0.5 else _number(rng))
-                 for _ in range(rng.randint(2, 6))]
+        parts = [rng.choice(["\\boxed{%s}", "Answer: %s\n", "%s, "])
+                 % (_latex(rng) if rng.random() < 0.5 else _number(rng)) for _ in range(rng.randint(2, 6))]
         return " ".join(parts)
     if k < 0.7:  # long repetitions (quadratic-time traps)
         unit = rng.choice(["\\boxed{", "{", "}", " ", "\n", "Answer: a ", "1,", "1 ", "-", "9", "\\", "$", "a" * 7,

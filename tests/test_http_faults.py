@@ -143,3 +143,17 @@ def test_server_error_echoing_the_api_key_does_not_leak_it(url, caplog):
     assert proxy.counts["echo_auth"] == 3
     assert key not in str(info.value) and "***" in str(info.value)
     assert "retry" in caplog.text and key not in caplog.text
+
+
+def test_password_in_base_url_is_redacted_from_errors(caplog):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b = client(f"http://user:url-pass-98765@127.0.0.1:{port}/v1", max_retries=1)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(RemoteError) as info:
+            b.generate(["a"], PARAMS)
+    assert "url-pass-98765" not in str(info.value) and "url-pass-98765" not in caplog.text
+    assert "url-pass-98765" not in repr(b)

@@ -242,6 +242,7 @@ class OpenAIBackend(Backend):
         if api_key is None:
             api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
         self._api_key = _Secret(api_key)
+        self._url_password = httpx.URL(self.base_url).password or None  # https://user:PASSWORD@host: redacted too
         self.chat = bool(chat)
         self.concurrency = concurrency
         self.timeout = float(timeout)
@@ -253,8 +254,8 @@ class OpenAIBackend(Backend):
 
     def __repr__(self) -> str:
         return (
-            f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, api_key={self._api_key!r}, "
-            f"chat={self.chat}, concurrency={self.concurrency}, timeout={self.timeout})"
+            f"OpenAIBackend(base_url={self._redact(self.base_url)!r}, model={self.model!r}, "
+            f"api_key={self._api_key!r}, chat={self.chat}, concurrency={self.concurrency}, timeout={self.timeout})"
         )
 
     # ----------------------------------------------------------------------------------------- public
@@ -294,14 +295,14 @@ class OpenAIBackend(Backend):
         body = await self._request(client, "GET", "/models", None)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
-            raise RemoteError(f"GET {self.base_url}/models: answer has no 'data' list")
+            raise RemoteError(self._redact(f"GET {self.base_url}/models: answer has no 'data' list"))
         return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
 
     async def _resolve_model(self, client: httpx.AsyncClient) -> str:
         if self.model is None:
             models = await self._list_models(client)
             if not models:
-                raise RemoteError(f"GET {self.base_url}/models lists no model; pass model=")
+                raise RemoteError(self._redact(f"GET {self.base_url}/models lists no model; pass model="))
             self.model = models[0]
         return self.model
 
@@ -384,15 +385,20 @@ class OpenAIBackend(Backend):
             else:
                 delay = self._jitter.uniform(0, min(self.retry_max_delay, self.retry_base_delay * 2**attempt))
             log.warning(
-                "%s %s failed (%s); retry %d/%d in %.2fs", method, url, last, attempt + 1, self.max_retries, delay
+                "%s %s failed (%s); retry %d/%d in %.2fs", method, self._redact(url), last, attempt + 1,
+                self.max_retries, delay,
             )
             await asyncio.sleep(delay)
-        raise RemoteError(f"{method} {url} failed after {self.max_retries + 1} attempt(s): {last}", last_status)
+        raise RemoteError(self._redact(f"{method} {url} failed after {self.max_retries + 1} attempt(s): {last}"),
+                          last_status)
 
     def _redact(self, text: str) -> str:
-        """``text`` with the API key (should a server echo it back in an error) replaced by ``***``."""
-        key = self._api_key.get()
-        return text.replace(key, "***") if key else text
+        """``text`` with the API key (should a server echo it back in an error) and any password in
+        ``base_url`` replaced by ``***``."""
+        for secret in (self._api_key.get(), self._url_password):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def _handle(self, resp: httpx.Response, method: str, url: str, parse):
         status = resp.status_code
