@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from deliberate import __version__
 from deliberate.errors import DeliberateError
@@ -36,6 +36,7 @@ TRAIN_RECIPES = {
     "orm": ("deliberate.train.verifier", "outcome reward model on solution outcomes"),
     "genrm": ("deliberate.train.verifier", "generative verifier: the LM answers Yes/No per step prefix"),
     "rest-em": ("deliberate.train.rest_em", "ReST-EM / expert iteration: sample, keep verified, fine-tune base, repeat"),
+    "star": ("deliberate.train.star", "STaR on addition: self-taught rationales, with or without rationalization"),
     "grpo": ("deliberate.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
 }
 
@@ -77,7 +78,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()
-        return 2 if args.command is None else 2
+        return 2
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except DeliberateError as e:
