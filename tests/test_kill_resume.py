@@ -1,7 +1,8 @@
 """SIGKILL the long-running CLI jobs at several points, rerun the same command, compare with a run
 that was never interrupted.
 
-Each job runs as a real ``python -m deliberate ...`` process on a tiny model. The test polls the
+Each killed job runs as a real ``python -m deliberate ...`` process on a tiny model (the reference
+run goes through the same ``main_cli`` in the test process, saving an interpreter start). The test polls the
 job's output files and sends SIGKILL as soon as a threshold is reached (a number of complete
 lines in a JSONL file, or a file appearing), so the kill points are deterministic up to the few
 milliseconds of polling: the kill lands right after that write, i.e. in the middle of the work
@@ -25,8 +26,13 @@ What is *not* compared, and why (it cannot be the same by construction):
   ``generated_tokens``, every record's and result row's token counts;
 - ``config.out_dir`` (the two runs write to different directories).
 
-Both runs use one torch thread (``OMP_NUM_THREADS=1``), like CI; the equality of sampled texts
-relies on the engine's batch-invariant seeding (a resumed run batches fewer prompts together).
+Both runs use one torch thread, like CI (``OMP_NUM_THREADS=1``); the equality of sampled texts
+relies on the engine's batch-invariant seeding (a resumed run batches fewer prompts together), and
+the equality of trained weights on checkpoints holding model, optimizer, RNG state, step and the
+running loss, with batches a pure function of (seed, step). The kill between the two renames of a
+checkpoint replacement (a window of microseconds that polling cannot aim at) is reproduced
+deterministically by :func:`test_checkpoint_replacement_interrupted_between_renames`, and the kill
+between a labelling chunk's rollouts and its label rows by truncating the labels file.
 """
 
 from __future__ import annotations
