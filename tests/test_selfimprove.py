@@ -166,3 +166,31 @@ def test_grpo_config_validation():
         GRPOConfig(group=1)
     with pytest.raises(DeliberateError, match="lr"):
         GRPOConfig(lr=0)
+
+
+def test_self_correct_pairs_and_run(easy_ckpt, tmp_path):
+    from deliberate.train.self_correct import (
+        SelfCorrectConfig, build_pairs, revision_prompt, run_self_correct,
+    )
+    from deliberate.train.selfimprove import Rollout
+
+    def ro(text, ok):
+        return Rollout("p", "Q: 1+1\nA:\n", text, ok, 3, 5, "stop")
+
+    cfg = SelfCorrectConfig(keep_fraction=0.5, max_pairs_per_problem=2)
+    rows = [[ro("w1", False), ro("r1", True), ro("w2", False), ro("w3", False)],
+            [ro("x", False), ro("y", False)],  # nothing right: no pair
+            [ro("r2", True), ro("r2", True)]]
+    pairs, counts = build_pairs(rows, cfg)
+    assert counts == {"fix_pairs": 2, "keep_pairs": 2}
+    assert (revision_prompt("Q: 1+1\nA:\n", "w1"), "r1") in pairs
+    assert all(p.endswith("\n") and "Wait!" in p for p, _ in pairs)
+    assert not any(c in ("x", "y", "w1", "w2", "w3") for _, c in pairs)  # targets are always right attempts
+    s = run_self_correct(SelfCorrectConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=40, k=4,
+                                           finetune=FinetuneSettings(steps=3, batch_size=8), eval_problems=16,
+                                           out=str(tmp_path / "sc")), progress=False)
+    ev = s["eval"]
+    assert ev["n_wrong_first"] + ev["n_right_first"] == 16
+    for name in ("revise", "resample", "revise_untrained"):
+        assert 0 <= ev[name]["fixed"] <= 1 and ev[name]["generated_tokens_per_problem"] > 0
+    assert s["compute"]["tokens_trained"] > 0
