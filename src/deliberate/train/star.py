@@ -64,6 +64,11 @@ def hinted(prompt: str, answer: str) -> str:
 class StarConfig:
     task: str = "addition"
     seed_digits: str = "1-3"
+    # a few gold examples of the longer sums, so the seed is weak but not at zero there (the paper's
+    # few-shot GPT-J also starts with some accuracy at every digit count; without any, neither variant
+    # can get off the ground: a tiny transformer does not extrapolate to unseen lengths)
+    seed_long_digits: str = "4-5"
+    seed_long_examples: int = 200
     train_digits: str = "1-5"
     eval_digits: tuple[int, ...] = (3, 4, 5)
     rationalize: bool = True
@@ -88,6 +93,8 @@ class StarConfig:
             object.__setattr__(self, "model", TinyConfig(**self.model))
         object.__setattr__(self, "eval_digits", tuple(self.eval_digits))
         problems = []
+        if not isinstance(self.seed_long_examples, int) or self.seed_long_examples < 0:
+            problems.append(f"seed_long_examples must be an integer >= 0 (got {self.seed_long_examples!r})")
         for name in ("iterations", "n_train", "seed_examples", "eval_problems"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -111,6 +118,10 @@ def build_seed(cfg: StarConfig, out: Path, progress: bool) -> tuple[Path, int]:
     g = torch.Generator().manual_seed(cfg.seed)
     hint = (torch.rand(len(probs), generator=g) < cfg.seed_hint_fraction).tolist()
     pairs = [(hinted(task.prompt(p), p.answer) if h else task.prompt(p), task.rationale(p)) for p, h in zip(probs, hint)]
+    if cfg.seed_long_examples:
+        long_task = get_task(cfg.task, digits=cfg.seed_long_digits)
+        longs = long_task.problems("train", cfg.seed_long_examples, seed=20_000 + cfg.seed)
+        pairs += [(long_task.prompt(p), long_task.rationale(p)) for p in longs]
     return finetune(init, pairs, out / "seed", cfg.seed_settings, seed=cfg.seed, progress=progress, desc="seed SFT")
 
 
@@ -236,6 +247,8 @@ def add_arguments(parser) -> None:
     d = StarConfig()
     parser.add_argument("--no-rationalize", action="store_true", help="plain STaR: keep only unhinted successes")
     parser.add_argument("--seed-digits", default=d.seed_digits)
+    parser.add_argument("--seed-long-digits", default=d.seed_long_digits)
+    parser.add_argument("--seed-long-examples", type=int, default=d.seed_long_examples)
     parser.add_argument("--train-digits", default=d.train_digits)
     parser.add_argument("--eval-digits", default=",".join(map(str, d.eval_digits)))
     parser.add_argument("--iterations", type=int, default=d.iterations)
@@ -255,7 +268,9 @@ def main(args) -> int:
         digits = tuple(int(x) for x in args.eval_digits.split(",") if x.strip())
     except ValueError:
         raise DeliberateError(f"--eval-digits must be comma-separated integers (got {args.eval_digits!r})") from None
-    cfg = StarConfig(rationalize=not args.no_rationalize, seed_digits=args.seed_digits, train_digits=args.train_digits,
+    cfg = StarConfig(rationalize=not args.no_rationalize, seed_digits=args.seed_digits,
+                     seed_long_digits=args.seed_long_digits, seed_long_examples=args.seed_long_examples,
+                     train_digits=args.train_digits,
                      eval_digits=digits, iterations=args.iterations, n_train=args.n_train,
                      seed_settings=dataclasses.replace(d.seed_settings, steps=args.seed_steps),
                      eval_problems=args.eval_problems, seed=args.seed, out=args.out)
