@@ -194,3 +194,25 @@ def test_self_correct_pairs_and_run(easy_ckpt, tmp_path):
     for name in ("revise", "resample", "revise_untrained"):
         assert 0 <= ev[name]["fixed"] <= 1 and ev[name]["generated_tokens_per_problem"] > 0
     assert s["compute"]["tokens_trained"] > 0
+
+
+def test_recipe_flags_come_from_config_fields():
+    from deliberate.cli import build_parser
+    from deliberate.train.selfimprove import config_from_args
+    from deliberate.train.star import StarConfig
+
+    p = build_parser()
+    a = p.parse_args(["train", "rest-em", "--k", "3", "--epochs", "1.5", "--task-arg", "max_ops=2", "--out", "x"])
+    cfg = config_from_args(RestEMConfig, a)
+    assert cfg.k == 3 and cfg.finetune.epochs == 1.5 and cfg.task_options == {"max_ops": 2} and cfg.out == "x"
+    assert cfg.finetune.lr == RestEMConfig().finetune.lr  # untouched nested fields keep their defaults
+    # another task without --task-arg gets its own defaults, not arith's options
+    assert config_from_args(RestEMConfig, p.parse_args(["train", "rest-em", "--task", "addition"])).task_options == {}
+    a = p.parse_args(["train", "star", "--no-rationalize", "--eval-digits", "4,6", "--seed-sft-steps", "7",
+                      "--model-d-model", "64"])
+    s = config_from_args(StarConfig, a)
+    assert not s.rationalize and s.eval_digits == (4, 6) and s.seed_sft.steps == 7 and s.model.d_model == 64
+    g = config_from_args(GRPOConfig, p.parse_args(["train", "grpo", "--beta", "0", "--group", "4"]))
+    assert g.beta == 0 and g.group == 4
+    with pytest.raises(SystemExit):
+        p.parse_args(["train", "grpo", "--group", "four"])

@@ -51,7 +51,15 @@ from deliberate.train.common import (
     save_checkpoint,
 )
 from deliberate.train.rest_em import _check_config, format_iterations
-from deliberate.train.selfimprove import IterationLog, Stopwatch, evaluate_policy, plot_curve, rollouts
+from deliberate.train.selfimprove import (
+    IterationLog,
+    Stopwatch,
+    add_config_arguments,
+    config_from_args,
+    evaluate_policy,
+    plot_curve,
+    rollouts,
+)
 
 
 @dataclass(frozen=True)
@@ -246,43 +254,22 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
     return summary
 
 
+HELP = {
+    "init": "seed policy and KL reference (a tiny checkpoint)",
+    "problems_per_step": "training problems per step",
+    "group": "completions sampled per problem (advantages are relative to the group)",
+    "beta": "weight of the KL penalty to the seed model",
+    "clip": "PPO-style clip range of the probability ratio",
+    "inner_epochs": "updates per sampled batch",
+}
+
+
 def add_arguments(parser) -> None:
-    d = GRPOConfig()
-    parser.add_argument("--init", default=d.init, help="seed policy and KL reference (a tiny checkpoint)")
-    parser.add_argument("--task", default=d.task)
-    parser.add_argument("--task-arg", action="append", default=None, metavar="KEY=VALUE",
-                        help="task options (default: the quickstart's arith mix)")
-    parser.add_argument("--n-train", type=int, default=d.n_train)
-    parser.add_argument("--steps", type=int, default=d.steps)
-    parser.add_argument("--problems-per-step", type=int, default=d.problems_per_step)
-    parser.add_argument("--group", type=int, default=d.group)
-    parser.add_argument("--temperature", type=float, default=d.temperature)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--beta", type=float, default=d.beta, help="KL weight to the seed model")
-    parser.add_argument("--clip", type=float, default=d.clip)
-    parser.add_argument("--inner-epochs", type=int, default=d.inner_epochs)
-    parser.add_argument("--eval-every", type=int, default=d.eval_every)
-    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    parser.add_argument("--eval-problems", type=int, default=d.eval_problems)
-    parser.add_argument("--eval-n", type=int, default=d.eval_n)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=d.out)
+    add_config_arguments(parser, GRPOConfig, HELP)
 
 
 def main(args) -> int:
-    from deliberate.models.base import parse_kv
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    d = GRPOConfig()
-    cfg = GRPOConfig(
-        init=args.init, task=args.task,
-        task_options=parse_kv(args.task_arg, "--task-arg") if args.task_arg else (d.task_options if args.task == d.task else {}),
-        n_train=args.n_train, steps=args.steps, problems_per_step=args.problems_per_step, group=args.group,
-        temperature=args.temperature, lr=args.lr, beta=args.beta, clip=args.clip, inner_epochs=args.inner_epochs,
-        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, eval_problems=args.eval_problems,
-        eval_n=args.eval_n, seed=args.seed, out=args.out)
+    cfg = config_from_args(GRPOConfig, args)
     summary = run_grpo(cfg)
     print(format_iterations(summary["iterations"], cfg.eval_n))
     print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")

@@ -36,6 +36,8 @@ from deliberate.train.selfimprove import (
     FinetuneSettings,
     IterationLog,
     Stopwatch,
+    add_config_arguments,
+    config_from_args,
     evaluate_policy,
     finetune,
     load_rollouts,
@@ -168,43 +170,22 @@ def format_iterations(rows, n: int) -> str:
     return "\n".join(lines)
 
 
+HELP = {
+    "init": "seed policy (a tiny checkpoint); every M-step restarts from it",
+    "n_train": "training problems sampled in each E-step",
+    "k": "samples per problem in the E-step",
+    "max_per_problem": "distinct verified samples kept per problem",
+    "epochs": "M-step epochs over the kept samples",
+    "steps": "M-step steps (default: --epochs over the kept samples, at most --max-steps)",
+}
+
+
 def add_arguments(parser) -> None:
-    d = RestEMConfig()
-    f = FinetuneSettings()
-    parser.add_argument("--init", default=d.init, help="seed policy (a tiny checkpoint); the M-step always restarts from it")
-    parser.add_argument("--task", default=d.task)
-    parser.add_argument("--task-arg", action="append", default=None, metavar="KEY=VALUE",
-                        help="task options (default: the quickstart's arith mix)")
-    parser.add_argument("--iterations", type=int, default=d.iterations)
-    parser.add_argument("--n-train", type=int, default=d.n_train, help="training problems sampled each E-step")
-    parser.add_argument("--k", type=int, default=d.k, help="samples per problem in the E-step")
-    parser.add_argument("--temperature", type=float, default=d.temperature)
-    parser.add_argument("--max-per-problem", type=int, default=d.max_per_problem)
-    parser.add_argument("--epochs", type=float, default=f.epochs, help="M-step epochs over the kept samples")
-    parser.add_argument("--max-steps", type=int, default=f.max_steps)
-    parser.add_argument("--lr", type=float, default=f.lr)
-    parser.add_argument("--eval-problems", type=int, default=d.eval_problems)
-    parser.add_argument("--eval-n", type=int, default=d.eval_n)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=d.out)
+    add_config_arguments(parser, RestEMConfig, HELP)
 
 
 def main(args) -> int:
-    import torch
-
-    from deliberate.models.base import parse_kv
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    d = RestEMConfig()
-    cfg = RestEMConfig(
-        init=args.init, task=args.task,
-        task_options=parse_kv(args.task_arg, "--task-arg") if args.task_arg else (d.task_options if args.task == d.task else {}),
-        iterations=args.iterations, n_train=args.n_train, k=args.k, temperature=args.temperature,
-        max_per_problem=args.max_per_problem,
-        finetune=FinetuneSettings(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr),
-        eval_problems=args.eval_problems, eval_n=args.eval_n, seed=args.seed, out=args.out)
+    cfg = config_from_args(RestEMConfig, args)
     summary = run_rest_em(cfg)
     print(format_iterations(summary["iterations"], cfg.eval_n))
     print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")

@@ -40,6 +40,8 @@ from deliberate.train.rest_em import _check_config
 from deliberate.train.selfimprove import (
     FinetuneSettings,
     Stopwatch,
+    add_config_arguments,
+    config_from_args,
     finetune,
     load_rollouts,
     rollouts,
@@ -190,30 +192,18 @@ def format_correction(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HELP = {
+    "init": "seed policy: makes the training attempts and the first attempts at eval",
+    "keep_fraction": "share of right->right pairs in the training set",
+}
+
+
 def add_arguments(parser) -> None:
-    d = SelfCorrectConfig()
-    parser.add_argument("--init", default=d.init)
-    parser.add_argument("--n-train", type=int, default=d.n_train)
-    parser.add_argument("--k", type=int, default=d.k)
-    parser.add_argument("--keep-fraction", type=float, default=d.keep_fraction)
-    parser.add_argument("--epochs", type=float, default=d.finetune.epochs)
-    parser.add_argument("--lr", type=float, default=d.finetune.lr)
-    parser.add_argument("--eval-problems", type=int, default=d.eval_problems)
-    parser.add_argument("--eval-seed", type=int, default=d.eval_seed)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=d.out)
+    add_config_arguments(parser, SelfCorrectConfig, HELP)
 
 
 def main(args) -> int:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    d = SelfCorrectConfig()
-    cfg = SelfCorrectConfig(init=args.init, n_train=args.n_train, k=args.k, keep_fraction=args.keep_fraction,
-                            finetune=dataclasses.replace(d.finetune, epochs=args.epochs, lr=args.lr),
-                            eval_problems=args.eval_problems, eval_seed=args.eval_seed, seed=args.seed, out=args.out)
+    cfg = config_from_args(SelfCorrectConfig, args)
     summary = run_self_correct(cfg)
     print(f"pairs: {summary['fix_pairs']} wrong->right, {summary['keep_pairs']} right->right")
     print(format_correction(summary["eval"]))

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -260,3 +261,92 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: Path, title: str, keys: Seq
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# --- command lines from config dataclasses ---------------------------------------------------------
+# Every recipe's flags are its config's fields (``n_train`` -> ``--n-train``); fields of a nested
+# settings dataclass are flattened (``finetune.epochs`` -> ``--epochs``; any other nested field keeps
+# its name as a prefix: ``seed_sft.steps`` -> ``--seed-sft-steps``); ``task_options`` is
+# ``--task-arg KEY=VALUE`` (repeatable); ``--threads`` sets torch's thread count.
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _config_fields(cls, prefix: str = ""):
+    """(dest, field, type, owner path) for every CLI-settable field of ``cls``, nested ones flattened."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            sub = "" if f.name == "finetune" else f"{f.name}_"
+            for dest, sf, st, path in _config_fields(t, prefix + sub):
+                yield dest, sf, st, (f.name, *path)
+        elif f.name != "task_options":
+            yield prefix + f.name, f, t, ()
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise DeliberateError(f"expected comma-separated integers (got {text!r})") from None
+
+
+def add_config_arguments(parser, cls, helps: dict[str, str] | None = None) -> None:
+    """One flag per field of the config dataclass ``cls`` (defaults shown in --help)."""
+    import argparse
+    import typing
+
+    helps = helps or {}
+    default = cls()
+    for dest, f, t, path in _config_fields(cls):
+        obj = default
+        for p in path:
+            obj = getattr(obj, p)
+        value = getattr(obj, f.name)
+        args = typing.get_args(t)
+        base = next((a for a in args if a is not type(None)), t) if args and type(None) in args else t
+        kw: dict[str, Any] = {"default": value, "dest": dest, "help": helps.get(dest, "") + " (default: %(default)s)"}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is tuple:
+            kw.update(type=_parse_ints, default=value, metavar="N,N,...")
+        elif base in (int, float, str):
+            kw["type"] = base
+        else:
+            continue
+        parser.add_argument(_flag(dest), **kw)
+    if any(f.name == "task_options" for f in dataclasses.fields(cls)):
+        parser.add_argument("--task-arg", action="append", default=None, metavar="KEY=VALUE",
+                            help="task option (repeatable; default: the recipe's own task options)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+
+
+def config_from_args(cls, args):
+    """The config dataclass ``cls`` built from flags made by :func:`add_config_arguments`."""
+    from deliberate.models.base import parse_kv
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    default = cls()
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for dest, f, _t, path in _config_fields(cls):
+        if not hasattr(args, dest):
+            continue
+        if path:
+            nested.setdefault(path[0], {})[f.name] = getattr(args, dest)
+        else:
+            top[f.name] = getattr(args, dest)
+    for name, values in nested.items():
+        top[name] = dataclasses.replace(getattr(default, name), **values)
+    if hasattr(default, "task_options"):
+        if getattr(args, "task_arg", None):
+            top["task_options"] = parse_kv(args.task_arg, "--task-arg")
+        elif top.get("task", default.task) != default.task:
+            top["task_options"] = {}  # another task: its own defaults, not the default task's options
+    return cls(**top)

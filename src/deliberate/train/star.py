@@ -44,6 +44,8 @@ from deliberate.train.selfimprove import (
     FinetuneSettings,
     IterationLog,
     Stopwatch,
+    add_config_arguments,
+    config_from_args,
     finetune,
     load_rollouts,
     rollouts,
@@ -76,7 +78,7 @@ class StarConfig:
     n_train: int = 2000
     seed_examples: int = 6000
     seed_hint_fraction: float = 0.5
-    seed_settings: FinetuneSettings = field(
+    seed_sft: FinetuneSettings = field(
         default_factory=lambda: FinetuneSettings(steps=500, lr=3e-3, warmup=50))
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=3.0, lr=3e-3, warmup=20))
     step_growth: float = 1.2  # the paper's 20% more training steps per outer iteration
@@ -86,7 +88,7 @@ class StarConfig:
     out: str = "runs/star"
 
     def __post_init__(self) -> None:
-        for name in ("seed_settings", "finetune"):
+        for name in ("seed_sft", "finetune"):
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, FinetuneSettings(**getattr(self, name)))
         if isinstance(self.model, dict):
@@ -122,7 +124,7 @@ def build_seed(cfg: StarConfig, out: Path, progress: bool) -> tuple[Path, int]:
         long_task = get_task(cfg.task, digits=cfg.seed_long_digits)
         longs = long_task.problems("train", cfg.seed_long_examples, seed=20_000 + cfg.seed)
         pairs += [(long_task.prompt(p), long_task.rationale(p)) for p in longs]
-    return finetune(init, pairs, out / "seed", cfg.seed_settings, seed=cfg.seed, progress=progress, desc="seed SFT")
+    return finetune(init, pairs, out / "seed", cfg.seed_sft, seed=cfg.seed, progress=progress, desc="seed SFT")
 
 
 def eval_by_digits(model_dir: Path, cfg: StarConfig) -> dict[str, Any]:
@@ -243,37 +245,19 @@ def format_star(rows) -> str:
     return "\n".join(lines)
 
 
+HELP = {
+    "rationalize": "retry failed problems with the answer as a hint (--no-rationalize: plain STaR)",
+    "seed_long_examples": "gold examples of seed_long_digits in the seed's training set",
+    "eval_digits": "digit counts evaluated (comma-separated)",
+}
+
+
 def add_arguments(parser) -> None:
-    d = StarConfig()
-    parser.add_argument("--no-rationalize", action="store_true", help="plain STaR: keep only unhinted successes")
-    parser.add_argument("--seed-digits", default=d.seed_digits)
-    parser.add_argument("--seed-long-digits", default=d.seed_long_digits)
-    parser.add_argument("--seed-long-examples", type=int, default=d.seed_long_examples)
-    parser.add_argument("--train-digits", default=d.train_digits)
-    parser.add_argument("--eval-digits", default=",".join(map(str, d.eval_digits)))
-    parser.add_argument("--iterations", type=int, default=d.iterations)
-    parser.add_argument("--n-train", type=int, default=d.n_train)
-    parser.add_argument("--seed-steps", type=int, default=d.seed_settings.steps)
-    parser.add_argument("--eval-problems", type=int, default=d.eval_problems)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=d.out)
+    add_config_arguments(parser, StarConfig, HELP)
 
 
 def main(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    d = StarConfig()
-    try:
-        digits = tuple(int(x) for x in args.eval_digits.split(",") if x.strip())
-    except ValueError:
-        raise DeliberateError(f"--eval-digits must be comma-separated integers (got {args.eval_digits!r})") from None
-    cfg = StarConfig(rationalize=not args.no_rationalize, seed_digits=args.seed_digits,
-                     seed_long_digits=args.seed_long_digits, seed_long_examples=args.seed_long_examples,
-                     train_digits=args.train_digits,
-                     eval_digits=digits, iterations=args.iterations, n_train=args.n_train,
-                     seed_settings=dataclasses.replace(d.seed_settings, steps=args.seed_steps),
-                     eval_problems=args.eval_problems, seed=args.seed, out=args.out)
+    cfg = config_from_args(StarConfig, args)
     summary = run_star(cfg)
     print(format_star(summary["iterations"]))
     print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
