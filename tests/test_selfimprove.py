@@ -216,3 +216,31 @@ def test_recipe_flags_come_from_config_fields():
     assert g.beta == 0 and g.group == 4
     with pytest.raises(SystemExit):
         p.parse_args(["train", "grpo", "--group", "four"])
+
+
+def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
+    from deliberate.rewards import get_verifier
+    from deliberate.train.vstar import DPOSettings, VStarConfig, make_pairs, run_vstar
+    from deliberate.train.selfimprove import Rollout
+
+    cfg = VStarConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=40, k=4,
+                      finetune=FinetuneSettings(steps=3, batch_size=8),
+                      dpo=DPOSettings(max_steps=6, batch_size=8, warmup=1, lr=1e-3, max_pairs_per_problem=3),
+                      val_fraction=0.25, out=str(tmp_path / "vs"))
+    # pairs: Cartesian product per problem, capped
+    ro = lambda t, ok: Rollout("p", "Q\nA:\n", t, ok, 1, 1, "stop")  # noqa: E731
+    ps = make_pairs([[ro("a", True), ro("b", True), ro("x", False), ro("y", False)], [ro("c", True)]], cfg)
+    assert len(ps) == 3 and all(i == 0 and g in "ab" and b in "xy" for i, g, b in ps)
+    s = run_vstar(cfg, progress=False)
+    m = s["verifier_meta"]
+    assert m["pairs"] > 0 and m["steps"] >= 1 and 0 <= m["train_pair_accuracy"] <= 1
+    task = get_task("arith", **SMALL_ARITH)
+    v = get_verifier(f"dpo:{s['verifier']}", task=task)
+    p = task.problems("test", 2, seed=0)
+    steps = list(task.split_steps(task.rationale(p[0])))
+    sc = v.score(p[0], steps)
+    assert len(sc) == len(steps) and all(0 < x < 1 for x in sc)
+    # the verifier moved away from its reference: not every score is the neutral 0.5
+    assert any(abs(x - 0.5) > 1e-6 for x in sc)
+    with pytest.raises(DeliberateError, match="not a DPO verifier"):
+        get_verifier(f"dpo:{tmp_path}", task=task)

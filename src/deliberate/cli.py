@@ -38,6 +38,7 @@ TRAIN_RECIPES = {
     "rest-em": ("deliberate.train.rest_em", "ReST-EM / expert iteration: sample, keep verified, fine-tune base, repeat"),
     "star": ("deliberate.train.star", "STaR on addition: self-taught rationales, with or without rationalization"),
     "self-correct": ("deliberate.train.self_correct", "learning to correct: train on (wrong -> right) attempt pairs"),
+    "vstar": ("deliberate.train.vstar", "V-STaR: generator on correct samples + DPO verifier on (correct, incorrect) pairs"),
     "grpo": ("deliberate.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
 }
 

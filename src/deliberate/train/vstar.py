@@ -1,0 +1,277 @@
+"""V-STaR (Hosseini et al., 2024): a generator from correct samples, a DPO verifier from (correct, incorrect) pairs.
+
+    deliberate train vstar --init runs/quickstart/sft/model --out runs/vstar
+    deliberate sweep --task arith --task-arg min_ops=1 --task-arg max_ops=3 --task-arg max_operand=15 \\
+        --model runs/vstar/generator/model --verifier dpo:runs/vstar/verifier \\
+        --strategies majority,best_of_n,weighted --budgets 16,64 --seeds 0,1,2 --out runs/vstar/sweep
+
+1. The seed policy samples ``k`` solutions for each of ``n_train`` training problems; the task's
+   checker labels them.
+2. **Generator**: the seed fine-tuned on the correct ones (at most ``max_per_problem`` distinct per
+   problem) — one STaR / ReST-EM iteration.
+3. **Verifier**: the seed trained with DPO on the Cartesian product of each problem's correct x
+   incorrect solutions (at most ``dpo.max_pairs_per_problem``, chosen with the seed), against the
+   frozen seed as reference: loss ``-log sigmoid(beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) -
+   log ref(y_l))))`` over the solution tokens. ``val_fraction`` of the problems are held out to report
+   pair accuracy (how often the implied reward ranks the correct solution above the incorrect one).
+4. Best-of-k with the verifier (``dpo:OUT/verifier``, :mod:`deliberate.rewards.dpo`) through
+   ``deliberate sweep``, against majority vote at the same k.
+
+Each stage writes its output atomically and is skipped when rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.records import write_json_atomic
+from deliberate.models.tiny import load_tiny, save_tiny
+from deliberate.rewards.dpo import token_logprobs
+from deliberate.rewards.models import _pad_right, encode_steps
+from deliberate.tasks import get_task
+from deliberate.train.common import batch_indices, lr_at, recover_dir, replace_dir
+from deliberate.train.rest_em import _check_config
+from deliberate.train.selfimprove import (
+    FinetuneSettings,
+    Stopwatch,
+    add_config_arguments,
+    config_from_args,
+    finetune,
+    load_rollouts,
+    rollouts,
+    sampled_tokens,
+    save_rollouts,
+)
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    beta: float = 0.1
+    lr: float = 2e-4
+    epochs: float = 2.0
+    max_steps: int = 600
+    batch_size: int = 32  # pairs per step
+    warmup: int = 20
+    max_pairs_per_problem: int = 16
+
+
+@dataclass(frozen=True)
+class VStarConfig:
+    init: str = "runs/quickstart/sft/model"
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+    n_train: int = 2000
+    k: int = 8
+    max_per_problem: int = 4
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    val_fraction: float = 0.1
+    seed: int = 0
+    out: str = "runs/vstar"
+
+    def __post_init__(self) -> None:
+        for name, cls in (("finetune", FinetuneSettings), ("dpo", DPOSettings)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, cls(**getattr(self, name)))
+        problems = []
+        for name in ("n_train", "k", "max_per_problem"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                problems.append(f"{name} must be an integer >= 1 (got {v!r})")
+        if not (0 <= self.val_fraction < 1):
+            problems.append(f"val_fraction must be in [0, 1) (got {self.val_fraction!r})")
+        if not (self.dpo.beta > 0 and 0 < self.dpo.lr < 1 and self.dpo.batch_size >= 1):
+            problems.append(f"dpo needs beta > 0, 0 < lr < 1, batch_size >= 1 (got {self.dpo})")
+        if problems:
+            raise DeliberateError("vstar: " + "; ".join(problems))
+
+
+def _encode(tok, task, prompt: str, text: str) -> tuple[list[int], int, int] | None:
+    """(ids, first solution token, last solution token) with the verifier's step encoding."""
+    steps = list(task.split_steps(text))
+    if not steps:
+        return None
+    ids, ends = encode_steps(tok, prompt, steps, "\n", tok.bos_token_id)
+    return ids, 1 + len(tok.encode(prompt)), ends[-1]
+
+
+def _seq_logps(model, seqs, pad_id: int) -> torch.Tensor:
+    ids, mask = _pad_right([s[0] for s in seqs], pad_id)
+    lp = token_logprobs(model, ids, mask)
+    sel = torch.zeros_like(lp)
+    for r, (_, start, end) in enumerate(seqs):
+        sel[r, start - 1:end] = 1  # token t is predicted at position t-1
+    return (lp * sel).sum(dim=1)
+
+
+def make_pairs(rows, cfg: VStarConfig) -> list[tuple[int, str, str]]:
+    """(problem index, correct text, incorrect text), Cartesian per problem, capped with the seed."""
+    rng = random.Random(cfg.seed)
+    pairs = []
+    for i, rs in enumerate(rows):
+        good = list(dict.fromkeys(r.text for r in rs if r.correct))
+        bad = list(dict.fromkeys(r.text for r in rs if not r.correct))
+        prod = [(i, g, b) for g in good for b in bad]
+        if len(prod) > cfg.dpo.max_pairs_per_problem:
+            prod = rng.sample(prod, cfg.dpo.max_pairs_per_problem)
+        pairs += prod
+    return pairs
+
+
+def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress: bool) -> dict[str, Any]:
+    meta_path = out / "dpo.json"
+    if meta_path.exists() and (out / "model").exists() and (out / "ref").exists():
+        return json.loads(meta_path.read_text())
+    torch.manual_seed(cfg.seed)
+    model, tok = load_tiny(cfg.init)
+    ref, _ = load_tiny(cfg.init)
+    ref.eval().requires_grad_(False)
+    pairs = make_pairs(rows, cfg)
+    n_val = int(len(rows) * cfg.val_fraction)
+    val_ids = set(range(len(rows) - n_val, len(rows)))  # the last problems (problem order is random)
+    enc = {}
+    for i, g, b in pairs:
+        for t in (g, b):
+            if (i, t) not in enc:
+                enc[(i, t)] = _encode(tok, task, rows[i][0].prompt, t)
+    pairs = [p for p in pairs if enc[(p[0], p[1])] is not None and enc[(p[0], p[2])] is not None]
+    tr = [p for p in pairs if p[0] not in val_ids]
+    va = [p for p in pairs if p[0] in val_ids]
+    if not tr:
+        raise DeliberateError("vstar: no (correct, incorrect) pair to train the verifier on "
+                              "(every problem's samples were all right or all wrong)")
+    # reference log-probs once per distinct solution
+    keys = list(enc)
+    ref_lp = {}
+    with torch.no_grad():
+        for lo in range(0, len(keys), 256):
+            ks = keys[lo:lo + 256]
+            v = _seq_logps(ref, [enc[k] for k in ks if enc[k] is not None], tok.pad_token_id)
+            for k, x in zip([k for k in ks if enc[k] is not None], v.tolist()):
+                ref_lp[k] = x
+    s = cfg.dpo
+    steps = max(1, min(s.max_steps, round(s.epochs * len(tr) / s.batch_size)))
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    model.train()
+    trained = 0
+    bar = tqdm(range(steps), desc="DPO verifier", disable=not progress, dynamic_ncols=True, leave=False)
+    for step in bar:
+        batch = [tr[j] for j in batch_indices(len(tr), s.batch_size, cfg.seed, step)]
+        seqs = [enc[(i, g)] for i, g, _ in batch] + [enc[(i, b)] for i, _, b in batch]
+        lp = _seq_logps(model, seqs, tok.pad_token_id)
+        r = torch.tensor([ref_lp[(i, g)] for i, g, _ in batch] + [ref_lp[(i, b)] for i, _, b in batch])
+        n = len(batch)
+        margin = s.beta * ((lp[:n] - r[:n]) - (lp[n:] - r[n:]))
+        loss = -F.logsigmoid(margin).mean()
+        for g_ in opt.param_groups:
+            g_["lr"] = lr_at(step, steps, s.lr, s.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        trained += sum(len(q[0]) for q in seqs)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(margin > 0).float().mean().item():.2f}")
+    model.eval()
+
+    def pair_acc(ps):
+        if not ps:
+            return None
+        with torch.no_grad():
+            right = 0
+            for lo in range(0, len(ps), 128):
+                ch = ps[lo:lo + 128]
+                lp = _seq_logps(model, [enc[(i, g)] for i, g, _ in ch] + [enc[(i, b)] for i, _, b in ch],
+                                tok.pad_token_id)
+                m = len(ch)
+                r = torch.tensor([ref_lp[(i, g)] for i, g, _ in ch] + [ref_lp[(i, b)] for i, _, b in ch])
+                right += int((((lp[:m] - r[:m]) - (lp[m:] - r[m:])) > 0).sum())
+        return right / len(ps)
+
+    meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.init),
+            "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
+            "train_pair_accuracy": pair_acc(tr[:2000]), "val_pair_accuracy": pair_acc(va)}
+    for name, m in (("model", model), ("ref", ref)):
+        d = out / name
+        recover_dir(d, "char_tokenizer.json")
+        tmp = d.with_name(f".{name}.tmp{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_tiny(m, tok, tmp)
+        replace_dir(tmp, d)
+    write_json_atomic(meta_path, meta)
+    return meta
+
+
+def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.init).exists():
+        raise DeliberateError(f"--init {cfg.init} does not exist (train a seed model first, e.g. `deliberate quickstart`)")
+    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    _check_config(out, cfg_dict)
+    clock = Stopwatch()
+    task = get_task(cfg.task, **cfg.task_options)
+    train = task.problems("train", cfg.n_train, seed=cfg.seed)
+    sp = out / "samples.jsonl"
+    if sp.exists():
+        rows = load_rollouts(sp)
+    else:
+        model, tok = load_tiny(cfg.init)
+        rows = rollouts(model, tok, task, train, cfg.k, seed=cfg.seed, progress=progress, desc="samples")
+        save_rollouts(sp, rows)
+    gen, prompt = sampled_tokens(rows)
+    t_sample = clock()
+    good = [(rs[0].prompt, t) for rs in rows for t in list(dict.fromkeys(r.text for r in rs if r.correct))[:cfg.max_per_problem]]
+    gen_dir, gen_tokens = finetune(cfg.init, good, out / "generator", cfg.finetune, seed=cfg.seed, progress=progress,
+                                   desc="generator")
+    t_gen = clock() - t_sample
+    meta = train_dpo_verifier(cfg, rows, train, task, out / "verifier", progress)
+    t_ver = clock() - t_sample - t_gen
+    model, _ = load_tiny(gen_dir)
+    n = sum(p.numel() for p in model.parameters())
+    trained = gen_tokens + meta["tokens_trained"]
+    summary = {"recipe": "vstar", "config": cfg_dict, "generator": str(gen_dir), "verifier": str(out / "verifier"),
+               "verifier_meta": meta,
+               "compute": {"tokens_sampled": gen, "prompt_tokens": prompt, "tokens_trained": trained,
+                           # DPO also runs the frozen reference forward once per distinct solution
+                           "flops": 6.0 * n * trained + 2.0 * n * (gen + prompt), "sample_wall_s": t_sample,
+                           "generator_wall_s": round(t_gen, 3), "verifier_wall_s": round(t_ver, 3)}}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+HELP = {
+    "init": "seed policy: samples the training solutions; generator and verifier both start from it",
+    "k": "samples per training problem",
+    "max_per_problem": "distinct correct samples per problem for the generator",
+    "dpo_beta": "DPO temperature (also scales the verifier's reward)",
+    "val_fraction": "share of problems held out to measure the verifier's pair accuracy",
+}
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser, VStarConfig, HELP)
+
+
+def main(args) -> int:
+    cfg = config_from_args(VStarConfig, args)
+    s = run_vstar(cfg)
+    m = s["verifier_meta"]
+    print(f"generator: {s['generator']}")
+    print(f"DPO verifier: {s['verifier']}  ({m['pairs']} pairs, {m['steps']} steps; pair accuracy train "
+          f"{m['train_pair_accuracy']}, held-out {m['val_pair_accuracy']})")
+    print(f"next: deliberate sweep --model {s['generator']} --verifier dpo:{s['verifier']} "
+          f"--strategies majority,best_of_n,weighted --budgets 16,64 --seeds 0,1,2 ...")
+    return 0
