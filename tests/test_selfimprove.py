@@ -132,8 +132,8 @@ def test_rest_em_runs_logs_compute_and_resumes(easy_ckpt, tmp_path):
 
 
 def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeypatch):
-    base = dict(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=32, steps=4, problems_per_step=4, group=4,
-                lr=1e-3, eval_every=4, checkpoint_every=2, eval_problems=8, eval_n=2)
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 4, "problems_per_step": 4,
+            "group": 4, "lr": 1e-3, "eval_every": 4, "checkpoint_every": 2, "eval_problems": 8, "eval_n": 2}
     ref = run_grpo(GRPOConfig(**base, out=str(tmp_path / "ref")), progress=False)
     # crash right after the step-2 checkpoint lands, then rerun the same command
     real_save = grpo_mod.save_checkpoint
@@ -170,7 +170,10 @@ def test_grpo_config_validation():
 
 def test_self_correct_pairs_and_run(easy_ckpt, tmp_path):
     from deliberate.train.self_correct import (
-        SelfCorrectConfig, build_pairs, revision_prompt, run_self_correct,
+        SelfCorrectConfig,
+        build_pairs,
+        revision_prompt,
+        run_self_correct,
     )
     from deliberate.train.selfimprove import Rollout
 
@@ -220,15 +223,15 @@ def test_recipe_flags_come_from_config_fields():
 
 def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
     from deliberate.rewards import get_verifier
-    from deliberate.train.vstar import DPOSettings, VStarConfig, make_pairs, run_vstar
     from deliberate.train.selfimprove import Rollout
+    from deliberate.train.vstar import DPOSettings, VStarConfig, make_pairs, run_vstar
 
     cfg = VStarConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=40, k=4,
                       finetune=FinetuneSettings(steps=3, batch_size=8),
                       dpo=DPOSettings(max_steps=6, batch_size=8, warmup=1, lr=1e-3, max_pairs_per_problem=3),
                       val_fraction=0.25, out=str(tmp_path / "vs"))
     # pairs: Cartesian product per problem, capped
-    ro = lambda t, ok: Rollout("p", "Q\nA:\n", t, ok, 1, 1, "stop")  # noqa: E731
+    ro = lambda t, ok: Rollout("p", "Q\nA:\n", t, ok, 1, 1, "stop")
     ps = make_pairs([[ro("a", True), ro("b", True), ro("x", False), ro("y", False)], [ro("c", True)]], cfg)
     assert len(ps) == 3 and all(i == 0 and g in "ab" and b in "xy" for i, g, b in ps)
     s = run_vstar(cfg, progress=False)
