@@ -68,17 +68,17 @@ class GRPOConfig:
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     n_train: int = 4000
-    steps: int = 200
-    problems_per_step: int = 16
+    steps: int = 80
+    problems_per_step: int = 64
     group: int = 8
     temperature: float = 1.0
-    lr: float = 5e-4
+    lr: float = 1e-4  # 5e-4 (16 problems/step) collapsed the tiny model; 5e-5 did nothing in 100 steps
     beta: float = 0.04
     clip: float = 0.2
     inner_epochs: int = 1
     grad_clip: float = 1.0
-    eval_every: int = 50
-    checkpoint_every: int = 25
+    eval_every: int = 20
+    checkpoint_every: int = 10
     eval_problems: int = 200
     eval_n: int = 16
     eval_seed: int = 0
