@@ -25,8 +25,6 @@ every ``eval_every`` steps are rows of ``OUT/iterations/`` and of ``OUT/summary.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.tiny import load_tiny, save_tiny
+from deliberate.models.tiny import load_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
     IGNORE,
@@ -45,12 +43,10 @@ from deliberate.train.common import (
     batch_indices,
     collate,
     load_state,
-    recover_dir,
-    replace_dir,
     restore_rng,
     save_checkpoint,
 )
-from deliberate.train.rest_em import _check_config, format_iterations
+from deliberate.train.rest_em import format_iterations
 from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
@@ -59,6 +55,8 @@ from deliberate.train.selfimprove import (
     evaluate_policy,
     plot_curve,
     rollouts,
+    save_model,
+    start_run,
 )
 
 
@@ -138,12 +136,7 @@ def group_advantages(rewards: list[float]) -> list[float] | None:
 
 
 def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not Path(cfg.init).exists():
-        raise DeliberateError(f"--init {cfg.init} does not exist (train a seed model first, e.g. `deliberate quickstart`)")
-    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    _check_config(out, cfg_dict)
+    out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
     ckpt = out / "checkpoint"
@@ -168,10 +161,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
         d = out / f"eval{it:03d}"
         model_dir = d / "model"
         if not (model_dir / "char_tokenizer.json").exists():
-            recover_dir(model_dir, "char_tokenizer.json")
-            tmp = model_dir.with_name(f".model.tmp{it}")
-            save_tiny(model, tok, tmp)
-            replace_dir(tmp, model_dir)
+            save_model(model, tok, model_dir)
         return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
                                seed=cfg.eval_seed, out_dir=d / "eval")
 

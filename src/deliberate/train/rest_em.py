@@ -20,8 +20,6 @@ held-out accuracy against cumulative train compute.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +35,14 @@ from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
     add_config_arguments,
+    cached_rollouts,
     config_from_args,
     evaluate_policy,
     finetune,
-    load_rollouts,
     plot_curve,
     rollouts,
     sampled_tokens,
-    save_rollouts,
+    start_run,
 )
 
 
@@ -79,21 +77,8 @@ class RestEMConfig:
             raise DeliberateError("rest-em: " + "; ".join(problems))
 
 
-def _check_config(out: Path, cfg_dict: dict[str, Any]) -> None:
-    p = out / "config.json"
-    if p.exists() and json.loads(p.read_text()) != cfg_dict:
-        raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
-    write_json_atomic(p, cfg_dict)
-
-
 def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not Path(cfg.init).exists():
-        raise DeliberateError(f"--init {cfg.init} does not exist (train a seed model first, e.g. "
-                              f"`deliberate quickstart`, whose policy is runs/quickstart/sft/model)")
-    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    _check_config(out, cfg_dict)
+    out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
     base_model, _ = load_tiny(cfg.init)
@@ -118,14 +103,12 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
             continue
         d.mkdir(parents=True, exist_ok=True)
         clock = Stopwatch()
-        samples_path = d / "samples.jsonl"
-        if samples_path.exists():
-            rows = load_rollouts(samples_path)
-        else:
+        def e_step(policy=policy, it=it):
             model, tok = load_tiny(policy)
-            rows = rollouts(model, tok, task, train, cfg.k, temperature=cfg.temperature,
+            return rollouts(model, tok, task, train, cfg.k, temperature=cfg.temperature,
                             seed=cfg.seed * 1000 + it, progress=progress, desc=f"E-step {it}")
-            save_rollouts(samples_path, rows)
+
+        rows = cached_rollouts(d / "samples.jsonl", e_step)
         t_sample = clock()
         gen, prompt = sampled_tokens(rows)
         pairs, solved = [], 0

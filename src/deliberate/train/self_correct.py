@@ -23,8 +23,6 @@ accuracy after the second attempt, with bootstrap CIs and generated tokens.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +34,16 @@ from deliberate.eval.records import write_json_atomic
 from deliberate.models.tiny import load_tiny
 from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task
-from deliberate.train.rest_em import _check_config
 from deliberate.train.selfimprove import (
     FinetuneSettings,
     Stopwatch,
     add_config_arguments,
+    cached_rollouts,
     config_from_args,
     finetune,
-    load_rollouts,
     rollouts,
     sampled_tokens,
-    save_rollouts,
+    start_run,
 )
 
 
@@ -108,12 +105,7 @@ def evaluate_correction(seed_dir: Path, corrector_dir: Path, cfg: SelfCorrectCon
     s0 = 7919 * (cfg.eval_seed + 1)
 
     def cached(name, fn):
-        p = out / f"{name}.jsonl"
-        if p.exists():
-            return load_rollouts(p)
-        rows = fn()
-        save_rollouts(p, rows)
-        return rows
+        return cached_rollouts(out / f"{name}.jsonl", fn)
 
     first = cached("first", lambda: rollouts(base, tok, task, probs, 1, seed=s0, progress=False))
     rev_prompts = [revision_prompt(rs[0].prompt, rs[0].text) for rs in first]
@@ -143,22 +135,12 @@ def evaluate_correction(seed_dir: Path, corrector_dir: Path, cfg: SelfCorrectCon
 
 
 def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not Path(cfg.init).exists():
-        raise DeliberateError(f"--init {cfg.init} does not exist (train a seed model first, e.g. `deliberate quickstart`)")
-    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    _check_config(out, cfg_dict)
+    out, cfg_dict = start_run(cfg)
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    sp = out / "samples.jsonl"
-    if sp.exists():
-        rows = load_rollouts(sp)
-    else:
-        model, tok = load_tiny(cfg.init)
-        rows = rollouts(model, tok, task, train, cfg.k, seed=cfg.seed, progress=progress, desc="attempts")
-        save_rollouts(sp, rows)
+    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_tiny(cfg.init), task, train, cfg.k,
+                                                                    seed=cfg.seed, progress=progress, desc="attempts"))
     gen, prompt = sampled_tokens(rows)
     pairs, counts = build_pairs(rows, cfg)
     t_sample = clock()

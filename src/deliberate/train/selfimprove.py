@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +100,44 @@ def load_rollouts(path: Path) -> list[list[Rollout]]:
         return [[Rollout(**d) for d in json.loads(line)] for line in f if line.strip()]
 
 
+def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
+    """The rollouts saved at ``path``, or ``sample()``'s, saved there first (so a rerun never resamples)."""
+    if path.exists():
+        return load_rollouts(path)
+    rows = sample()
+    save_rollouts(path, rows)
+    return rows
+
+
+def start_run(cfg) -> tuple[Path, dict[str, Any]]:
+    """Create ``cfg.out``, check ``cfg.init`` exists (for configs that have one), and refuse an output
+    directory that holds a run of another config; returns (out, the config as JSON)."""
+    out = Path(cfg.out)
+    init = getattr(cfg, "init", None)
+    if init is not None and not Path(init).exists():
+        raise DeliberateError(f"--init {init} does not exist (train a seed model first, e.g. `deliberate quickstart`, "
+                              f"whose policy is runs/quickstart/sft/model)")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    p = out / "config.json"
+    if p.exists() and json.loads(p.read_text()) != cfg_dict:
+        raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
+    write_json_atomic(p, cfg_dict)
+    return out, cfg_dict
+
+
+def save_model(model, tokenizer, directory: str | Path) -> Path:
+    """Save a tiny model atomically: a kill never leaves a half-written ``directory``."""
+    directory = Path(directory)
+    recover_dir(directory, "char_tokenizer.json")  # leftovers of a kill during an earlier save
+    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_tiny(model, tokenizer, tmp)
+    replace_dir(tmp, directory)
+    return directory
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     steps: int | None = None  # None -> epochs over the data
@@ -156,10 +195,7 @@ def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path
         opt.step()
         trained += int(batch["attention_mask"].sum())
     model.eval()
-    recover_dir(final, "char_tokenizer.json")
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    save_tiny(model, tok, tmp)
-    replace_dir(tmp, final)
+    save_model(model, tok, final)
     write_json_atomic(meta, {"tokens_trained": trained, "steps": steps, "examples": len(examples), "seed": seed})
     return final, trained
 

@@ -26,7 +26,6 @@ iterations are not redone; an interrupted one is redone from its saved samples.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,20 +36,20 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
+from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
 from deliberate.tasks import get_task
-from deliberate.train.rest_em import _check_config
 from deliberate.train.selfimprove import (
     FinetuneSettings,
     IterationLog,
     Stopwatch,
     add_config_arguments,
+    cached_rollouts,
     config_from_args,
     finetune,
-    load_rollouts,
     rollouts,
     sampled_tokens,
-    save_rollouts,
+    save_model,
+    start_run,
 )
 
 
@@ -114,7 +113,7 @@ def build_seed(cfg: StarConfig, out: Path, progress: bool) -> tuple[Path, int]:
     init = out / "seed" / "init"
     if not (init / "char_tokenizer.json").exists():
         tok = CharTokenizer()
-        save_tiny(build_tiny_model(cfg.model, tok, seed=cfg.seed), tok, init)
+        save_model(build_tiny_model(cfg.model, tok, seed=cfg.seed), tok, init)
     task = get_task(cfg.task, digits=cfg.seed_digits)
     probs = task.problems("train", cfg.seed_examples, seed=10_000 + cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -140,10 +139,7 @@ def eval_by_digits(model_dir: Path, cfg: StarConfig) -> dict[str, Any]:
 
 
 def run_star(cfg: StarConfig, progress: bool = True) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    _check_config(out, cfg_dict)
+    out, cfg_dict = start_run(cfg)
     clock = Stopwatch()
     seed_dir, seed_tokens = build_seed(cfg, out, progress)
     model, _ = load_tiny(seed_dir)
@@ -167,26 +163,18 @@ def run_star(cfg: StarConfig, progress: bool = True) -> dict[str, Any]:
         d.mkdir(parents=True, exist_ok=True)
         clock = Stopwatch()
         model, tok = load_tiny(policy)
-        path = d / "samples.jsonl"
-        if path.exists():
-            rows = load_rollouts(path)
-        else:
-            rows = rollouts(model, tok, task, train, 1, temperature=0.0, progress=progress, desc=f"rationales {it}")
-            save_rollouts(path, rows)
+        rows = cached_rollouts(d / "samples.jsonl", lambda m=model, t=tok, it=it: rollouts(
+            m, t, task, train, 1, temperature=0.0, progress=progress, desc=f"rationales {it}"))
         gen, prompt = sampled_tokens(rows)
         pairs = [(rs[0].prompt, rs[0].text) for rs in rows if rs[0].correct]
         n_direct = len(pairs)
         n_rat = 0
         if cfg.rationalize:
             failed = [i for i, rs in enumerate(rows) if not rs[0].correct]
-            rpath = d / "rationalized.jsonl"
-            if rpath.exists():
-                rat = load_rollouts(rpath)
-            else:
-                rat = rollouts(model, tok, task, [train[i] for i in failed], 1, temperature=0.0,
-                               prompts=[hinted(task.prompt(train[i]), train[i].answer) for i in failed],
-                               progress=progress, desc=f"rationalize {it}")
-                save_rollouts(rpath, rat)
+            rat = cached_rollouts(d / "rationalized.jsonl", lambda m=model, t=tok, it=it, failed=failed: rollouts(
+                m, t, task, [train[i] for i in failed], 1, temperature=0.0,
+                prompts=[hinted(task.prompt(train[i]), train[i].answer) for i in failed],
+                progress=progress, desc=f"rationalize {it}"))
             g2, p2 = sampled_tokens(rat)
             gen, prompt = gen + g2, prompt + p2
             for i, rs in zip(failed, rat):

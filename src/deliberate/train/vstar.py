@@ -22,11 +22,8 @@ Each stage writes its output atomically and is skipped when rerun.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,22 +34,22 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.tiny import load_tiny, save_tiny
+from deliberate.models.tiny import load_tiny
 from deliberate.rewards.dpo import token_logprobs
 from deliberate.rewards.models import _pad_right, encode_steps
 from deliberate.tasks import get_task
-from deliberate.train.common import batch_indices, lr_at, recover_dir, replace_dir
-from deliberate.train.rest_em import _check_config
+from deliberate.train.common import batch_indices, lr_at
 from deliberate.train.selfimprove import (
     FinetuneSettings,
     Stopwatch,
     add_config_arguments,
+    cached_rollouts,
     config_from_args,
     finetune,
-    load_rollouts,
     rollouts,
     sampled_tokens,
-    save_rollouts,
+    save_model,
+    start_run,
 )
 
 
@@ -203,34 +200,18 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
             "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
             "train_pair_accuracy": pair_acc(tr[:2000]), "val_pair_accuracy": pair_acc(va)}
     for name, m in (("model", model), ("ref", ref)):
-        d = out / name
-        recover_dir(d, "char_tokenizer.json")
-        tmp = d.with_name(f".{name}.tmp{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_tiny(m, tok, tmp)
-        replace_dir(tmp, d)
+        save_model(m, tok, out / name)
     write_json_atomic(meta_path, meta)
     return meta
 
 
 def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not Path(cfg.init).exists():
-        raise DeliberateError(f"--init {cfg.init} does not exist (train a seed model first, e.g. `deliberate quickstart`)")
-    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    _check_config(out, cfg_dict)
+    out, cfg_dict = start_run(cfg)
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    sp = out / "samples.jsonl"
-    if sp.exists():
-        rows = load_rollouts(sp)
-    else:
-        model, tok = load_tiny(cfg.init)
-        rows = rollouts(model, tok, task, train, cfg.k, seed=cfg.seed, progress=progress, desc="samples")
-        save_rollouts(sp, rows)
+    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_tiny(cfg.init), task, train, cfg.k,
+                                                                    seed=cfg.seed, progress=progress, desc="samples"))
     gen, prompt = sampled_tokens(rows)
     t_sample = clock()
     good = [(rs[0].prompt, t) for rs in rows for t in list(dict.fromkeys(r.text for r in rs if r.correct))[:cfg.max_per_problem]]
