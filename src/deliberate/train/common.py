@@ -243,3 +243,24 @@ class ComputeMeter:
         self.tick()
         return {"tokens_trained": self.tokens_trained, "tokens_sampled": self.tokens_sampled,
                 "flops": self.flops, "wall_s": round(self.wall_s, 3), "n_params": self.n_params}
+
+
+def adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms' and biases' vectors)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+
+
+def supervised_step(model, opt, batch: dict[str, torch.Tensor], lr: float, grad_clip: float | None) -> torch.Tensor:
+    """One optimizer step on next-token cross-entropy of ``batch`` (from :func:`collate`); returns the loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = model(**batch).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss

@@ -33,7 +33,16 @@ from deliberate.models.engine import Engine, count_parameters
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import TinyBackend, load_tiny, save_tiny
 from deliberate.tasks.base import Task
-from deliberate.train.common import batch_indices, collate, lr_at, make_example, recover_dir, replace_dir
+from deliberate.train.common import (
+    adamw,
+    batch_indices,
+    collate,
+    lr_at,
+    make_example,
+    recover_dir,
+    replace_dir,
+    supervised_step,
+)
 from deliberate.types import Completion, Problem
 
 
@@ -177,22 +186,12 @@ def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path
     if not examples:
         raise DeliberateError(f"{desc}: no example fits the model's {max_len} positions")
     steps = settings.n_steps(len(examples))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.98))
+    opt = adamw(model, settings.lr, settings.weight_decay)
     trained = 0
     for step in tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
         batch = collate([examples[i] for i in batch_indices(len(examples), settings.batch_size, seed, step)],
                         tok.pad_token_id)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, settings.lr, settings.warmup)
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
+        supervised_step(model, opt, batch, lr_at(step, steps, settings.lr, settings.warmup), settings.grad_clip)
         trained += int(batch["attention_mask"].sum())
     model.eval()
     save_model(model, tok, final)

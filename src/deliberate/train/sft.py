@@ -25,8 +25,8 @@ from deliberate.models.engine import count_parameters
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
-    ComputeMeter, batch_indices, collate, load_state, lr_at, make_example, recover_dir, replace_dir, restore_rng,
-    save_checkpoint, trim_log, write_json_atomic,
+    ComputeMeter, adamw, batch_indices, collate, load_state, lr_at, make_example, recover_dir, replace_dir, restore_rng,
+    save_checkpoint, supervised_step, trim_log, write_json_atomic,
 )
 
 
@@ -99,10 +99,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     model.train()
     max_len = model.config.max_position_embeddings
     examples = build_examples(cfg, tok, max_len)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = adamw(model, cfg.lr, cfg.weight_decay)
     start = 0
     if state is not None:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
@@ -116,14 +113,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     for step in range(start, cfg.steps):
         idx = batch_indices(len(examples), cfg.batch_size, cfg.seed, step)
         batch = collate([examples[i] for i in idx], tok.pad_token_id)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = supervised_step(model, opt, batch, lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg.grad_clip)
         meter.tokens_trained += int(batch["attention_mask"].sum())
         lv = loss.item()
         loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
