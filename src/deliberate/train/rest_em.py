@@ -39,6 +39,7 @@ from deliberate.train.selfimprove import (
     config_from_args,
     evaluate_policy,
     finetune,
+    n_params_of,
     plot_curve,
     rollouts,
     sampled_tokens,
@@ -81,9 +82,7 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
     out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    base_model, _ = load_tiny(cfg.init)
-    log = IterationLog(out, sum(p.numel() for p in base_model.parameters()))
-    del base_model
+    log = IterationLog(out, n_params_of(cfg.init))
 
     def evaluate(model_dir: Path, it: int) -> dict[str, Any]:
         return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,

@@ -41,6 +41,7 @@ from deliberate.train.selfimprove import (
     cached_rollouts,
     config_from_args,
     finetune,
+    n_params_of,
     rollouts,
     sampled_tokens,
     start_run,
@@ -150,8 +151,7 @@ def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str,
     ev_dir = out / "eval"
     ev_dir.mkdir(exist_ok=True)
     ev = evaluate_correction(Path(cfg.init), model_dir, cfg, ev_dir)
-    model, _ = load_tiny(model_dir)
-    n = sum(p.numel() for p in model.parameters())
+    n = n_params_of(model_dir)
     summary = {"recipe": "self-correct", "config": cfg_dict, **counts, "eval": ev,
                "compute": {"tokens_sampled": gen, "prompt_tokens": prompt, "tokens_trained": trained,
                            "flops": 6.0 * n * trained + 2.0 * n * (gen + prompt), "sample_wall_s": t_sample,

@@ -46,6 +46,7 @@ from deliberate.train.selfimprove import (
     cached_rollouts,
     config_from_args,
     finetune,
+    n_params_of,
     rollouts,
     sampled_tokens,
     save_model,
@@ -142,9 +143,7 @@ def run_star(cfg: StarConfig, progress: bool = True) -> dict[str, Any]:
     out, cfg_dict = start_run(cfg)
     clock = Stopwatch()
     seed_dir, seed_tokens = build_seed(cfg, out, progress)
-    model, _ = load_tiny(seed_dir)
-    log = IterationLog(out, sum(p.numel() for p in model.parameters()))
-    del model
+    log = IterationLog(out, n_params_of(seed_dir))
     if log.done(0) is None:
         t_train = clock()
         log.write(0, {"model": str(seed_dir), "tokens_sampled": 0, "tokens_trained": seed_tokens,

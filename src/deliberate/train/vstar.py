@@ -46,6 +46,7 @@ from deliberate.train.selfimprove import (
     cached_rollouts,
     config_from_args,
     finetune,
+    n_params_of,
     rollouts,
     sampled_tokens,
     save_model,
@@ -220,8 +221,7 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
     t_gen = clock() - t_sample
     meta = train_dpo_verifier(cfg, rows, train, task, out / "verifier", progress)
     t_ver = clock() - t_sample - t_gen
-    model, _ = load_tiny(gen_dir)
-    n = sum(p.numel() for p in model.parameters())
+    n = n_params_of(gen_dir)
     trained = gen_tokens + meta["tokens_trained"]
     summary = {"recipe": "vstar", "config": cfg_dict, "generator": str(gen_dir), "verifier": str(out / "verifier"),
                "verifier_meta": meta,
