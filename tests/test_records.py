@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 
@@ -93,6 +94,26 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, why):
     assert f"{path}:4" in str(e.value)
     with pytest.raises(DeliberateError, match=f"{path}:4"):
         RecordWriter(path)
+
+
+def test_write_json_atomic_clears_temps_of_killed_writers(tmp_path):
+    """A writer SIGKILLed between its temp file and the rename leaves ``.NAME.PID.*.tmp`` behind;
+    the next write of that file removes it, but never the temp of a writer that is still alive."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    path = tmp_path / "meta.json"
+    stale = tmp_path / f".meta.json.{dead_pid}.abc123.tmp"
+    live = tmp_path / f".meta.json.{os.getppid()}.def456.tmp"
+    other = tmp_path / f".other.json.{dead_pid}.abc123.tmp"
+    for p in (stale, live, other):
+        p.write_text("{")
+    write_json_atomic(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert not stale.exists() and live.exists() and other.exists()
 
 
 def test_write_json_atomic(tmp_path):

@@ -9,6 +9,7 @@ Small summary/config files are replaced atomically with :func:`write_json_atomic
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -240,6 +241,23 @@ class JsonlAppender:
         self.close()
 
 
+def _remove_dead_temps(path: Path) -> None:
+    """Delete ``.NAME.PID.*.tmp`` files that a killed writer of ``path`` left behind.
+
+    Temps of live processes (another writer of the same file right now) are left alone.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive but not ours (EPERM)
+            pass
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically: temp file, fsync, ``os.replace``.
 
@@ -247,7 +265,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_dead_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, ensure_ascii=False)
