@@ -1,9 +1,12 @@
 """Sampling engine vs ``transformers.generate`` on the same tiny model, batch 64, CPU.
 
     python benchmarks/engine_vs_generate.py [--model runs/quickstart/sft/model] [--batch 64] [--new 128]
+                                            [--samples 1]
 
 Both generate exactly ``--new`` tokens per row (EOS disabled) with temperature-1 sampling from the
-same prompts; the runs alternate, and the script prints tokens/s for each and the median ratio. Without ``--model`` a freshly
+same prompts: ``--batch / --samples`` distinct arith prompts, ``--samples`` samples of each (the
+best-of-N / maj@k shape; `generate` gets the prompts repeated, as ``num_return_sequences`` does). The
+runs alternate, and the script prints tokens/s for each and the median ratio. Without ``--model`` a freshly
 initialised tiny model of the default size is used (speed does not depend on the weights).
 """
 
@@ -41,20 +44,23 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--samples", type=int, default=1, help="samples per prompt (must divide --batch)")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
+    if a.samples < 1 or a.batch % a.samples:
+        ap.error(f"--samples must be >= 1 and divide --batch (got {a.samples} and {a.batch})")
     if a.threads:
         torch.set_num_threads(a.threads)
     model, tok = load_or_init_tiny(a.model)
     task = get_task("arith")
-    prompts = [task.prompt(p) for p in task.problems("test", a.batch, seed=0)]
+    prompts = [task.prompt(p) for p in task.problems("test", a.batch // a.samples, seed=0)]
     # no prefix cache: the same prompts repeat across runs, and generate gets no such reuse
     engine = Engine(model, _NoEOS(tok), max_batch_size=a.batch, prefix_cache_bytes=0)
-    params = SamplingParams(n=1, temperature=1.0, max_tokens=a.new, seed=0)
+    params = SamplingParams(n=a.samples, temperature=1.0, max_tokens=a.new, seed=0)
 
     # transformers.generate on the same left-padded batch
-    enc = [[tok.bos_token_id] + tok.encode(p) for p in prompts]
+    enc = [[tok.bos_token_id] + tok.encode(p) for p in prompts for _ in range(a.samples)]
     P = max(map(len, enc))
     ids = torch.full((len(enc), P), tok.pad_token_id)
     mask = torch.zeros((len(enc), P), dtype=torch.long)
@@ -64,7 +70,7 @@ def main() -> None:
 
     def run_engine():
         out = engine.generate(prompts, params)
-        return sum(c[0].completion_tokens for c in out)
+        return sum(c.completion_tokens for cs in out for c in cs)
 
     def run_hf():
         with torch.inference_mode():
@@ -93,9 +99,10 @@ def main() -> None:
     pair = [h / e for e, h in zip(times["engine"], times["transformers.generate"])]
     ratio = statistics.median(pair)
     print(f"ratio engine / transformers.generate = {ratio:.2f}x  (median of {a.repeats} interleaved pairs, "
-          f"range {min(pair):.2f}-{max(pair):.2f}; batch {a.batch}, {a.new} new tokens, "
+          f"range {min(pair):.2f}-{max(pair):.2f}; batch {a.batch} = {len(prompts)} prompts x {a.samples} "
+          f"samples, {a.new} new tokens, "
           f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()})")
-    print(json.dumps({"ratio": round(ratio, 3), "pair_ratios": [round(x, 3) for x in pair], **res}))
+    print(json.dumps({"batch": a.batch, "samples": a.samples, "new": a.new, "ratio": round(ratio, 3), "pair_ratios": [round(x, 3) for x in pair], **res}))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,42 @@ def test_runner_logits_match_transformers_forward(model_tok, runner):
         assert torch.allclose(got2, ref2, atol=1e-4)
 
 
+def test_shared_prompt_decode_matches_copied_prompts(model_tok):
+    """Several samples per prompt: ``share`` keeps each prompt's KV once and attends to it as one GEMM
+    per prompt; logits, per-row KV and the model's own forward all agree with copying the prompt KV
+    into every row -- also after rows leave the batch and the prompts' groups become uneven."""
+    model, tok = model_tok
+    enc = [[tok.bos_token_id] + tok.encode(p) for p in PROMPTS]
+    enc.sort(key=len, reverse=True)  # the engine's order: longest prompt first
+    ids, pad = _left_pad(enc)
+    expand = torch.tensor([0, 0, 0, 1, 2, 2])
+    with torch.no_grad():
+        a, b = _LlamaRunner(model), _LlamaRunner(model)
+        a.start(ids, pad, ids.shape[1] + 6)
+        b.start(ids, pad, ids.shape[1] + 6)
+        a.share(expand)
+        b.select(expand)
+        seqs = [list(enc[int(g)]) for g in expand]
+        toks = torch.tensor([5, 6, 7, 8, 9, 10])
+        for t in range(4):
+            if t == 2:  # drop rows: group sizes 3,1,2 -> 2,0,1 (one prompt has no rows left)
+                keep = torch.tensor([0, 2, 5])
+                a.select(keep), b.select(keep)
+                seqs = [seqs[k] for k in keep.tolist()]
+                toks = toks.index_select(0, keep)
+            la, lb = a.step(toks), b.step(toks)
+            assert torch.allclose(la, lb, atol=1e-5)
+            seqs = [s + [int(x)] for s, x in zip(seqs, toks)]
+            ref = torch.stack([model(torch.tensor([s])).logits[0, -1] for s in seqs])
+            assert torch.allclose(la, ref, atol=1e-4)
+            toks = (toks + 1) % 40 + 3
+        for r in range(len(seqs)):
+            for x, y in zip(a.row_kv(r), b.row_kv(r)):
+                assert x.shape == y.shape and torch.allclose(x, y, atol=1e-6)
+        with pytest.raises(DeliberateError, match="grouped"):
+            a.select(torch.tensor([2, 0]))
+
+
 def test_greedy_matches_transformers_generate(model_tok):
     model, tok = model_tok
     eng = Engine(model, tok)

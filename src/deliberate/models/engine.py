@@ -262,6 +262,7 @@ class _LlamaRunner:
         self.v = torch.empty(self.n_layers, B, self.n_kv, total_len, self.head_dim, dtype=dtype, device=dev)
         self.pad = pad.clone()
         self.len = P
+        self.shared = None  # set by share(): prompt KV held once per prompt, see there
         t = torch.arange(total_len, device=dev, dtype=torch.float32)
         freqs = torch.outer(t, self.inv_freq.to(dev))
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -300,21 +301,46 @@ class _LlamaRunner:
         s = self.len
         dev = tokens.device
         pos = (s - self.pad)[:, None]
+        if self.shared is not None:
+            return self._decode_shared(tokens, pos, s)
         slots = torch.arange(s + 1, device=dev)
         mask = (slots[None, :] >= self.pad[:, None])[:, None, None, :]  # [B,1,1,s+1]
         return self._decode(tokens[:, None], pos, s, mask)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` of the batch (drop finished sequences / expand shared prefills)."""
+        if self.shared is not None:
+            self.shared.regroup(self.shared.group.index_select(0, rows))
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
         self.pad = self.pad.index_select(0, rows)
 
+    def share(self, rows: torch.Tensor) -> None:
+        """Expand the prefilled batch to ``rows`` (prefill row of each new row, non-decreasing) *without*
+        copying the prompts' KV: each prompt's KV stays stored once, and decode attention runs the
+        queries of all samples of a prompt against it as one matrix product (one read of the prompt's
+        KV per step instead of one per sample: the cascade / Hydragen split). The tokens generated
+        from here on go to a per-row cache, and softmax runs over the concatenated scores, so the
+        result is the same attention as over one contiguous cache."""
+        P = self.len
+        self.shared = _SharedPrompts(self.k[..., :P], self.v[:, :, :, :P], self.pad, rows)
+        self.pad = self.pad.index_select(0, rows)
+        B, S = rows.numel(), self.T - P
+        self.k = self.k.new_empty(self.n_layers, B, self.n_kv, self.head_dim, S)
+        self.v = self.v.new_empty(self.n_layers, B, self.n_kv, S, self.head_dim)
+
     def row_kv(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of batch row ``b``'s K and V for every real position so far: [n_layers, n_kv, len, head_dim]."""
         lo = int(self.pad[b])
-        return (self.k[:, b, :, :, lo:self.len].transpose(-1, -2).contiguous(),
-                self.v[:, b, :, lo:self.len].clone())
+        sh = self.shared
+        if sh is None:
+            return (self.k[:, b, :, :, lo:self.len].transpose(-1, -2).contiguous(),
+                    self.v[:, b, :, lo:self.len].clone())
+        g, P = int(sh.group[b]), sh.P
+        m = self.len - P
+        k = torch.cat([sh.k[:, g, :, :, lo:], self.k[:, b, :, :, :m]], dim=-1)
+        v = torch.cat([sh.v[:, g, :, lo:], self.v[:, b, :, :m]], dim=-2)
+        return k.transpose(-1, -2).contiguous(), v
 
     def _prefill(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor,
                  keep: torch.Tensor) -> torch.Tensor:
@@ -393,6 +419,35 @@ class _LlamaRunner:
         x = self.inner.norm(x)
         return self.head(x).float()
 
+    def _decode_shared(self, tokens: torch.Tensor, pos: torch.Tensor, start: int) -> torch.Tensor:
+        """One decode step with the prompt KV held once per prompt (see ``share``)."""
+        sh = self.shared
+        B = tokens.shape[0]
+        m = start - sh.P  # generated tokens already in the per-row cache; this step's goes to slot m
+        x = self.inner.embed_tokens(tokens)  # [B, d]
+        cos = self.cos[pos[:, 0]][:, None]
+        sin = self.sin[pos[:, 0]][:, None]
+        g = self.n_heads // self.n_kv
+        scale = self.head_dim ** -0.5
+        lo = sh.lo
+        for i, layer in enumerate(self.inner.layers):
+            q, k, v = self._qkv(i, layer, layer.input_layernorm(x), cos, sin)
+            self.k[i, :, :, :, m] = k
+            self.v[i, :, :, m] = v
+            qg = q.reshape(B, self.n_kv, g, self.head_dim) * scale
+            # prompt part: per prompt, [kv, samples*g, hd] @ [kv, hd, P] -- one GEMM per prompt and head
+            sp = sh.from_rows(qg) @ sh.k[i, :, :, :, lo:]
+            sp = sh.to_rows(sp.add_(sh.bias))  # [B, kv, g, P - lo]
+            ss = qg @ self.k[i, :, :, :, :m + 1]  # generated part, per row
+            w = torch.softmax(torch.cat([sp, ss], dim=-1), dim=-1)
+            Pl = sp.shape[-1]
+            o = sh.to_rows(sh.from_rows(w[..., :Pl]) @ sh.v[i, :, :, lo:])
+            o = o.add_(w[..., Pl:] @ self.v[i, :, :, :m + 1]).reshape(B, self.n_heads * self.head_dim)
+            x = x + layer.self_attn.o_proj(o)
+            x = x + self._mlp(i, layer, layer.post_attention_layernorm(x))
+        self.len = start + 1
+        return self.head(self.inner.norm(x)).float()
+
     def _qkv(self, i: int, layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [N, heads, hd], k and v [N, kv_heads, hd] of ``h`` [N, d], with RoPE (``cos``/``sin`` [N, 1, hd])."""
@@ -428,6 +483,45 @@ class _LlamaRunner:
         size = -(-B // n)
         pads = self.pad.tolist()
         return [(b0, min(B, b0 + size), min(pads[b0:b0 + size])) for b0 in range(0, B, size)]
+
+
+class _SharedPrompts:
+    """Prompt KV stored once per prompt, and the maps between the decode batch's rows (grouped by
+    prompt, groups in prompt order) and a [prompts, kv, max_samples * g, .] layout for batched GEMMs."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor, group: torch.Tensor):
+        self.k, self.v = k, v  # [L, G, kv, hd, P], [L, G, kv, P, hd]
+        self.G, self.P = k.shape[1], k.shape[-1]
+        self.lo = int(pad.min())  # slots before this are padding in every prompt
+        slots = torch.arange(self.lo, self.P, device=k.device)
+        bias = torch.zeros(self.G, 1, 1, self.P - self.lo, dtype=k.dtype, device=k.device)
+        self.bias = bias.masked_fill_((slots[None, :] < pad[:, None])[:, None, None, :], float("-inf"))
+        self.regroup(group)
+
+    def regroup(self, group: torch.Tensor) -> None:
+        g = group.tolist()
+        if any(a > b for a, b in zip(g, g[1:])):
+            raise DeliberateError("rows sharing a prompt must stay grouped, in prompt order")
+        counts = torch.bincount(group, minlength=self.G)
+        self.n = max(1, int(counts.max()))
+        first = torch.cumsum(counts, 0) - counts  # first row of each group
+        slot = torch.arange(len(g), device=group.device) - first[group]
+        self.group = group
+        self.pos = group * self.n + slot  # row -> flat index in the [G * n] layout
+        self.dense = self.pos.numel() == self.G * self.n  # every prompt has n rows: no scatter needed
+
+    def from_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, kv, g, X] -> [G, kv, n * g, X] (rows a prompt lacks are zeros)."""
+        B, kv, g, X = t.shape
+        if not self.dense:
+            t = t.new_zeros(self.G * self.n, kv, g, X).index_copy_(0, self.pos, t)
+        return t.view(self.G, self.n, kv, g, X).transpose(1, 2).reshape(self.G, kv, self.n * g, X)
+
+    def to_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``from_rows``: [G, kv, n * g, X] -> [B, kv, g, X]."""
+        G, kv, ng, X = t.shape
+        t = t.view(G, kv, self.n, ng // self.n, X).transpose(1, 2).reshape(G * self.n, kv, ng // self.n, X)
+        return t if self.dense else t.index_select(0, self.pos)
 
 
 @dataclass
@@ -712,7 +806,10 @@ class Engine:
         order = [where[rows[r].prompt_idx] for r in active]
         if order != list(range(len(uniq))):
             expand = torch.tensor(order, dtype=torch.long, device=dev)
-            runner.select(expand)
+            if hasattr(runner, "share") and len(order) > len(uniq):
+                runner.share(expand)  # several samples per prompt: keep each prompt's KV once
+            else:
+                runner.select(expand)
             logits = logits.index_select(0, expand)
         # per-row random streams: batch-invariant by construction
         if params.greedy:
