@@ -247,3 +247,45 @@ def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
     assert any(abs(x - 0.5) > 1e-6 for x in sc)
     with pytest.raises(DeliberateError, match="not a DPO verifier"):
         get_verifier(f"dpo:{tmp_path}", task=task)
+
+
+def test_finetune_token_budget(tiny_ckpt, tmp_path):
+    """``tokens``: train until that many tokens (prompt + completion) are processed, at most one batch over."""
+    task = get_task("arith", **SMALL_ARITH)
+    pairs = [(task.prompt(p), task.rationale(p)) for p in task.problems("train", 64, seed=1)]
+    s = FinetuneSettings(batch_size=8, lr=3e-3, warmup=2, tokens=2000, steps=1000)  # tokens wins over steps
+    _, n = finetune(tiny_ckpt, pairs, tmp_path / "a", s, seed=0, progress=False)
+    meta = json.loads((tmp_path / "a" / "finetune.json").read_text())
+    longest = max(len(q) + len(a) + 2 for q, a in pairs)
+    assert 2000 <= n < 2000 + 8 * longest and meta["tokens_trained"] == n and meta["steps"] < 1000
+    with pytest.raises(DeliberateError, match="mean length"):
+        s.n_steps(10)
+
+
+def test_sos_trains_both_conditions_on_equal_tokens(tmp_path):
+    """Stream of Search: same problems, same token budget, both models evaluated by the exact checker."""
+    from deliberate.models.tiny import CharTokenizer, TinyConfig
+    from deliberate.train.sos import SoSConfig, build_pairs, run_sos
+
+    cfg = SoSConfig(n_train=60, model=TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, max_len=160),
+                    finetune=FinetuneSettings(batch_size=8, lr=3e-3, warmup=2, tokens=3000),
+                    eval_problems=8, eval_n=2, out=str(tmp_path / "sos"))
+    pairs, stats = build_pairs(cfg, CharTokenizer())
+    assert [q for q, _ in pairs["stream"]] == [q for q, _ in pairs["path"]]  # the same problems
+    assert stats["kept"] + stats["dropped"] == 60 and stats["dropped"] > 0  # long streams left out of both
+    assert stats["stream_mean_tokens"] > stats["path_mean_tokens"]
+    for (_, st), (_, pa) in zip(pairs["stream"], pairs["path"]):
+        assert st.endswith(pa.split("\n")[-1]) and len(st) >= len(pa)
+    s = run_sos(cfg, progress=False)
+    r = s["results"]
+    assert set(r) == {"stream", "path"}
+    for c in r.values():
+        assert 3000 <= c["tokens_trained"] < 3000 + 8 * 160
+        assert set(c["eval"]) >= {"greedy", "pass@2", "maj@2"} and c["train_flops"] > 0
+    assert json.loads((tmp_path / "sos" / "summary.json").read_text())["results"]["path"]["tokens_trained"] == \
+        r["path"]["tokens_trained"]
+    again = run_sos(cfg, progress=False)["results"]  # rerun: finished parts are reused
+    assert {c: {k: v for k, v in x.items() if k != "train_wall_s"} for c, x in again.items()} == \
+        {c: {k: v for k, v in x.items() if k != "train_wall_s"} for c, x in r.items()}
+    with pytest.raises(DeliberateError, match="tokens"):
+        SoSConfig(finetune=FinetuneSettings())

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks import get_task, task_names
-from deliberate.tasks.countdown import check_expression, children, evaluate, search, solve
+from deliberate.tasks.countdown import check_expression, children, evaluate, nearest, search, search_stream, solve
 from deliberate.tasks.grading import extract_answer
 from deliberate.tasks.jsonl import read_jsonl
 from deliberate.types import Problem
@@ -133,6 +133,36 @@ def test_countdown_solver_and_search():
     assert guided[-1].solved(25)
     with pytest.raises(DeliberateError, match="dfs, bfs"):
         next(search([1, 2], 3, "astar"))
+
+
+def test_countdown_search_stream():
+    """The Stream-of-Search text: one line per visited state, dead ends and backtracks visible, and
+    the optimal path is the stream's own solution branch; both end in a correct Answer line."""
+    task = get_task("countdown", n_numbers=3, max_number=20)
+    backtracked = 0
+    for p in task.problems("train", 60, seed=4):
+        nums, target = p.metadata["numbers"], p.metadata["target"]
+        made = search_stream(nums, target)
+        assert made is not None
+        stream, path = made
+        visited = [s for s in search(nums, target, "dfs", heuristic=nearest)][1:]
+        lines = stream.split("\n")
+        assert len(lines) == len(visited) + 1 and lines[-1] == path.split("\n")[-1]
+        for line, st in zip(lines, visited):
+            indent = len(line) - len(line.lstrip(" "))
+            assert indent == st.depth - 1 and line.strip().startswith(st.steps[-1])
+        assert lines[-2].endswith(" !") and all(not ln.endswith("!") for ln in lines[:-2])
+        assert all(ln.endswith((" x", ")")) for ln in lines[:-2])
+        # the path is the solved state's operations, a subsequence of the stream's lines
+        assert path.split("\n")[:-1] == list(visited[-1].steps)
+        assert task.is_correct(task.extract_answer(stream), p) and task.is_correct(task.extract_answer(path), p)
+        backtracked += any(b.depth <= a.depth for a, b in zip(visited, visited[1:]))
+    assert backtracked > 5  # some searches hit dead ends and back up
+    assert search_stream([2, 3, 5], 25, max_states=1) is None  # over the state budget
+    assert search_stream([1, 1], 1000) is None  # unsolvable
+    assert search_stream([2, 3, 5], 25, "bfs", heuristic=None)[0].split("\n")[-2].endswith("!")
+    with pytest.raises(DeliberateError, match="dfs, bfs"):
+        search_stream([1, 2], 3, "astar")
 
 
 def test_countdown_checker():

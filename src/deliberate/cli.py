@@ -39,6 +39,7 @@ TRAIN_RECIPES = {
     "star": ("deliberate.train.star", "STaR on addition: self-taught rationales, with or without rationalization"),
     "self-correct": ("deliberate.train.self_correct", "learning to correct: train on (wrong -> right) attempt pairs"),
     "vstar": ("deliberate.train.vstar", "V-STaR: generator on correct samples + DPO verifier on (correct, incorrect) pairs"),
+    "sos": ("deliberate.train.sos", "Stream of Search on countdown: train on search streams vs optimal paths"),
     "grpo": ("deliberate.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
 }
 

@@ -19,7 +19,8 @@ result is an integer, and that it evaluates to the target. The rationale is one 
 
 The search itself is exposed for Stream of Search: :func:`search` yields every visited
 :class:`State` (DFS or BFS, optional child-ordering heuristic), :func:`solve` returns the steps of
-the first solution DFS finds. Generated problems are always solvable (the target is made by a
+the first solution DFS finds, and :func:`search_stream` writes a whole search (dead ends and
+backtracking included) as training text. Generated problems are always solvable (the target is made by a
 random walk down the same search tree). Splits: a question is ``test`` iff a hash of its text falls
 in the lowest 10% bucket, so train and test never share a question.
 """
@@ -173,6 +174,52 @@ def solve_state(numbers: Sequence[int], target: int, strategy: str = "dfs") -> S
     for state in search(numbers, target, strategy):
         if state.solved(target):
             return state
+    return None
+
+
+def nearest(state: State, target: int) -> float:
+    """Child-ordering heuristic: distance from the target of the state's closest number."""
+    return min(abs(v - target) for v in state.numbers)
+
+
+STREAM_STRATEGIES = ("dfs", "bfs")
+
+
+def search_stream(numbers: Sequence[int], target: int, strategy: str = "dfs",
+                  heuristic: Callable[[State, int], float] | None = nearest,
+                  max_states: int | None = None) -> tuple[str, str] | None:
+    """The search written out as text, for Stream of Search: ``(stream, path)`` or None.
+
+    ``stream`` lists every state the search visits after the root, in visit order, one per line:
+    the state's last operation, indented one space per level below the first, then ``(remaining
+    numbers)`` for an inner state, ``x`` for a dead end (one number left, not the target) or ``!``
+    for the state that reaches the target; then the ``Answer:`` line. ``path`` is the same search's
+    solution only: the solved state's operations and the ``Answer:`` line (the "optimal path"
+    condition of the Stream of Search paper, from the very same search)::
+
+        12+7=19 (3 19)          12+7=19
+         19+3=22 x              19*3=57
+         19-3=16 x              Answer: (12+7)*3
+         19*3=57 !
+        Answer: (12+7)*3
+
+    None when the search visits more than ``max_states`` states (root included) before solving, or
+    finds no solution.
+    """
+    if strategy not in STREAM_STRATEGIES:
+        raise DeliberateError(f"unknown search strategy {strategy!r}; valid: {', '.join(STREAM_STRATEGIES)}")
+    lines = []
+    for k, st in enumerate(search(numbers, target, strategy, heuristic)):
+        if max_states is not None and k >= max_states:
+            return None
+        if st.depth == 0:
+            continue
+        solved = st.solved(target)
+        mark = "!" if solved else "x" if len(st.numbers) == 1 else f"({' '.join(map(str, sorted(st.numbers)))})"
+        lines.append(f"{' ' * (st.depth - 1)}{st.steps[-1]} {mark}")
+        if solved:
+            answer = f"Answer: {st.expression(target)}"
+            return "\n".join(lines + [answer]), "\n".join(list(st.steps) + [answer])
     return None
 
 

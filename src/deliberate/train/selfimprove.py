@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -157,8 +158,15 @@ class FinetuneSettings:
     warmup: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    tokens: int | None = None  # train on this many tokens instead (equal-token comparisons); overrides steps
 
-    def n_steps(self, n_examples: int) -> int:
+    def n_steps(self, n_examples: int, mean_len: float | None = None) -> int:
+        """Optimizer steps: ``steps``; else for a ``tokens`` budget (given the examples' mean length in
+        tokens) the steps that cover it; else ``epochs`` over the data, at most ``max_steps``."""
+        if self.tokens is not None:
+            if mean_len is None:
+                raise DeliberateError("a tokens budget needs the examples' mean length")
+            return max(1, math.ceil(self.tokens / (self.batch_size * mean_len)))
         if self.steps is not None:
             return self.steps
         return max(1, min(self.max_steps, round(self.epochs * n_examples / self.batch_size)))
@@ -185,27 +193,35 @@ def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path
     examples = [e for e in (make_example(tok, p, c, max_len) for p, c in pairs) if e is not None]
     if not examples:
         raise DeliberateError(f"{desc}: no example fits the model's {max_len} positions")
-    steps = settings.n_steps(len(examples))
+    steps = settings.n_steps(len(examples), sum(len(e.ids) for e in examples) / len(examples))
     opt = adamw(model, settings.lr, settings.weight_decay)
-    trained = 0
-    for step in tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        batch = collate([examples[i] for i in batch_indices(len(examples), settings.batch_size, seed, step)],
+    trained = done = 0
+    bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
+    # a tokens budget runs until it is reached: `steps` (from the mean length) only sets the schedule
+    while (trained < settings.tokens) if settings.tokens is not None else (done < steps):
+        batch = collate([examples[i] for i in batch_indices(len(examples), settings.batch_size, seed, done)],
                         tok.pad_token_id)
-        supervised_step(model, opt, batch, lr_at(step, steps, settings.lr, settings.warmup), settings.grad_clip)
+        lr = lr_at(min(done, steps - 1), steps, settings.lr, settings.warmup)
+        supervised_step(model, opt, batch, lr, settings.grad_clip)
         trained += int(batch["attention_mask"].sum())
+        done += 1
+        bar.update(1)
+    bar.close()
     model.eval()
     save_model(model, tok, final)
-    write_json_atomic(meta, {"tokens_trained": trained, "steps": steps, "examples": len(examples), "seed": seed})
+    write_json_atomic(meta, {"tokens_trained": trained, "steps": done, "examples": len(examples), "seed": seed})
     return final, trained
 
 
 def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, Any], *, n_problems: int, n: int,
-                    seed: int, out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
-    """Greedy, maj@n and pass@n (with 95% CIs) on held-out ``test`` problems."""
+                    seed: int, out_dir: str | Path, progress: bool = False,
+                    max_tokens: int | None = None) -> dict[str, Any]:
+    """Greedy, maj@n and pass@n (with 95% CIs) on held-out ``test`` problems (``max_tokens``: None
+    for the task's default)."""
     from deliberate.eval.evaluate import EvalConfig, run_eval
 
     cfg = EvalConfig(task=task, task_options=task_options, n_problems=n_problems, n=n, temperature=1.0, seed=seed,
-                     batch_size=64, out_dir=str(out_dir))
+                     batch_size=64, out_dir=str(out_dir), max_tokens=max_tokens)
     backend = TinyBackend(model_dir)
     try:
         summary = run_eval(cfg, backend, progress=progress)
@@ -382,6 +398,6 @@ def config_from_args(cls, args):
     if hasattr(default, "task_options"):
         if getattr(args, "task_arg", None):
             top["task_options"] = parse_kv(args.task_arg, "--task-arg")
-        elif top.get("task", default.task) != default.task:
+        elif hasattr(default, "task") and top.get("task", default.task) != default.task:
             top["task_options"] = {}  # another task: its own defaults, not the default task's options
     return cls(**top)

@@ -1,0 +1,188 @@
+"""Stream of Search on ``countdown``: train on whole searches (dead ends, backtracking) vs optimal paths.
+
+    deliberate train sos --out runs/sos
+
+Gandhi et al., 2024, "Stream of Search (SoS): Learning to Search in Language". The symbolic solver
+(:func:`deliberate.tasks.countdown.search_stream`) searches each training problem (DFS by default,
+children ordered by the ``nearest`` heuristic) and writes two texts from the *same* search:
+
+* **stream** — every state it visits, in order, with dead ends marked ``x`` and the solution ``!``
+  (indentation gives the depth, so a line back at a shallower indent is a backtrack), then the
+  ``Answer:`` line;
+* **path** — the solution's operations and the ``Answer:`` line only (what SFT on gold solutions uses).
+
+Two tiny models of the same size are trained **from scratch** (the paper's setting), one per
+condition, on the same problems and the **same number of training tokens** (prompt + completion
+tokens, counted like every recipe's ``tokens_trained``): the path model, whose examples are shorter,
+sees more of them. Problems whose stream does not fit the model's context (or needs more than
+``max_states`` states) are left out of *both* conditions. Both are evaluated on the same held-out
+problems with the task's exact checker: greedy, pass@n and maj@n (votes by expression), and the
+generated tokens each spends (a stream model spends more test-time compute by design; the table says
+how much).
+
+``OUT/{stream,path}/`` hold each model, its ``finetune.json`` and evaluation; ``OUT/summary.json`` the
+comparison. Rerunning the command skips finished parts (a model is written atomically at the end of
+its training; a run killed during training redoes that training, with the same result).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.records import write_json_atomic
+from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
+from deliberate.tasks import get_task
+from deliberate.tasks.countdown import STREAM_STRATEGIES, nearest, search_stream
+from deliberate.train.selfimprove import (
+    FinetuneSettings,
+    Stopwatch,
+    add_config_arguments,
+    config_from_args,
+    evaluate_policy,
+    finetune,
+    n_params_of,
+    save_model,
+    start_run,
+)
+
+CONDITIONS = ("stream", "path")
+
+
+@dataclass(frozen=True)
+class SoSConfig:
+    task_options: dict[str, Any] = field(default_factory=lambda: {"n_numbers": 3, "min_number": 1, "max_number": 20,
+                                                                  "min_target": 10, "max_target": 100})
+    strategy: str = "dfs"
+    heuristic: bool = True  # order children by distance to the target (the paper's heuristic-guided search)
+    max_states: int = 24  # ~90% of 3-number puzzles; longer searches are left out (and bound the padding)
+    n_train: int = 20000
+    model: TinyConfig = field(default_factory=TinyConfig)
+    # training of each model from scratch; ``tokens`` is the per-condition budget (prompt + completion)
+    finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(lr=3e-3, warmup=50,
+                                                                              tokens=2_500_000))
+    eval_problems: int = 200
+    eval_n: int = 8
+    eval_seed: int = 0
+    seed: int = 0
+    out: str = "runs/sos"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_states", "n_train", "eval_problems", "eval_n"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                problems.append(f"{name} must be an integer >= 1 (got {v!r})")
+        if self.strategy not in STREAM_STRATEGIES:
+            problems.append(f"strategy must be one of {', '.join(STREAM_STRATEGIES)} (got {self.strategy!r})")
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", TinyConfig(**self.model))
+        if isinstance(self.finetune, dict):
+            object.__setattr__(self, "finetune", FinetuneSettings(**self.finetune))
+        if not isinstance(self.finetune.tokens, int) or self.finetune.tokens < 1:
+            problems.append(f"tokens (the per-condition training budget) must be an integer >= 1 "
+                            f"(got {self.finetune.tokens!r})")
+        if problems:
+            raise DeliberateError("sos: " + "; ".join(problems))
+
+
+def build_pairs(cfg: SoSConfig, tokenizer: CharTokenizer) -> tuple[dict[str, list[tuple[str, str]]], dict[str, Any]]:
+    """(prompt, completion) pairs per condition, over the same problems, and dataset statistics."""
+    task = get_task("countdown", **cfg.task_options)
+    problems = task.problems("train", cfg.n_train, seed=cfg.seed)
+    room = cfg.model.max_len - 1  # the completion's EOS
+    pairs: dict[str, list[tuple[str, str]]] = {c: [] for c in CONDITIONS}
+    dropped = 0
+    for p in problems:
+        made = search_stream(p.metadata["numbers"], p.metadata["target"], cfg.strategy,
+                             nearest if cfg.heuristic else None, cfg.max_states)
+        prompt = task.prompt(p)
+        if made is None or len(tokenizer.encode(prompt + made[0])) + 1 > room:
+            dropped += 1
+            continue
+        pairs["stream"].append((prompt, made[0]))
+        pairs["path"].append((prompt, made[1]))
+    if not pairs["stream"]:
+        raise DeliberateError("sos: no training stream fits the model's context; raise --model-max-len or "
+                              "--max-states, or make the puzzles smaller")
+    stats = {"problems": len(problems), "kept": len(pairs["stream"]), "dropped": dropped}
+    for c in CONDITIONS:
+        lens = sorted(len(tokenizer.encode(q + a)) + 2 for q, a in pairs[c])  # + BOS and EOS
+        stats[f"{c}_mean_tokens"] = round(sum(lens) / len(lens), 1)
+        stats[f"{c}_max_tokens"] = lens[-1]
+    return pairs, stats
+
+
+def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
+    out, cfg_dict = start_run(cfg)
+    tok = CharTokenizer()
+    init = out / "init"
+    if not (init / "config.json").exists():  # the shared from-scratch initialisation of both models
+        save_model(build_tiny_model(cfg.model, tok, seed=cfg.seed), tok, init)
+    n_params = n_params_of(init)
+    pairs, stats = build_pairs(cfg, tok)
+    # generation room at test time: whatever the context leaves after the longest test prompt
+    task = get_task("countdown", **cfg.task_options)
+    longest = max(len(tok.encode(task.prompt(p))) + 1 for p in task.problems("test", cfg.eval_problems,
+                                                                             seed=cfg.eval_seed))
+    max_tokens = cfg.model.max_len - longest
+    results: dict[str, Any] = {}
+    for cond in CONDITIONS:
+        d = out / cond
+        clock = Stopwatch()
+        model_dir, trained = finetune(init, pairs[cond], d, cfg.finetune, seed=cfg.seed, progress=progress,
+                                      desc=f"train on {cond}s")
+        t_train = clock()
+        ev = evaluate_policy(model_dir, "countdown", cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
+                             seed=cfg.eval_seed, out_dir=d / "eval", progress=progress, max_tokens=max_tokens)
+        full = json.loads((d / "eval" / "summary.json").read_text())
+        gen = {r["strategy"] if r["strategy"] == "greedy" else f"{r['strategy'].replace('@k', '')}@{r['n']}":
+               r.get("generated_tokens") for r in full["results"]}
+        results[cond] = {"model": str(model_dir), "tokens_trained": trained, "train_flops": 6.0 * n_params * trained,
+                         "train_wall_s": t_train, "eval": ev,
+                         "eval_generated_tokens": {k: gen.get(k) for k in ev}}
+    summary = {"recipe": "sos", "config": cfg_dict, "data": stats, "n_params": n_params,
+               "eval_max_tokens": max_tokens, "results": results}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    n = summary["config"]["eval_n"]
+    keys = ("greedy", f"pass@{n}", f"maj@{n}")
+    lines = [f"{'trained on':>10} " + " ".join(f"{k:>18}" for k in keys) + f" {'tokens trained':>15} {'greedy gen tok':>14}"]
+    for cond, r in summary["results"].items():
+        cells = []
+        for k in keys:
+            e = r["eval"].get(k)
+            cells.append(f"{e['accuracy']:.3f} [{e['ci'][0]:.2f},{e['ci'][1]:.2f}]" if e else "-")
+        lines.append(f"{cond:>10} " + " ".join(f"{c:>18}" for c in cells)
+                     + f" {r['tokens_trained']:>15} {r['eval_generated_tokens'].get('greedy') or 0:>14}")
+    d = summary["data"]
+    lines.append(f"data: {d['kept']} of {d['problems']} training problems (stream mean {d['stream_mean_tokens']} "
+                 f"tokens, path mean {d['path_mean_tokens']})")
+    return "\n".join(lines)
+
+
+HELP = {
+    "strategy": "search that writes the streams",
+    "heuristic": "order each node's children by distance to the target",
+    "max_states": "leave out problems whose search visits more states than this",
+    "n_train": "training problems (the same ones for both conditions)",
+    "tokens": "training tokens for each condition (prompt + completion; sos: required, the equal-token budget)",
+}
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser, SoSConfig, HELP)
+
+
+def main(args) -> int:
+    cfg = config_from_args(SoSConfig, args)
+    summary = run_sos(cfg)
+    print(format_summary(summary))
+    print(f"summary: {Path(cfg.out) / 'summary.json'}")
+    return 0
