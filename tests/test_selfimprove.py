@@ -289,3 +289,62 @@ def test_sos_trains_both_conditions_on_equal_tokens(tmp_path):
         {c: {k: v for k, v in x.items() if k != "train_wall_s"} for c, x in r.items()}
     with pytest.raises(DeliberateError, match="tokens"):
         SoSConfig(finetune=FinetuneSettings())
+
+
+def test_mcts_ei_tree_labels():
+    """Soft label of a prefix = fraction of the tree's finished solutions through it that are correct."""
+    from deliberate.train.mcts_ei import tree_labels
+
+    row = {"problem_id": "p", "question": "q", "gold": "3", "solutions": [
+        {"steps": ["a", "b", "Answer: 3"], "answer": "3", "correct": True},
+        {"steps": ["a", "c", "Answer: 4"], "answer": "4", "correct": False},
+        {"steps": ["a", "c", "Answer: 3"], "answer": "3", "correct": True},
+        {"steps": ["d", "Answer: 5"], "answer": "5", "correct": False}]}
+    labels = tree_labels(row)
+    assert [r["soft"] for r in labels] == [[2 / 3, 1.0, 1.0], [2 / 3, 0.5, 0.0], [2 / 3, 0.5, 1.0], [0.0, 0.0]]
+    assert [r["hard"] for r in labels] == [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0]]
+    assert [r["outcome"] for r in labels] == [True, False, True, False]
+
+
+def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
+    from deliberate.rewards.mc_labels import read_labels
+    from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
+
+    cfg = MCTSEIConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, iterations=2, n_train=16, mcts_n=4,
+                       expansions=2, batch_problems=8, finetune=FinetuneSettings(steps=4, batch_size=8),
+                       prm_steps=4, prm_batch_size=8, eval_problems=8, eval_n=2, eval_mcts_n=2,
+                       out=str(tmp_path / "run"))
+    s = run_mcts_ei(cfg, progress=False)
+    rows = s["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["value"] for r in rows[1:]] == ["rollout", "prm"]  # no PRM before iteration 1 trains one
+    assert rows[1]["tokens_forward"] == 0 < rows[2]["tokens_forward"]  # the PRM scored nodes in iteration 2
+    task = get_task("arith", **SMALL_ARITH)
+    for r in rows[1:]:
+        assert r["kept"] > 0 and r["tokens_sampled"] > 0 and r["prm_tokens_trained"] > 0
+        assert r["tokens_trained"] == r["policy_tokens_trained"] + r["prm_tokens_trained"]
+        assert set(r["eval"]) >= {"greedy", "maj@2", "pass@2", "mcts@2"}
+    # the policy trained only on solutions the checker accepts; the PRM on both iterations' labels
+    it1 = tmp_path / "run" / "it001"
+    search = [json.loads(x) for x in (it1 / "search.jsonl").read_text().splitlines()]
+    assert len(search) == 16 and sum(len(r["solutions"]) for r in search) >= rows[1]["kept"]
+    for r in search:
+        p = next(q for q in task.problems("train", 16, seed=0) if q.id == r["problem_id"])
+        for sol in r["solutions"]:
+            assert sol["correct"] == task.is_correct(task.extract_answer("\n".join(sol["steps"])), p)
+    n1 = len(read_labels(it1 / "labels.jsonl"))
+    assert len(read_labels(tmp_path / "run" / "it002" / "prm_labels.jsonl")) == \
+        n1 + len(read_labels(tmp_path / "run" / "it002" / "labels.jsonl"))
+    # iteration 2 killed after its search (half of it saved): redone to the same numbers
+    lines = (tmp_path / "run" / "it002" / "search.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "run" / "it002" / "search.jsonl").write_text("".join(lines[:8]))
+    for d in ("model", "prm", "eval"):
+        shutil.rmtree(tmp_path / "run" / "it002" / d)
+    for f in ("finetune.json", "eval_mcts.jsonl"):
+        (tmp_path / "run" / "it002" / f).unlink()
+    (tmp_path / "run" / "iterations" / "002.json").unlink()
+    again = run_mcts_ei(cfg, progress=False)["iterations"]
+    strip = lambda rs: [{k: v for k, v in r.items() if "wall" not in k} for r in rs]
+    assert strip(again) == strip(rows)
+    with pytest.raises(DeliberateError, match="value must be"):
+        MCTSEIConfig(value="oracle")

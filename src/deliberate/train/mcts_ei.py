@@ -1,0 +1,358 @@
+"""MCTS expert iteration: search with the current policy + PRM, train both on what the trees found.
+
+    deliberate train mcts-ei --init runs/quickstart/sft/model --out runs/mcts-ei
+
+The AlphaZero loop, as the LLM papers run it (ReST-MCTS*, Zhang et al. 2024; AlphaMath, Chen et al.
+2024; "Toward Self-Improvement of LLMs via Imagination, Searching, and Criticizing", Tian et al.
+2024). Iteration t:
+
+* **Search** — MCTS (PUCT over whole steps; :mod:`deliberate.search.mcts`) on each of ``n_train``
+  training problems with the policy of iteration t-1 (the seed policy for t = 1). The value of a new
+  node is the **PRM** of iteration t-1 (``value=prm``). Before any PRM exists (t = 1 without
+  ``--prm-init``), or with ``value=rollout``, a node is valued by one rollout from it scored by the
+  task's **outcome checker** against the training problem's gold answer (the AlphaZero terminal
+  reward; no step-level ground truth is used anywhere).
+* **Step values from the tree** — every finished solution the tree holds (its terminal nodes and
+  rollouts) is checked against the gold answer; the soft label of a step prefix is the fraction of
+  the finished solutions *through that prefix* that are correct (a Monte-Carlo value estimate from
+  the tree's own statistics, the Math-Shepherd label without extra rollouts), the hard label whether
+  any is. They are written as ``labels.jsonl`` in the :mod:`deliberate.rewards.mc_labels` format.
+* **Policy** — fine-tuned **from the seed policy** (as in ReST-EM, so iterations do not drift) on the
+  verified solutions the trees found (at most ``max_per_problem`` distinct ones per problem).
+* **PRM** — trained from the seed policy's weights (``deliberate train prm``'s recipe) on the step
+  labels of all iterations so far.
+* **Evaluation** on held-out problems: the policy alone (greedy / maj@n / pass@n) and, with
+  ``eval_mcts_n > 0``, MCTS with this iteration's policy + PRM at that many MCTS iterations.
+
+Compute per iteration: tokens sampled in search (and prompt tokens sent), PRM tokens scored, policy
+and PRM tokens trained; FLOPs = 6·N·trained + 2·N·forward. Resume: search results are appended per
+batch of problems (a rerun skips finished batches and reproduces an interrupted one exactly: each
+batch's seed is fixed), fine-tuning and PRM training resume or skip like their recipes, and a
+finished iteration (``OUT/iterations/NNN.json``) is never redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.metrics import bootstrap_ci
+from deliberate.eval.records import JsonlAppender, write_json_atomic
+from deliberate.rewards.base import Verifier
+from deliberate.tasks import get_task
+from deliberate.train.selfimprove import (
+    FinetuneSettings,
+    IterationLog,
+    Stopwatch,
+    add_config_arguments,
+    config_from_args,
+    evaluate_policy,
+    finetune,
+    n_params_of,
+    plot_curve,
+    start_run,
+)
+from deliberate.types import Problem
+
+VALUES = ("prm", "rollout")
+
+
+@dataclass(frozen=True)
+class MCTSEIConfig:
+    init: str = "runs/quickstart/sft/model"
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+    iterations: int = 2
+    n_train: int = 500
+    mcts_n: int = 16  # MCTS iterations (selection-expansion-evaluation-backup rounds) per training problem
+    expansions: int = 4  # children sampled per expanded node
+    mcts_c: float = 1.0
+    value: str = "prm"  # prm (the previous iteration's PRM; rollouts until one exists) | rollout
+    prm_init: str | None = None  # a PRM to value nodes with in iteration 1 (else rollouts)
+    temperature: float = 1.0
+    max_per_problem: int = 4
+    batch_problems: int = 64
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    prm_steps: int = 300
+    prm_lr: float = 1e-3
+    prm_batch_size: int = 64
+    eval_problems: int = 200
+    eval_n: int = 16
+    eval_mcts_n: int = 8  # 0: no MCTS evaluation
+    eval_seed: int = 0
+    seed: int = 0
+    out: str = "runs/mcts-ei"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("iterations", "n_train", "mcts_n", "expansions", "max_per_problem", "batch_problems",
+                     "prm_steps", "prm_batch_size", "eval_problems", "eval_n"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"{name} must be an integer >= 1 (got {v!r})")
+        if not isinstance(self.eval_mcts_n, int) or self.eval_mcts_n < 0:
+            problems.append(f"eval_mcts_n must be an integer >= 0 (got {self.eval_mcts_n!r})")
+        if self.value not in VALUES:
+            problems.append(f"value must be one of {', '.join(VALUES)} (got {self.value!r})")
+        if self.prm_init is not None and not Path(self.prm_init).exists():
+            problems.append(f"prm_init {self.prm_init} does not exist")
+        if not (self.temperature > 0):
+            problems.append(f"temperature must be > 0 (got {self.temperature!r})")
+        if not (self.mcts_c >= 0):
+            problems.append(f"mcts_c must be >= 0 (got {self.mcts_c!r})")
+        if not (0 < self.prm_lr < 1):
+            problems.append(f"prm_lr must be in (0, 1) (got {self.prm_lr!r})")
+        if isinstance(self.finetune, dict):
+            object.__setattr__(self, "finetune", FinetuneSettings(**self.finetune))
+        if problems:
+            raise DeliberateError("mcts-ei: " + "; ".join(problems))
+
+
+class OutcomeVerifier(Verifier):
+    """0 for every step but the last, which is 1 iff the final answer is correct: the terminal reward of
+    a finished solution, with no step-level ground truth (unlike ``oracle`` on ``arith``)."""
+
+    name = "outcome"
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def score_batch(self, items):
+        self.stats.calls += 1
+        self.stats.sequences += len(items)
+        out = []
+        for p, steps in items:
+            ok = bool(steps) and self.task.is_correct(self.task.extract_answer("\n".join(steps)), p)
+            out.append([0.0] * max(0, len(steps) - 1) + ([float(ok)] if steps else []))
+        return out
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    h = hashlib.blake2b(f"mcts-ei\0{seed}\0{chunk}".encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little")
+
+
+def search_problems(task, problems: Sequence[Problem], policy: str | Path, verifier: Verifier, value: str,
+                    cfg: MCTSEIConfig, path: Path, seed: int, *, n: int, progress: bool = True,
+                    desc: str = "MCTS") -> list[dict]:
+    """MCTS on ``problems`` with ``policy`` and ``verifier``; one row per problem appended to ``path``
+    (batches already there are skipped). Each row holds every distinct finished solution in the tree,
+    checked against the gold answer, the answer MCTS chose, and the problem's compute."""
+    from dataclasses import replace
+
+    from deliberate.models.tiny import TinyBackend
+    from deliberate.search.base import SearchContext, SearchSettings, run_search
+
+    base = SearchSettings(n=n, expansions=cfg.expansions, mcts_c=cfg.mcts_c, mcts_value=value,
+                          aggregation="last", temperature=cfg.temperature)
+    backend = None
+    with JsonlAppender(path, key=lambda r: r["problem_id"]) as f:
+        todo = [k for k in range(0, len(problems), cfg.batch_problems)
+                if any(p.id not in f for p in problems[k:k + cfg.batch_problems])]
+        bar = tqdm(total=len(problems), initial=len(problems) - sum(
+            len(problems[k:k + cfg.batch_problems]) for k in todo), desc=desc, unit="problem",
+            disable=not progress, dynamic_ncols=True, leave=False)
+        try:
+            for k in todo:
+                if backend is None:
+                    backend = TinyBackend(policy)
+                chunk = list(problems[k:k + cfg.batch_problems])
+                ctx = SearchContext(backend, task, replace(base, seed=_chunk_seed(seed, k)), verifier)
+                tokens0 = verifier.stats.tokens
+                res = run_search("mcts", chunk, ctx)
+                share = (verifier.stats.tokens - tokens0) / len(chunk)
+                rows = []
+                for p, r in zip(chunk, res):
+                    sols: dict[tuple[str, ...], dict] = {}
+                    for c in r.candidates:
+                        steps = tuple(s for s in c.steps if s.strip())
+                        if steps and steps not in sols:
+                            sols[steps] = {"steps": list(steps), "answer": c.answer,
+                                           "correct": bool(task.is_correct(c.answer, p))}
+                    rows.append({"problem_id": p.id, "question": p.question, "gold": p.answer,
+                                 "answer": r.answer, "correct": bool(task.is_correct(r.answer, p)),
+                                 "solutions": list(sols.values()), "generated_tokens": r.generated_tokens,
+                                 "prompt_tokens": r.prompt_tokens, "verifier_tokens": share})
+                f.append(rows)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            if backend is not None:
+                backend.close()
+        return [f.rows[p.id] for p in problems]
+
+
+def tree_labels(row: dict) -> list[dict]:
+    """Step labels from one problem's finished solutions: the soft label of a prefix is the fraction of
+    solutions through it that are correct, the hard label whether any is (label-row format)."""
+    sols = row["solutions"]
+    through: dict[tuple[str, ...], list[bool]] = {}
+    for s in sols:
+        for i in range(len(s["steps"])):
+            through.setdefault(tuple(s["steps"][:i + 1]), []).append(s["correct"])
+    out = []
+    for j, s in enumerate(sols):
+        vals = [through[tuple(s["steps"][:i + 1])] for i in range(len(s["steps"]))]
+        out.append({"problem_id": row["problem_id"], "index": j, "question": row["question"], "gold": row["gold"],
+                    "steps": s["steps"], "answer": s["answer"], "outcome": s["correct"],
+                    "soft": [sum(v) / len(v) for v in vals], "hard": [float(any(v)) for v in vals]})
+    return out
+
+
+def _write_labels(path: Path, rows: Sequence[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    tmp.replace(path)
+
+
+def _mcts_eval(task, cfg: MCTSEIConfig, policy: Path, prm: Path, d: Path, progress: bool) -> dict[str, Any]:
+    from deliberate.rewards.base import get_verifier
+
+    test = task.problems("test", cfg.eval_problems, seed=cfg.eval_seed)
+    ver = get_verifier(f"prm:{prm}", task=task)
+    rows = search_problems(task, test, policy, ver, "prm", cfg, d / "eval_mcts.jsonl", cfg.eval_seed,
+                           n=cfg.eval_mcts_n, progress=progress, desc="MCTS eval")
+    xs = [float(r["correct"]) for r in rows]
+    acc = sum(xs) / len(xs)
+    return {"accuracy": acc, "ci": list(bootstrap_ci(xs, seed=cfg.eval_seed)),
+            "generated_tokens": sum(r["generated_tokens"] for r in rows)}
+
+
+def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
+    from deliberate.rewards.base import get_verifier
+    from deliberate.train.verifier import VerifierTrainConfig, train_verifier
+
+    out, cfg_dict = start_run(cfg)
+    task = get_task(cfg.task, **cfg.task_options)
+    train = task.problems("train", cfg.n_train, seed=cfg.seed)
+    log = IterationLog(out, n_params_of(cfg.init))
+    mcts_key = f"mcts@{cfg.eval_mcts_n}"
+
+    if log.done(0) is None:
+        clock = Stopwatch()
+        ev = evaluate_policy(cfg.init, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
+                             seed=cfg.eval_seed, out_dir=out / "it000" / "eval")
+        if cfg.eval_mcts_n and cfg.prm_init:
+            ev[mcts_key] = _mcts_eval(task, cfg, Path(cfg.init), Path(cfg.prm_init), out / "it000", progress)
+        log.write(0, {"model": str(cfg.init), "prm": cfg.prm_init, "tokens_sampled": 0, "prompt_tokens": 0,
+                      "tokens_trained": 0, "eval": ev, "wall_s": 0.0, "eval_wall_s": clock()})
+    policy, prm = Path(cfg.init), (Path(cfg.prm_init) if cfg.prm_init else None)
+    label_files: list[Path] = []
+    bar = tqdm(range(1, cfg.iterations + 1), desc="mcts-ei", disable=not progress, dynamic_ncols=True)
+    for it in bar:
+        d = out / f"it{it:03d}"
+        label_files.append(d / "labels.jsonl")
+        row = log.done(it)
+        if row is not None:
+            policy, prm = Path(row["model"]), Path(row["prm"])
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        clock = Stopwatch()
+        use_prm = cfg.value == "prm" and prm is not None
+        verifier = get_verifier(f"prm:{prm}", task=task) if use_prm else OutcomeVerifier(task)
+        rows = search_problems(task, train, policy, verifier, "prm" if use_prm else "rollout", cfg,
+                               d / "search.jsonl", cfg.seed * 1000 + it, n=cfg.mcts_n, progress=progress,
+                               desc=f"MCTS {it}")
+        t_search = clock()
+        labels = [lr for r in rows for lr in tree_labels(r)]
+        _write_labels(d / "labels.jsonl", labels)
+        pairs, solved = [], 0
+        for r in rows:
+            good = [s for s in r["solutions"] if s["correct"]][:cfg.max_per_problem]
+            solved += bool(good)
+            prompt = task.prompt(_problem(r))
+            pairs += [(prompt, "\n".join(s["steps"])) for s in good]
+        if pairs:
+            model_dir, trained = finetune(cfg.init, pairs, d, cfg.finetune, seed=cfg.seed * 1000 + it,
+                                          progress=progress, desc=f"policy {it}")
+        else:
+            tqdm.write(f"mcts-ei: iteration {it}: the trees found no verified solution; keeping the policy")
+            model_dir, trained = policy, 0
+        all_labels = [json.loads(x) for f in label_files for x in f.read_text().splitlines() if x.strip()]
+        _write_labels(d / "prm_labels.jsonl", all_labels)
+        vcfg = VerifierTrainConfig(kind="prm", labels=str(d / "prm_labels.jsonl"), task=cfg.task,
+                                   task_options=cfg.task_options, init_from=str(cfg.init), steps=cfg.prm_steps,
+                                   batch_size=cfg.prm_batch_size, lr=cfg.prm_lr, seed=cfg.seed * 1000 + it,
+                                   checkpoint_every=max(1, cfg.prm_steps // 3), out=str(d / "prm"))
+        prm_dir = train_verifier(vcfg, progress=progress)
+        prm_metrics = json.loads((d / "prm" / "metrics.json").read_text())
+        prm_trained = int(prm_metrics["compute"]["tokens_trained"])
+        t_train = clock() - t_search
+        ev = evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
+                             seed=cfg.eval_seed, out_dir=d / "eval")
+        if cfg.eval_mcts_n:
+            ev[mcts_key] = _mcts_eval(task, cfg, Path(model_dir), prm_dir, d, progress)
+        n_sol = sum(len(r["solutions"]) for r in rows)
+        row = log.write(it, {
+            "model": str(model_dir), "prm": str(prm_dir),
+            "tokens_sampled": sum(r["generated_tokens"] for r in rows),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "tokens_forward": int(sum(r["verifier_tokens"] for r in rows)),
+            "tokens_trained": trained + prm_trained, "policy_tokens_trained": trained,
+            "prm_tokens_trained": prm_trained, "kept": len(pairs), "problems_solved": solved,
+            "search_accuracy": sum(r["correct"] for r in rows) / len(rows),
+            "solutions_in_trees": n_sol, "correct_in_trees": sum(s["correct"] for r in rows for s in r["solutions"]),
+            "labelled_solutions": len(all_labels), "prm_val": {k: prm_metrics.get(k) for k in prm_metrics
+                                                              if k.startswith("val")},
+            "value": "prm" if use_prm else "rollout", "search_wall_s": t_search, "train_wall_s": round(t_train, 3),
+            "wall_s": round(t_search + t_train, 3), "eval": ev,
+            "eval_wall_s": round(clock() - t_search - t_train, 3)})
+        bar.set_postfix(greedy=f"{ev['greedy']['accuracy']:.3f}", kept=len(pairs))
+        policy, prm = Path(model_dir), prm_dir
+    bar.close()
+    rows = log.cumulative()
+    summary = {"recipe": "mcts-ei", "config": cfg_dict, "iterations": rows}
+    write_json_atomic(out / "summary.json", summary)
+    keys = ("greedy", f"maj@{cfg.eval_n}") + ((mcts_key,) if cfg.eval_mcts_n else ())
+    plot_curve(rows, out / "curve.png", f"MCTS expert iteration on {cfg.task}", keys=keys)
+    return summary
+
+
+def _problem(r: dict) -> Problem:
+    return Problem(id=r["problem_id"], question=r["question"], answer=r["gold"])
+
+
+def format_iterations(rows, n: int, mcts_n: int) -> str:
+    keys = ["greedy", f"maj@{n}", f"pass@{n}"] + ([f"mcts@{mcts_n}"] if mcts_n else [])
+    lines = [f"{'iter':>4} " + " ".join(f"{k:>18}" for k in keys) + f" {'kept':>6} {'train TFLOPs':>12} {'wall s':>7}"]
+    for r in rows:
+        ev = r["eval"]
+        cells = [f"{ev[k]['accuracy']:.3f} [{ev[k]['ci'][0]:.2f},{ev[k]['ci'][1]:.2f}]" if k in ev else "-"
+                 for k in keys]
+        lines.append(f"{r['iteration']:>4} " + " ".join(f"{c:>18}" for c in cells)
+                     + f" {r.get('kept', '-'):>6} {r['cum_flops'] / 1e12:>12.2f} {r['cum_wall_s']:>7.0f}")
+    return "\n".join(lines)
+
+
+HELP = {
+    "init": "seed policy (a tiny checkpoint); every policy and PRM is trained from it",
+    "n_train": "training problems searched in each iteration",
+    "mcts_n": "MCTS iterations per training problem",
+    "expansions": "steps sampled per expanded node",
+    "value": "node value in the training search: prm (previous iteration's PRM) or rollout (outcome of one rollout)",
+    "prm_init": "PRM directory valuing nodes in iteration 1 (default: rollouts)",
+    "max_per_problem": "distinct verified solutions per problem the policy trains on",
+    "prm_steps": "PRM training steps per iteration (on the labels of all iterations so far)",
+    "eval_mcts_n": "MCTS iterations of the held-out policy+PRM evaluation (0: skip it)",
+}
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser, MCTSEIConfig, HELP)
+
+
+def main(args) -> int:
+    cfg = config_from_args(MCTSEIConfig, args)
+    summary = run_mcts_ei(cfg)
+    print(format_iterations(summary["iterations"], cfg.eval_n, cfg.eval_mcts_n))
+    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
+    return 0
