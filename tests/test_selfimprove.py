@@ -348,3 +348,34 @@ def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
     assert strip(again) == strip(rows)
     with pytest.raises(DeliberateError, match="value must be"):
         MCTSEIConfig(value="oracle")
+
+
+def test_suspects_side_by_side_under_one_budget(easy_ckpt, tmp_path):
+    from deliberate.suspects import SUSPECTS, SuspectsConfig, format_table, run_suspects
+
+    budget = 0.001  # TFLOPs: one or two iterations of each iterative suspect at these sizes
+    cfg = SuspectsConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, train_tflops=budget, n_train=16, k=2,
+                         finetune=FinetuneSettings(steps=3, batch_size=8), mcts_n=2, prm_steps=3, label_problems=4,
+                         label_rollouts=2, grpo_steps=6, grpo_eval_every=2, eval_problems=6, eval_n=2,
+                         out=str(tmp_path / "sus"))
+    s = run_suspects(cfg, progress=False)
+    assert list(s["suspects"]) == list(SUSPECTS)
+    seed_greedy = s["suspects"]["guess-check"]["curve"][0]["eval"]["greedy"]
+    for name, r in s["suspects"].items():
+        curve = r["curve"]
+        assert curve[0]["cum_flops"] == 0 and curve[0]["eval"]["greedy"] == seed_greedy  # one seed policy
+        assert [c["cum_flops"] for c in curve] == sorted(c["cum_flops"] for c in curve)
+        if name != "correct":  # iterative: stops at the first iteration boundary past the budget
+            assert curve[-1]["cum_flops"] >= budget * 1e12 > curve[-2]["cum_flops"]
+        assert set(r["final"]) >= {"greedy", "maj@2", "pass@2"}
+        assert [c["n"] for c in r["test_time"]["maj"]] == [1, 2] and r["test_time"]["greedy"]
+    pr = s["suspects"]["process-rewards"]
+    assert pr["prm_flops"] > 0 and pr["curve"][1]["cum_flops"] > pr["prm_flops"]  # the PRM's cost is charged
+    assert "revise" in s["suspects"]["correct"]["revision"]
+    page = (tmp_path / "sus" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "guess-check" in page
+    assert "process-rewards" in format_table(s)
+    again = run_suspects(cfg, progress=False)  # finished suspects are not rerun
+    assert again["suspects"] == s["suspects"]
+    with pytest.raises(DeliberateError, match="unknown suspect"):
+        SuspectsConfig(suspects=("guess-check", "vibes"))

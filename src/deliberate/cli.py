@@ -28,6 +28,8 @@ COMMANDS = {
     "tasks": ("deliberate.cli", "list registered tasks"),
     "serve": ("deliberate.models.server", "OpenAI-compatible server over a local backend"),
     "label": ("deliberate.rewards.mc_labels", "step labels for PRMs: Monte-Carlo rollouts, PRM800K import/export"),
+    "suspects": ("deliberate.suspects", ("the suspects (ReST-EM, PRM-guided ReST-EM, MCTS expert "
+                                         "iteration, self-correction) and GRPO from one seed, one train budget")),
     "report": ("deliberate.eval.report", "self-contained HTML report of a run dir: tables, plots, search-tree viewer"),
 }
 TRAIN_RECIPES = {

@@ -77,6 +77,7 @@ class GRPOConfig:
     grad_clip: float = 1.0
     eval_every: int = 20
     checkpoint_every: int = 10
+    max_train_flops: float | None = None  # stop (after evaluating) once the cumulative train FLOPs reach this
     eval_problems: int = 200
     eval_n: int = 16
     eval_seed: int = 0
@@ -97,6 +98,8 @@ class GRPOConfig:
         if self.beta < 0 or not (0 < self.clip < 1) or not (self.temperature > 0):
             problems.append(f"need beta >= 0, 0 < clip < 1, temperature > 0 (got {self.beta}, {self.clip}, "
                             f"{self.temperature})")
+        if self.max_train_flops is not None and not self.max_train_flops > 0:
+            problems.append(f"max_train_flops must be > 0 (got {self.max_train_flops!r})")
         if problems:
             raise DeliberateError("grpo: " + "; ".join(problems))
 
@@ -171,8 +174,16 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
                       "eval": evaluate_policy(cfg.init, cfg.task, cfg.task_options, n_problems=cfg.eval_problems,
                                               n=cfg.eval_n, seed=cfg.eval_seed, out_dir=out / "eval000" / "eval"),
                       "eval_wall_s": clock()})
+    def flops_so_far() -> float:
+        logged = log.cumulative()[-1]["cum_flops"]
+        fwd = acc["tokens_sampled"] + acc["prompt_tokens"] + acc["tokens_forward"]
+        return logged + 6.0 * n_params * acc["tokens_trained"] + 2.0 * n_params * fwd
+
     bar = tqdm(total=cfg.steps, initial=start, desc="grpo", disable=not progress, dynamic_ncols=True)
     for step in range(start, cfg.steps):
+        if cfg.max_train_flops is not None and flops_so_far() >= cfg.max_train_flops:
+            tqdm.write(f"grpo: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs) after {step} steps")
+            break
         clock = Stopwatch()
         idx = batch_indices(len(train), cfg.problems_per_step, cfg.seed, step)
         probs = [train[i] for i in idx]
@@ -221,7 +232,8 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(reward=f"{sum(r.correct for rs in groups for r in rs) / (len(groups) * cfg.group):.2f}",
                         kl=f"{stats.get('kl', 0):.3f}")
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        budget_hit = cfg.max_train_flops is not None and flops_so_far() >= cfg.max_train_flops
+        if done % cfg.eval_every == 0 or done == cfg.steps or budget_hit:
             it = -(-done // cfg.eval_every)
             if log.done(it) is None:
                 clock = Stopwatch()
@@ -234,7 +246,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
                                "groups_used": acc["groups_used"], "groups": acc["groups"], "eval": ev,
                                "eval_wall_s": clock()})
             acc = {k: 0 if isinstance(v, int) else 0.0 for k, v in acc.items()}
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or budget_hit:
             save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "acc": acc})
     bar.close()
     rows = log.cumulative()

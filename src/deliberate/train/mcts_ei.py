@@ -33,7 +33,6 @@ finished iteration (``OUT/iterations/NNN.json``) is never redone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
-from deliberate.eval.records import JsonlAppender, write_json_atomic
+from deliberate.eval.records import write_json_atomic
 from deliberate.rewards.base import Verifier
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
@@ -57,6 +56,7 @@ from deliberate.train.selfimprove import (
     finetune,
     n_params_of,
     plot_curve,
+    search_solutions,
     start_run,
 )
 from deliberate.types import Problem
@@ -70,7 +70,7 @@ class MCTSEIConfig:
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     iterations: int = 2
-    n_train: int = 500
+    n_train: int = 2000
     mcts_n: int = 16  # MCTS iterations (selection-expansion-evaluation-backup rounds) per training problem
     expansions: int = 4  # children sampled per expanded node
     mcts_c: float = 1.0
@@ -86,6 +86,7 @@ class MCTSEIConfig:
     eval_problems: int = 200
     eval_n: int = 16
     eval_mcts_n: int = 8  # 0: no MCTS evaluation
+    max_train_flops: float | None = None  # stop iterating once the cumulative train FLOPs reach this
     eval_seed: int = 0
     seed: int = 0
     out: str = "runs/mcts-ei"
@@ -107,6 +108,8 @@ class MCTSEIConfig:
             problems.append(f"temperature must be > 0 (got {self.temperature!r})")
         if not (self.mcts_c >= 0):
             problems.append(f"mcts_c must be >= 0 (got {self.mcts_c!r})")
+        if self.max_train_flops is not None and not self.max_train_flops > 0:
+            problems.append(f"max_train_flops must be > 0 (got {self.max_train_flops!r})")
         if not (0 < self.prm_lr < 1):
             problems.append(f"prm_lr must be in (0, 1) (got {self.prm_lr!r})")
         if isinstance(self.finetune, dict):
@@ -135,59 +138,11 @@ class OutcomeVerifier(Verifier):
         return out
 
 
-def _chunk_seed(seed: int, chunk: int) -> int:
-    h = hashlib.blake2b(f"mcts-ei\0{seed}\0{chunk}".encode(), digest_size=4).digest()
-    return int.from_bytes(h, "little")
+def _settings(cfg: MCTSEIConfig, n: int, value: str):
+    from deliberate.search.base import SearchSettings
 
-
-def search_problems(task, problems: Sequence[Problem], policy: str | Path, verifier: Verifier, value: str,
-                    cfg: MCTSEIConfig, path: Path, seed: int, *, n: int, progress: bool = True,
-                    desc: str = "MCTS") -> list[dict]:
-    """MCTS on ``problems`` with ``policy`` and ``verifier``; one row per problem appended to ``path``
-    (batches already there are skipped). Each row holds every distinct finished solution in the tree,
-    checked against the gold answer, the answer MCTS chose, and the problem's compute."""
-    from dataclasses import replace
-
-    from deliberate.models.tiny import TinyBackend
-    from deliberate.search.base import SearchContext, SearchSettings, run_search
-
-    base = SearchSettings(n=n, expansions=cfg.expansions, mcts_c=cfg.mcts_c, mcts_value=value,
-                          aggregation="last", temperature=cfg.temperature)
-    backend = None
-    with JsonlAppender(path, key=lambda r: r["problem_id"]) as f:
-        todo = [k for k in range(0, len(problems), cfg.batch_problems)
-                if any(p.id not in f for p in problems[k:k + cfg.batch_problems])]
-        bar = tqdm(total=len(problems), initial=len(problems) - sum(
-            len(problems[k:k + cfg.batch_problems]) for k in todo), desc=desc, unit="problem",
-            disable=not progress, dynamic_ncols=True, leave=False)
-        try:
-            for k in todo:
-                if backend is None:
-                    backend = TinyBackend(policy)
-                chunk = list(problems[k:k + cfg.batch_problems])
-                ctx = SearchContext(backend, task, replace(base, seed=_chunk_seed(seed, k)), verifier)
-                tokens0 = verifier.stats.tokens
-                res = run_search("mcts", chunk, ctx)
-                share = (verifier.stats.tokens - tokens0) / len(chunk)
-                rows = []
-                for p, r in zip(chunk, res):
-                    sols: dict[tuple[str, ...], dict] = {}
-                    for c in r.candidates:
-                        steps = tuple(s for s in c.steps if s.strip())
-                        if steps and steps not in sols:
-                            sols[steps] = {"steps": list(steps), "answer": c.answer,
-                                           "correct": bool(task.is_correct(c.answer, p))}
-                    rows.append({"problem_id": p.id, "question": p.question, "gold": p.answer,
-                                 "answer": r.answer, "correct": bool(task.is_correct(r.answer, p)),
-                                 "solutions": list(sols.values()), "generated_tokens": r.generated_tokens,
-                                 "prompt_tokens": r.prompt_tokens, "verifier_tokens": share})
-                f.append(rows)
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-            if backend is not None:
-                backend.close()
-        return [f.rows[p.id] for p in problems]
+    return SearchSettings(n=n, expansions=cfg.expansions, mcts_c=cfg.mcts_c, mcts_value=value, aggregation="last",
+                          temperature=cfg.temperature)
 
 
 def tree_labels(row: dict) -> list[dict]:
@@ -219,8 +174,9 @@ def _mcts_eval(task, cfg: MCTSEIConfig, policy: Path, prm: Path, d: Path, progre
 
     test = task.problems("test", cfg.eval_problems, seed=cfg.eval_seed)
     ver = get_verifier(f"prm:{prm}", task=task)
-    rows = search_problems(task, test, policy, ver, "prm", cfg, d / "eval_mcts.jsonl", cfg.eval_seed,
-                           n=cfg.eval_mcts_n, progress=progress, desc="MCTS eval")
+    rows = search_solutions(task, test, policy, ver, "mcts", _settings(cfg, cfg.eval_mcts_n, "prm"),
+                            d / "eval_mcts.jsonl", cfg.eval_seed, cfg.batch_problems, progress=progress,
+                            desc="MCTS eval")
     xs = [float(r["correct"]) for r in rows]
     acc = sum(xs) / len(xs)
     return {"accuracy": acc, "ci": list(bootstrap_ci(xs, seed=cfg.eval_seed)),
@@ -255,13 +211,18 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
         if row is not None:
             policy, prm = Path(row["model"]), Path(row["prm"])
             continue
+        if cfg.max_train_flops is not None and log.cumulative()[-1]["cum_flops"] >= cfg.max_train_flops:
+            tqdm.write(f"mcts-ei: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs); stopping "
+                       f"before iteration {it}")
+            label_files.pop()
+            break
         d.mkdir(parents=True, exist_ok=True)
         clock = Stopwatch()
         use_prm = cfg.value == "prm" and prm is not None
         verifier = get_verifier(f"prm:{prm}", task=task) if use_prm else OutcomeVerifier(task)
-        rows = search_problems(task, train, policy, verifier, "prm" if use_prm else "rollout", cfg,
-                               d / "search.jsonl", cfg.seed * 1000 + it, n=cfg.mcts_n, progress=progress,
-                               desc=f"MCTS {it}")
+        rows = search_solutions(task, train, policy, verifier, "mcts",
+                                _settings(cfg, cfg.mcts_n, "prm" if use_prm else "rollout"), d / "search.jsonl",
+                                cfg.seed * 1000 + it, cfg.batch_problems, progress=progress, desc=f"MCTS {it}")
         t_search = clock()
         labels = [lr for r in rows for lr in tree_labels(r)]
         _write_labels(d / "labels.jsonl", labels)

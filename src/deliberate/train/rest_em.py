@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.tiny import load_tiny
+from deliberate.rewards.base import get_verifier
+from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
     FinetuneSettings,
@@ -43,8 +45,11 @@ from deliberate.train.selfimprove import (
     plot_curve,
     rollouts,
     sampled_tokens,
+    search_solutions,
     start_run,
 )
+
+E_STEPS = ("sample", "beam")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,12 @@ class RestEMConfig:
     k: int = 8
     temperature: float = 1.0
     max_per_problem: int = 4
+    # E-step: "sample" (k independent samples) or "beam" (step-level beam search with k beams guided by
+    # the PRM at `prm`: "PRM-guided sampling feeding ReST-EM"); the checker filters both
+    e_step: str = "sample"
+    prm: str | None = None
+    beam_expansions: int = 4
+    max_train_flops: float | None = None  # stop iterating once the cumulative train FLOPs reach this
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     eval_problems: int = 200
     eval_n: int = 16
@@ -72,6 +83,14 @@ class RestEMConfig:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
         if not (self.temperature > 0):
             problems.append(f"temperature must be > 0 (got {self.temperature!r})")
+        if self.e_step not in E_STEPS:
+            problems.append(f"e_step must be one of {', '.join(E_STEPS)} (got {self.e_step!r})")
+        elif self.e_step == "beam" and (self.prm is None or not Path(self.prm).exists()):
+            problems.append(f"e_step beam needs --prm, an existing PRM directory (got {self.prm!r})")
+        if not isinstance(self.beam_expansions, int) or self.beam_expansions < 1:
+            problems.append(f"beam_expansions must be an integer >= 1 (got {self.beam_expansions!r})")
+        if self.max_train_flops is not None and not self.max_train_flops > 0:
+            problems.append(f"max_train_flops must be > 0 (got {self.max_train_flops!r})")
         if isinstance(self.finetune, dict):
             object.__setattr__(self, "finetune", FinetuneSettings(**self.finetune))
         if problems:
@@ -100,21 +119,41 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
         if row is not None:
             policy = Path(row["model"])
             continue
+        if cfg.max_train_flops is not None and log.cumulative()[-1]["cum_flops"] >= cfg.max_train_flops:
+            tqdm.write(f"rest-em: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs); stopping "
+                       f"before iteration {it}")
+            break
         d.mkdir(parents=True, exist_ok=True)
         clock = Stopwatch()
-        def e_step(policy=policy, it=it):
-            model, tok = load_tiny(policy)
-            return rollouts(model, tok, task, train, cfg.k, temperature=cfg.temperature,
-                            seed=cfg.seed * 1000 + it, progress=progress, desc=f"E-step {it}")
+        forward = 0
+        if cfg.e_step == "sample":
+            def e_step(policy=policy, it=it):
+                model, tok = load_tiny(policy)
+                return rollouts(model, tok, task, train, cfg.k, temperature=cfg.temperature,
+                                seed=cfg.seed * 1000 + it, progress=progress, desc=f"E-step {it}")
 
-        rows = cached_rollouts(d / "samples.jsonl", e_step)
+            rows = cached_rollouts(d / "samples.jsonl", e_step)
+            gen, prompt = sampled_tokens(rows)
+            found = [(rs[0].prompt, [r.text for r in rs if r.correct]) for rs in rows]
+            accuracy = sum(r.correct for rs in rows for r in rs) / max(1, len(rows) * cfg.k)
+        else:
+            rows = search_solutions(task, train, policy, get_verifier(f"prm:{cfg.prm}", task=task), "beam",
+                                    SearchSettings(n=cfg.k, expansions=cfg.beam_expansions, temperature=cfg.temperature),
+                                    d / "search.jsonl", cfg.seed * 1000 + it, progress=progress,
+                                    desc=f"E-step {it} (PRM beam)", salt="rest-em-beam")
+            gen = sum(r["generated_tokens"] for r in rows)
+            prompt = sum(r["prompt_tokens"] for r in rows)
+            forward = int(sum(r["verifier_tokens"] for r in rows))
+            found = [(task.prompt(p), ["\n".join(s["steps"]) for s in r["solutions"] if s["correct"]])
+                     for p, r in zip(train, rows)]
+            accuracy = sum(s["correct"] for r in rows for s in r["solutions"]) / max(
+                1, sum(len(r["solutions"]) for r in rows))
         t_sample = clock()
-        gen, prompt = sampled_tokens(rows)
         pairs, solved = [], 0
-        for rs in rows:
-            kept = list(dict.fromkeys(r.text for r in rs if r.correct))[:cfg.max_per_problem]
+        for prompt_text, texts in found:
+            kept = list(dict.fromkeys(texts))[:cfg.max_per_problem]
             solved += bool(kept)
-            pairs += [(rs[0].prompt, t) for t in kept]
+            pairs += [(prompt_text, t) for t in kept]
         if pairs:
             model_dir, trained = finetune(cfg.init, pairs, d, cfg.finetune, seed=cfg.seed * 1000 + it,
                                           progress=progress, desc=f"M-step {it}")
@@ -124,8 +163,8 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
         t_train = clock() - t_sample
         ev = evaluate(model_dir, it)
         row = log.write(it, {"model": str(model_dir), "tokens_sampled": gen, "prompt_tokens": prompt,
-                             "tokens_trained": trained, "kept": len(pairs), "problems_solved": solved,
-                             "sample_accuracy": sum(r.correct for rs in rows for r in rs) / max(1, len(rows) * cfg.k),
+                             "tokens_forward": forward, "tokens_trained": trained, "kept": len(pairs),
+                             "problems_solved": solved, "sample_accuracy": accuracy,
                              "sample_wall_s": t_sample, "train_wall_s": round(t_train, 3),
                              "wall_s": round(t_sample + t_train, 3), "eval": ev,
                              "eval_wall_s": round(clock() - t_sample - t_train, 3)})

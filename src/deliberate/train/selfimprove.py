@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -233,6 +234,63 @@ def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, An
         if r["strategy"] == "greedy" or r["n"] == n:
             res[key] = {"accuracy": r["accuracy"], "ci": r["ci"]}
     return res
+
+
+def _chunk_seed(salt: str, seed: int, chunk: int) -> int:
+    h = hashlib.blake2b(f"{salt}\0{seed}\0{chunk}".encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little")
+
+
+def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path, verifier, strategy: str,
+                     settings, path: Path, seed: int, batch_problems: int = 64, *, progress: bool = True,
+                     desc: str = "search", salt: str = "mcts-ei") -> list[dict]:
+    """Run search ``strategy`` (``mcts``, ``beam`` ...) with ``policy`` and ``verifier`` on ``problems``;
+    one row per problem appended to ``path`` as each batch finishes (batches already there are skipped,
+    and a batch's seed depends only on ``seed`` and its position, so a rerun reproduces it).
+
+    A row holds every distinct finished solution the search produced (its candidates: terminal nodes,
+    rollouts, finished beams), each checked against the gold answer; the answer the search chose;
+    and the problem's compute (generated and prompt tokens, its share of the verifier's tokens)."""
+    from dataclasses import replace
+
+    from deliberate.eval.records import JsonlAppender
+    from deliberate.search.base import SearchContext, run_search
+
+    backend = None
+    with JsonlAppender(path, key=lambda r: r["problem_id"]) as f:
+        todo = [k for k in range(0, len(problems), batch_problems)
+                if any(p.id not in f for p in problems[k:k + batch_problems])]
+        left = sum(len(problems[k:k + batch_problems]) for k in todo)
+        bar = tqdm(total=len(problems), initial=len(problems) - left, desc=desc, unit="problem",
+                   disable=not progress, dynamic_ncols=True, leave=False)
+        try:
+            for k in todo:
+                if backend is None:
+                    backend = TinyBackend(policy)
+                chunk = list(problems[k:k + batch_problems])
+                ctx = SearchContext(backend, task, replace(settings, seed=_chunk_seed(salt, seed, k)), verifier)
+                tokens0 = verifier.stats.tokens
+                res = run_search(strategy, chunk, ctx)
+                share = (verifier.stats.tokens - tokens0) / len(chunk)
+                rows = []
+                for p, r in zip(chunk, res):
+                    sols: dict[tuple[str, ...], dict] = {}
+                    for c in r.candidates:
+                        steps = tuple(s for s in c.steps if s.strip())
+                        if steps and steps not in sols:
+                            sols[steps] = {"steps": list(steps), "answer": c.answer,
+                                           "correct": bool(task.is_correct(c.answer, p))}
+                    rows.append({"problem_id": p.id, "question": p.question, "gold": p.answer,
+                                 "answer": r.answer, "correct": bool(task.is_correct(r.answer, p)),
+                                 "solutions": list(sols.values()), "generated_tokens": r.generated_tokens,
+                                 "prompt_tokens": r.prompt_tokens, "verifier_tokens": share})
+                f.append(rows)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            if backend is not None:
+                backend.close()
+        return [f.rows[p.id] for p in problems]
 
 
 class IterationLog:
