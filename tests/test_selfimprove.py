@@ -379,3 +379,23 @@ def test_suspects_side_by_side_under_one_budget(easy_ckpt, tmp_path):
     assert again["suspects"] == s["suspects"]
     with pytest.raises(DeliberateError, match="unknown suspect"):
         SuspectsConfig(suspects=("guess-check", "vibes"))
+
+
+def test_sos_diagnose_counts_arithmetic_and_goal_errors(tmp_path):
+    from deliberate.train.sos import diagnose
+
+    rows = [  # target 67
+        {"text": "14*5=70 (3 70)\n 70-3=67 !\nAnswer: 14*5-3", "gold": "67", "correct": True, "finish_reason": "stop"},
+        {"text": "14*5=70 (3 70)\n 70-3=67 x\n 70+3=73 x", "gold": "67", "correct": False, "finish_reason": "stop"},
+        {"text": "14*5=71 (3 71)\n 71-3=68 !\nAnswer: 14*5-3", "gold": "67", "correct": False, "finish_reason": "stop"},
+        {"text": "14+5=19 (3 19)\n 19*3=57 !\nAnswer: (14+5)*3", "gold": "67", "correct": False, "finish_reason": "stop"},
+        {"text": "14+5=19 (3 19)\n 19+3=", "gold": "67", "correct": False, "finish_reason": "length"},
+    ]
+    p = tmp_path / "records.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = diagnose(p)
+    assert d["completions"] == 5
+    assert d["outcomes"] == {"correct": 0.2, "missed target": 0.2, "arithmetic error": 0.2, "false goal": 0.2,
+                             "length": 0.2}
+    assert d["op_lines"] == 10 and d["op_error_rate"] == pytest.approx(1 / 10)  # only 14*5=71
+    assert d["op_error_rate_by_op"] == {"*": 0.25, "+": 0.0, "-": 0.0}

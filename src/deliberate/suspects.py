@@ -52,13 +52,13 @@ class SuspectsConfig:
     init: str = "runs/quickstart/sft/model"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     suspects: tuple[str, ...] = SUSPECTS
-    train_tflops: float = 6.0  # per suspect
+    train_tflops: float = 8.0  # per suspect
     n_train: int = 1000  # training problems (the same list for every suspect)
     k: int = 8  # samples (ReST-EM) / beams (PRM-guided E-step) per problem
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=4.0))
     mcts_n: int = 16
-    prm_steps: int = 200
-    label_problems: int = 300  # process-rewards: problems labelled by Monte-Carlo rollouts for its PRM
+    prm_steps: int = 100
+    label_problems: int = 200  # process-rewards: problems labelled by Monte-Carlo rollouts for its PRM
     label_rollouts: int = 4
     grpo_steps: int = 200  # an upper bound; the budget stops it first
     grpo_eval_every: int = 10

@@ -24,8 +24,8 @@ The AlphaZero loop, as the LLM papers run it (ReST-MCTS*, Zhang et al. 2024; Alp
 * **Evaluation** on held-out problems: the policy alone (greedy / maj@n / pass@n) and, with
   ``eval_mcts_n > 0``, MCTS with this iteration's policy + PRM at that many MCTS iterations.
 
-Compute per iteration: tokens sampled in search (and prompt tokens sent), PRM tokens scored, policy
-and PRM tokens trained; FLOPs = 6·N·trained + 2·N·forward. Resume: search results are appended per
+Compute per iteration: tokens sampled in search, prompt tokens prefilled (after the engine's prefix
+cache; the tokens sent are recorded too), PRM tokens scored, policy and PRM tokens trained; FLOPs = 6·N·trained + 2·N·forward. Resume: search results are appended per
 batch of problems (a rerun skips finished batches and reproduces an interrupted one exactly: each
 batch's seed is fixed), fine-tuning and PRM training resume or skip like their recipes, and a
 finished iteration (``OUT/iterations/NNN.json``) is never redone.
@@ -79,7 +79,7 @@ class MCTSEIConfig:
     temperature: float = 1.0
     max_per_problem: int = 4
     batch_problems: int = 64
-    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=4.0))
     prm_steps: int = 300
     prm_lr: float = 1e-3
     prm_batch_size: int = 64
@@ -256,7 +256,8 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
         row = log.write(it, {
             "model": str(model_dir), "prm": str(prm_dir),
             "tokens_sampled": sum(r["generated_tokens"] for r in rows),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "prompt_tokens": int(sum(r.get("prefill_tokens", r["prompt_tokens"]) for r in rows)),
+            "prompt_tokens_sent": sum(r["prompt_tokens"] for r in rows),
             "tokens_forward": int(sum(r["verifier_tokens"] for r in rows)),
             "tokens_trained": trained + prm_trained, "policy_tokens_trained": trained,
             "prm_tokens_trained": prm_trained, "kept": len(pairs), "problems_solved": solved,

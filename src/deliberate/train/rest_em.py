@@ -142,7 +142,7 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
                                     d / "search.jsonl", cfg.seed * 1000 + it, progress=progress,
                                     desc=f"E-step {it} (PRM beam)", salt="rest-em-beam")
             gen = sum(r["generated_tokens"] for r in rows)
-            prompt = sum(r["prompt_tokens"] for r in rows)
+            prompt = int(sum(r.get("prefill_tokens", r["prompt_tokens"]) for r in rows))  # after prefix caching
             forward = int(sum(r["verifier_tokens"] for r in rows))
             found = [(task.prompt(p), ["\n".join(s["steps"]) for s in r["solutions"] if s["correct"]])
                      for p, r in zip(train, rows)]

@@ -250,7 +250,9 @@ def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path
 
     A row holds every distinct finished solution the search produced (its candidates: terminal nodes,
     rollouts, finished beams), each checked against the gold answer; the answer the search chose;
-    and the problem's compute (generated and prompt tokens, its share of the verifier's tokens)."""
+    and the problem's compute: generated tokens, prompt tokens sent (every expansion resends its prefix),
+    its share of the prompt tokens the engine actually prefilled (after prefix caching: what compute
+    accounting should count) and of the verifier's tokens."""
     from dataclasses import replace
 
     from deliberate.eval.records import JsonlAppender
@@ -269,9 +271,10 @@ def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path
                     backend = TinyBackend(policy)
                 chunk = list(problems[k:k + batch_problems])
                 ctx = SearchContext(backend, task, replace(settings, seed=_chunk_seed(salt, seed, k)), verifier)
-                tokens0 = verifier.stats.tokens
+                tokens0, prefill0 = verifier.stats.tokens, backend.engine.stats.prefill_tokens
                 res = run_search(strategy, chunk, ctx)
                 share = (verifier.stats.tokens - tokens0) / len(chunk)
+                prefill = (backend.engine.stats.prefill_tokens - prefill0) / len(chunk)
                 rows = []
                 for p, r in zip(chunk, res):
                     sols: dict[tuple[str, ...], dict] = {}
@@ -283,7 +286,8 @@ def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path
                     rows.append({"problem_id": p.id, "question": p.question, "gold": p.answer,
                                  "answer": r.answer, "correct": bool(task.is_correct(r.answer, p)),
                                  "solutions": list(sols.values()), "generated_tokens": r.generated_tokens,
-                                 "prompt_tokens": r.prompt_tokens, "verifier_tokens": share})
+                                 "prompt_tokens": r.prompt_tokens, "prefill_tokens": prefill,
+                                 "verifier_tokens": share})
                 f.append(rows)
                 bar.update(len(chunk))
         finally:

@@ -28,6 +28,7 @@ its training; a run killed during training redoes that training, with the same r
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,11 +144,55 @@ def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
                r.get("generated_tokens") for r in full["results"]}
         results[cond] = {"model": str(model_dir), "tokens_trained": trained, "train_flops": 6.0 * n_params * trained,
                          "train_wall_s": t_train, "eval": ev,
-                         "eval_generated_tokens": {k: gen.get(k) for k in ev}}
+                         "eval_generated_tokens": {k: gen.get(k) for k in ev},
+                         "diagnosis": diagnose(d / "eval" / "records.jsonl")}
     summary = {"recipe": "sos", "config": cfg_dict, "data": stats, "n_params": n_params,
                "eval_max_tokens": max_tokens, "results": results}
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+_OP_LINE = re.compile(r"^\s*(\d{1,6})([+\-*/])(\d{1,6})=(\d{1,7})\s*(.*)$")
+
+
+def diagnose(records: str | Path) -> dict[str, Any]:
+    """Why completions fail, from an eval ``records.jsonl`` of countdown (streams or paths).
+
+    Every ``a op b = c`` line is checked: the share of such lines whose arithmetic is wrong (per
+    operator too), and each completion's first failure among: arithmetic error anywhere, a line that
+    reaches the target but is marked ``x`` (missed target), a ``!`` on a value that is not the target
+    (false goal), no finish (length), or other (e.g. an illegal expression)."""
+    ops: dict[str, list[int]] = {}
+    outcomes: dict[str, int] = {}
+    n = 0
+    for line in Path(records).read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        n += 1
+        target = int(r["gold"])
+        arith = missed = false_goal = False
+        for ln in r["text"].split("\n"):
+            m = _OP_LINE.match(ln)
+            if not m:
+                continue
+            a, op, b, v, mark = int(m[1]), m[2], int(m[3]), int(m[4]), m[5].strip()
+            true = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]
+            wrong = true != v
+            o = ops.setdefault(op, [0, 0])
+            o[0] += 1
+            o[1] += wrong
+            arith |= wrong
+            missed |= mark == "x" and v == target
+            false_goal |= mark == "!" and v != target
+        kind = ("correct" if r["correct"] else "length" if r.get("finish_reason") == "length" else
+                "arithmetic error" if arith else "missed target" if missed else
+                "false goal" if false_goal else "other")
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    lines = sum(o[0] for o in ops.values())
+    return {"completions": n, "outcomes": {k: v / max(1, n) for k, v in sorted(outcomes.items())},
+            "op_lines": lines, "op_error_rate": sum(o[1] for o in ops.values()) / max(1, lines),
+            "op_error_rate_by_op": {k: o[1] / o[0] for k, o in sorted(ops.items())}}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
