@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.train.selfimprove import FinetuneSettings, evaluate_policy, n_params_of
+from deliberate.train.selfimprove import FinetuneSettings, acc_cell, evaluate_policy, n_params_of
 
 SUSPECTS = ("guess-check", "process-rewards", "search", "correct", "grpo")
 
@@ -276,11 +276,11 @@ def format_table(summary: dict[str, Any]) -> str:
     keys = ("greedy", f"maj@{n}", f"pass@{n}")
     lines = [f"{'suspect':16s} {'train TFLOPs':>12} " + " ".join(f"{k:>19}" for k in keys) + f" {'wall s':>7}"]
     seed_ev = next(iter(summary["suspects"].values()))["curve"][0]["eval"]
-    cells = [f"{seed_ev[k]['accuracy']:.3f} [{seed_ev[k]['ci'][0]:.2f},{seed_ev[k]['ci'][1]:.2f}]" for k in keys]
+    cells = [acc_cell(seed_ev.get(k)) for k in keys]
     lines.append(f"{'(seed policy)':16s} {0:>12.2f} " + " ".join(f"{c:>19}" for c in cells))
     for name, r in summary["suspects"].items():
         ev = r["final"]
-        cells = [f"{ev[k]['accuracy']:.3f} [{ev[k]['ci'][0]:.2f},{ev[k]['ci'][1]:.2f}]" if k in ev else "-" for k in keys]
+        cells = [acc_cell(ev.get(k)) for k in keys]
         lines.append(f"{name:16s} {r['train_flops'] / 1e12:>12.2f} " + " ".join(f"{c:>19}" for c in cells)
                      + f" {r['wall_s']:>7.0f}")
     return "\n".join(lines)

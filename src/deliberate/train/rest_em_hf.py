@@ -39,7 +39,14 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.records import JsonlAppender, write_json_atomic
 from deliberate.models.sampling import SamplingParams
 from deliberate.tasks import get_task
-from deliberate.train.selfimprove import IterationLog, Stopwatch, add_config_arguments, config_from_args, plot_curve
+from deliberate.train.selfimprove import (
+    IterationLog,
+    Stopwatch,
+    acc_cell,
+    add_config_arguments,
+    config_from_args,
+    plot_curve,
+)
 
 
 @dataclass(frozen=True)
@@ -254,7 +261,7 @@ def format_iterations(rows, n: int) -> str:
     lines = [f"{'iter':>4} " + " ".join(f"{k:>18}" for k in keys) + f" {'kept':>6} {'train TFLOPs':>12} {'wall s':>7}"]
     for r in rows:
         ev = r["eval"]
-        cells = [f"{ev[k]['accuracy']:.3f} [{ev[k]['ci'][0]:.2f},{ev[k]['ci'][1]:.2f}]" if k in ev else "-" for k in keys]
+        cells = [acc_cell(ev.get(k)) for k in keys]
         lines.append(f"{r['iteration']:>4} " + " ".join(f"{c:>18}" for c in cells)
                      + f" {r.get('kept', '-'):>6} {r['cum_flops'] / 1e12:>12.2f} {r['cum_wall_s']:>7.0f}")
     return "\n".join(lines)

@@ -336,6 +336,11 @@ class IterationLog:
         return out
 
 
+def acc_cell(e: dict[str, Any] | None) -> str:
+    """``0.335 [0.28,0.40]`` for an ``{"accuracy", "ci"}`` entry, ``-`` for none (the recipes' tables)."""
+    return f"{e['accuracy']:.3f} [{e['ci'][0]:.2f},{e['ci'][1]:.2f}]" if e else "-"
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()

@@ -41,6 +41,7 @@ from deliberate.tasks.countdown import STREAM_STRATEGIES, nearest, search_stream
 from deliberate.train.selfimprove import (
     FinetuneSettings,
     Stopwatch,
+    acc_cell,
     add_config_arguments,
     config_from_args,
     evaluate_policy,
@@ -203,7 +204,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         cells = []
         for k in keys:
             e = r["eval"].get(k)
-            cells.append(f"{e['accuracy']:.3f} [{e['ci'][0]:.2f},{e['ci'][1]:.2f}]" if e else "-")
+            cells.append(acc_cell(e))
         lines.append(f"{cond:>10} " + " ".join(f"{c:>18}" for c in cells)
                      + f" {r['tokens_trained']:>15} {r['eval_generated_tokens'].get('greedy') or 0:>14}")
     d = summary["data"]
