@@ -4,6 +4,7 @@ the JSONL reader's errors, and the registry."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -126,8 +127,8 @@ def test_countdown_solver_and_search():
     depths = [s.depth for s in search([2, 3, 5], 25, "bfs")]
     assert depths == sorted(depths)  # BFS visits by depth
     dfs = list(search([2, 3, 5], 25, "dfs"))
-    assert any(b.depth <= a.depth for a, b in zip(dfs, dfs[1:]))  # DFS backtracks (dead ends in the stream)
-    h = lambda s, t: min(abs(v - t) for v in s.numbers)  # noqa: E731
+    assert any(b.depth <= a.depth for a, b in itertools.pairwise(dfs))  # DFS backtracks (dead ends in the stream)
+    h = lambda s, t: min(abs(v - t) for v in s.numbers)
     guided = list(search([2, 3, 5], 25, "dfs", heuristic=h))
     assert h(guided[1], 25) == min(h(c, 25) for c in children(guided[0]))  # best child first
     assert guided[-1].solved(25)
@@ -148,15 +149,15 @@ def test_countdown_search_stream():
         visited = [s for s in search(nums, target, "dfs", heuristic=nearest)][1:]
         lines = stream.split("\n")
         assert len(lines) == len(visited) + 1 and lines[-1] == path.split("\n")[-1]
-        for line, st in zip(lines, visited):
+        for line, state in zip(lines, visited):
             indent = len(line) - len(line.lstrip(" "))
-            assert indent == st.depth - 1 and line.strip().startswith(st.steps[-1])
+            assert indent == state.depth - 1 and line.strip().startswith(state.steps[-1])
         assert lines[-2].endswith(" !") and all(not ln.endswith("!") for ln in lines[:-2])
         assert all(ln.endswith((" x", ")")) for ln in lines[:-2])
         # the path is the solved state's operations, a subsequence of the stream's lines
         assert path.split("\n")[:-1] == list(visited[-1].steps)
         assert task.is_correct(task.extract_answer(stream), p) and task.is_correct(task.extract_answer(path), p)
-        backtracked += any(b.depth <= a.depth for a, b in zip(visited, visited[1:]))
+        backtracked += any(b.depth <= a.depth for a, b in itertools.pairwise(visited))
     assert backtracked > 5  # some searches hit dead ends and back up
     assert search_stream([2, 3, 5], 25, max_states=1) is None  # over the state budget
     assert search_stream([1, 1], 1000) is None  # unsolvable
@@ -308,3 +309,17 @@ def test_mawps_and_math500_real_files():
     probs = task.problems("test")
     assert len(probs) == 500 and len(task.problems("test", n=7)) == 7
     assert sum(task.is_correct(task.extract_answer(task.rationale(p)), p) for p in probs) >= 490
+
+
+def test_gym_last_number_extraction_is_opt_in():
+    strict = get_task("gym:chain_sum", min_terms=2, max_terms=2)
+    flex = get_task("gym:chain_sum", min_terms=2, max_terms=2, extract="last_number")
+    p = strict.problems("test", 1)[0]
+    text = f"Let me add.\n\nSo the sum is {p.answer}."
+    assert strict.extract_answer(text) is None and not strict.is_correct(strict.extract_answer(text), p)
+    assert flex.extract_answer(text) == p.answer and flex.is_correct(flex.extract_answer(text), p)
+    assert flex.extract_answer(f"{p.answer} is my guess\nno idea") is None  # only the last line counts
+    assert flex.extract_answer("so 7\nAnswer: 12") == "12"  # an answer statement still wins
+    assert flex.extract_answer("1,081 + 2 = 1,083") == "1083" and flex.extract_answer("x = −2") == "-2"
+    with pytest.raises(DeliberateError, match="extract must be one of"):
+        get_task("gym:chain_sum", extract="anything")

@@ -12,6 +12,11 @@ drops any question that appears in the first ``test_size`` test items of the sam
 never share a question (this generates the test items once per seed; ``disjoint=False`` skips it for
 datasets whose items are slow to make and whose question space is large). The prompt is the entry's question plus an instruction to end with
 ``Answer: ...``; the answer is everything after the last ``Answer:`` (it may span lines).
+
+``extract="last_number"`` (opt-in, for numeric datasets and small instruct models that do not keep
+the answer format) falls back, when no answer statement is found, to the last number of the
+completion's last non-empty line (the "flexible extract" of lm-evaluation-harness). It is looser than
+the default ``extract="strict"`` and is recorded in the task options of every run that uses it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks.base import Task, check_split, register_task
-from deliberate.tasks.grading import canonical_number, extract_answer
+from deliberate.tasks.grading import _NUMBER_RE, canonical_number, extract_answer
 from deliberate.types import Problem
 
 _ANSWER = re.compile(r"(?im)^[ \t*]*answer\s*:")
@@ -40,6 +45,9 @@ def _split_seed(name: str, split: str, seed: int) -> int:
     return int.from_bytes(h, "little")  # 40 bits: item windows of different seeds do not meet
 
 
+EXTRACT_MODES = ("strict", "last_number")
+
+
 @register_task("gym")
 class GymTask(Task):
     """A reasoning-gym procedural dataset, scored by its own ``score_answer``."""
@@ -47,8 +55,13 @@ class GymTask(Task):
     stop = ("\nQ:",)
     max_tokens = 512
 
-    def __init__(self, dataset: str, test_size: int = 500, disjoint: bool = True, **config: Any):
+    def __init__(self, dataset: str, test_size: int = 500, disjoint: bool = True, extract: str = "strict",
+                 **config: Any):
         import reasoning_gym
+
+        if extract not in EXTRACT_MODES:
+            raise DeliberateError(f"gym: extract must be one of {', '.join(EXTRACT_MODES)} (got {extract!r})")
+        self.extract = extract
 
         names = gym_names()
         if dataset not in names:
@@ -120,7 +133,12 @@ class GymTask(Task):
             if ans.endswith(".") and canonical_number(ans[:-1], units=False) is not None:
                 ans = ans[:-1]
             return ans or None
-        return extract_answer(text)
+        ans = extract_answer(text)
+        if ans is None and self.extract == "last_number":
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            nums = _NUMBER_RE.findall(lines[-1]) if lines else []
+            ans = nums[-1].replace("−", "-").replace(",", "") if nums else None
+        return ans
 
     def score(self, answer: str | None, problem: Problem) -> float:
         """The dataset's own score in [0, 1] (0.0 if it raises on a malformed answer)."""
