@@ -52,7 +52,7 @@ class SuspectsConfig:
     init: str = "runs/quickstart/sft/model"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     suspects: tuple[str, ...] = SUSPECTS
-    train_tflops: float = 8.0  # per suspect
+    train_tflops: float = 6.0  # per suspect
     n_train: int = 1000  # training problems (the same list for every suspect)
     k: int = 8  # samples (ReST-EM) / beams (PRM-guided E-step) per problem
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=4.0))
