@@ -292,7 +292,8 @@ def write_report(summary: dict[str, Any], path: Path, png: Path) -> None:
     c = summary["suspects"].get("correct")
     if c and "revision" in c:
         r = c["revision"]
-        rev = (f"<h2>Learning to correct: second attempt at equal tokens</h2><p>first attempt accuracy "
+        rev = (f"<h2>Learning to correct: second attempt at equal tokens</h2><p>(The table's <code>correct</code> row "
+               f"is the corrector used as a first-attempt policy; this is its use as a reviser.) First attempt accuracy "
                f"{c['first_attempt_accuracy']:.3f}; revise: accuracy {r['revise']['accuracy']:.3f} (fixed "
                f"{r['revise']['fixed']:.3f} of wrong first attempts); resample: accuracy "
                f"{r['resample']['accuracy']:.3f} (fixed {r['resample']['fixed']:.3f})</p>")
@@ -303,7 +304,8 @@ def write_report(summary: dict[str, Any], path: Path, png: Path) -> None:
 suspect. Left: held-out accuracy against cumulative train compute; right: the final policies at test-time
 budgets n (maj@n with 95% CIs, pass@n dotted).</p>
 <img src="data:image/png;base64,{img}" style="width:100%">
-<h2>Final policies</h2><pre>{html.escape(format_table(summary))}</pre>{rev}
+<h2>Final policies</h2><pre>{html.escape(format_table(summary))}</pre>
+<p>Wall time of all suspects: {sum(r['wall_s'] for r in summary['suspects'].values()):.0f} s.</p>{rev}
 <h2>Config</h2><pre>{html.escape(json.dumps(summary['config'], indent=2))}</pre>
 </body></html>"""
     path.write_text(page)
