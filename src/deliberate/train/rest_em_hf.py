@@ -18,9 +18,9 @@ base model** on them; iterate), for any local transformers checkpoint, a ``.gguf
   ``hf`` backend, in ``itNNN/eval``.
 
 Train compute per iteration: tokens sampled (+ prompt tokens prefilled), tokens trained (completion
-and prompt tokens of every example, times the epochs), FLOPs = 6·N·trained + 2·N·forward. TRL's own
-multi-GPU launch (accelerate) applies to the M-step unchanged; here it runs on whatever device torch
-gives (CPU on this machine).
+and prompt tokens of every example, times the epochs), FLOPs = 6·N·trained + 2·N·forward. The M-step
+runs on the device TRL/transformers pick (CPU here; bf16 on a GPU that supports it). Launching it over
+several GPUs (accelerate) is not wired yet: the whole loop runs in one process.
 """
 
 from __future__ import annotations
