@@ -308,7 +308,7 @@ def test_mcts_ei_tree_labels():
 
 def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
     from deliberate.rewards.mc_labels import read_labels
-    from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
+    from deliberate.train.mcts_ei import MCTSEIConfig, format_iterations, run_mcts_ei
 
     cfg = MCTSEIConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, iterations=2, n_train=16, mcts_n=4,
                        expansions=2, batch_problems=8, finetune=FinetuneSettings(steps=4, batch_size=8),
@@ -346,6 +346,8 @@ def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
     again = run_mcts_ei(cfg, progress=False)["iterations"]
     strip = lambda rs: [{k: v for k, v in r.items() if "wall" not in k} for r in rs]
     assert strip(again) == strip(rows)
+    table = format_iterations(rows, 2, 2).splitlines()
+    assert len(table) == 4 and "mcts@2" in table[0] and table[2].split()[0] == "1"
     with pytest.raises(DeliberateError, match="value must be"):
         MCTSEIConfig(value="oracle")
 

@@ -54,6 +54,7 @@ from deliberate.train.selfimprove import (
     config_from_args,
     evaluate_policy,
     finetune,
+    iteration_table,
     n_params_of,
     plot_curve,
     search_solutions,
@@ -284,16 +285,7 @@ def _problem(r: dict) -> Problem:
 
 
 def format_iterations(rows, n: int, mcts_n: int) -> str:
-    from deliberate.train.selfimprove import acc_cell
-
-    keys = ["greedy", f"maj@{n}", f"pass@{n}"] + ([f"mcts@{mcts_n}"] if mcts_n else [])
-    lines = [f"{'iter':>4} " + " ".join(f"{k:>18}" for k in keys) + f" {'kept':>6} {'train TFLOPs':>12} {'wall s':>7}"]
-    for r in rows:
-        ev = r["eval"]
-        cells = [acc_cell(ev.get(k)) for k in keys]
-        lines.append(f"{r['iteration']:>4} " + " ".join(f"{c:>18}" for c in cells)
-                     + f" {r.get('kept', '-'):>6} {r['cum_flops'] / 1e12:>12.2f} {r['cum_wall_s']:>7.0f}")
-    return "\n".join(lines)
+    return iteration_table(rows, ["greedy", f"maj@{n}", f"pass@{n}"] + ([f"mcts@{mcts_n}"] if mcts_n else []))
 
 
 HELP = {

@@ -42,9 +42,9 @@ from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
-    acc_cell,
     add_config_arguments,
     config_from_args,
+    iteration_table,
     plot_curve,
 )
 
@@ -257,14 +257,7 @@ def run_rest_em_hf(cfg: HFRestEMConfig, progress: bool = True) -> dict[str, Any]
 
 
 def format_iterations(rows, n: int) -> str:
-    keys = ["greedy", "pass@1", f"maj@{n}", f"pass@{n}"]
-    lines = [f"{'iter':>4} " + " ".join(f"{k:>18}" for k in keys) + f" {'kept':>6} {'train TFLOPs':>12} {'wall s':>7}"]
-    for r in rows:
-        ev = r["eval"]
-        cells = [acc_cell(ev.get(k)) for k in keys]
-        lines.append(f"{r['iteration']:>4} " + " ".join(f"{c:>18}" for c in cells)
-                     + f" {r.get('kept', '-'):>6} {r['cum_flops'] / 1e12:>12.2f} {r['cum_wall_s']:>7.0f}")
-    return "\n".join(lines)
+    return iteration_table(rows, ["greedy", "pass@1", f"maj@{n}", f"pass@{n}"])
 
 
 HELP = {

@@ -341,6 +341,16 @@ def acc_cell(e: dict[str, Any] | None) -> str:
     return f"{e['accuracy']:.3f} [{e['ci'][0]:.2f},{e['ci'][1]:.2f}]" if e else "-"
 
 
+def iteration_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
+    """One line per iteration: the held-out ``keys`` with CIs, kept samples, cumulative train TFLOPs, wall."""
+    lines = [f"{'iter':>4} " + " ".join(f"{k:>18}" for k in keys) + f" {'kept':>6} {'train TFLOPs':>12} {'wall s':>7}"]
+    for r in rows:
+        cells = [acc_cell(r["eval"].get(k)) for k in keys]
+        lines.append(f"{r['iteration']:>4} " + " ".join(f"{c:>18}" for c in cells)
+                     + f" {r.get('kept', '-'):>6} {r['cum_flops'] / 1e12:>12.2f} {r['cum_wall_s']:>7.0f}")
+    return "\n".join(lines)
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
