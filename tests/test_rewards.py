@@ -430,3 +430,15 @@ def test_cli_label_and_train(tmp_path, tiny_ckpt):
     rc = main_cli(["label", "import", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "y.jsonl")])
     assert rc == 0 and len((tmp_path / "y.jsonl").read_text().splitlines()) == 4
     assert main_cli(["train", "prm", "--labels", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "p")]) == 2
+
+
+def test_outcome_verifier_scores_only_the_final_answer():
+    from deliberate.rewards.base import get_verifier
+    from deliberate.tasks import get_task
+
+    task = get_task("arith")
+    p = task.problems("test", 1)[0]
+    v = get_verifier("outcome", task=task)
+    right = ["1+1=3", f"Answer: {p.answer}"]  # a wrong step, right answer: outcome only
+    wrong = [f"Answer: {int(p.answer) + 1}"]
+    assert v.score_batch([(p, right), (p, wrong), (p, [])]) == [[0.0, 1.0], [0.0], []]

@@ -2,6 +2,9 @@
 
 - ``oracle``: the ground truth. Per step, the task's step checker when it has one (``arith``);
   otherwise 0 for every step but the last, which is 1 iff the final answer is correct.
+- ``outcome``: the final answer's correctness only (0 for every step but the last), no step-level
+  ground truth: the terminal reward of a finished solution (MCTS expert iteration values nodes with it
+  on training problems before a PRM exists).
 - ``noisy:SIGMA``: the ground truth plus Gaussian noise of standard deviation ``SIGMA`` — a verifier
   of known error, for the "taste" curve (how selection gains depend on verifier noise). The noise is
   a fixed function of (seed, problem id, text), so the same candidate always gets the same score.
@@ -42,6 +45,22 @@ class OracleVerifier(Verifier):
         return [self.truth(p, s) for p, s in items]
 
 
+class OutcomeVerifier(OracleVerifier):
+    """0 for every step but the last, which is 1 iff the final answer is correct: the terminal reward of
+    a finished solution, with no step-level ground truth (unlike ``oracle`` on ``arith``)."""
+
+    name = "outcome"
+
+    def score_batch(self, items):
+        self.stats.calls += 1
+        self.stats.sequences += len(items)
+        out = []
+        for p, steps in items:
+            ok = bool(steps) and self.task.is_correct(self.task.extract_answer("\n".join(steps)), p)
+            out.append([0.0] * max(0, len(steps) - 1) + ([float(ok)] if steps else []))
+        return out
+
+
 class NoisyVerifier(OracleVerifier):
     """Ground-truth outcome plus N(0, sigma) noise, the same for every step of a candidate."""
 
@@ -75,6 +94,11 @@ class NoisyVerifier(OracleVerifier):
 @register_verifier("oracle")
 def _oracle(arg, task=None, **_):
     return OracleVerifier(task)
+
+
+@register_verifier("outcome")
+def _outcome(arg, task=None, **_):
+    return OutcomeVerifier(task)
 
 
 @register_verifier("noisy")

@@ -175,7 +175,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
                                               n=cfg.eval_n, seed=cfg.eval_seed, out_dir=out / "eval000" / "eval"),
                       "eval_wall_s": clock()})
     def flops_so_far() -> float:
-        logged = log.cumulative()[-1]["cum_flops"]
+        logged = log.spent_flops()
         fwd = acc["tokens_sampled"] + acc["prompt_tokens"] + acc["tokens_forward"]
         return logged + 6.0 * n_params * acc["tokens_trained"] + 2.0 * n_params * fwd
 

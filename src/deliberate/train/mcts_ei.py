@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
-from deliberate.rewards.base import Verifier
+from deliberate.rewards.oracle import OutcomeVerifier
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
     FinetuneSettings,
@@ -117,26 +117,6 @@ class MCTSEIConfig:
             object.__setattr__(self, "finetune", FinetuneSettings(**self.finetune))
         if problems:
             raise DeliberateError("mcts-ei: " + "; ".join(problems))
-
-
-class OutcomeVerifier(Verifier):
-    """0 for every step but the last, which is 1 iff the final answer is correct: the terminal reward of
-    a finished solution, with no step-level ground truth (unlike ``oracle`` on ``arith``)."""
-
-    name = "outcome"
-
-    def __init__(self, task):
-        super().__init__()
-        self.task = task
-
-    def score_batch(self, items):
-        self.stats.calls += 1
-        self.stats.sequences += len(items)
-        out = []
-        for p, steps in items:
-            ok = bool(steps) and self.task.is_correct(self.task.extract_answer("\n".join(steps)), p)
-            out.append([0.0] * max(0, len(steps) - 1) + ([float(ok)] if steps else []))
-        return out
 
 
 def _settings(cfg: MCTSEIConfig, n: int, value: str):
@@ -212,7 +192,7 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
         if row is not None:
             policy, prm = Path(row["model"]), Path(row["prm"])
             continue
-        if cfg.max_train_flops is not None and log.cumulative()[-1]["cum_flops"] >= cfg.max_train_flops:
+        if cfg.max_train_flops is not None and log.spent_flops() >= cfg.max_train_flops:
             tqdm.write(f"mcts-ei: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs); stopping "
                        f"before iteration {it}")
             label_files.pop()

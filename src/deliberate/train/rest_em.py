@@ -119,7 +119,7 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
         if row is not None:
             policy = Path(row["model"])
             continue
-        if cfg.max_train_flops is not None and log.cumulative()[-1]["cum_flops"] >= cfg.max_train_flops:
+        if cfg.max_train_flops is not None and log.spent_flops() >= cfg.max_train_flops:
             tqdm.write(f"rest-em: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs); stopping "
                        f"before iteration {it}")
             break

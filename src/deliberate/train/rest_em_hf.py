@@ -25,7 +25,6 @@ several GPUs (accelerate) is not wired yet: the whole loop runs in one process.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from deliberate.train.selfimprove import (
     Stopwatch,
     add_config_arguments,
     config_from_args,
+    derived_seed,
     iteration_table,
     plot_curve,
 )
@@ -90,11 +90,6 @@ class HFRestEMConfig:
             raise DeliberateError("rest-em-hf: " + "; ".join(problems))
 
 
-def _seed(seed: int, it: int, chunk: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"rest-em-hf\0{seed}\0{it}\0{chunk}".encode(), digest_size=4).digest(),
-                          "little")
-
-
 def e_step(backend, task, problems, cfg: HFRestEMConfig, it: int, path: Path, progress: bool) -> list[dict]:
     """``k`` checked samples per problem, one row per problem appended to ``path`` as batches finish."""
     with JsonlAppender(path, key=lambda r: r["problem_id"]) as f:
@@ -106,7 +101,7 @@ def e_step(backend, task, problems, cfg: HFRestEMConfig, it: int, path: Path, pr
         for k in chunks:
             chunk = problems[k:k + cfg.batch_problems]
             params = SamplingParams(n=cfg.k, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                                    seed=_seed(cfg.seed, it, k))
+                                    seed=derived_seed("rest-em-hf", cfg.seed, it, k))
             outs = backend.generate([task.prompt(p, cfg.prompt_style) for p in chunk], params)
             f.append([{"problem_id": p.id, "prompt": task.prompt(p, cfg.prompt_style),
                        "samples": [{"text": c.text, "correct": bool(task.reward(c.text, p) > 0),
@@ -181,8 +176,6 @@ def run_rest_em_hf(cfg: HFRestEMConfig, progress: bool = True) -> dict[str, Any]
 
     def load(path: Path) -> HFBackend:
         return HFBackend(path=path, chat=cfg.chat)
-
-    n_params = None
 
     def evaluate(backend, it: int) -> dict[str, Any]:
         ec = EvalConfig(task=cfg.task, task_options=cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,

@@ -236,8 +236,9 @@ def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, An
     return res
 
 
-def _chunk_seed(salt: str, seed: int, chunk: int) -> int:
-    h = hashlib.blake2b(f"{salt}\0{seed}\0{chunk}".encode(), digest_size=4).digest()
+def derived_seed(*parts: Any) -> int:
+    """A 32-bit seed that is a fixed function of ``parts`` (e.g. recipe name, run seed, iteration, batch)."""
+    h = hashlib.blake2b("\0".join(map(str, parts)).encode(), digest_size=4).digest()
     return int.from_bytes(h, "little")
 
 
@@ -270,7 +271,7 @@ def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path
                 if backend is None:
                     backend = TinyBackend(policy)
                 chunk = list(problems[k:k + batch_problems])
-                ctx = SearchContext(backend, task, replace(settings, seed=_chunk_seed(salt, seed, k)), verifier)
+                ctx = SearchContext(backend, task, replace(settings, seed=derived_seed(salt, seed, k)), verifier)
                 tokens0, prefill0 = verifier.stats.tokens, backend.engine.stats.prefill_tokens
                 res = run_search(strategy, chunk, ctx)
                 share = (verifier.stats.tokens - tokens0) / len(chunk)
@@ -324,6 +325,10 @@ class IterationLog:
 
     def rows(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.dir.glob("[0-9][0-9][0-9].json"))]
+
+    def spent_flops(self) -> float:
+        """Train FLOPs of the finished iterations (what a ``max_train_flops`` budget is checked against)."""
+        return sum(r.get("flops", 0.0) for r in self.rows())
 
     def cumulative(self) -> list[dict[str, Any]]:
         """Rows with running totals of train compute (what accuracy is plotted against)."""
