@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.models.sampling import SamplingParams
@@ -130,8 +131,9 @@ def parse_kv(items, what: str = "option") -> dict:
     return out
 
 
-def backend_from_args(args) -> Backend:
-    """Build the backend named by parsed ``add_backend_arguments`` flags."""
+def backend_spec_from_args(args) -> tuple[str, dict[str, Any]]:
+    """``(backend name, keyword arguments)`` named by parsed ``add_backend_arguments`` flags: what
+    :func:`get_backend` needs to build the backend, in this process or in a worker."""
     kwargs = parse_kv(getattr(args, "backend_arg", []), "--backend-arg")
     if args.backend == "openai":
         if not args.base_url:
@@ -142,4 +144,10 @@ def backend_from_args(args) -> Backend:
             kwargs["path"] = args.model
         if args.chat:
             kwargs["chat"] = True
-    return get_backend(args.backend, **kwargs)
+    return args.backend, kwargs
+
+
+def backend_from_args(args) -> Backend:
+    """Build the backend named by parsed ``add_backend_arguments`` flags."""
+    name, kwargs = backend_spec_from_args(args)
+    return get_backend(name, **kwargs)
