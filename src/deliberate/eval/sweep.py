@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,12 +36,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
 from deliberate.eval.records import JsonlAppender, RecordWriter, load_records, write_json_atomic
-from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
+from deliberate.executor import (
+    LocalExecutor,
+    RayExecutor,
+    WorkerSpec,
+    add_executor_arguments,
+    chunks,
+    progress_bar,
+)
+from deliberate.models.base import (
+    Backend,
+    add_backend_arguments,
+    backend_from_args,
+    backend_spec_from_args,
+    parse_kv,
+)
 from deliberate.models.sampling import SamplingParams
 from deliberate.rewards.base import Verifier, aggregate, get_verifier
 from deliberate.search.base import (
@@ -112,17 +124,23 @@ def _pool_key(seed: int) -> str:
 # the run
 # --------------------------------------------------------------------------------------------
 
-def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, verifier: Verifier | None = None,
-              progress: bool = True) -> dict:
+def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | None = None,
+              verifier: Verifier | None = None, progress: bool = True, executor=None) -> dict:
+    """Run (or resume) the sweep. The work runs on ``executor`` (``deliberate.executor``: Ray workers
+    or this process); by default in this process on ``backend``. Only this process writes records."""
     task = task or get_task(config.task, **config.task_options)
+    if verifier is None and config.verifier and executor is None:
+        verifier = get_verifier(config.verifier, task=task)
+    if executor is None:
+        if backend is None:
+            raise DeliberateError("run_sweep needs a backend or an executor")
+        executor = LocalExecutor(backend, task, verifier)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {**config.to_dict(), "model": backend.model_name}
+    meta = {**config.to_dict(), "model": executor.model_name()}
     cfg_path = out / "config.json"
     _check_resume(out, meta)
     write_json_atomic(cfg_path, meta)
-    if verifier is None and config.verifier:
-        verifier = get_verifier(config.verifier, task=task)
     problems = list(task.problems(config.split, config.n_problems, config.problem_seed))
     if not problems:
         raise DeliberateError(f"task {config.task!r} has no {config.split!r} problems")
@@ -130,18 +148,19 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
     max_tokens = base.max_tokens or task.max_tokens
     t_start = time.perf_counter()
     spent = {"generated_tokens": 0, "prompt_tokens_sent": 0, "backend_calls": 0}
-    eng0 = _engine_stats(backend)
+    counters0 = executor.counters()
 
     pool_needed = any(s in POOL_STRATEGIES for s in config.strategies) or bool(config.taste_sigmas)
     pool_n = max(config.budgets)
     if pool_needed and config.pool_from:
         _copy_pool(Path(config.pool_from), out, meta)
     if pool_needed:
-        _sample_pool(config, backend, task, problems, base, max_tokens, pool_n, out, spent, progress)
+        _sample_pool(config, executor, task, problems, base, max_tokens, pool_n, out, spent, progress)
     pool = _load_pool(out, problems, config.seeds, pool_n) if pool_needed else {}
     pool_scores: dict[tuple[str, int, int], list[float]] = {}
-    if pool_needed and verifier is not None and any(s in ("best_of_n", "weighted") for s in config.strategies):
-        pool_scores = _score_pool(out, problems, pool, verifier, progress)
+    have_verifier = verifier is not None or bool(config.verifier)
+    if pool_needed and have_verifier and any(s in ("best_of_n", "weighted") for s in config.strategies):
+        pool_scores = _score_pool(out, problems, pool, executor, progress)
 
     results_path = out / "results.jsonl"
     def run_key(r: dict) -> tuple:
@@ -160,45 +179,51 @@ def run_sweep(config: SweepConfig, backend: Backend, task: Task | None = None, v
                             continue
                         rows.append(_pool_row(task, p, strategy, n, seed, pool, pool_scores, base.aggregation))
                 rf.append(rows)
-        # search strategies: run per (budget, seed) over batches of problems
+        # search strategies: run per (budget, seed) over batches of problems; one unit = one batch
         runs = [(s, n, seed) for s in config.strategies if s not in POOL_STRATEGIES
                 for n in config.budgets for seed in config.seeds]
-        todo_total = sum(1 for s, n, seed in runs for p in problems if (p.id, s, n, seed) not in done)
-        with tqdm(total=todo_total, desc="sweep search", unit="problem", file=sys.stderr,
-                  disable=not progress or todo_total == 0, dynamic_ncols=True) as bar:
-            for strategy, n, seed in runs:
-                todo = [p for p in problems if (p.id, strategy, n, seed) not in done]
-                for b0 in range(0, len(todo), config.batch_problems):
-                    chunk = todo[b0:b0 + config.batch_problems]
-                    ctx = SearchContext(backend, task, replace(base, n=n, seed=seed), verifier)
-                    res = run_search(strategy, chunk, ctx)
-                    spent["generated_tokens"] += ctx.generated
-                    spent["prompt_tokens_sent"] += ctx.prompt_sent
-                    spent["backend_calls"] += ctx.calls
-                    rows, trees = [], []
-                    for p, r in zip(chunk, res):
-                        correct = bool(task.is_correct(r.answer, p))
-                        row = {"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed, "answer": r.answer,
-                               "gold": p.answer, "correct": correct,
-                               "any_correct": any(task.is_correct(c.answer, p) for c in r.candidates),
-                               "candidates": len(r.candidates), "generated_tokens": r.generated_tokens,
-                               "prompt_tokens": r.prompt_tokens, "model_calls": r.model_calls,
-                               "verifier_sequences": r.verifier_sequences, "wall_s": r.wall_s, "text": r.text}
-                        if r.tree is not None and problems.index(p) < config.trees_per_run:
-                            trees.append({"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed,
-                                          "question": p.question, "gold": p.answer, "nodes": r.tree})
-                        rows.append(row)
-                    tf.append(trees)  # trees first: a kill in between reruns the batch, never loses a tree
-                    rf.append(rows)
-                    bar.update(len(chunk))
+        units = []
+        for strategy, n, seed in runs:
+            todo = [p for p in problems if (p.id, strategy, n, seed) not in done]
+            units += [SearchUnit(strategy, n, seed, tuple(chunk), replace(base, n=n, seed=seed))
+                      for chunk in chunks(todo, config.batch_problems)]
+        first_trees = {p.id for p in problems[:config.trees_per_run]}
+        with progress_bar(sum(len(u.problems) for u in units), "sweep search", "problem", progress) as bar:
+            def write(u: SearchUnit, got) -> None:
+                res, (gen, sent, calls) = got
+                spent["generated_tokens"] += gen
+                spent["prompt_tokens_sent"] += sent
+                spent["backend_calls"] += calls
+                rows, trees = [], []
+                for p, r in zip(u.problems, res):
+                    correct = bool(task.is_correct(r.answer, p))
+                    row = {"problem_id": p.id, "strategy": u.strategy, "n": u.n, "seed": u.seed, "answer": r.answer,
+                           "gold": p.answer, "correct": correct,
+                           "any_correct": any(task.is_correct(c.answer, p) for c in r.candidates),
+                           "candidates": len(r.candidates), "generated_tokens": r.generated_tokens,
+                           "prompt_tokens": r.prompt_tokens, "model_calls": r.model_calls,
+                           "verifier_sequences": r.verifier_sequences, "wall_s": r.wall_s, "text": r.text}
+                    if r.tree is not None and p.id in first_trees:
+                        trees.append({"problem_id": p.id, "strategy": u.strategy, "n": u.n, "seed": u.seed,
+                                      "question": p.question, "gold": p.answer, "nodes": r.tree})
+                    rows.append(row)
+                tf.append(trees)  # trees first: a kill in between reruns the batch, never loses a tree
+                rf.append(rows)
+                bar.update(len(u.problems))
+
+            executor.map(_search_unit, units, write)
 
     compute = {**spent, "wall_s": time.perf_counter() - t_start}
-    eng1 = _engine_stats(backend)
-    if eng0 is not None and eng1 is not None:
-        compute["engine"] = {k: eng1[k] - eng0.get(k, 0) for k in eng1}
-    if verifier is not None:
+    counters1 = executor.counters()
+    if "engine" in counters1:
+        e0 = counters0.get("engine", {})
+        compute["engine"] = {k: v - e0.get(k, 0) for k, v in counters1["engine"].items()}
+    if verifier is not None and executor.name == "local":
         compute["verifier"] = verifier.stats.to_dict()
-    summary = summarize(config, task, problems, done, pool, backend.model_name, compute, verifier is not None)
+    elif "verifier" in counters1:
+        compute["verifier"] = counters1["verifier"]
+    compute["executor"] = {"name": executor.name, **executor.stats}
+    summary = summarize(config, task, problems, done, pool, meta["model"], compute, have_verifier)
     write_json_atomic(out / "summary.json", summary)
     from deliberate.eval.plots import plot_sweep
 
@@ -226,43 +251,75 @@ def _check_resume(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTIT
                               "use a new --out directory")
 
 
-def _engine_stats(backend: Backend) -> dict[str, int] | None:
-    st = getattr(getattr(backend, "engine", None), "stats", None)
-    return None if st is None else {k: int(v) for k, v in vars(st).items() if isinstance(v, int)}
+@dataclass(frozen=True)
+class PoolUnit:
+    """Samples for one chunk of problems under one seed (prompts rendered by the driver)."""
+
+    seed: int
+    problems: tuple[Problem, ...]
+    prompts: tuple[str, ...]
+    params: SamplingParams
 
 
-def _sample_pool(config, backend, task, problems, base, max_tokens, pool_n, out, spent, progress) -> None:
+def _pool_unit(worker, u: PoolUnit):
+    t0 = time.perf_counter()
+    outs = worker.backend.generate(list(u.prompts), u.params)
+    return outs, time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class SearchUnit:
+    """One search strategy at budget ``n`` and ``seed`` over one batch of problems."""
+
+    strategy: str
+    n: int
+    seed: int
+    problems: tuple[Problem, ...]
+    settings: SearchSettings
+
+
+def _search_unit(worker, u: SearchUnit):
+    ctx = SearchContext(worker.backend, worker.task, u.settings, worker.verifier)
+    res = run_search(u.strategy, list(u.problems), ctx)
+    return res, (ctx.generated, ctx.prompt_sent, ctx.calls)
+
+
+def _score_unit(worker, unit):
+    return worker.verifier.score_batch(list(unit[1]))
+
+
+def _sample_pool(config, executor, task, problems, base, max_tokens, pool_n, out, spent, progress) -> None:
     prompts = {p.id: task.prompt(p, base.prompt_style) for p in problems}
     with RecordWriter(out / "pool.jsonl") as writer:
         need = [(seed, p) for seed in config.seeds for p in problems
                 if any((p.id, _pool_key(seed), j) not in writer for j in range(pool_n))]
-        with tqdm(total=len(need) * pool_n, desc="sweep pool", unit="sample", file=sys.stderr,
-                  disable=not progress or not need, dynamic_ncols=True) as bar:
-            for seed in config.seeds:
-                todo = [p for s, p in need if s == seed]
-                params = SamplingParams(n=pool_n, temperature=base.temperature, top_p=base.top_p,
-                                        max_tokens=max_tokens, stop=tuple(task.stop), seed=seed)
-                step = max(1, 256 // pool_n)
-                for b0 in range(0, len(todo), step):
-                    chunk = todo[b0:b0 + step]
-                    t0 = time.perf_counter()
-                    outs = backend.generate([prompts[p.id] for p in chunk], params)
-                    dt = time.perf_counter() - t0
-                    spent["backend_calls"] += 1
-                    recs = []
-                    for p, comps in zip(chunk, outs):
-                        spent["prompt_tokens_sent"] += comps[0].prompt_tokens if comps else 0
-                        for j, c in enumerate(comps):
-                            spent["generated_tokens"] += c.completion_tokens
-                            if (p.id, _pool_key(seed), j) in writer:
-                                continue
-                            ans = task.extract_answer(c.text)
-                            recs.append(SampleRecord(
-                                problem_id=p.id, strategy=_pool_key(seed), index=j, seed=seed, text=c.text,
-                                answer=ans, gold=p.answer, correct=bool(task.is_correct(ans, p)),
-                                prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                                finish_reason=c.finish_reason, wall_s=dt / (len(chunk) * pool_n)))
-                    bar.update(writer.append(recs, on_duplicate="error"))
+        units = []
+        for seed in config.seeds:
+            todo = [p for s, p in need if s == seed]
+            params = SamplingParams(n=pool_n, temperature=base.temperature, top_p=base.top_p,
+                                    max_tokens=max_tokens, stop=tuple(task.stop), seed=seed)
+            units += [PoolUnit(seed, tuple(chunk), tuple(prompts[p.id] for p in chunk), params)
+                      for chunk in chunks(todo, max(1, 256 // pool_n))]
+        with progress_bar(len(need) * pool_n, "sweep pool", "sample", progress) as bar:
+            def write(u: PoolUnit, got) -> None:
+                outs, dt = got
+                spent["backend_calls"] += 1
+                recs = []
+                for p, comps in zip(u.problems, outs):
+                    spent["prompt_tokens_sent"] += comps[0].prompt_tokens if comps else 0
+                    for j, c in enumerate(comps):
+                        spent["generated_tokens"] += c.completion_tokens
+                        if (p.id, _pool_key(u.seed), j) in writer:
+                            continue
+                        ans = task.extract_answer(c.text)
+                        recs.append(SampleRecord(
+                            problem_id=p.id, strategy=_pool_key(u.seed), index=j, seed=u.seed, text=c.text,
+                            answer=ans, gold=p.answer, correct=bool(task.is_correct(ans, p)),
+                            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                            finish_reason=c.finish_reason, wall_s=dt / (len(u.problems) * pool_n)))
+                bar.update(writer.append(recs, on_duplicate="error"))
+
+            executor.map(_pool_unit, units, write)
 
 
 def _copy_pool(src: Path, out: Path, meta: dict) -> None:
@@ -300,20 +357,23 @@ def _load_pool(out: Path, problems, seeds, pool_n) -> dict[tuple[str, int], list
     return pool
 
 
-def _score_pool(out: Path, problems, pool, verifier: Verifier, progress: bool) -> dict:
+def _score_pool(out: Path, problems, pool, executor, progress: bool) -> dict:
     """Per-step verifier scores of every pool sample, cached in ``pool_scores.jsonl`` (resumable)."""
     by_id = {p.id: p for p in problems}
     with JsonlAppender(out / "pool_scores.jsonl", key=lambda r: (r["problem_id"], r["seed"], r["index"])) as f:
         todo = [(pid, seed, j, r) for (pid, seed), rs in pool.items() for j, r in enumerate(rs)
                 if (pid, seed, j) not in f]
-        with tqdm(total=len(todo), desc="sweep verifier", unit="sample", file=sys.stderr,
-                  disable=not progress or not todo, dynamic_ncols=True) as bar:
-            for b0 in range(0, len(todo), 256):
-                chunk = todo[b0:b0 + 256]
-                scores = verifier.score_batch([(by_id[pid], verifier_steps(r.text)) for pid, _, _, r in chunk])
+        # a unit: the keys of up to 256 samples and the (problem, steps) the verifier scores
+        units = [(tuple((pid, seed, j) for pid, seed, j, _ in chunk),
+                  tuple((by_id[pid], verifier_steps(r.text)) for pid, _, _, r in chunk))
+                 for chunk in chunks(todo, 256)]
+        with progress_bar(len(todo), "sweep verifier", "sample", progress) as bar:
+            def write(unit, scores) -> None:
                 f.append({"problem_id": pid, "seed": seed, "index": j, "scores": [round(float(x), 6) for x in sc]}
-                         for (pid, seed, j, _), sc in zip(chunk, scores))
-                bar.update(len(chunk))
+                         for (pid, seed, j), sc in zip(unit[0], scores))
+                bar.update(len(unit[0]))
+
+            executor.map(_score_unit, units, write)
         return {k: v["scores"] for k, v in f.rows.items()}
 
 
@@ -522,6 +582,19 @@ def add_arguments(parser) -> None:
                         help="reuse the samples of an earlier sweep (e.g. to compare verifiers on the same samples)")
     parser.add_argument("--out", default=None, help="output directory; rerun with the same one to resume")
     add_backend_arguments(parser)
+    add_executor_arguments(parser)
+
+
+def make_executor(args, config: SweepConfig, task: Task | None = None):
+    """The executor the CLI flags ask for: ``None`` for in-process (the caller builds the backend),
+    or a :class:`~deliberate.executor.RayExecutor` whose workers build their own."""
+    if getattr(args, "executor", "local") != "ray":
+        return None
+    name, kwargs = backend_spec_from_args(args)
+    spec = WorkerSpec(backend=name, backend_kwargs=kwargs, task=config.task, task_options=dict(config.task_options),
+                      verifier=config.verifier)
+    return RayExecutor(spec, workers=args.workers, address=args.address, cpus=args.worker_cpus,
+                       gpus=args.worker_gpus, threads=args.worker_threads)
 
 
 def main(args) -> int:
@@ -548,12 +621,19 @@ def main(args) -> int:
         raise DeliberateError(f"strategies {', '.join(sorted(needs))} need --verifier")
     # resuming into the directory of a different sweep fails before a model loads (the model: once loaded)
     _check_resume(Path(out), config.to_dict(), keys=[k for k in IDENTITY if k != "model"])
-    verifier = get_verifier(config.verifier, task=task) if config.verifier else None
-    backend = backend_from_args(args)
-    try:
-        summary = run_sweep(config, backend, task=task, verifier=verifier)
-    finally:
-        backend.close()
+    executor = make_executor(args, config, task)
+    if executor is not None:
+        try:
+            summary = run_sweep(config, task=task, executor=executor)
+        finally:
+            executor.close()
+    else:
+        verifier = get_verifier(config.verifier, task=task) if config.verifier else None
+        backend = backend_from_args(args)
+        try:
+            summary = run_sweep(config, backend, task=task, verifier=verifier)
+        finally:
+            backend.close()
     print(format_table(summary))
     print(f"wrote {Path(out) / 'summary.json'}, results.jsonl, plots; `deliberate report {out}` for the HTML report")
     return 0
