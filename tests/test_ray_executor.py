@@ -178,3 +178,25 @@ def test_local_executor_runs_units_in_order(tiny_ckpt):
     ex = LocalExecutor(TinyBackend(str(tiny_ckpt)), get_task("arith"))
     ex.map(lambda w, u: (isinstance(w, Worker), u * 2), [1, 2, 3], lambda u, r: got.append((u, r)))
     assert got == [(1, (True, 2)), (2, (True, 4)), (3, (True, 6))] and ex.stats["units"] == 3
+
+
+def test_mc_labelling_on_ray_equals_in_process(tiny_ckpt, ray_local, one_thread, tmp_path):
+    from deliberate.rewards.mc_labels import MCConfig, label_mc
+
+    def cfg(out):
+        return MCConfig(task="arith", task_options=TASK_OPTS, n_problems=6, samples=2, rollouts=2, max_tokens=40,
+                        batch_problems=2, seed=1, out=str(out))
+
+    task = get_task("arith", **TASK_OPTS)
+    ref = label_mc(cfg(tmp_path / "ref"), TinyBackend(str(tiny_ckpt)), task=task, progress=False)
+    ex = RayExecutor(WorkerSpec("tiny", {"path": str(tiny_ckpt)}, "arith", TASK_OPTS), workers=2, threads=1)
+    try:
+        got = label_mc(cfg(tmp_path / "ray"), task=task, executor=ex, progress=False)
+    finally:
+        ex.close()
+    assert got["executor"]["name"] == "ray" and got["executor"]["units"] == 3
+    assert got["rows"] == ref["rows"] == 12
+    for name, key in (("labels.jsonl", lambda r: (r["problem_id"], r["index"])), ("rollouts.jsonl", lambda r: r["key"])):
+        assert _rows(tmp_path / "ray" / name, key) == _rows(tmp_path / "ref" / name, key), name
+    strip = lambda c: {k: v for k, v in c.items() if k != "wall_s"}  # noqa: E731
+    assert strip(got["compute"]) == strip(ref["compute"])

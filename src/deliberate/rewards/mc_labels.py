@@ -50,9 +50,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -196,12 +197,71 @@ def check_resume(cfg: MCConfig) -> dict[str, Any] | None:
     return old
 
 
-def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) Monte-Carlo labelling; returns the meta dict (config, compute, counts)."""
+@dataclass(frozen=True)
+class LabelUnit:
+    """One chunk of problems: sample its solutions, roll out every step prefix not cached yet."""
+
+    problems: tuple[Problem, ...]
+    done: frozenset[tuple[str, int]]  # (problem id, sample index) already labelled: no rollouts for them
+    cached: frozenset[str]  # prefix keys already in the rollout cache
+    sample_params: Any
+    roll_params: Any
+    prompt_style: str
+    rollout_batch: int
+
+
+def _label_unit(worker, u: LabelUnit):
+    """Runs on a worker (or in this process): the solutions' completions, new cache rows, compute."""
+    task, backend = worker.task, worker.backend
+    t0 = time.perf_counter()
+    comps = backend.generate([task.prompt(p, style=u.prompt_style) for p in u.problems], u.sample_params)
+    spent = Compute(sum(x.completion_tokens for r in comps for x in r),
+                    sum(x.prompt_tokens for r in comps for x in r), 1, time.perf_counter() - t0)
+    # distinct prefixes not yet in the cache (the last step is labelled by the outcome)
+    need: dict[str, tuple[Problem, tuple[str, ...], int]] = {}
+    for p, row in zip(u.problems, comps):
+        for j, x in enumerate(row):
+            if (p.id, j) in u.done:
+                continue
+            steps = task.parse(x).steps
+            for i in range(1, len(steps)):
+                k = _prefix_key(p.id, steps, i)
+                if k not in u.cached and k not in need:
+                    need[k] = (p, steps, i)
+    items = list(need.items())
+    cache_rows = []
+    for r in range(0, len(items), u.rollout_batch):
+        part = items[r:r + u.rollout_batch]
+        t0 = time.perf_counter()
+        outs = backend.generate([_prefix_prompt(task, p, st, i, u.prompt_style) for _, (p, st, i) in part],
+                                u.roll_params)
+        spent = spent + Compute(sum(x.completion_tokens for o in outs for x in o),
+                                sum(x.prompt_tokens for o in outs for x in o), 1, time.perf_counter() - t0)
+        for (k, (p, st, i)), o in zip(part, outs):
+            prefix = "".join(s + "\n" for s in st[:i])
+            n_ok = sum(bool(task.is_correct(task.extract_answer(prefix + x.text), p)) for x in o)
+            toks = sum(x.completion_tokens for x in o)
+            cache_rows.append({"key": k, "problem_id": p.id, "step": i, "correct": n_ok, "k": len(o),
+                               "generated_tokens": toks})
+    return comps, cache_rows, spent
+
+
+def label_mc(cfg: MCConfig, backend=None, task=None, progress: bool = True, executor=None) -> dict[str, Any]:
+    """Run (or resume) Monte-Carlo labelling; returns the meta dict (config, compute, counts).
+
+    The sampling and rollouts run on ``executor`` (``deliberate.executor``: Ray workers, one chunk of
+    ``batch_problems`` problems per unit), by default in this process on ``backend``; only this
+    process writes the labels and the cache."""
+    from deliberate.executor import LocalExecutor
     from deliberate.models.sampling import SamplingParams
     from deliberate.tasks import get_task
 
     task = task or get_task(cfg.task, **cfg.task_options)
+    if executor is None:
+        if backend is None:
+            raise DeliberateError("label_mc needs a backend or an executor")
+        executor = LocalExecutor(backend, task)
+    model_name = executor.model_name()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_FILE
@@ -218,8 +278,8 @@ def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[s
                                  stop=task.stop, seed=cfg.seed + 1)
 
     def write_meta(writer: JsonlAppender) -> dict[str, Any]:
-        meta = {"config": cfg_dict, "compute": spent.to_dict(), "rows": len(writer.rows),
-                "backend": getattr(backend, "model_name", None)}
+        meta = {"config": cfg_dict, "compute": spent.to_dict(), "rows": len(writer.rows), "backend": model_name,
+                "executor": {"name": executor.name, **executor.stats}}
         write_json_atomic(meta_path, meta)
         return meta
 
@@ -230,37 +290,23 @@ def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[s
         bar = tqdm(total=len(problems) * cfg.samples, initial=(len(problems) - len(todo)) * cfg.samples,
                    desc="mc labels", unit="sol", disable=not progress, dynamic_ncols=True)
         meta = write_meta(writer)
+        cached_by_problem: dict[str, set[str]] = {}
+        for k in cache.rows:
+            cached_by_problem.setdefault(k.split("\x00", 1)[0], set()).add(k)
+        units = []
         for c in range(0, len(todo), cfg.batch_problems):
-            chunk = todo[c:c + cfg.batch_problems]
-            t0 = time.perf_counter()
-            comps = backend.generate([task.prompt(p, style=cfg.prompt_style) for p in chunk], sample_params)
-            spent = spent + Compute(sum(x.completion_tokens for r in comps for x in r),
-                                    sum(x.prompt_tokens for r in comps for x in r), 1, time.perf_counter() - t0)
-            every = [(p, j, task.parse(x)) for p, row in zip(chunk, comps) for j, x in enumerate(row)]
-            sols = [(p, j, s) for p, j, s in every if (p.id, j) not in writer]
-            # distinct prefixes not yet in the cache (the last step is labelled by the outcome)
-            need: dict[str, tuple[Problem, tuple[str, ...], int]] = {}
-            for p, _, s in sols:
-                for i in range(1, len(s.steps)):
-                    k = _prefix_key(p.id, s.steps, i)
-                    if k not in cache and k not in need:
-                        need[k] = (p, s.steps, i)
-            items = list(need.items())
-            for r in range(0, len(items), cfg.rollout_batch):
-                part = items[r:r + cfg.rollout_batch]
-                t0 = time.perf_counter()
-                outs = backend.generate([_prefix_prompt(task, p, st, i, cfg.prompt_style) for _, (p, st, i) in part],
-                                        roll_params)
-                spent = spent + Compute(sum(x.completion_tokens for o in outs for x in o),
-                                        sum(x.prompt_tokens for o in outs for x in o), 1, time.perf_counter() - t0)
-                rows = []
-                for (k, (p, st, i)), o in zip(part, outs):
-                    prefix = "".join(s + "\n" for s in st[:i])
-                    n_ok = sum(bool(task.is_correct(task.extract_answer(prefix + x.text), p)) for x in o)
-                    toks = sum(x.completion_tokens for x in o)
-                    rows.append({"key": k, "problem_id": p.id, "step": i, "correct": n_ok, "k": len(o),
-                                 "generated_tokens": toks})
-                cache.append(rows)
+            chunk = tuple(todo[c:c + cfg.batch_problems])
+            units.append(LabelUnit(
+                chunk, frozenset((p.id, j) for p in chunk for j in range(cfg.samples) if (p.id, j) in writer),
+                frozenset(k for p in chunk for k in cached_by_problem.get(p.id, ())), sample_params, roll_params,
+                cfg.prompt_style, cfg.rollout_batch))
+
+        def write(u: LabelUnit, got) -> None:
+            nonlocal spent, meta
+            comps, cache_rows, unit_spent = got
+            spent = spent + unit_spent
+            cache.append(cache_rows)
+            every = [(p, j, task.parse(x)) for p, row in zip(u.problems, comps) for j, x in enumerate(row)]
             rows, charged = [], set()
             # a prefix's rollout tokens count once, for the first solution (in (problem, index) order)
             # needing it; solutions already on disk are walked too, so a resumed run charges the same
@@ -285,6 +331,8 @@ def label_mc(cfg: MCConfig, backend, task=None, progress: bool = True) -> dict[s
                              "generated_tokens": used})
             bar.update(writer.append(rows))
             meta = write_meta(writer)
+
+        executor.map(_label_unit, units, write)
         bar.close()
     return meta
 
@@ -413,6 +461,9 @@ def add_arguments(parser) -> None:
     mc.add_argument("--seed", type=int, default=d.seed)
     mc.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     mc.add_argument("--out", default=d.out)
+    from deliberate.executor import add_executor_arguments
+
+    add_executor_arguments(mc)
     ex = sub.add_parser("export", help="write a labels file as PRM800K JSONL",
                         description="write a labels file as PRM800K JSONL")
     ex.add_argument("labels", help="labels.jsonl or a `label mc` output directory")
@@ -425,7 +476,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from deliberate.models.base import backend_from_args, parse_kv
+    from deliberate.models.base import backend_from_args, backend_spec_from_args, parse_kv
 
     cmd = getattr(args, "label_command", None)
     if cmd == "export":
@@ -455,8 +506,20 @@ def main(args) -> int:
     task = get_task(cfg.task, **cfg.task_options)
     task.problems(cfg.split, 1, cfg.seed)  # bad task options / split fail here, before a model loads
     check_resume(cfg)  # and so does an --out holding labels of a different config
-    backend = backend_from_args(args)
-    meta = label_mc(cfg, backend, task=task)
+    if getattr(args, "executor", "local") == "ray":
+        from deliberate.executor import RayExecutor, WorkerSpec
+
+        name, kwargs = backend_spec_from_args(args)
+        executor = RayExecutor(WorkerSpec(name, kwargs, cfg.task, dict(cfg.task_options)), workers=args.workers,
+                               address=args.address, cpus=args.worker_cpus, gpus=args.worker_gpus,
+                               threads=args.worker_threads)
+        try:
+            meta = label_mc(cfg, task=task, executor=executor)
+        finally:
+            executor.close()
+    else:
+        backend = backend_from_args(args)
+        meta = label_mc(cfg, backend, task=task)
     rows = read_labels(Path(cfg.out) / LABELS_FILE)
     n_steps = sum(len(r["steps"]) for r in rows)
     mean_soft = sum(sum(r["soft"]) for r in rows) / max(1, n_steps)
