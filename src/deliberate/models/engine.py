@@ -15,12 +15,26 @@ re-submits ``prompt + partial_solution`` every round, each one extending a row o
 copies that KV into its batch slots and prefills only the remaining tokens. Outputs are the same as
 without the cache up to float noise (see ``tests/test_prefix_cache.py``).
 
-Measured against ``transformers.generate``: ``python benchmarks/engine_vs_generate.py``; prefix
-caching in a simulated beam search: ``python benchmarks/prefix_cache.py``.
+Devices (see :func:`resolve_device`, :func:`resolve_dtype`): the engine runs where the model's
+parameters are (CPU, or CUDA in any dtype; a bf16 model gets a bf16 KV cache). Logits leave the model
+as float32 and sampling runs in float64 whatever the model dtype. Each sequence's uniforms come from
+its own seeded CPU ``torch.Generator`` and are moved to the device once per batch, so the random
+stream is the same on every device; samples agree across devices (and, on CUDA, across batch sizes)
+up to float noise in the logits -- exactly on CPU. On CUDA the decode loop synchronises with the host
+once per step, to read the sampled tokens (stop checks and EOS need them), and otherwise only when
+rows leave the batch; prefill runs SDPA (no materialised score matrix) and the batch is not split into
+row groups (kernel launches, not FLOPs, are what a small model pays for on a GPU). The default row cap
+per forward is device-aware (:data:`DEFAULT_MAX_BATCH`), and on CUDA a chunk is further capped so its
+KV cache fits in :data:`KV_MEMORY_FRACTION` of the free GPU memory.
+
+Measured against ``transformers.generate``: ``python benchmarks/engine_vs_generate.py`` (CPU) and
+``python benchmarks/gpu_engine.py`` (CUDA, bf16, a ~135M-parameter Llama); prefix caching in a
+simulated beam search: ``python benchmarks/prefix_cache.py``.
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -59,6 +73,83 @@ class EngineStats:
 
     def reset(self) -> None:
         self.prefill_tokens = self.cached_tokens = self.decode_tokens = self.forward_calls = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and dtypes
+# --------------------------------------------------------------------------------------------
+
+#: default rows per forward when the caller gives no ``max_batch_size``, by device type. A GPU is
+#: latency-bound for small models, so more rows per step is nearly free there; on CPU the cost grows
+#: with the rows, and 64 keeps the per-step latency (and the search's rounds) short.
+DEFAULT_MAX_BATCH = {"cpu": 64, "cuda": 256, "mps": 64}
+#: on CUDA a chunk's KV cache (all rows x (longest prompt + max_tokens) positions) may use at most this
+#: fraction of the GPU memory free when the chunk starts; chunks are split further when it would not
+KV_MEMORY_FRACTION = 0.5
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+               "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | int | torch.device | None = "auto", *, what: str = "engine") -> torch.device:
+    """``"auto"``/``None`` -> ``cuda`` when CUDA is available, else ``cpu``; ``"cpu"``, ``"cuda"``,
+    ``"cuda:1"`` (or just ``1``) and ``"mps"`` are checked against what this machine has."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, bool):
+        raise DeliberateError(f"{what}: bad device {device!r} (use auto, cpu, cuda or cuda:N)")
+    try:
+        dev = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DeliberateError(f"{what}: bad device {device!r} ({e}; use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeliberateError(f"{what}: device {str(device)!r} requested but CUDA is not available ({why}); "
+                                  "use device=cpu or device=auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeliberateError(f"{what}: device {str(device)!r} requested but only "
+                                  f"{torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeliberateError(f"{what}: device {str(device)!r} requested but MPS is not available")
+    elif dev.type != "cpu":
+        raise DeliberateError(f"{what}: device must be auto, cpu, cuda or cuda:N (got {str(device)!r})")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: torch.device | str = "cpu", *,
+                  what: str = "engine") -> torch.dtype:
+    """``"auto"``/``None`` -> bfloat16 on a CUDA GPU that computes in it natively (compute capability 8.0+,
+    i.e. Ampere and newer), else float32; or one of ``float32``, ``bfloat16``, ``float16`` (``fp32``,
+    ``bf16``, ``fp16``)."""
+    dev = torch.device(device)
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPE_NAMES.values():
+            raise DeliberateError(f"{what}: dtype must be float32, bfloat16 or float16 (got {dtype})")
+        return dtype
+    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
+        if dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 0):
+            return torch.bfloat16
+        return torch.float32
+    key = dtype.strip().lower() if isinstance(dtype, str) else None
+    if key not in DTYPE_NAMES:
+        raise DeliberateError(f"{what}: dtype must be auto, float32, bfloat16 or float16 (got {dtype!r})")
+    return DTYPE_NAMES[key]
+
+
+def default_max_batch_size(device: torch.device | str, defaults: dict[str, int] | None = None) -> int:
+    """The row cap per forward for ``device`` when the caller sets none (see :data:`DEFAULT_MAX_BATCH`)."""
+    table = DEFAULT_MAX_BATCH if defaults is None else {**DEFAULT_MAX_BATCH, **defaults}
+    return table.get(torch.device(device).type, table["cpu"])
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    cur = torch.cuda.current_device()
+    return (a.index if a.index is not None else cur) == (b.index if b.index is not None else cur)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +327,11 @@ class _LlamaRunner:
         self.inv_freq = rot.inv_freq.float()
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
         self.fused = _fused_weights(model)
+        # device-aware kernels: on CUDA one row group (fewer launches) and SDPA in prefill (no
+        # [rows, heads, L, P] score matrix); on CPU four row groups and explicit matmuls (faster there)
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        self.row_groups = 1 if on_cuda else 4
+        self.sdpa = on_cuda
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -261,6 +357,8 @@ class _LlamaRunner:
         self.k = torch.empty(self.n_layers, B, self.n_kv, self.head_dim, total_len, dtype=dtype, device=dev)
         self.v = torch.empty(self.n_layers, B, self.n_kv, total_len, self.head_dim, dtype=dtype, device=dev)
         self.pad = pad.clone()
+        pads = pad.tolist()
+        self.pads = list(pads)  # host copy of `pad`: row grouping never reads the device
         self.len = P
         self.shared = None  # set by share(): prompt KV held once per prompt, see there
         t = torch.arange(total_len, device=dev, dtype=torch.float32)
@@ -268,7 +366,6 @@ class _LlamaRunner:
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = (emb.cos() * self.rope_scale).to(dtype)
         self.sin = (emb.sin() * self.rope_scale).to(dtype)
-        pads = pad.tolist()
         first = list(pads)  # first slot of each row that is computed
         for b in range(B):
             if pads[b]:
@@ -307,15 +404,20 @@ class _LlamaRunner:
         mask = (slots[None, :] >= self.pad[:, None])[:, None, None, :]  # [B,1,1,s+1]
         return self._decode(tokens[:, None], pos, s, mask)
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` of the batch (drop finished sequences / expand shared prefills)."""
+    def select(self, rows: torch.Tensor, host: Sequence[int] | None = None) -> None:
+        """Keep only ``rows`` of the batch (drop finished sequences / expand shared prefills).
+
+        ``host``: the same indices as a list, when the caller has them (saves a device read)."""
+        host = rows.tolist() if host is None else list(host)
         if self.shared is not None:
-            self.shared.regroup(self.shared.group.index_select(0, rows))
+            sh = self.shared
+            sh.regroup(sh.group.index_select(0, rows), [sh.group_host[r] for r in host])
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
         self.pad = self.pad.index_select(0, rows)
+        self.pads = [self.pads[r] for r in host]
 
-    def share(self, rows: torch.Tensor) -> None:
+    def share(self, rows: torch.Tensor, host: Sequence[int] | None = None) -> None:
         """Expand the prefilled batch to ``rows`` (prefill row of each new row, non-decreasing) *without*
         copying the prompts' KV: each prompt's KV stays stored once, and decode attention runs the
         queries of all samples of a prompt against it as one matrix product (one read of the prompt's
@@ -323,20 +425,22 @@ class _LlamaRunner:
         from here on go to a per-row cache, and softmax runs over the concatenated scores, so the
         result is the same attention as over one contiguous cache."""
         P = self.len
-        self.shared = _SharedPrompts(self.k[..., :P], self.v[:, :, :, :P], self.pad, rows)
+        host = rows.tolist() if host is None else list(host)
+        self.shared = _SharedPrompts(self.k[..., :P], self.v[:, :, :, :P], self.pad, self.pads, rows, host)
         self.pad = self.pad.index_select(0, rows)
+        self.pads = [self.pads[r] for r in host]
         B, S = rows.numel(), self.T - P
         self.k = self.k.new_empty(self.n_layers, B, self.n_kv, self.head_dim, S)
         self.v = self.v.new_empty(self.n_layers, B, self.n_kv, S, self.head_dim)
 
     def row_kv(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of batch row ``b``'s K and V for every real position so far: [n_layers, n_kv, len, head_dim]."""
-        lo = int(self.pad[b])
+        lo = self.pads[b]
         sh = self.shared
         if sh is None:
             return (self.k[:, b, :, :, lo:self.len].transpose(-1, -2).contiguous(),
                     self.v[:, b, :, lo:self.len].clone())
-        g, P = int(sh.group[b]), sh.P
+        g, P = sh.group_host[b], sh.P
         m = self.len - P
         k = torch.cat([sh.k[:, g, :, :, lo:], self.k[:, b, :, :, :m]], dim=-1)
         v = torch.cat([sh.v[:, g, :, lo:], self.v[:, b, :, :m]], dim=-2)
@@ -358,11 +462,12 @@ class _LlamaRunner:
         x = self.inner.embed_tokens(ids.reshape(-1).index_select(0, flat))  # [N, d]
         cos = self.cos[pos].reshape(B * L, -1).index_select(0, flat)[:, None]  # [N,1,hd]
         sin = self.sin[pos].reshape(B * L, -1).index_select(0, flat)[:, None]
-        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        bias = None if self.sdpa else \
+            torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         # per group of rows: (first row, end row, first query column, first key slot)
         n_rows = keep.sum(dim=1).tolist()
-        pads = self.pad.tolist()
-        size = -(-B // (1 if B < 16 else 4))
+        pads = self.pads
+        size = -(-B // (1 if B < 16 else self.row_groups))
         groups = [(b0, min(B, b0 + size), L - max(n_rows[b0:b0 + size]), min(pads[b0:b0 + size]))
                   for b0 in range(0, B, size)]
         for i, layer in enumerate(self.inner.layers):
@@ -379,6 +484,11 @@ class _LlamaRunner:
             # skips the query and key slots that are padding (or cached, for queries) in all its rows
             o = qp.new_zeros(qp.shape)
             for b0, b1, qlo, klo in groups:
+                if self.sdpa:  # fused kernel: the same masked softmax, never materialising the scores
+                    o[b0:b1, :, qlo:] = F.scaled_dot_product_attention(
+                        qp[b0:b1, :, qlo:], K[b0:b1, ..., klo:].transpose(-1, -2).contiguous(),
+                        V[b0:b1, :, klo:], attn_mask=mask[b0:b1, :, qlo:, klo:], scale=1.0)
+                    continue
                 w = torch.softmax((qp[b0:b1, :, qlo:] @ K[b0:b1, ..., klo:]).add_(bias[b0:b1, :, qlo:, klo:]), dim=-1)
                 o[b0:b1, :, qlo:] = w @ V[b0:b1, :, klo:]
             o = o.transpose(1, 2).reshape(B * L, self.n_heads * self.head_dim).index_select(0, flat)
@@ -479,9 +589,9 @@ class _LlamaRunner:
         Only when rows are sorted by padding (the engine sorts them longest prompt first) does a group
         skip anything; otherwise every group starts at its smallest padding, which is still exact.
         """
-        n = 1 if B < 16 else 4
+        n = 1 if B < 16 else self.row_groups
         size = -(-B // n)
-        pads = self.pad.tolist()
+        pads = self.pads
         return [(b0, min(B, b0 + size), min(pads[b0:b0 + size])) for b0 in range(0, B, size)]
 
 
@@ -489,30 +599,39 @@ class _SharedPrompts:
     """Prompt KV stored once per prompt, and the maps between the decode batch's rows (grouped by
     prompt, groups in prompt order) and a [prompts, kv, max_samples * g, .] layout for batched GEMMs."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor, group: torch.Tensor):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor, pads: Sequence[int],
+                 group: torch.Tensor, group_host: Sequence[int]):
         self.k, self.v = k, v  # [L, G, kv, hd, P], [L, G, kv, P, hd]
         self.G, self.P = k.shape[1], k.shape[-1]
-        self.lo = int(pad.min())  # slots before this are padding in every prompt
+        self.lo = min(pads)  # slots before this are padding in every prompt
         slots = torch.arange(self.lo, self.P, device=k.device)
         bias = torch.zeros(self.G, 1, 1, self.P - self.lo, dtype=k.dtype, device=k.device)
         self.bias = bias.masked_fill_((slots[None, :] < pad[:, None])[:, None, None, :], float("-inf"))
-        self.regroup(group)
+        self.regroup(group, group_host)
 
-    def regroup(self, group: torch.Tensor) -> None:
-        g = group.tolist()
-        if any(a > b for a, b in zip(g, g[1:])):
+    def regroup(self, group: torch.Tensor, group_host: Sequence[int]) -> None:
+        """``group`` [B]: each row's prompt; ``group_host``: the same on the host (the layout is
+        computed there, so regrouping reads nothing back from the device)."""
+        g = list(group_host)
+        if any(a > b for a, b in itertools.pairwise(g)):
             raise DeliberateError("rows sharing a prompt must stay grouped, in prompt order")
-        counts = torch.bincount(group, minlength=self.G)
-        self.n = max(1, int(counts.max()))
-        first = torch.cumsum(counts, 0) - counts  # first row of each group
-        slot = torch.arange(len(g), device=group.device) - first[group]
-        self.group = group
-        self.pos = group * self.n + slot  # row -> flat index in the [G * n] layout
-        self.dense = self.pos.numel() == self.G * self.n  # every prompt has n rows: no scatter needed
+        counts = [0] * self.G
+        for x in g:
+            counts[x] += 1
+        self.n = max(1, max(counts, default=0))
+        first, acc = [], 0
+        for c in counts:  # first row of each group
+            first.append(acc)
+            acc += c
+        self.group, self.group_host = group, g
+        # row -> flat index in the [G * n] layout
+        self.pos = torch.tensor([x * self.n + r - first[x] for r, x in enumerate(g)], dtype=torch.long,
+                                device=group.device)
+        self.dense = len(g) == self.G * self.n  # every prompt has n rows: no scatter needed
 
     def from_rows(self, t: torch.Tensor) -> torch.Tensor:
         """[B, kv, g, X] -> [G, kv, n * g, X] (rows a prompt lacks are zeros)."""
-        B, kv, g, X = t.shape
+        _, kv, g, X = t.shape
         if not self.dense:
             t = t.new_zeros(self.G * self.n, kv, g, X).index_copy_(0, self.pos, t)
         return t.view(self.G, self.n, kv, g, X).transpose(1, 2).reshape(self.G, kv, self.n * g, X)
@@ -612,7 +731,7 @@ class _HFRunner:
         self.len += 1
         return out.logits[:, -1].float()
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select(self, rows: torch.Tensor, host: Sequence[int] | None = None) -> None:
         self.attn = self.attn.index_select(0, rows)
         self.pad = self.pad.index_select(0, rows)
         for layer in self.cache.layers:  # transformers >= 4.56 cache layout
@@ -644,14 +763,32 @@ class Engine:
     ``prefix_cache_bytes`` bounds the automatic prefix cache (Llama-style models only; 0 disables it).
     The cache is dropped whenever the model's parameters change (in-place updates included), so an
     engine kept across training steps never serves stale KV.
+
+    ``device``: where to run; ``None`` (default) is wherever the model's parameters are. The engine
+    never moves the model: a ``device`` that differs from the model's is an error (the backends move
+    and cast the model, see :func:`resolve_device`). ``max_batch_size``: rows per forward; ``None``
+    takes :data:`DEFAULT_MAX_BATCH` for the device (64 on CPU, 256 on CUDA), and on CUDA chunks are
+    capped further so their KV cache fits the free GPU memory (:data:`KV_MEMORY_FRACTION`).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: TokenizerLike, *, device: str | torch.device = "cpu",
-                 max_batch_size: int = 64, eos_token_ids: Sequence[int] | None = None,
-                 prefix_cache_bytes: int = 256 * 2**20):
+    def __init__(self, model: torch.nn.Module, tokenizer: TokenizerLike, *,
+                 device: str | torch.device | None = None, max_batch_size: int | None = None,
+                 eos_token_ids: Sequence[int] | None = None, prefix_cache_bytes: int = 256 * 2**20):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.device = torch.device(device)
+        first = next(model.parameters(), None)
+        where = first.device if first is not None else torch.device("cpu")
+        if device is None:
+            self.device = where
+        else:
+            self.device = resolve_device(device)
+            if not _same_device(self.device, where):
+                raise DeliberateError(f"engine: the model is on {where} but device={str(device)!r}; "
+                                      f"move the model first (model.to({str(device)!r}))")
+        if max_batch_size is None:
+            max_batch_size = default_max_batch_size(self.device)
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise DeliberateError(f"engine: max_batch_size must be an integer >= 1 (got {max_batch_size!r})")
         self.max_batch_size = max_batch_size
         eos = set(eos_token_ids or ())
         if getattr(tokenizer, "eos_token_id", None) is not None:
@@ -686,6 +823,22 @@ class Engine:
             self.clear_prefix_cache()
             self._weights_key = key_t
 
+    def rows_per_chunk(self, total_len: int) -> int:
+        """Rows per forward for sequences of up to ``total_len`` positions: ``max_batch_size``, and on
+        CUDA (Llama path) no more than fit their KV cache in :data:`KV_MEMORY_FRACTION` of the free
+        GPU memory (memory the caching allocator holds but does not use counts as free)."""
+        cap = self.max_batch_size
+        if self.device.type != "cuda" or self.runner_cls is not _LlamaRunner:
+            return cap
+        cfg = self.model.config
+        n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        per_row = 2 * cfg.num_hidden_layers * n_kv * head_dim * next(self.model.parameters()).element_size()
+        per_row *= max(1, total_len)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return max(1, min(cap, int(KV_MEMORY_FRACTION * free) // per_row))
+
     def encode_prompt(self, prompt: str) -> list[int]:
         ids = list(self.tokenizer.encode(prompt))
         bos = getattr(self.tokenizer, "bos_token_id", None)
@@ -699,9 +852,11 @@ class Engine:
         n = 1 if params.greedy else params.n
         work = [(i, j) for i in range(len(prompts)) for j in range(n)]
         results: dict[tuple[int, int], Completion] = {}
-        # chunks of at most max_batch_size rows; rows of one prompt share a single prefill
-        for c in range(0, len(work), self.max_batch_size):
-            chunk = work[c:c + self.max_batch_size]
+        longest = max((len(e) for e in encoded), default=0)
+        size = self.rows_per_chunk(longest + params.max_tokens)
+        # chunks of at most `size` rows; rows of one prompt share a single prefill
+        for c in range(0, len(work), size):
+            chunk = work[c:c + size]
             for row in self._run_chunk(chunk, prompts, encoded, params):
                 results[(row.prompt_idx, row.sample_idx)] = Completion(
                     text=row.text, prompt_tokens=row.prompt_len, completion_tokens=len(row.ids),
@@ -727,8 +882,9 @@ class Engine:
             self._check_weights()
         out: list[torch.Tensor] = []
         dev = self.device
-        for c in range(0, len(encoded), self.max_batch_size):
-            chunk = encoded[c:c + self.max_batch_size]
+        size = self.rows_per_chunk(max((len(e) for e in encoded), default=0))
+        for c in range(0, len(encoded), size):
+            chunk = encoded[c:c + size]
             P = max(len(e) for e in chunk)
             if self.max_positions and P > self.max_positions:
                 raise DeliberateError(f"sequence of {P} tokens does not fit the model's context of "
@@ -759,7 +915,7 @@ class Engine:
                 for b, e in enumerate(chunk):
                     cache.insert(e, per_tok * len(e), partial(runner.row_kv, b))
             out.append(logits)
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out) if out else torch.zeros(0, device=dev)
 
     def _run_chunk(self, chunk, prompts, encoded, params: SamplingParams) -> list[_Row]:
         dev = self.device
@@ -807,11 +963,12 @@ class Engine:
         if order != list(range(len(uniq))):
             expand = torch.tensor(order, dtype=torch.long, device=dev)
             if hasattr(runner, "share") and len(order) > len(uniq):
-                runner.share(expand)  # several samples per prompt: keep each prompt's KV once
+                runner.share(expand, order)  # several samples per prompt: keep each prompt's KV once
             else:
-                runner.select(expand)
+                runner.select(expand, order)
             logits = logits.index_select(0, expand)
-        # per-row random streams: batch-invariant by construction
+        # per-row random streams: batch-invariant by construction, drawn on the CPU (the same stream on
+        # every device) and moved to the device once per batch
         if params.greedy:
             U = None
         else:
@@ -825,7 +982,9 @@ class Engine:
         for t in range(max_new):
             u = None if U is None else U[:, t]
             toks, lps = _sample(logits, params, u)
-            toks_l, lps_l = toks.tolist(), lps.tolist()
+            # the one device -> host read per step: tokens (exact in float64) and log-probs in one copy
+            both = torch.stack((toks.to(torch.float64), lps.to(torch.float64))).tolist()
+            toks_l, lps_l = [int(x) for x in both[0]], both[1]
             keep = []
             for b, r in enumerate(active):
                 row = rows[r]
@@ -859,7 +1018,7 @@ class Engine:
                 break
             if len(keep) < len(active):
                 sel = torch.tensor(keep, dtype=torch.long, device=dev)
-                runner.select(sel)
+                runner.select(sel, keep)
                 toks = toks.index_select(0, sel)
                 if U is not None:
                     U = U.index_select(0, sel)
@@ -904,9 +1063,10 @@ def _sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor | None
             cdf = probs.cumsum(dim=-1)
             k = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).clamp(max=probs.shape[-1] - 1)
             tok = k.squeeze(-1)
-            # never pick a zero-probability token through a rounding edge
+            # never pick a zero-probability token through a rounding edge (off the CPU unconditionally:
+            # `bad.any()` would be a device sync every step)
             bad = probs.gather(-1, tok[:, None]).squeeze(-1) <= 0
-            if bad.any():
+            if tok.device.type != "cpu" or bad.any():
                 tok = torch.where(bad, probs.argmax(dim=-1), tok)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
@@ -915,4 +1075,5 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Engine", "EngineStats", "PrefixCache", "TokenizerLike", "count_parameters"]
+__all__ = ["DEFAULT_MAX_BATCH", "KV_MEMORY_FRACTION", "Engine", "EngineStats", "PrefixCache", "TokenizerLike",
+           "count_parameters", "default_max_batch_size", "resolve_device", "resolve_dtype"]

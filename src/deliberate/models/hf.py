@@ -10,6 +10,12 @@ protocol, and applies the chat template when asked.
 
 Nothing is ever downloaded: every ``from_pretrained`` call is ``local_files_only``.
 
+Device and dtype (``--backend-arg device=cuda --backend-arg dtype=bfloat16``): ``device`` is
+``auto`` (default: ``cuda`` when CUDA is available, else ``cpu``), ``cpu``, ``cuda`` or ``cuda:N``;
+``dtype`` is ``auto`` (default: bfloat16 on an Ampere-or-newer GPU, else float32), ``float32``,
+``bfloat16`` or ``float16``. The model is loaded in that dtype and moved there, and the engine runs
+there. ``max_batch_size`` defaults to 32 rows on CPU and 256 on CUDA.
+
 BOS and EOS, the two places instruct models go wrong:
 * Plain prompts get a BOS only if the HF tokenizer itself would add one (Llama does, SmolLM2 and
   Qwen do not). Chat prompts get none from us: the chat template writes its own special tokens
@@ -21,8 +27,9 @@ BOS and EOS, the two places instruct models go wrong:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend, register_backend
@@ -31,6 +38,8 @@ from deliberate.types import Completion
 
 ALIASES = {"smollm2": "SmolLM2-135M-Instruct"}
 DTYPES = ("float32", "bfloat16", "float16")
+#: rows per forward when no max_batch_size is given, by device type
+MAX_BATCH = {"cpu": 32, "cuda": 256}
 CHAT_END = "<|im_end|>"
 
 
@@ -132,28 +141,16 @@ def resolve_path(path: str | Path, cache_dir: str | Path | None = None) -> tuple
     )
 
 
-def _torch_dtype(dtype: str | None, device: str):
-    import torch
+def _torch_dtype(dtype: Any, device: str):
+    from deliberate.models.engine import resolve_dtype
 
-    if dtype is None:
-        dtype = "float32" if device == "cpu" else "bfloat16"
-    if dtype not in DTYPES:
-        raise DeliberateError(f"hf backend: dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-    return getattr(torch, dtype)
+    return resolve_dtype(dtype, device, what="hf backend")
 
 
-def _check_device(device: str) -> str:
-    import torch
+def _check_device(device: Any) -> str:
+    from deliberate.models.engine import resolve_device
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise DeliberateError(f"hf backend: bad device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeliberateError(f"hf backend: device {device!r} requested but CUDA is not available")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise DeliberateError(f"hf backend: device must be cpu or cuda (got {device!r})")
-    return str(dev)
+    return str(resolve_device(device, what="hf backend"))
 
 
 def load_hf(path: Path, *, dtype, device: str):
@@ -188,20 +185,24 @@ class HFBackend(Backend):
     ``path``: checkpoint directory, ``.gguf`` file, or ``smollm2`` (converted once and cached, see
     :mod:`deliberate.models.smollm2`; ``cache_dir`` overrides where). ``chat``: render each prompt
     as one user message with the tokenizer's chat template. ``model``/``tokenizer``: use an
-    already-built transformers model and tokenizer instead of loading ``path``.
+    already-built transformers model and tokenizer instead of loading ``path`` (it is moved and cast
+    in place). ``device``/``dtype``: see the module docstring; ``max_batch_size``: rows per forward
+    (default :data:`MAX_BATCH` for the device).
     """
 
     name = "hf"
 
-    def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = None,
-                 device: str = "cpu", max_batch_size: int = 32, cache_dir: str | Path | None = None,
+    def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = "auto",
+                 device: str = "auto", max_batch_size: int | None = None, cache_dir: str | Path | None = None,
                  model: Any = None, tokenizer: Any = None):
-        from deliberate.models.engine import Engine
+        from deliberate.models.engine import Engine, default_max_batch_size
 
-        if not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise DeliberateError(f"hf backend: max_batch_size must be an integer >= 1 (got {max_batch_size!r})")
         device = _check_device(device)
         torch_dtype = _torch_dtype(dtype, device)
+        if max_batch_size is None:
+            max_batch_size = default_max_batch_size(device, MAX_BATCH)
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise DeliberateError(f"hf backend: max_batch_size must be an integer >= 1 (got {max_batch_size!r})")
         t0 = time.perf_counter()
         if model is None:
             if path is None:
@@ -219,6 +220,7 @@ class HFBackend(Backend):
         self.path = str(path) if path is not None else None
         self.chat = bool(chat)
         self.device = device
+        self.dtype = torch_dtype
         self.model, self.hf_tokenizer = model, tokenizer
         if self.chat and not getattr(tokenizer, "chat_template", None):
             raise DeliberateError(f"hf backend: chat=True but the tokenizer of {self._name} has no chat template")

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend, register_backend
-from deliberate.models.engine import Engine
+from deliberate.models.engine import Engine, default_max_batch_size, resolve_device, resolve_dtype
 from deliberate.models.sampling import SamplingParams
 from deliberate.types import Completion
 
@@ -57,7 +57,7 @@ class CharTokenizer:
         Path(directory, "char_tokenizer.json").write_text(json.dumps({"chars": self.chars}))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "CharTokenizer":
+    def load(cls, directory: str | Path) -> CharTokenizer:
         f = Path(directory, "char_tokenizer.json")
         if not f.exists():
             raise DeliberateError(f"{directory} is not a tiny-model checkpoint (no char_tokenizer.json)")
@@ -89,7 +89,7 @@ def build_tiny_model(config: TinyConfig, tokenizer: CharTokenizer, seed: int = 0
     """A freshly initialised ``LlamaForCausalLM`` for ``config`` (deterministic under ``seed``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    inter = int(round(config.d_model * config.mlp_ratio / 16)) * 16
+    inter = round(config.d_model * config.mlp_ratio / 16) * 16
     hf = LlamaConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=config.d_model, intermediate_size=inter,
         num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
@@ -133,14 +133,32 @@ def load_or_init_tiny(path: str | Path | None, seed: int = 0):
     return build_tiny_model(TinyConfig(), tok, seed=seed).eval(), tok
 
 
+#: rows per forward when no max_batch_size is given, by device type
+MAX_BATCH = {"cpu": 256, "cuda": 1024}
+
+
 @register_backend("tiny")
 class TinyBackend(Backend):
-    """A trained tiny checkpoint behind the sampling engine."""
+    """A trained tiny checkpoint behind the sampling engine.
+
+    ``device``: ``auto`` (default: ``cuda`` when CUDA is available, else ``cpu``), ``cpu``, ``cuda`` or
+    ``cuda:N``; ``dtype``: ``auto`` (default: bfloat16 on an Ampere-or-newer GPU, else float32),
+    ``float32``, ``bfloat16`` or ``float16`` -- e.g. ``--backend-arg device=cuda --backend-arg
+    dtype=bfloat16``. A ``model=`` given directly is moved and cast in place. ``max_batch_size``: rows
+    per forward (default :data:`MAX_BATCH` for the device: 256 on CPU, 1024 on CUDA).
+    """
 
     name = "tiny"
 
     def __init__(self, path: str | Path | None = None, model=None, tokenizer: CharTokenizer | None = None,
-                 max_batch_size: int = 256, threads: int | None = None):
+                 max_batch_size: int | None = None, threads: int | None = None, device: str = "auto",
+                 dtype: str = "auto"):
+        dev = resolve_device(device, what="tiny backend")
+        torch_dtype = resolve_dtype(dtype, dev, what="tiny backend")
+        if max_batch_size is None:
+            max_batch_size = default_max_batch_size(dev, MAX_BATCH)
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise DeliberateError(f"tiny backend: max_batch_size must be an integer >= 1 (got {max_batch_size!r})")
         if model is None:
             if path is None:
                 raise DeliberateError("--backend tiny needs --model DIR (a checkpoint from `deliberate train sft`)")
@@ -150,8 +168,9 @@ class TinyBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
         self.path = str(path) if path is not None else None
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.engine = Engine(self.model, tokenizer, max_batch_size=max_batch_size)
+        self.device, self.dtype = dev, torch_dtype
+        self.model, self.tokenizer = model.to(device=dev, dtype=torch_dtype).eval(), tokenizer
+        self.engine = Engine(self.model, tokenizer, device=dev, max_batch_size=max_batch_size)
 
     @property
     def model_name(self) -> str:
