@@ -1,20 +1,47 @@
 """Backend ``openai``: sample from any OpenAI-compatible HTTP server (vLLM, SGLang, llama.cpp, Ollama,
-hosted APIs, or our own ``deliberate serve``).
+hosted APIs, or our own ``deliberate serve``), or from several of them at once.
 
 Why: the same search and eval code then runs on a model served anywhere. ``generate`` is synchronous
 for callers; inside it runs an asyncio loop with ``httpx.AsyncClient`` and sends one request per
-prompt (``n`` choices each), at most ``concurrency`` at a time, retrying transient failures.
+prompt (``n`` choices each), at most ``concurrency`` at a time per server, retrying transient failures.
 
     backend = get_backend("openai", base_url="http://127.0.0.1:8000/v1")
     backend.generate(["2+2="], SamplingParams(n=4, seed=1))
+    # several servers of the same model: a list, or one comma-separated string (CLI: --base-url a,b)
+    backend = get_backend("openai", base_url="http://gpu0:8000/v1,http://gpu1:8000/v1", concurrency=64)
 
 Behaviour worth knowing:
 
+* Several servers: ``concurrency`` is per server (total in flight = ``concurrency`` x servers).
+  Each request (each attempt) goes to one server, chosen when a slot is free:
+
+  - *prefix affinity*: a stable hash (blake2b, not Python's salted ``hash``) of the request's
+    affinity key picks a preferred server. The key is the prompt for ``generate`` and the prompt
+    *without* the partial solution for ``continue_many`` / ``continue_from``, so every step of one
+    question lands on the same server and reuses its prefix cache;
+  - *load*: the preferred server is skipped when it is full (``concurrency`` requests in flight) or
+    has more than ``affinity_margin`` (default ``max(1, concurrency // 2)``) requests in flight more
+    than the least-loaded server; the request then goes to the least-loaded server (ties: the next
+    servers after the preferred one, in the order given);
+  - *failover*: a retry goes to another server than the one that just failed whenever another has a
+    free slot, and a server whose last attempt failed is left alone for a cool-down
+    (``retry_base_delay * 2**(consecutive failures - 1)``, capped at ``retry_max_delay``, or its
+    ``Retry-After``) while some other server is not cooling down.
+    The backoff before each retry is the same as with one server (below).
+
+  ``server_stats()`` gives per-server counts (requests sent, answers, failures, peak in flight).
+  ``model_name`` (when ``model`` is not given) comes from ``GET /models`` of the first server that
+  answers. All servers must serve the same model under the same name.
+* Request order: ``continue_many`` sends requests grouped by prompt (in order of first appearance,
+  shortest partial solution first), so requests that share a prompt reach a server back to back;
+  results come back in the caller's order. The samples do not depend on the order or the server:
+  every request carries the caller's seed, and the server derives per-sample seeds from the prompt.
 * Retries: 429, 5xx, connection errors, timeouts and malformed JSON are retried up to
   ``max_retries`` times with exponential backoff and full jitter (``retry_base_delay * 2**attempt``,
   capped at ``retry_max_delay``); a ``Retry-After`` header on 429/503 is honoured instead (also capped
   at ``retry_max_delay``). Other 4xx raise :class:`RemoteError` at once, with the status and the
-  server's message.
+  server's message. A request holds its server slot only while it is on the wire, not while it
+  backs off.
 * Token counts: ``prompt_tokens`` comes from ``usage.prompt_tokens`` and is shared by all choices of
   one prompt. Per-choice ``completion_tokens`` comes, in order of preference, from a per-choice
   ``completion_tokens`` field (``deliberate serve`` sends it), the number of log-probs of the choice,
@@ -32,21 +59,30 @@ Behaviour worth knowing:
   :class:`RemoteError` (the first prompt that exhausted its retries); it never returns a partial result.
 * The API key (``api_key=`` or env ``OPENAI_API_KEY`` / ``DELIBERATE_API_KEY``) is sent as a Bearer
   header and never logged or shown in ``repr``; a server that echoes it in an error message has it
-  replaced by ``***`` in our warnings and errors.
+  replaced by ``***`` in our warnings and errors. Passwords in any of the base URLs
+  (``https://user:PASSWORD@host/v1``) are redacted the same way, also in ``server_stats()``. A comma
+  inside a URL (e.g. in a password) must be written ``%2C``, since commas separate servers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import email.utils
+import hashlib
 import json
 import logging
 import math
 import os
 import random
+import re
+import ssl
+import threading
 import time
-from typing import Any, Mapping, Sequence
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -72,14 +108,14 @@ class RemoteError(DeliberateError):
 
 
 class _Secret:
-    """Holds the API key so that ``repr``, ``vars`` and logging never show it."""
+    """Holds the API key (or the URL passwords) so that ``repr``, ``vars`` and logging never show it."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str | None):
+    def __init__(self, value: Any):
         self._value = value
 
-    def get(self) -> str | None:
+    def get(self) -> Any:
         return self._value
 
     def __bool__(self) -> bool:
@@ -174,7 +210,7 @@ def parse_choices(body: Any, chat: bool) -> list[Completion]:
             if isinstance(lp, dict) and isinstance(lp.get("token_logprobs"), list):
                 lps = tuple(float(x) for x in lp["token_logprobs"] if x is not None)
         if not isinstance(text, str):
-            raise ValueError("choice text is not a string")
+            raise ValueError("choice text is not a string")  # noqa: TRY004 - documented ValueError
         texts.append(text)
         lps_all.append(lps)
 
@@ -203,15 +239,210 @@ def _run_sync(coro):
         return ex.submit(asyncio.run, coro).result()
 
 
+# ------------------------------------------------------------------------------------ several servers
+
+_USERINFO_PASSWORD = re.compile(r"(?i)\b(https?://[^/\s:@]*:)[^/\s@]*@")
+
+
+def _redact_userinfo(text: str) -> str:
+    """``scheme://user:PASSWORD@host`` -> ``scheme://user:***@host`` anywhere in ``text``."""
+    return _USERINFO_PASSWORD.sub(r"\1***@", text)
+
+
+def _url_passwords(url: str) -> list[str]:
+    """The password of ``url`` as written and percent-decoded (either may turn up in messages)."""
+    try:
+        raw = urllib.parse.urlsplit(url).password
+    except ValueError:
+        raw = None
+    if not raw:
+        return []
+    return sorted({raw, urllib.parse.unquote(raw)}, key=len, reverse=True)
+
+
+def _parse_base_urls(base_url: Any) -> list[str]:
+    """``base_url`` (one URL, a comma-separated string, or a list / tuple) as a list of checked URLs."""
+    if isinstance(base_url, str):
+        entries: list[Any] = base_url.split(",")
+    elif isinstance(base_url, (list, tuple)):
+        entries = list(base_url)
+    else:
+        raise DeliberateError("openai backend: base_url must be a URL, a comma-separated string of URLs or a list "
+                              f"of URLs (got {type(base_url).__name__})")
+    if not entries:
+        raise DeliberateError("openai backend: base_url lists no server")
+    secrets = [pw for e in entries if isinstance(e, str) for pw in _url_passwords(e)]
+
+    def show(text: str) -> str:
+        for pw in secrets:
+            text = text.replace(pw, "***")
+        return _redact_userinfo(text)
+
+    urls: list[str] = []
+    for pos, entry in enumerate(entries, 1):
+        where = f"base_url entry {pos} of {len(entries)}"
+        if not isinstance(entry, str):
+            raise DeliberateError(f"openai backend: {where} is not a string (got {type(entry).__name__})")
+        url = entry.strip().rstrip("/")
+        if not url:
+            raise DeliberateError(f"openai backend: {where} is empty (in {show(repr(base_url))})")
+        if not url.startswith(("http://", "https://")):
+            raise DeliberateError(f"openai backend: {where}: base_url must start with http:// or https:// "
+                                  f"(got {show(repr(entry))})")
+        if any(ch.isspace() for ch in url):
+            raise DeliberateError(f"openai backend: {where} contains whitespace (got {show(repr(entry))})")
+        try:
+            parsed = httpx.URL(url)
+            port = parsed.port
+        except (httpx.InvalidURL, ValueError) as e:
+            raise DeliberateError(f"openai backend: {where} is not a valid URL ({show(str(e))}): "
+                                  f"{show(repr(entry))}") from None
+        if not parsed.host:
+            raise DeliberateError(f"openai backend: {where} has no host (got {show(repr(entry))})")
+        if port is not None and not 0 < port < 65536:
+            raise DeliberateError(f"openai backend: {where} has an invalid port {port} (got {show(repr(entry))})")
+        if url in urls:
+            raise DeliberateError(f"openai backend: {where} repeats server {urls.index(url) + 1} "
+                                  f"({show(repr(url))}); list each server once")
+        urls.append(url)
+    return urls
+
+
+def affinity_index(key: str, n_servers: int) -> int:
+    """The preferred server (0 .. n_servers-1) for affinity key ``key``: stable across runs and machines."""
+    h = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(h, "little") % n_servers
+
+
+class _Server:
+    """One base URL and its counters (kept for the backend's lifetime; ``repr`` hides the password)."""
+
+    __slots__ = ("consecutive_failures", "cool_until", "failures", "ok", "peak_inflight", "requests", "shown", "url")
+
+    def __init__(self, url: str, shown: str):
+        self.url, self.shown = url, shown
+        self.requests = self.ok = self.failures = self.peak_inflight = self.consecutive_failures = 0
+        self.cool_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"<server {self.shown}>"
+
+
+# httpcore's connection pool does work proportional to (connections x queued requests) on every
+# request event, which made 64 connections in one pool cost ~9 ms of CPU per request. So each server's
+# `concurrency` connections are split over several small httpx clients ("shards") of at most _SHARD.
+_SHARD = 8
+
+
+def _shard_caps(concurrency: int) -> list[int]:
+    return [min(_SHARD, concurrency - start) for start in range(0, concurrency, _SHARD)]
+
+
+class _Clients:
+    """Per call: the httpx clients, ``get(server, shard)``, each made on first use (a small call needs one)."""
+
+    def __init__(self, backend: OpenAIBackend):
+        self._backend = backend
+        self._made: dict[tuple[int, int], httpx.AsyncClient] = {}
+
+    def get(self, server: int, shard: int) -> httpx.AsyncClient:
+        client = self._made.get((server, shard))
+        if client is None:
+            b = self._backend
+            cap = b._shard_caps[shard]
+            client = httpx.AsyncClient(timeout=httpx.Timeout(b.timeout), headers=b._headers(), verify=b._ssl(),
+                                       limits=httpx.Limits(max_connections=cap, max_keepalive_connections=cap))
+            self._made[(server, shard)] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._made = list(self._made.values()), {}
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+
+
+class _Slots:
+    """Per-call accounting of requests in flight on each server (and each of its client shards), with
+    FIFO waiting for a free slot.
+
+    Only used from one event loop (no locking needed); ``pick`` holds the balancing rule (module docstring).
+    """
+
+    def __init__(self, servers: Sequence[_Server], concurrency: int, margin: int, shard_caps: Sequence[int]):
+        self.servers, self.cap, self.margin = servers, concurrency, margin
+        self.shard_caps = list(shard_caps)
+        self.inflight = [0] * len(servers)
+        self.shard_inflight = [[0] * len(self.shard_caps) for _ in servers]
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def _eligible(self, now: float) -> list[int]:
+        healthy = [i for i, s in enumerate(self.servers) if s.cool_until <= now]
+        return healthy or list(range(len(self.servers)))
+
+    def pick(self, preferred: int, avoid: int | None) -> int | None:
+        """The server for the next attempt, or ``None`` when every usable server is full. Whether it is
+        ``None`` does not depend on ``preferred`` / ``avoid``, so waking one waiter per freed slot is enough."""
+        free = [i for i in self._eligible(time.monotonic()) if self.inflight[i] < self.cap]
+        if not free:
+            return None
+        if avoid is not None and avoid in free and len(free) > 1:
+            free.remove(avoid)  # failover: retry elsewhere when there is an elsewhere
+        if preferred in free and self.inflight[preferred] - min(self.inflight[i] for i in free) <= self.margin:
+            return preferred
+        k = len(self.servers)
+        return min(free, key=lambda i: (self.inflight[i], (i - preferred) % k))
+
+    def _next_change(self) -> float | None:
+        """Seconds until the next cool-down ends (which may make a server usable again), if any."""
+        now = time.monotonic()
+        ends = [s.cool_until - now for s in self.servers if s.cool_until > now]
+        return max(0.001, min(ends)) if ends else None
+
+    async def acquire(self, preferred: int, avoid: int | None) -> tuple[int, int]:
+        """A free slot: ``(server, shard)``."""
+        while True:
+            i = self.pick(preferred, avoid)
+            if i is not None:
+                self.inflight[i] += 1
+                server = self.servers[i]
+                server.peak_inflight = max(server.peak_inflight, self.inflight[i])
+                shards = self.shard_inflight[i]  # the first shard with room (re-uses its kept-alive connections)
+                j = next(j for j, cap in enumerate(self.shard_caps) if shards[j] < cap)
+                shards[j] += 1
+                return i, j
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, self._next_change())
+            except asyncio.TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self.wake(1)  # we were woken for a slot we will not use: pass it on
+                raise
+
+    def release(self, i: int, j: int, extra_wakes: int = 0) -> None:
+        self.inflight[i] -= 1
+        self.shard_inflight[i][j] -= 1
+        self.wake(1 + extra_wakes)
+
+    def wake(self, k: int) -> None:
+        while k > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                k -= 1
+
+
 @register_backend("openai")
 class OpenAIBackend(Backend):
-    """Client for an OpenAI-compatible server; see the module docstring for retry and token-count rules."""
+    """Client for one or several OpenAI-compatible servers; see the module docstring for the balancing,
+    retry and token-count rules."""
 
     name = "openai"
 
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | Sequence[str] = "http://127.0.0.1:8000/v1",
         model: str | None = None,
         api_key: str | None = None,
         chat: bool = False,
@@ -221,9 +452,9 @@ class OpenAIBackend(Backend):
         retry_base_delay: float = 0.5,
         retry_max_delay: float = 60.0,
         extra_body: Mapping[str, Any] | None = None,
+        affinity_margin: int | None = None,
     ):
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise DeliberateError(f"openai backend: base_url must start with http:// or https:// (got {base_url!r})")
+        urls = _parse_base_urls(base_url)
         problems = []
         if not isinstance(concurrency, int) or concurrency < 1:
             problems.append(f"concurrency must be an integer >= 1 (got {concurrency!r})")
@@ -235,16 +466,24 @@ class OpenAIBackend(Backend):
             problems.append(f"retry_base_delay must be >= 0 (got {retry_base_delay!r})")
         if not isinstance(retry_max_delay, (int, float)) or retry_max_delay < 0:
             problems.append(f"retry_max_delay must be >= 0 (got {retry_max_delay!r})")
+        if affinity_margin is not None and (not isinstance(affinity_margin, int) or affinity_margin < 0):
+            problems.append(f"affinity_margin must be an integer >= 0 (got {affinity_margin!r})")
         if problems:
             raise DeliberateError("openai backend: " + "; ".join(problems))
-        self.base_url = base_url.rstrip("/")
         self.model = model
         if api_key is None:
             api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
         self._api_key = _Secret(api_key)
-        self._url_password = httpx.URL(self.base_url).password or None  # https://user:PASSWORD@host: redacted too
+        # https://user:PASSWORD@host: redacted too, as written and percent-decoded, for every server
+        self._url_passwords = _Secret(tuple(sorted({pw for u in urls for pw in _url_passwords(u)}, key=len,
+                                                   reverse=True)))
+        self._servers = [_Server(u, self._redact(u)) for u in urls]
+        self._stats_lock = threading.Lock()
+        self._ssl_context: ssl.SSLContext | None = None  # made once: building one costs ~75 ms per call
+        self._shard_caps = _shard_caps(concurrency)
         self.chat = bool(chat)
         self.concurrency = concurrency
+        self.affinity_margin = max(1, concurrency // 2) if affinity_margin is None else affinity_margin
         self.timeout = float(timeout)
         self.max_retries = max_retries
         self.retry_base_delay = float(retry_base_delay)
@@ -253,12 +492,31 @@ class OpenAIBackend(Backend):
         self._jitter = random.Random()  # jitter only spreads retries in time; it never affects results
 
     def __repr__(self) -> str:
+        urls = ",".join(s.shown for s in self._servers)
         return (
-            f"OpenAIBackend(base_url={self._redact(self.base_url)!r}, model={self.model!r}, "
-            f"api_key={self._api_key!r}, chat={self.chat}, concurrency={self.concurrency}, timeout={self.timeout})"
+            f"OpenAIBackend(base_url={urls!r}, model={self.model!r}, api_key={self._api_key!r}, chat={self.chat}, "
+            f"concurrency={self.concurrency}, timeout={self.timeout})"
         )
 
     # ----------------------------------------------------------------------------------------- public
+
+    @property
+    def base_url(self) -> str:
+        """The first server's base URL (as given, without a trailing ``/``)."""
+        return self._servers[0].url
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every server's base URL, in the order given."""
+        return [s.url for s in self._servers]
+
+    def server_stats(self) -> list[dict[str, Any]]:
+        """Per server, since this backend was made: ``url`` (password redacted), ``requests`` (attempts
+        sent), ``ok`` (usable answers), ``failures`` (failed attempts, retried or not) and ``peak_inflight``
+        (most requests in flight at once within one call)."""
+        with self._stats_lock:
+            return [{"url": s.shown, "requests": s.requests, "ok": s.ok, "failures": s.failures,
+                     "peak_inflight": s.peak_inflight} for s in self._servers]
 
     @property
     def model_name(self) -> str:
@@ -267,7 +525,7 @@ class OpenAIBackend(Backend):
         return self.model
 
     def list_models(self) -> list[str]:
-        """Model ids from ``GET /models``."""
+        """Model ids from ``GET /models`` (of the first server that answers)."""
         return _run_sync(self._with_client(self._list_models))
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
@@ -276,7 +534,28 @@ class OpenAIBackend(Backend):
         prompts = list(prompts)
         if not prompts:
             return []
-        return _run_sync(self._with_client(lambda client: self._generate_all(client, prompts, params)))
+        return _run_sync(self._with_client(lambda client: self._generate_all(client, prompts, params, prompts)))
+
+    def continue_from(self, prompt: str, prefixes: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        return self.continue_many([(prompt, p) for p in prefixes], params)
+
+    def continue_many(self, requests: Sequence[tuple[str, str]], params: SamplingParams) -> list[list[Completion]]:
+        """As :meth:`Backend.continue_many` (the server sees ``prompt + prefix``), sent grouped by prompt,
+        shortest prefix first, with the prompt as affinity key; results in the caller's order."""
+        requests = list(requests)
+        if not requests:
+            return []
+        first: dict[str, int] = {}
+        for prompt, _ in requests:
+            first.setdefault(prompt, len(first))
+        order = sorted(range(len(requests)), key=lambda i: (first[requests[i][0]], len(requests[i][1])))
+        texts = [requests[i][0] + requests[i][1] for i in order]
+        keys = [requests[i][0] for i in order]
+        rows = _run_sync(self._with_client(lambda client: self._generate_all(client, texts, params, keys)))
+        out: list[list[Completion]] = [[] for _ in requests]
+        for row, i in zip(rows, order):
+            out[i] = row
+        return out
 
     # -------------------------------------------------------------------------------------- internals
 
@@ -286,19 +565,32 @@ class OpenAIBackend(Backend):
             h["Authorization"] = f"Bearer {self._api_key.get()}"
         return h
 
-    async def _with_client(self, fn):
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits, headers=self._headers()) as client:
-            return await fn(client)
+    def _new_slots(self) -> _Slots:
+        return _Slots(self._servers, self.concurrency, self.affinity_margin, self._shard_caps)
 
-    async def _list_models(self, client: httpx.AsyncClient) -> list[str]:
-        body = await self._request(client, "GET", "/models", None)
+    def _ssl(self) -> ssl.SSLContext:
+        with self._stats_lock:
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context()  # what AsyncClient() would build each time
+            return self._ssl_context
+
+    async def _with_client(self, fn):
+        # Nothing caps below concurrency x servers: every request in flight has its own connection
+        # (each server's slots are spread over client shards whose limits add up to `concurrency`).
+        clients = _Clients(self)
+        try:
+            return await fn(clients)
+        finally:
+            await clients.aclose()
+
+    async def _list_models(self, client: _Clients) -> list[str]:
+        body, url = await self._request(client, "GET", "/models", None, self._new_slots(), 0, with_url=True)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
-            raise RemoteError(self._redact(f"GET {self.base_url}/models: answer has no 'data' list"))
+            raise RemoteError(self._redact(f"GET {url}: answer has no 'data' list"))
         return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
 
-    async def _resolve_model(self, client: httpx.AsyncClient) -> str:
+    async def _resolve_model(self, client: _Clients) -> str:
         if self.model is None:
             models = await self._list_models(client)
             if not models:
@@ -306,10 +598,13 @@ class OpenAIBackend(Backend):
             self.model = models[0]
         return self.model
 
-    async def _generate_all(self, client, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    async def _generate_all(self, client: _Clients, prompts: list[str], params: SamplingParams,
+                            keys: Sequence[str]) -> list[list[Completion]]:
         await self._resolve_model(client)
-        sem = asyncio.Semaphore(self.concurrency)
-        tasks = [asyncio.ensure_future(self._generate_one(client, sem, p, params)) for p in prompts]
+        slots = self._new_slots()
+        k = len(self._servers)
+        tasks = [asyncio.ensure_future(self._generate_one(client, slots, p, params, affinity_index(key, k)))
+                 for p, key in zip(prompts, keys)]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
@@ -339,7 +634,7 @@ class OpenAIBackend(Backend):
         body.update(self.extra_body)
         return body
 
-    async def _generate_one(self, client, sem: asyncio.Semaphore, prompt: str, params: SamplingParams):
+    async def _generate_one(self, client: _Clients, slots: _Slots, prompt: str, params: SamplingParams, preferred: int):
         path = "/chat/completions" if self.chat else "/completions"
         got: list[Completion] = []
         round_ = 0
@@ -348,36 +643,74 @@ class OpenAIBackend(Backend):
             # samples); follow-ups for servers that ignored `n` carry a derived seed (module docstring).
             seed = params.seed if round_ == 0 else sequence_seed(params.seed, prompt, round_) & 0x7FFFFFFF
             payload = self._payload(prompt, params, params.n - len(got), seed)
-            async with sem:
-                body = await self._request(client, "POST", path, payload, parse=lambda b: parse_choices(b, self.chat))
+            body = await self._request(client, "POST", path, payload, slots, preferred,
+                                       parse=lambda b: parse_choices(b, self.chat))
             got.extend(body)
             round_ += 1
             if round_ == 1 and len(got) < params.n:
                 log.info("server returned %d of n=%d choices; requesting the rest", len(got), params.n)
         return got[: params.n]
 
-    async def _request(self, client, method: str, path: str, payload, parse=None):
-        """One API call with retries; returns the parsed JSON (or ``parse(json)``)."""
-        url = self.base_url + path
+    def _cooldown(self, server: _Server, err: _Retryable) -> float:
+        if err.retry_after is not None:
+            return min(err.retry_after, self.retry_max_delay)
+        return min(self.retry_max_delay, self.retry_base_delay * 2 ** (server.consecutive_failures - 1))
+
+    async def _request(self, client: _Clients, method: str, path: str, payload, slots: _Slots, preferred: int,
+                       parse=None, with_url: bool = False):
+        """One API call with retries (and failover between servers); returns the parsed JSON (or
+        ``parse(json)``), and the URL that answered when ``with_url``."""
         last = ""
         last_status = None
+        avoid: int | None = None
+        url = self._servers[preferred].url + path
         for attempt in range(self.max_retries + 1):
+            i, shard = await slots.acquire(preferred, avoid)
+            server = self._servers[i]
+            url = server.url + path
+            extra_wakes = 0
             try:
-                # httpx's timeout bounds each connect / read / write; the deadline bounds the whole
-                # attempt, so a server that trickles bytes slowly cannot hold a request forever.
-                resp = await asyncio.wait_for(client.request(method, url, json=payload), self.timeout)
-            except httpx.UnsupportedProtocol as e:
-                raise RemoteError(self._redact(f"{method} {url}: {e}")) from None
-            except asyncio.TimeoutError:
-                err = _Retryable(f"no complete answer within the {self.timeout:g} s timeout")
-            except (httpx.TransportError, httpx.DecodingError, httpx.StreamError) as e:
-                err = _Retryable(f"{type(e).__name__}: {e}".rstrip(": "))
-            else:
+                with self._stats_lock:
+                    server.requests += 1
                 try:
-                    return self._handle(resp, method, url, parse)
-                except _Retryable as e:
-                    err = e
+                    # httpx's timeout bounds each connect / read / write; the deadline bounds the whole
+                    # attempt, so a server that trickles bytes slowly cannot hold a request forever.
+                    resp = await asyncio.wait_for(client.get(i, shard).request(method, url, json=payload),
+                                                  self.timeout)
+                except httpx.UnsupportedProtocol as e:
+                    with self._stats_lock:
+                        server.failures += 1
+                    raise RemoteError(self._redact(f"{method} {url}: {e}")) from None
+                except asyncio.TimeoutError:
+                    err = _Retryable(f"no complete answer within the {self.timeout:g} s timeout")
+                except (httpx.TransportError, httpx.DecodingError, httpx.StreamError) as e:
+                    err = _Retryable(f"{type(e).__name__}: {e}".rstrip(": "))
+                else:
+                    try:
+                        result = self._handle(resp, method, url, parse)
+                    except _Retryable as e:
+                        err = e
+                    except RemoteError:
+                        with self._stats_lock:
+                            server.failures += 1
+                        raise
+                    else:
+                        with self._stats_lock:
+                            server.ok += 1
+                            server.consecutive_failures = 0
+                            if server.cool_until > time.monotonic():  # it is back: let waiters use it now
+                                extra_wakes = self.concurrency
+                            server.cool_until = 0.0
+                        return (result, url) if with_url else result
+                with self._stats_lock:
+                    server.failures += 1
+                    server.consecutive_failures += 1
+                    if len(self._servers) > 1:
+                        server.cool_until = max(server.cool_until, time.monotonic() + self._cooldown(server, err))
+            finally:
+                slots.release(i, shard, extra_wakes)
             last, last_status = self._redact(str(err)), err.status
+            avoid = i
             if attempt == self.max_retries:
                 break
             if err.retry_after is not None:
@@ -385,20 +718,20 @@ class OpenAIBackend(Backend):
             else:
                 delay = self._jitter.uniform(0, min(self.retry_max_delay, self.retry_base_delay * 2**attempt))
             log.warning(
-                "%s %s failed (%s); retry %d/%d in %.2fs", method, self._redact(url), last, attempt + 1,
-                self.max_retries, delay,
+                "%s %s failed (%s); retry %d/%d in %.2fs%s", method, self._redact(url), last, attempt + 1,
+                self.max_retries, delay, " (on another server if one is free)" if len(self._servers) > 1 else "",
             )
             await asyncio.sleep(delay)
         raise RemoteError(self._redact(f"{method} {url} failed after {self.max_retries + 1} attempt(s): {last}"),
                           last_status)
 
     def _redact(self, text: str) -> str:
-        """``text`` with the API key (should a server echo it back in an error) and any password in
-        ``base_url`` replaced by ``***``."""
-        for secret in (self._api_key.get(), self._url_password):
+        """``text`` with the API key (should a server echo it back in an error) and any password in the
+        base URLs replaced by ``***``."""
+        for secret in (self._api_key.get(), *(self._url_passwords.get() or ())):
             if secret:
                 text = text.replace(secret, "***")
-        return text
+        return _redact_userinfo(text)
 
     def _handle(self, resp: httpx.Response, method: str, url: str, parse):
         status = resp.status_code
