@@ -250,7 +250,7 @@ def test_conversion_is_cached(converted, monkeypatch):
 def test_smollm2_alias_loads_from_cache(converted, monkeypatch):
     root, path, _ = converted
     monkeypatch.setattr(smollm2, "load_gguf", lambda gguf: pytest.fail("alias reconverted"))
-    b = get_backend("hf", path="smollm2", cache_dir=root)
+    b = get_backend("hf", path="smollm2", cache_dir=root, device="cpu")  # float32 is the CPU default
     assert b.model_name == "hf:SmolLM2-135M-Instruct"
     assert b.model.dtype == torch.float32 and b.tokenizer.bos_token_id is None
 

@@ -66,6 +66,7 @@ class DeliberateHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # listen backlog: clients opening 64+ connections at once are not reset
 
     def __init__(self, address, backend: Backend, model_name: str, api_key: str | None):
         super().__init__(address, _Handler)
