@@ -10,9 +10,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -253,8 +254,22 @@ def adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
 
 
-def supervised_step(model, opt, batch: dict[str, torch.Tensor], lr: float, grad_clip: float | None) -> torch.Tensor:
-    """One optimizer step on next-token cross-entropy of ``batch`` (from :func:`collate`); returns the loss."""
+def label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens of ``batch`` that carry a next-token loss (the targets of positions 1..L-1)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def supervised_step(model, opt, batch: dict[str, torch.Tensor], lr: float, grad_clip: float | None,
+                    dist=None, n_items: int | None = None) -> torch.Tensor:
+    """One optimizer step on next-token cross-entropy of ``batch`` (from :func:`collate`); returns the loss.
+
+    Data-parallel (``dist`` from :mod:`deliberate.train.distributed` under a launcher): ``batch`` is
+    this rank's share of the global batch and ``n_items`` the global number of loss tokens
+    (:func:`label_tokens` summed over ranks). Each rank's loss is its token-loss sum scaled by
+    ``world_size / n_items``, so DDP's gradient average is the gradient of the global batch's mean
+    loss (the single-process math, up to reduction order); the returned loss is that global mean."""
+    if dist is not None and dist.parallel:
+        return _parallel_supervised_step(model, opt, batch, lr, grad_clip, dist, n_items)
     for g in opt.param_groups:
         g["lr"] = lr
     loss = model(**batch).loss
@@ -264,3 +279,22 @@ def supervised_step(model, opt, batch: dict[str, torch.Tensor], lr: float, grad_
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     return loss
+
+
+def _parallel_supervised_step(model, opt, batch, lr, grad_clip, dist, n_items) -> torch.Tensor:
+    if n_items is None:
+        (n_items,) = dist.sum(label_tokens(batch))
+    for g in opt.param_groups:
+        g["lr"] = lr
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                            ignore_index=IGNORE, reduction="sum")
+    loss = nll * (dist.world_size / max(1, n_items))
+    opt.zero_grad(set_to_none=True)
+    dist.backward(loss)
+    if grad_clip:
+        dist.clip_grad_norm_(model, grad_clip)
+    opt.step()
+    (total,) = dist.sum(float(loss.detach()))
+    return torch.tensor(total / dist.world_size)

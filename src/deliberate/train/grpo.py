@@ -21,6 +21,14 @@ Checkpoints (model, optimizer, RNG, step, compute) every ``checkpoint_every`` st
 same command resumes from the last one and gives the same result as an uninterrupted run (sampling
 is seeded per step, batches are a pure function of (seed, step)). Held-out greedy / maj@n / pass@n
 every ``eval_every`` steps are rows of ``OUT/iterations/`` and of ``OUT/summary.json``.
+
+Under ``accelerate launch`` (data parallel, :mod:`deliberate.train.distributed`): each rank samples
+the groups of its contiguous share of the step's problems (same seeds as a single process: samples
+are seeded per prompt and sample index), the groups are gathered on every rank, so rewards,
+advantages and the logged counts are those of the whole step, then each rank trains on its share of
+the step's completions with DDP (the loss is scaled so the averaged gradient is the single-process
+one). Held-out evaluation, the iteration log, checkpoints and the summary are written by the main
+process only; the others wait for it.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from deliberate.train.common import (
     restore_rng,
     save_checkpoint,
 )
+from deliberate.train.distributed import Dist, Single, setup
 from deliberate.train.rest_em import format_iterations
 from deliberate.train.selfimprove import (
     IterationLog,
@@ -114,8 +123,9 @@ def token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 
 
 def grpo_loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
-              clip: float, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate + beta * k3 KL, mean over each sequence's tokens then over sequences."""
+              clip: float, beta: float, denom: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate + beta * k3 KL, mean over each sequence's tokens then over sequences
+    (``denom``: divide the sum over sequences by this instead, for a rank's share of a larger batch)."""
     ratio = torch.exp(logp - old)
     a = adv[:, None]
     pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
@@ -123,7 +133,8 @@ def grpo_loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, mask: to
     kl = torch.exp(d) - d - 1
     per_tok = (pg + beta * kl) * mask
     n = mask.sum(dim=1).clamp(min=1)
-    loss = (per_tok.sum(dim=1) / n).mean()
+    per_seq = per_tok.sum(dim=1) / n
+    loss = per_seq.mean() if denom is None else per_seq.sum() / denom
     with torch.no_grad():
         stats = {"kl": float(((kl * mask).sum(dim=1) / n).mean()),
                  "clipped": float((((ratio - 1).abs() > clip) & mask).sum() / mask.sum().clamp(min=1))}
@@ -138,18 +149,21 @@ def group_advantages(rewards: list[float]) -> list[float] | None:
     return [(r - m) / (sd + 1e-4) for r in rewards]
 
 
-def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
-    out, cfg_dict = start_run(cfg)
+def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
+    dist = dist or Single()
+    with dist.main_first():  # the main process writes config.json and recovers the checkpoint first
+        out, cfg_dict = start_run(cfg)
+        ckpt = out / "checkpoint"
+        state = load_state(ckpt)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    ckpt = out / "checkpoint"
-    state = load_state(ckpt)
     torch.manual_seed(cfg.seed)
     model, tok = load_tiny(ckpt if state is not None else cfg.init)
     ref, _ = load_tiny(cfg.init)
     ref.eval().requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     log = IterationLog(out, n_params)
+    model, ref = dist.place(model), dist.place(ref)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     acc = {"tokens_sampled": 0, "prompt_tokens": 0, "tokens_trained": 0, "tokens_forward": 0, "wall_s": 0.0,
@@ -159,6 +173,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
         restore_rng(ckpt)
         start = int(state["step"])
         acc = state["acc"]
+    ddp_model, ddp_opt = dist.prepare(model, opt)  # plain runs: the same objects
 
     def evaluate(it: int) -> dict[str, Any]:
         d = out / f"eval{it:03d}"
@@ -168,28 +183,35 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
         return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
                                seed=cfg.eval_seed, out_dir=d / "eval")
 
-    if log.done(0) is None:
+    if dist.is_main and log.done(0) is None:
         clock = Stopwatch()
         log.write(0, {"step": 0, "tokens_sampled": 0, "tokens_trained": 0, "wall_s": 0.0,
                       "eval": evaluate_policy(cfg.init, cfg.task, cfg.task_options, n_problems=cfg.eval_problems,
                                               n=cfg.eval_n, seed=cfg.eval_seed, out_dir=out / "eval000" / "eval"),
                       "eval_wall_s": clock()})
-    def flops_so_far() -> float:
-        logged = log.spent_flops()
+    dist.barrier()  # every rank reads the same iteration log (the train budget counts its FLOPs)
+
+    def flops_so_far(logged: float) -> float:
         fwd = acc["tokens_sampled"] + acc["prompt_tokens"] + acc["tokens_forward"]
         return logged + 6.0 * n_params * acc["tokens_trained"] + 2.0 * n_params * fwd
 
-    bar = tqdm(total=cfg.steps, initial=start, desc="grpo", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, desc="grpo", disable=not (progress and dist.is_main),
+               dynamic_ncols=True)
     for step in range(start, cfg.steps):
-        if cfg.max_train_flops is not None and flops_so_far() >= cfg.max_train_flops:
-            tqdm.write(f"grpo: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs) after {step} steps")
+        # the finished iterations' FLOPs, read once per step: under a launcher the main process may
+        # log an iteration while another rank is still deciding `budget_hit` for this step
+        logged = log.spent_flops() if cfg.max_train_flops is not None else 0.0
+        if cfg.max_train_flops is not None and flops_so_far(logged) >= cfg.max_train_flops:
+            if dist.is_main:
+                tqdm.write(f"grpo: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs) after {step} steps")
             break
         clock = Stopwatch()
         idx = batch_indices(len(train), cfg.problems_per_step, cfg.seed, step)
         probs = [train[i] for i in idx]
         model.eval()
-        groups = rollouts(model, tok, task, probs, cfg.group, temperature=cfg.temperature,
-                          seed=cfg.seed * 1_000_003 + step, progress=False)
+        # each rank samples its share of the problems; every rank then holds all the step's groups
+        groups = dist.gather(rollouts(model, tok, task, dist.shard(probs), cfg.group, temperature=cfg.temperature,
+                                      seed=cfg.seed * 1_000_003 + step, progress=False))
         exs, advs = [], []
         for rs in groups:
             acc["groups"] += 1
@@ -209,7 +231,9 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
                 exs.append(Example(tuple(p + c), len(p)))
                 advs.append(ai)
         stats = {}
-        if exs:
+        if exs and dist.parallel:
+            stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, acc)
+        elif exs:
             model.train()
             batch = collate(exs, tok.pad_token_id)
             adv = torch.tensor(advs)
@@ -232,10 +256,10 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(reward=f"{sum(r.correct for rs in groups for r in rs) / (len(groups) * cfg.group):.2f}",
                         kl=f"{stats.get('kl', 0):.3f}")
-        budget_hit = cfg.max_train_flops is not None and flops_so_far() >= cfg.max_train_flops
+        budget_hit = cfg.max_train_flops is not None and flops_so_far(logged) >= cfg.max_train_flops
         if done % cfg.eval_every == 0 or done == cfg.steps or budget_hit:
             it = -(-done // cfg.eval_every)
-            if log.done(it) is None:
+            if dist.is_main and log.done(it) is None:
                 clock = Stopwatch()
                 model.eval()
                 ev = evaluate(it)
@@ -245,15 +269,52 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True) -> dict[str, Any]:
                                "train_reward": acc["reward_sum"] / max(1, acc["n_samples"]),
                                "groups_used": acc["groups_used"], "groups": acc["groups"], "eval": ev,
                                "eval_wall_s": clock()})
+            dist.barrier()
             acc = {k: 0 if isinstance(v, int) else 0.0 for k, v in acc.items()}
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or budget_hit:
-            save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "acc": acc})
+            if dist.is_main:
+                save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "acc": acc})
+            dist.barrier()
     bar.close()
     rows = log.cumulative()
     summary = {"recipe": "grpo", "config": cfg_dict, "iterations": rows}
-    write_json_atomic(out / "summary.json", summary)
-    plot_curve(rows, out / "curve.png", f"GRPO on {cfg.task}", keys=("greedy", f"maj@{cfg.eval_n}"))
+    if dist.is_main:
+        write_json_atomic(out / "summary.json", summary)
+        plot_curve(rows, out / "curve.png", f"GRPO on {cfg.task}", keys=("greedy", f"maj@{cfg.eval_n}"))
     return summary
+
+
+def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref, tok, exs: list[Example],
+                     advs: list[float], acc: dict[str, Any]) -> dict[str, float]:
+    """The policy update of one step under DDP: this rank's contiguous share of the step's completions
+    (every rank holds all of them, with their group-normalised advantages). Each rank's loss is its
+    sequences' sum divided by ``len(exs) / world_size``, so DDP's gradient average equals the
+    single-process gradient of the mean over all ``len(exs)`` sequences. A rank whose share is empty
+    (fewer completions than ranks) runs a zero-weighted dummy sequence, so DDP's all-reduce still
+    meets every rank. Token counts are summed over ranks."""
+    mine, my_adv = dist.shard(exs), dist.shard(advs)
+    weight = 1.0
+    if not mine:
+        mine, my_adv, weight = [Example((tok.bos_token_id, tok.eos_token_id), 1)], [0.0], 0.0
+    ddp_model.train()
+    batch = dist.to_device(collate(mine, tok.pad_token_id))
+    adv = torch.tensor(my_adv, device=dist.device)
+    with torch.no_grad():
+        old, mask = token_logprobs(model, batch)
+        ref_lp, _ = token_logprobs(ref, batch)
+    (ntok,) = dist.sum(int(batch["attention_mask"].sum()) if weight else 0)
+    acc["tokens_forward"] += 2 * ntok
+    stats: dict[str, float] = {}
+    for _ in range(cfg.inner_epochs):
+        logp, _ = token_logprobs(ddp_model, batch)
+        loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, denom=len(exs) / dist.world_size)
+        ddp_opt.zero_grad(set_to_none=True)
+        dist.backward(loss * weight)
+        if cfg.grad_clip:
+            dist.clip_grad_norm_(ddp_model, cfg.grad_clip)
+        ddp_opt.step()
+        acc["tokens_trained"] += ntok
+    return stats
 
 
 HELP = {
@@ -272,7 +333,11 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     cfg = config_from_args(GRPOConfig, args)
-    summary = run_grpo(cfg)
+    dist = setup("grpo")
+    summary = run_grpo(cfg, dist=dist)
+    dist.close()  # on an error the launcher stops the other ranks
+    if not dist.is_main:
+        return 0
     print(format_iterations(summary["iterations"], cfg.eval_n))
     print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
     return 0

@@ -25,9 +25,23 @@ from deliberate.models.engine import count_parameters
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
-    ComputeMeter, adamw, batch_indices, collate, load_state, lr_at, make_example, recover_dir, replace_dir, restore_rng,
-    save_checkpoint, supervised_step, trim_log, write_json_atomic,
+    ComputeMeter,
+    adamw,
+    batch_indices,
+    collate,
+    label_tokens,
+    load_state,
+    lr_at,
+    make_example,
+    recover_dir,
+    replace_dir,
+    restore_rng,
+    save_checkpoint,
+    supervised_step,
+    trim_log,
+    write_json_atomic,
 )
+from deliberate.train.distributed import Dist, Single, setup
 
 
 @dataclass(frozen=True)
@@ -77,16 +91,26 @@ def build_examples(cfg: SFTConfig, tokenizer: CharTokenizer, max_len: int):
     return exs
 
 
-def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
-    """Run (or resume) SFT; returns the final model directory."""
+def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None) -> Path:
+    """Run (or resume) SFT; returns the final model directory.
+
+    Under ``accelerate launch`` (``dist``: see :mod:`deliberate.train.distributed`) each rank trains
+    on its contiguous share of every global batch of ``batch_size`` examples, gradients are averaged
+    by DDP, token counts are summed over ranks, and only the main process writes the log, the
+    checkpoints and the final model."""
+    dist = dist or Single()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    state = load_state(ckpt)
+    if cfg.batch_size < dist.world_size:
+        raise DeliberateError(f"sft: batch_size {cfg.batch_size} < {dist.world_size} processes")
+    with dist.main_first():  # the main process recovers an interrupted checkpoint replacement first
+        state = load_state(ckpt)
     if state is not None and state.get("config") != cfg_dict:
         raise DeliberateError(f"{ckpt} was written by a different config; use another --out or delete it")
-    write_json_atomic(out / "config.json", cfg_dict)
+    if dist.is_main:
+        write_json_atomic(out / "config.json", cfg_dict)
 
     torch.manual_seed(cfg.seed)
     if state is not None:
@@ -99,6 +123,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     model.train()
     max_len = model.config.max_position_embeddings
     examples = build_examples(cfg, tok, max_len)
+    model = dist.place(model)  # onto this rank's device before the optimizer state is loaded
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     start = 0
     if state is not None:
@@ -106,15 +131,23 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
         restore_rng(ckpt)
         start = int(state["step"])
     meter = ComputeMeter(count_parameters(model), state and state.get("compute"))
+    ddp_model, ddp_opt = dist.prepare(model, opt)  # plain runs: the same objects
     log_path = out / "train_log.jsonl"
-    trim_log(log_path, start)  # rows logged after the checkpoint we resume from are logged again
-    bar = tqdm(total=cfg.steps, initial=start, desc="sft", disable=not progress, dynamic_ncols=True)
+    if dist.is_main:
+        trim_log(log_path, start)  # rows logged after the checkpoint we resume from are logged again
+    bar = tqdm(total=cfg.steps, initial=start, desc="sft", disable=not (progress and dist.is_main), dynamic_ncols=True)
     loss_ema = state.get("loss_ema") if state else None
     for step in range(start, cfg.steps):
-        idx = batch_indices(len(examples), cfg.batch_size, cfg.seed, step)
+        idx = dist.shard(batch_indices(len(examples), cfg.batch_size, cfg.seed, step))
         batch = collate([examples[i] for i in idx], tok.pad_token_id)
-        loss = supervised_step(model, opt, batch, lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg.grad_clip)
-        meter.tokens_trained += int(batch["attention_mask"].sum())
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        if dist.parallel:
+            n_items, n_tokens = dist.sum(label_tokens(batch), int(batch["attention_mask"].sum()))
+            loss = supervised_step(ddp_model, ddp_opt, dist.to_device(batch), lr, cfg.grad_clip, dist, n_items)
+            meter.tokens_trained += n_tokens
+        else:
+            loss = supervised_step(model, opt, batch, lr, cfg.grad_clip)
+            meter.tokens_trained += int(batch["attention_mask"].sum())
         lv = loss.item()
         loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
         bar.update(1)
@@ -122,18 +155,22 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             comp = meter.to_dict()
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"step": done, "loss": round(loss_ema, 5), **comp}) + "\n")
-            save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "compute": comp,
-                                                     "loss_ema": loss_ema})
+            if dist.is_main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": done, "loss": round(loss_ema, 5), **comp}) + "\n")
+                save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "compute": comp,
+                                                         "loss_ema": loss_ema})
+            dist.barrier()
     bar.close()
     final = out / "model"
     model.eval()
-    recover_dir(final, "char_tokenizer.json")  # clear leftovers of a kill during an earlier final save
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    save_tiny(model, tok, tmp)
-    replace_dir(tmp, final)  # a killed run never leaves a half-written model
-    write_json_atomic(out / "compute.json", meter.to_dict())
+    if dist.is_main:
+        recover_dir(final, "char_tokenizer.json")  # clear leftovers of a kill during an earlier final save
+        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        save_tiny(model, tok, tmp)
+        replace_dir(tmp, final)  # a killed run never leaves a half-written model
+        write_json_atomic(out / "compute.json", meter.to_dict())
+    dist.barrier()
     return final
 
 
@@ -166,6 +203,10 @@ def main(args) -> int:
         init_from=args.init_from, seed=args.seed, checkpoint_every=args.checkpoint_every, out=args.out,
     )
     t0 = time.perf_counter()
-    final = train_sft(cfg)
-    print(f"model written to {final} ({time.perf_counter() - t0:.0f}s)")
+    dist = setup("sft")
+    final = train_sft(cfg, dist=dist)
+    dist.close()  # on an error the launcher stops the other ranks
+    if dist.is_main:
+        print(f"model written to {final} ({time.perf_counter() - t0:.0f}s)"
+              + (f" by {dist.world_size} processes" if dist.world_size > 1 else ""))
     return 0
