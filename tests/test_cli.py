@@ -147,3 +147,13 @@ def test_eval_killed_with_sigkill_resumes_with_one_row_per_sample(tiny_ckpt, tmp
     a = json.loads((out / "summary.json").read_text())["results"]
     b = json.loads((ref / "summary.json").read_text())["results"]
     assert [(r["strategy"], r["n"], r["accuracy"]) for r in a] == [(r["strategy"], r["n"], r["accuracy"]) for r in b]
+
+
+def test_commands_that_cannot_run_data_parallel_are_refused_under_a_launcher(monkeypatch, capsys):
+    from deliberate.cli import main_cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main_cli(["train", "rest-em", "--out", "/nonexistent/never-written"]) == 2
+    assert "does not run under accelerate launch" in capsys.readouterr().err
+    assert main_cli(["sweep", "--task", "arith", "--out", "/nonexistent/never-written"]) == 2
+    assert "`deliberate sweep` does not run" in capsys.readouterr().err

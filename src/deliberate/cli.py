@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,6 +88,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _refuse_unlaunchable(args)
         return int(importlib.import_module(args._module).main(args) or 0)
     except DeliberateError as e:
         print(f"deliberate: error: {e}", file=sys.stderr)
@@ -94,6 +96,24 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deliberate: interrupted", file=sys.stderr)
         return 130
+
+
+#: commands that run data-parallel under `accelerate launch` / `torchrun` (train/distributed.py)
+LAUNCH_AWARE = {"deliberate.train.sft", "deliberate.train.grpo"}
+
+
+def _refuse_unlaunchable(args) -> None:
+    """Under a launcher (WORLD_SIZE > 1) every other command would run once per process, each
+    writing the same files: refuse it with a clear message instead."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    if world > 1 and args._module not in LAUNCH_AWARE:
+        what = f"train {args.recipe}" if getattr(args, "recipe", None) else args.command
+        raise DeliberateError(f"`deliberate {what}` does not run under accelerate launch / torchrun (WORLD_SIZE="
+                              f"{world}); only `train sft` and `train grpo` do. Run it as a single process "
+                              "(sweeps and labelling scale out with --executor ray instead)")
 
 
 def entry() -> None:
