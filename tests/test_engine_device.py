@@ -187,14 +187,20 @@ def test_bf16_on_cpu_valid_completions_exact_counts():
     assert b.generate(PROMPTS[1:2], p)[0] == a[1]
 
 
-def test_bf16_logits_are_float32_and_close_to_float32_model():
-    m, tok = _model(seed=4)
-    enc = [[tok.bos_token_id] + tok.encode(x) for x in PROMPTS]
+def _left_padded(enc):
+    """Token id lists as one left-padded batch: (ids, pad lengths, width)."""
     P = max(map(len, enc))
     ids = torch.zeros(len(enc), P, dtype=torch.long)
     pad = torch.tensor([P - len(e) for e in enc])
     for i, e in enumerate(enc):
         ids[i, P - len(e):] = torch.tensor(e)
+    return ids, pad, P
+
+
+def test_bf16_logits_are_float32_and_close_to_float32_model():
+    m, tok = _model(seed=4)
+    enc = [[tok.bos_token_id] + tok.encode(x) for x in PROMPTS]
+    ids, pad, P = _left_padded(enc)
     with torch.no_grad():
         ref = _LlamaRunner(m).start(ids, pad, P + 2)
         mb = build_tiny_model(TinyConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2), tok, seed=4)
@@ -215,13 +221,8 @@ class _CudaKernelsRunner(_LlamaRunner):
 def test_cuda_kernel_choices_match_the_cpu_path_on_cpu():
     m, tok = _model(seed=6)
     prompts = PROMPTS * 6  # 18 rows: >= 16, so the CPU path splits into row groups
-    enc = [[tok.bos_token_id] + tok.encode(x) for x in prompts]
-    enc.sort(key=len, reverse=True)
-    P = max(map(len, enc))
-    ids = torch.zeros(len(enc), P, dtype=torch.long)
-    pad = torch.tensor([P - len(e) for e in enc])
-    for i, e in enumerate(enc):
-        ids[i, P - len(e):] = torch.tensor(e)
+    enc = sorted(([tok.bos_token_id] + tok.encode(x) for x in prompts), key=len, reverse=True)
+    ids, pad, P = _left_padded(enc)
     with torch.no_grad():
         a, b = _LlamaRunner(m), _CudaKernelsRunner(m)
         assert torch.allclose(a.start(ids, pad, P + 3), b.start(ids, pad, P + 3), atol=1e-5)
