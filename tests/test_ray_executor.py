@@ -200,3 +200,32 @@ def test_mc_labelling_on_ray_equals_in_process(tiny_ckpt, ray_local, one_thread,
         assert _rows(tmp_path / "ray" / name, key) == _rows(tmp_path / "ref" / name, key), name
     strip = lambda c: {k: v for k, v in c.items() if k != "wall_s"}  # noqa: E731
     assert strip(got["compute"]) == strip(ref["compute"])
+
+
+def test_rest_em_on_ray_workers_equals_in_process(tiny_ckpt, ray_local, one_thread, tmp_path):
+    """The E-step sampled by 2 Ray workers gives the in-process rollouts, so the whole ReST-EM run
+    (kept samples, M-step, held-out eval) is the same."""
+    from deliberate.train.rest_em import RestEMConfig, run_rest_em
+    from deliberate.train.selfimprove import FinetuneSettings, policy_rollouts
+
+    task = get_task("arith", **TASK_OPTS)
+    problems = task.problems("train", 10, seed=3)
+    kw = dict(temperature=1.0, seed=7, batch_problems=3, progress=False)
+    local = policy_rollouts(tiny_ckpt, task, ("arith", TASK_OPTS), problems, 3, **kw)
+    remote = policy_rollouts(tiny_ckpt, task, ("arith", TASK_OPTS), problems, 3, ray={"workers": 2, "threads": 1},
+                             **kw)
+    assert remote == local and len(local) == 10 and all(len(r) == 3 for r in local)
+
+    def cfg(out):
+        return RestEMConfig(init=str(tiny_ckpt), task_options=TASK_OPTS, iterations=1, n_train=12, k=2,
+                            finetune=FinetuneSettings(steps=2, batch_size=4), eval_problems=6, eval_n=2, out=str(out))
+
+    a = run_rest_em(cfg(tmp_path / "local"), progress=False)
+    b = run_rest_em(cfg(tmp_path / "ray"), progress=False, ray={"workers": 2, "threads": 1})
+    assert (tmp_path / "ray" / "it001" / "samples.jsonl").read_bytes() == \
+        (tmp_path / "local" / "it001" / "samples.jsonl").read_bytes()
+    strip = lambda rows: [{k: v for k, v in r.items() if "wall" not in k and k != "model"} for r in rows]  # noqa: E731
+    assert strip(a["iterations"]) == strip(b["iterations"])
+    with pytest.raises(DeliberateError, match="--executor ray runs the sampled E-step"):
+        run_rest_em(RestEMConfig(**{**cfg(tmp_path / "beam").__dict__, "e_step": "beam", "prm": str(tmp_path)}),
+                    ray={"workers": 1})

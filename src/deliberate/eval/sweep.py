@@ -47,6 +47,7 @@ from deliberate.executor import (
     add_executor_arguments,
     chunks,
     progress_bar,
+    ray_options,
 )
 from deliberate.models.base import (
     Backend,
@@ -588,13 +589,13 @@ def add_arguments(parser) -> None:
 def make_executor(args, config: SweepConfig, task: Task | None = None):
     """The executor the CLI flags ask for: ``None`` for in-process (the caller builds the backend),
     or a :class:`~deliberate.executor.RayExecutor` whose workers build their own."""
-    if getattr(args, "executor", "local") != "ray":
+    opts = ray_options(args)
+    if opts is None:
         return None
     name, kwargs = backend_spec_from_args(args)
     spec = WorkerSpec(backend=name, backend_kwargs=kwargs, task=config.task, task_options=dict(config.task_options),
                       verifier=config.verifier)
-    return RayExecutor(spec, workers=args.workers, address=args.address, cpus=args.worker_cpus,
-                       gpus=args.worker_gpus, threads=args.worker_threads)
+    return RayExecutor(spec, **opts)
 
 
 def main(args) -> int:

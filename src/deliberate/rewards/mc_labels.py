@@ -506,13 +506,12 @@ def main(args) -> int:
     task = get_task(cfg.task, **cfg.task_options)
     task.problems(cfg.split, 1, cfg.seed)  # bad task options / split fail here, before a model loads
     check_resume(cfg)  # and so does an --out holding labels of a different config
-    if getattr(args, "executor", "local") == "ray":
-        from deliberate.executor import RayExecutor, WorkerSpec
+    from deliberate.executor import RayExecutor, WorkerSpec, ray_options
 
+    opts = ray_options(args)
+    if opts is not None:
         name, kwargs = backend_spec_from_args(args)
-        executor = RayExecutor(WorkerSpec(name, kwargs, cfg.task, dict(cfg.task_options)), workers=args.workers,
-                               address=args.address, cpus=args.worker_cpus, gpus=args.worker_gpus,
-                               threads=args.worker_threads)
+        executor = RayExecutor(WorkerSpec(name, kwargs, cfg.task, dict(cfg.task_options)), **opts)
         try:
             meta = label_mc(cfg, task=task, executor=executor)
         finally:

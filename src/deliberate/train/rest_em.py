@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.tiny import load_tiny
+from deliberate.executor import add_executor_arguments, ray_options
 from deliberate.rewards.base import get_verifier
 from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
@@ -43,7 +43,7 @@ from deliberate.train.selfimprove import (
     finetune,
     n_params_of,
     plot_curve,
-    rollouts,
+    policy_rollouts,
     sampled_tokens,
     search_solutions,
     start_run,
@@ -97,7 +97,13 @@ class RestEMConfig:
             raise DeliberateError("rest-em: " + "; ".join(problems))
 
 
-def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
+def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) ReST-EM. ``ray``: RayExecutor options (e.g. ``{"workers": 2}``) to sample the
+    E-step on Ray workers (same samples as in-process); not part of the config, since it changes
+    where the work runs, not what it computes."""
+    if ray is not None and cfg.e_step != "sample":
+        raise DeliberateError(f"--executor ray runs the sampled E-step; e_step={cfg.e_step!r} (PRM beam search) "
+                              "runs in this process")
     out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
@@ -128,9 +134,9 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True) -> dict[str, Any]:
         forward = 0
         if cfg.e_step == "sample":
             def e_step(policy=policy, it=it):
-                model, tok = load_tiny(policy)
-                return rollouts(model, tok, task, train, cfg.k, temperature=cfg.temperature,
-                                seed=cfg.seed * 1000 + it, progress=progress, desc=f"E-step {it}")
+                return policy_rollouts(policy, task, (cfg.task, cfg.task_options), train, cfg.k,
+                                       temperature=cfg.temperature, seed=cfg.seed * 1000 + it, progress=progress,
+                                       desc=f"E-step {it}", ray=ray)
 
             rows = cached_rollouts(d / "samples.jsonl", e_step)
             gen, prompt = sampled_tokens(rows)
@@ -203,11 +209,12 @@ HELP = {
 
 def add_arguments(parser) -> None:
     add_config_arguments(parser, RestEMConfig, HELP)
+    add_executor_arguments(parser, "the E-step's sampling")
 
 
 def main(args) -> int:
     cfg = config_from_args(RestEMConfig, args)
-    summary = run_rest_em(cfg)
+    summary = run_rest_em(cfg, ray=ray_options(args))
     print(format_iterations(summary["iterations"], cfg.eval_n))
     print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
     return 0

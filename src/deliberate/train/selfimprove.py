@@ -1,7 +1,8 @@
 """Machinery shared by the self-improvement recipes (ReST-EM, STaR, GRPO, ...).
 
 * :func:`rollouts` — sample ``k`` completions per problem from a policy with the local engine and
-  check each with the task's verifier (seeded per problem and sample: same seed, same samples).
+  check each with the task's verifier (seeded per problem and sample: same seed, same samples);
+  :func:`policy_rollouts` does the same for a checkpoint on disk, in this process or on Ray workers.
 * :func:`finetune` — supervised fine-tuning of a tiny checkpoint on (prompt, completion) pairs,
   written atomically to ``OUT/model``; a finished fine-tune is never redone, an interrupted one is
   redone from its start (it is a pure function of its inputs and seed, so the result is the same).
@@ -87,6 +88,51 @@ def rollouts(model, tokenizer, task: Task, problems: Sequence[Problem], k: int, 
         bar.update(len(chunk))
     bar.close()
     return out
+
+
+def _generate_unit(worker, unit):
+    prompts, params = unit
+    return worker.backend.generate(list(prompts), params)
+
+
+def policy_rollouts(policy: str | Path, task: Task, task_spec: tuple[str, dict[str, Any]], problems: Sequence[Problem],
+                    k: int, *, temperature: float = 1.0, max_tokens: int | None = None, seed: int = 0,
+                    batch_problems: int = 64, progress: bool = True, desc: str = "sample",
+                    ray: dict[str, Any] | None = None) -> list[list[Rollout]]:
+    """:func:`rollouts` of the tiny checkpoint at ``policy``; with ``ray`` (RayExecutor options such
+    as ``{"workers": 2}``) the batches of problems are sampled by Ray workers, each loading the
+    checkpoint itself. Sampling is seeded per (seed, prompt, sample index), so both give the same
+    rollouts (with the same torch thread count per process)."""
+    if ray is None:
+        model, tok = load_tiny(policy)
+        return rollouts(model, tok, task, problems, k, temperature=temperature, max_tokens=max_tokens, seed=seed,
+                        batch_problems=batch_problems, progress=progress, desc=desc)
+    from deliberate.executor import RayExecutor, WorkerSpec, chunks, progress_bar
+
+    if k < 1:
+        raise DeliberateError(f"rollouts: k must be >= 1 (got {k})")
+    params = SamplingParams(n=k, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed)
+    idx = list(range(len(problems)))
+    units = [(tuple(task.prompt(problems[i]) for i in c), params) for c in chunks(idx, batch_problems)]
+    by_prompts: dict[tuple[str, ...], list[int]] = {}
+    for c, (prompts, _) in zip(chunks(idx, batch_problems), units):
+        by_prompts[prompts] = list(c)
+    out: dict[int, list[Rollout]] = {}
+    ex = RayExecutor(WorkerSpec("tiny", {"path": str(policy)}, task_spec[0], dict(task_spec[1])), **ray)
+    try:
+        with progress_bar(len(problems), desc, "problem", progress) as bar:
+            def write(unit, comps) -> None:
+                prompts = unit[0]
+                for i, prompt, cs in zip(by_prompts[prompts], prompts, comps):
+                    p = problems[i]
+                    out[i] = [Rollout(p.id, prompt, c.text, bool(task.reward(c.text, p) > 0), c.completion_tokens,
+                                      c.prompt_tokens, c.finish_reason) for c in cs]
+                bar.update(len(prompts))
+
+            ex.map(_generate_unit, units, write)
+    finally:
+        ex.close()
+    return [out[i] for i in idx]
 
 
 def sampled_tokens(rows: Sequence[Sequence[Rollout]]) -> tuple[int, int]:
