@@ -21,11 +21,11 @@ import torch
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 
-from deliberate.errors import DeliberateError  # noqa: E402
-from deliberate.eval.sweep import SweepConfig, run_sweep  # noqa: E402
-from deliberate.executor import LocalExecutor, RayExecutor, Worker, WorkerSpec  # noqa: E402
-from deliberate.models.tiny import TinyBackend  # noqa: E402
-from deliberate.tasks.base import get_task  # noqa: E402
+from deliberate.errors import DeliberateError
+from deliberate.eval.sweep import SweepConfig, run_sweep
+from deliberate.executor import LocalExecutor, RayExecutor, Worker, WorkerSpec
+from deliberate.models.tiny import TinyBackend
+from deliberate.tasks.base import get_task
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests folder
@@ -35,9 +35,9 @@ SETTINGS = {"max_tokens": 48, "step_tokens": 16, "max_steps": 4, "expansions": 2
 
 
 def _config(out: Path, **kw) -> SweepConfig:
-    base = dict(task="arith", out_dir=str(out), strategies=("majority", "best_of_n", "beam"), budgets=(2, 4),
-                seeds=(0, 1), n_problems=6, task_options=TASK_OPTS, verifier="oracle", settings=SETTINGS,
-                batch_problems=2, taste_sigmas=(0.0, 1.0), trees_per_run=3)
+    base = {"task": "arith", "out_dir": str(out), "strategies": ("majority", "best_of_n", "beam"),
+            "budgets": (2, 4), "seeds": (0, 1), "n_problems": 6, "task_options": TASK_OPTS, "verifier": "oracle",
+            "settings": SETTINGS, "batch_problems": 2, "taste_sigmas": (0.0, 1.0), "trees_per_run": 3}
     base.update(kw)
     return SweepConfig(**base)
 
@@ -53,7 +53,7 @@ def _rows(path: Path, key) -> dict:
     return out
 
 
-RUN_KEY = lambda r: (r["problem_id"], r["strategy"], r["n"], r["seed"])  # noqa: E731
+RUN_KEY = lambda r: (r["problem_id"], r["strategy"], r["n"], r["seed"])
 FILES = {"results.jsonl": RUN_KEY, "trees.jsonl": RUN_KEY,
          "pool.jsonl": lambda r: (r["problem_id"], r["strategy"], r["index"]),
          "pool_scores.jsonl": lambda r: (r["problem_id"], r["seed"], r["index"])}
@@ -66,7 +66,7 @@ def _same_records(a: Path, b: Path) -> None:
         for k in ra:
             assert ra[k] == rb[k], (name, k)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
     assert strip(sa["results"]) == strip(sb["results"])
     assert sa["extra"]["taste"] == sb["extra"]["taste"]
 
@@ -198,7 +198,7 @@ def test_mc_labelling_on_ray_equals_in_process(tiny_ckpt, ray_local, one_thread,
     assert got["rows"] == ref["rows"] == 12
     for name, key in (("labels.jsonl", lambda r: (r["problem_id"], r["index"])), ("rollouts.jsonl", lambda r: r["key"])):
         assert _rows(tmp_path / "ray" / name, key) == _rows(tmp_path / "ref" / name, key), name
-    strip = lambda c: {k: v for k, v in c.items() if k != "wall_s"}  # noqa: E731
+    strip = lambda c: {k: v for k, v in c.items() if k != "wall_s"}
     assert strip(got["compute"]) == strip(ref["compute"])
 
 
@@ -210,7 +210,7 @@ def test_rest_em_on_ray_workers_equals_in_process(tiny_ckpt, ray_local, one_thre
 
     task = get_task("arith", **TASK_OPTS)
     problems = task.problems("train", 10, seed=3)
-    kw = dict(temperature=1.0, seed=7, batch_problems=3, progress=False)
+    kw = {"temperature": 1.0, "seed": 7, "batch_problems": 3, "progress": False}
     local = policy_rollouts(tiny_ckpt, task, ("arith", TASK_OPTS), problems, 3, **kw)
     remote = policy_rollouts(tiny_ckpt, task, ("arith", TASK_OPTS), problems, 3, ray={"workers": 2, "threads": 1},
                              **kw)
@@ -224,8 +224,27 @@ def test_rest_em_on_ray_workers_equals_in_process(tiny_ckpt, ray_local, one_thre
     b = run_rest_em(cfg(tmp_path / "ray"), progress=False, ray={"workers": 2, "threads": 1})
     assert (tmp_path / "ray" / "it001" / "samples.jsonl").read_bytes() == \
         (tmp_path / "local" / "it001" / "samples.jsonl").read_bytes()
-    strip = lambda rows: [{k: v for k, v in r.items() if "wall" not in k and k != "model"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if "wall" not in k and k != "model"} for r in rows]
     assert strip(a["iterations"]) == strip(b["iterations"])
     with pytest.raises(DeliberateError, match="--executor ray runs the sampled E-step"):
         run_rest_em(RestEMConfig(**{**cfg(tmp_path / "beam").__dict__, "e_step": "beam", "prm": str(tmp_path)}),
                     ray={"workers": 1})
+
+
+def test_cli_flags_reach_the_ray_workers(tiny_ckpt, ray_local, tmp_path, capsys):
+    from deliberate.cli import main_cli
+
+    sweep = ["sweep", "--task", "arith", "--task-arg", "max_ops=2", "--model", str(tiny_ckpt), "--strategies",
+             "majority", "--budgets", "2", "--n-problems", "3", "--taste", "", "--setting", "max_tokens=32",
+             "--executor", "ray", "--workers", "1", "--worker-threads", "1", "--out", str(tmp_path / "sweep")]
+    assert main_cli(sweep) == 0, capsys.readouterr().err
+    s = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert s["compute"]["executor"]["name"] == "ray" and s["compute"]["executor"]["workers"] == 1
+    label = ["label", "mc", "--model", str(tiny_ckpt), "--task", "arith", "--task-arg", "max_ops=2", "--n-problems",
+             "2", "--samples", "2", "--rollouts", "2", "--max-tokens", "32", "--executor", "ray", "--workers", "1",
+             "--worker-threads", "1", "--out", str(tmp_path / "labels")]
+    assert main_cli(label) == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "labels" / "meta.json").read_text())
+    assert meta["executor"]["name"] == "ray" and meta["rows"] == 4
+    assert main_cli(sweep[:-2] + ["--workers", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--workers must be an integer >= 1" in capsys.readouterr().err
