@@ -145,7 +145,7 @@ class RayExecutor:
         if not isinstance(max_unit_retries, int) or max_unit_retries < 0:
             raise DeliberateError(f"max_unit_retries must be an integer >= 0 (got {max_unit_retries!r})")
         ray = _ray()
-        self.spec, self.n_workers, self.max_unit_retries = spec, workers, max_unit_retries
+        self.spec, self.max_unit_retries = spec, max_unit_retries
         self.threads = threads if threads is not None else max(1, int(cpus))
         self._started_ray = False
         if not ray.is_initialized():

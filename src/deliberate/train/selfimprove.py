@@ -91,7 +91,7 @@ def rollouts(model, tokenizer, task: Task, problems: Sequence[Problem], k: int, 
 
 
 def _generate_unit(worker, unit):
-    prompts, params = unit
+    _, prompts, params = unit  # (problem indices, their prompts, sampling params)
     return worker.backend.generate(list(prompts), params)
 
 
@@ -112,18 +112,15 @@ def policy_rollouts(policy: str | Path, task: Task, task_spec: tuple[str, dict[s
     if k < 1:
         raise DeliberateError(f"rollouts: k must be >= 1 (got {k})")
     params = SamplingParams(n=k, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed)
-    idx = list(range(len(problems)))
-    units = [(tuple(task.prompt(problems[i]) for i in c), params) for c in chunks(idx, batch_problems)]
-    by_prompts: dict[tuple[str, ...], list[int]] = {}
-    for c, (prompts, _) in zip(chunks(idx, batch_problems), units):
-        by_prompts[prompts] = list(c)
+    units = [(tuple(c), tuple(task.prompt(problems[i]) for i in c), params)
+             for c in chunks(range(len(problems)), batch_problems)]
     out: dict[int, list[Rollout]] = {}
     ex = RayExecutor(WorkerSpec("tiny", {"path": str(policy)}, task_spec[0], dict(task_spec[1])), **ray)
     try:
         with progress_bar(len(problems), desc, "problem", progress) as bar:
             def write(unit, comps) -> None:
-                prompts = unit[0]
-                for i, prompt, cs in zip(by_prompts[prompts], prompts, comps):
+                idx, prompts, _ = unit
+                for i, prompt, cs in zip(idx, prompts, comps):
                     p = problems[i]
                     out[i] = [Rollout(p.id, prompt, c.text, bool(task.reward(c.text, p) > 0), c.completion_tokens,
                                       c.prompt_tokens, c.finish_reason) for c in cs]
@@ -132,7 +129,7 @@ def policy_rollouts(policy: str | Path, task: Task, task_spec: tuple[str, dict[s
             ex.map(_generate_unit, units, write)
     finally:
         ex.close()
-    return [out[i] for i in idx]
+    return [out[i] for i in range(len(problems))]
 
 
 def sampled_tokens(rows: Sequence[Sequence[Rollout]]) -> tuple[int, int]:
