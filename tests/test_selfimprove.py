@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,45 @@ def test_rest_em_runs_logs_compute_and_resumes(easy_ckpt, tmp_path):
     # a different config in the same directory is refused
     with pytest.raises(DeliberateError, match="different config"):
         run_rest_em(RestEMConfig(**{**cfg.__dict__, "k": 2}), progress=False)
+
+
+def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeypatch):
+    """keep='process' trains only on samples whose every step passes the task's step checker; the E-step's
+    samples are planted in the iteration's rollout cache (gold, lucky = wrong step but right answer, wrong)."""
+    import deliberate.train.rest_em as rest_em_mod
+    from deliberate.train.selfimprove import Rollout, save_rollouts
+
+    task = get_task("arith", **SMALL_ARITH)
+    train = task.problems("train", 6, seed=0)
+    planted = []
+    for p in train:
+        gold = task.rationale(p)
+        lucky = gold.replace("=", "=9", 1) if "=9" not in gold else gold.replace("=", "=8", 1)
+        wrong = gold.rsplit("Answer:", 1)[0] + f"Answer: {int(p.answer) + 1}"
+        planted.append([Rollout(p.id, task.prompt(p), t, task.is_correct(task.extract_answer(t), p), 5, 20, "stop")
+                        for t in (gold, lucky, wrong)])
+    assert all(not all(task.step_correct(p, task.split_steps(rs[1].text))) and rs[1].correct
+               for p, rs in zip(train, planted))
+    seen: dict[str, list] = {}
+    for keep in ("outcome", "process"):
+        def fake_finetune(init, pairs, out, settings, keep=keep, **kw):
+            seen[keep] = list(pairs)
+            return Path(init), 1
+        monkeypatch.setattr(rest_em_mod, "finetune", fake_finetune)
+        cfg = RestEMConfig(**{**_rest_cfg(easy_ckpt, tmp_path / keep).__dict__, "iterations": 1, "keep": keep,
+                              "n_train": 6, "k": 3})
+        (tmp_path / keep / "it001").mkdir(parents=True)
+        save_rollouts(tmp_path / keep / "it001" / "samples.jsonl", planted)
+        row = run_rest_em(cfg, progress=False)["iterations"][1]
+        assert row["kept"] == len(seen[keep])
+    assert seen["outcome"] == [(r.prompt, r.text) for rs in planted for r in rs[:2]]
+    assert seen["process"] == [(rs[0].prompt, rs[0].text) for rs in planted]
+    with pytest.raises(DeliberateError, match="keep must be one of"):
+        RestEMConfig(keep="steps")
+    monkeypatch.setattr(type(task), "step_correct", lambda self, problem, steps: None)
+    with pytest.raises(DeliberateError, match="needs a task with a step checker"):
+        run_rest_em(RestEMConfig(**{**_rest_cfg(easy_ckpt, tmp_path / "none").__dict__, "keep": "process"}),
+                    progress=False)
 
 
 def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeypatch):

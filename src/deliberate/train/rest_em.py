@@ -6,7 +6,9 @@ Iteration t (Singh et al., 2023, "Beyond Human Data"):
 * **E-step** — the policy of iteration t-1 (the base model for t = 1) samples ``k`` completions for
   each of ``n_train`` training problems at temperature ``temperature``; the task's checker keeps the
   correct ones (at most ``max_per_problem`` distinct texts per problem, so easy problems do not
-  dominate).
+  dominate). With ``keep="process"`` a sample must also pass the task's step checker at every step
+  (:meth:`Task.step_correct`), so right answers reached through wrong arithmetic ("lucky" samples) are
+  not trained on; the default ``keep="outcome"`` is the paper's answer-only filter.
 * **M-step** — fine-tune **the base model** (not the previous iterate; this is what keeps ReST-EM
   from drifting) on the kept samples.
 * Evaluate greedy / maj@n / pass@n on held-out problems.
@@ -50,6 +52,7 @@ from deliberate.train.selfimprove import (
 )
 
 E_STEPS = ("sample", "beam")
+KEEP = ("outcome", "process")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class RestEMConfig:
     k: int = 8
     temperature: float = 1.0
     max_per_problem: int = 4
+    # which samples count as verified: "outcome" (right final answer) or "process" (right answer and
+    # every step right by the task's step checker; tasks without one refuse it)
+    keep: str = "outcome"
     # E-step: "sample" (k independent samples) or "beam" (step-level beam search with k beams guided by
     # the PRM at `prm`: "PRM-guided sampling feeding ReST-EM"); the checker filters both
     e_step: str = "sample"
@@ -83,6 +89,8 @@ class RestEMConfig:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
         if not (self.temperature > 0):
             problems.append(f"temperature must be > 0 (got {self.temperature!r})")
+        if self.keep not in KEEP:
+            problems.append(f"keep must be one of {', '.join(KEEP)} (got {self.keep!r})")
         if self.e_step not in E_STEPS:
             problems.append(f"e_step must be one of {', '.join(E_STEPS)} (got {self.e_step!r})")
         elif self.e_step == "beam" and (self.prm is None or not Path(self.prm).exists()):
@@ -107,7 +115,12 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
     out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
+    if cfg.keep == "process" and task.step_correct(train[0], task.split_steps(task.rationale(train[0]) or "")) is None:
+        raise DeliberateError(f"rest-em: keep='process' needs a task with a step checker; {cfg.task!r} has none")
     log = IterationLog(out, n_params_of(cfg.init))
+
+    def keeps(problem, text: str) -> bool:  # the outcome was checked already
+        return cfg.keep == "outcome" or all(task.step_correct(problem, task.split_steps(text)))
 
     def evaluate(model_dir: Path, it: int) -> dict[str, Any]:
         return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
@@ -140,7 +153,7 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
 
             rows = cached_rollouts(d / "samples.jsonl", e_step)
             gen, prompt = sampled_tokens(rows)
-            found = [(rs[0].prompt, [r.text for r in rs if r.correct]) for rs in rows]
+            found = [(rs[0].prompt, [r.text for r in rs if r.correct and keeps(p, r.text)]) for p, rs in zip(train, rows)]
             accuracy = sum(r.correct for rs in rows for r in rs) / max(1, len(rows) * cfg.k)
         else:
             rows = search_solutions(task, train, policy, get_verifier(f"prm:{cfg.prm}", task=task), "beam",
@@ -150,8 +163,8 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
             gen = sum(r["generated_tokens"] for r in rows)
             prompt = int(sum(r.get("prefill_tokens", r["prompt_tokens"]) for r in rows))  # after prefix caching
             forward = int(sum(r["verifier_tokens"] for r in rows))
-            found = [(task.prompt(p), ["\n".join(s["steps"]) for s in r["solutions"] if s["correct"]])
-                     for p, r in zip(train, rows)]
+            found = [(task.prompt(p), [t for t in ("\n".join(s["steps"]) for s in r["solutions"] if s["correct"])
+                                       if keeps(p, t)]) for p, r in zip(train, rows)]
             accuracy = sum(s["correct"] for r in rows for s in r["solutions"]) / max(
                 1, sum(len(r["solutions"]) for r in rows))
         t_sample = clock()
@@ -202,6 +215,8 @@ HELP = {
     "n_train": "training problems sampled in each E-step",
     "k": "samples per problem in the E-step",
     "max_per_problem": "distinct verified samples kept per problem",
+    "keep": "verified = 'outcome' (right answer) or 'process' (right answer and every step right by the task's "
+            "step checker)",
     "epochs": "M-step epochs over the kept samples",
     "steps": "M-step steps (default: --epochs over the kept samples, at most --max-steps)",
 }
