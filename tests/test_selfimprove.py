@@ -261,6 +261,44 @@ def test_recipe_flags_come_from_config_fields():
         p.parse_args(["train", "grpo", "--group", "four"])
 
 
+def test_star_hinted_long_seed_and_sampled_rationalization(tmp_path, monkeypatch):
+    import deliberate.train.star as star_mod
+    from deliberate.models.tiny import TinyConfig
+    from deliberate.train.selfimprove import load_rollouts
+
+    real_finetune = star_mod.finetune
+    seen: dict[str, list] = {}
+
+    def spy(init, pairs, out, settings, **kw):
+        seen[kw.get("desc", "")] = list(pairs)
+        return real_finetune(init, pairs, out, settings, **kw)
+
+    monkeypatch.setattr(star_mod, "finetune", spy)
+    cfg = star_mod.StarConfig(seed_examples=100, seed_long_examples=20, seed_long_hint_fraction=1.0,
+                              seed_sft=FinetuneSettings(steps=20, batch_size=16, lr=3e-3), n_train=16, iterations=1,
+                              rationalize_samples=3, finetune=FinetuneSettings(steps=2, batch_size=8),
+                              eval_digits=(2,), eval_problems=4,
+                              model=TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2), out=str(tmp_path / "r"))
+    s = star_mod.run_star(cfg, progress=False)
+    seed_pairs = seen["seed SFT"]
+    assert len(seed_pairs) == 120 and all("(hint: " in q for q, _ in seed_pairs[100:])  # every long example hinted
+    assert 20 < sum("(hint: " in q for q, _ in seed_pairs[:100]) < 80                   # ~half of the short ones
+    row = s["iterations"][1]
+    direct = load_rollouts(tmp_path / "r" / "it001" / "samples.jsonl")
+    rat = load_rollouts(tmp_path / "r" / "it001" / "rationalized.jsonl")
+    failed = [rs for rs in direct if not rs[0].correct]
+    assert len(rat) == len(failed) and all(len(rs) == 3 and "(hint: " in rs[0].prompt for rs in rat)
+    assert len({r.text for rs in rat for r in rs}) > len(rat)  # sampled, not three greedy copies
+    assert row["kept_rationalized"] == sum(any(r.correct for r in rs) for rs in rat)
+    assert row["kept"] == row["kept_direct"] + row["kept_rationalized"]
+    if row["kept"]:
+        assert all("(hint:" not in q for q, _ in seen["fine-tune 1"])  # hints are removed for training
+    with pytest.raises(DeliberateError, match="rationalize_samples"):
+        star_mod.StarConfig(rationalize_samples=0)
+    with pytest.raises(DeliberateError, match="seed_long_hint_fraction"):
+        star_mod.StarConfig(seed_long_hint_fraction=1.5)
+
+
 def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
     from deliberate.rewards import get_verifier
     from deliberate.train.selfimprove import Rollout

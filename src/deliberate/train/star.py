@@ -78,6 +78,13 @@ class StarConfig:
     n_train: int = 2000
     seed_examples: int = 6000
     seed_hint_fraction: float = 0.5
+    # fraction of the long seed examples that carry the hint too: a seed that has seen hints only on sums
+    # it can do anyway learns to ignore them, and then rationalization rescues nothing
+    seed_long_hint_fraction: float = 0.0
+    # rationalization attempts per failed problem: 1 = one greedy try; more = that many samples at
+    # rationalize_temperature, the first correct one kept
+    rationalize_samples: int = 1
+    rationalize_temperature: float = 0.7
     seed_sft: FinetuneSettings = field(
         default_factory=lambda: FinetuneSettings(steps=500, lr=3e-3, warmup=50))
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=3.0, lr=3e-3, warmup=20))
@@ -97,12 +104,15 @@ class StarConfig:
         problems = []
         if not isinstance(self.seed_long_examples, int) or self.seed_long_examples < 0:
             problems.append(f"seed_long_examples must be an integer >= 0 (got {self.seed_long_examples!r})")
-        for name in ("iterations", "n_train", "seed_examples", "eval_problems"):
+        for name in ("iterations", "n_train", "seed_examples", "eval_problems", "rationalize_samples"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
-        if not (0 <= self.seed_hint_fraction <= 1):
-            problems.append(f"seed_hint_fraction must be in [0, 1] (got {self.seed_hint_fraction!r})")
+        for name in ("seed_hint_fraction", "seed_long_hint_fraction"):
+            if not (0 <= getattr(self, name) <= 1):
+                problems.append(f"{name} must be in [0, 1] (got {getattr(self, name)!r})")
+        if not self.rationalize_temperature > 0:
+            problems.append(f"rationalize_temperature must be > 0 (got {self.rationalize_temperature!r})")
         if not self.eval_digits:
             problems.append("eval_digits must name at least one digit count")
         if problems:
@@ -123,7 +133,10 @@ def build_seed(cfg: StarConfig, out: Path, progress: bool) -> tuple[Path, int]:
     if cfg.seed_long_examples:
         long_task = get_task(cfg.task, digits=cfg.seed_long_digits)
         longs = long_task.problems("train", cfg.seed_long_examples, seed=20_000 + cfg.seed)
-        pairs += [(long_task.prompt(p), long_task.rationale(p)) for p in longs]
+        g_long = torch.Generator().manual_seed(30_000 + cfg.seed)
+        hint = (torch.rand(len(longs), generator=g_long) < cfg.seed_long_hint_fraction).tolist()
+        pairs += [(hinted(long_task.prompt(p), p.answer) if h else long_task.prompt(p), long_task.rationale(p))
+                  for p, h in zip(longs, hint)]
     return finetune(init, pairs, out / "seed", cfg.seed_sft, seed=cfg.seed, progress=progress, desc="seed SFT")
 
 
@@ -170,15 +183,17 @@ def run_star(cfg: StarConfig, progress: bool = True) -> dict[str, Any]:
         n_rat = 0
         if cfg.rationalize:
             failed = [i for i, rs in enumerate(rows) if not rs[0].correct]
+            k = cfg.rationalize_samples
             rat = cached_rollouts(d / "rationalized.jsonl", lambda m=model, t=tok, it=it, failed=failed: rollouts(
-                m, t, task, [train[i] for i in failed], 1, temperature=0.0,
-                prompts=[hinted(task.prompt(train[i]), train[i].answer) for i in failed],
+                m, t, task, [train[i] for i in failed], k, temperature=0.0 if k == 1 else cfg.rationalize_temperature,
+                seed=cfg.seed * 1000 + it, prompts=[hinted(task.prompt(train[i]), train[i].answer) for i in failed],
                 progress=progress, desc=f"rationalize {it}"))
             g2, p2 = sampled_tokens(rat)
             gen, prompt = gen + g2, prompt + p2
             for i, rs in zip(failed, rat):
-                if rs[0].correct:  # keep the rationale, drop the hint from its prompt
-                    pairs.append((task.prompt(train[i]), rs[0].text))
+                good = next((r for r in rs if r.correct), None)
+                if good is not None:  # keep the rationale, drop the hint from its prompt
+                    pairs.append((task.prompt(train[i]), good.text))
                     n_rat += 1
         t_sample = clock()
         settings = dataclasses.replace(cfg.finetune, max_steps=int(cfg.finetune.max_steps * cfg.step_growth ** (it - 1)))
@@ -235,6 +250,8 @@ def format_star(rows) -> str:
 HELP = {
     "rationalize": "retry failed problems with the answer as a hint (--no-rationalize: plain STaR)",
     "seed_long_examples": "gold examples of seed_long_digits in the seed's training set",
+    "seed_long_hint_fraction": "fraction of the long seed examples shown with the answer as a hint",
+    "rationalize_samples": "hinted attempts per failed problem (1: greedy; more: sampled, first correct kept)",
     "eval_digits": "digit counts evaluated (comma-separated)",
 }
 
