@@ -130,6 +130,10 @@ def test_rest_em_runs_logs_compute_and_resumes(easy_ckpt, tmp_path):
     # a different config in the same directory is refused
     with pytest.raises(DeliberateError, match="different config"):
         run_rest_em(RestEMConfig(**{**cfg.__dict__, "k": 2}), progress=False)
+    # more --iterations extends the finished run: iterations 0-2 kept as they were, only iteration 3 is new
+    s3 = run_rest_em(RestEMConfig(**{**cfg.__dict__, "iterations": 3}), progress=False)["iterations"]
+    assert [r["iteration"] for r in s3] == [0, 1, 2, 3]
+    assert [{k: v for k, v in r.items() if "wall" not in k} for r in s3[:3]] == strip
 
 
 def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeypatch):

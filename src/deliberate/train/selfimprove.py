@@ -163,9 +163,15 @@ def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
     return rows
 
 
+# config fields that may change between runs in one directory: an iteration's results never depend on how
+# many iterations were asked for, so a finished run can be extended (or stopped early) by rerunning it
+EXTENDABLE = ("iterations",)
+
+
 def start_run(cfg) -> tuple[Path, dict[str, Any]]:
     """Create ``cfg.out``, check ``cfg.init`` exists (for configs that have one), and refuse an output
-    directory that holds a run of another config; returns (out, the config as JSON)."""
+    directory that holds a run of another config (other than in :data:`EXTENDABLE` fields: rerunning with
+    more ``--iterations`` continues a finished run); returns (out, the config as JSON)."""
     out = Path(cfg.out)
     init = getattr(cfg, "init", None)
     if init is not None and not Path(init).exists():
@@ -174,7 +180,10 @@ def start_run(cfg) -> tuple[Path, dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
     p = out / "config.json"
-    if p.exists() and json.loads(p.read_text()) != cfg_dict:
+    def fixed(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k not in EXTENDABLE}
+
+    if p.exists() and fixed(json.loads(p.read_text())) != fixed(cfg_dict):
         raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
     write_json_atomic(p, cfg_dict)
     return out, cfg_dict
