@@ -210,6 +210,33 @@ def test_grpo_config_validation():
         GRPOConfig(group=1)
     with pytest.raises(DeliberateError, match="lr"):
         GRPOConfig(lr=0)
+    with pytest.raises(DeliberateError, match="reward must be one of"):
+        GRPOConfig(reward="steps")
+
+
+def _planted_groups(task, problems):
+    """Per problem: the gold rationale, a lucky one (a wrong step, the right answer) and two wrong answers."""
+    from deliberate.train.selfimprove import Rollout
+
+    out = []
+    for p in problems:
+        gold = task.rationale(p)
+        lucky = gold.replace("=", "=9", 1) if "=9" not in gold else gold.replace("=", "=8", 1)
+        wrong = gold.rsplit("Answer:", 1)[0] + f"Answer: {int(p.answer) + 1}"
+        out.append([Rollout(p.id, task.prompt(p), t, task.is_correct(task.extract_answer(t), p), 5, 20, "stop")
+                    for t in (gold, lucky, wrong, wrong)])
+    return out
+
+
+def test_grpo_process_reward_scores_lucky_samples_zero(easy_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(grpo_mod, "rollouts", lambda model, tok, task, problems, k, **kw: _planted_groups(task, problems))
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 16, "steps": 1, "problems_per_step": 4,
+            "group": 4, "lr": 1e-3, "eval_every": 1, "checkpoint_every": 1, "eval_problems": 4, "eval_n": 2}
+    rows = {r: run_grpo(GRPOConfig(**base, reward=r, out=str(tmp_path / r)), progress=False)["iterations"][-1]
+            for r in ("outcome", "process")}
+    assert rows["outcome"]["train_reward"] == pytest.approx(2 / 4)  # gold and lucky
+    assert rows["process"]["train_reward"] == pytest.approx(1 / 4)  # gold only
+    assert rows["outcome"]["groups_used"] == rows["process"]["groups_used"] == 4
 
 
 def test_self_correct_pairs_and_run(easy_ckpt, tmp_path):

@@ -4,7 +4,9 @@
 
 Each step (Shao et al., 2024, DeepSeekMath): take ``problems_per_step`` training problems, sample a
 group of ``group`` completions for each with the current policy, reward each with the task's checker
-(1 correct / 0 not), and normalise within the group: ``A_i = (r_i - mean(r)) / (std(r) + 1e-4)``
+(1 correct / 0 not; with ``reward="process"`` a completion scores 1 only if every step also passes
+the task's step checker, so right answers reached through wrong steps earn nothing), and normalise
+within the group: ``A_i = (r_i - mean(r)) / (std(r) + 1e-4)``
 (groups whose rewards are all equal carry no signal and are dropped). The loss per completion token
 is the clipped surrogate ``-min(rho * A, clip(rho, 1-eps, 1+eps) * A)`` with
 ``rho = pi / pi_old`` plus ``beta * KL(pi || pi_ref)`` (the k3 estimator
@@ -14,8 +16,8 @@ ratio and its clip matter); 1 is the on-policy default.
 
 Why not TRL's ``GRPOTrainer`` here: it drives generation through ``model.generate`` with a
 ``PreTrainedTokenizer``; the tiny model's character tokenizer is not one, and our engine samples the
-groups ~2x faster than ``generate`` on CPU (benchmarks/engine_vs_generate.py). HF checkpoints should
-use TRL's trainer (issue: TRL path for real models is not wired up yet).
+groups ~2x faster than ``generate`` on CPU (benchmarks/engine_vs_generate.py). HF checkpoints use
+TRL's trainer: ``deliberate train grpo-hf`` (:mod:`deliberate.train.grpo_hf`).
 
 Checkpoints (model, optimizer, RNG, step, compute) every ``checkpoint_every`` steps; rerunning the
 same command resumes from the last one and gives the same result as an uninterrupted run (sampling
@@ -57,15 +59,18 @@ from deliberate.train.common import (
 from deliberate.train.distributed import Dist, Single, setup
 from deliberate.train.rest_em import format_iterations
 from deliberate.train.selfimprove import (
+    VERIFIED,
     IterationLog,
     Stopwatch,
     add_config_arguments,
+    check_verified_mode,
     config_from_args,
     evaluate_policy,
     plot_curve,
     rollouts,
     save_model,
     start_run,
+    verified,
 )
 
 
@@ -79,6 +84,7 @@ class GRPOConfig:
     problems_per_step: int = 64
     group: int = 8
     temperature: float = 1.0
+    reward: str = "outcome"  # "outcome": right answer; "process": right answer and every step right (step checker)
     lr: float = 1e-4  # 5e-4 (16 problems/step) collapsed the tiny model; 5e-5 did nothing in 100 steps
     beta: float = 0.04
     clip: float = 0.2
@@ -109,6 +115,8 @@ class GRPOConfig:
                             f"{self.temperature})")
         if self.max_train_flops is not None and not self.max_train_flops > 0:
             problems.append(f"max_train_flops must be > 0 (got {self.max_train_flops!r})")
+        if self.reward not in VERIFIED:
+            problems.append(f"reward must be one of {', '.join(VERIFIED)} (got {self.reward!r})")
         if problems:
             raise DeliberateError("grpo: " + "; ".join(problems))
 
@@ -156,6 +164,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
         ckpt = out / "checkpoint"
         state = load_state(ckpt)
     task = get_task(cfg.task, **cfg.task_options)
+    check_verified_mode(task, cfg.reward, "grpo --reward")
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model, tok = load_tiny(ckpt if state is not None else cfg.init)
@@ -213,13 +222,14 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
         groups = dist.gather(rollouts(model, tok, task, dist.shard(probs), cfg.group, temperature=cfg.temperature,
                                       seed=cfg.seed * 1_000_003 + step, progress=False))
         exs, advs = [], []
-        for rs in groups:
+        for prob, rs in zip(probs, groups):
             acc["groups"] += 1
             acc["tokens_sampled"] += sum(r.completion_tokens for r in rs)
             acc["prompt_tokens"] += rs[0].prompt_tokens
-            acc["reward_sum"] += sum(r.correct for r in rs)
+            rewards = [float(verified(task, prob, r.text, r.correct, cfg.reward)) for r in rs]
+            acc["reward_sum"] += sum(rewards)
             acc["n_samples"] += len(rs)
-            a = group_advantages([float(r.correct) for r in rs])
+            a = group_advantages(rewards)
             if a is None:
                 continue
             acc["groups_used"] += 1

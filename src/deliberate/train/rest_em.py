@@ -35,11 +35,13 @@ from deliberate.rewards.base import get_verifier
 from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
+    VERIFIED,
     FinetuneSettings,
     IterationLog,
     Stopwatch,
     add_config_arguments,
     cached_rollouts,
+    check_verified_mode,
     config_from_args,
     evaluate_policy,
     finetune,
@@ -49,10 +51,10 @@ from deliberate.train.selfimprove import (
     sampled_tokens,
     search_solutions,
     start_run,
+    verified,
 )
 
 E_STEPS = ("sample", "beam")
-KEEP = ("outcome", "process")
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ class RestEMConfig:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
         if not (self.temperature > 0):
             problems.append(f"temperature must be > 0 (got {self.temperature!r})")
-        if self.keep not in KEEP:
-            problems.append(f"keep must be one of {', '.join(KEEP)} (got {self.keep!r})")
+        if self.keep not in VERIFIED:
+            problems.append(f"keep must be one of {', '.join(VERIFIED)} (got {self.keep!r})")
         if self.e_step not in E_STEPS:
             problems.append(f"e_step must be one of {', '.join(E_STEPS)} (got {self.e_step!r})")
         elif self.e_step == "beam" and (self.prm is None or not Path(self.prm).exists()):
@@ -115,12 +117,11 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
     out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    if cfg.keep == "process" and task.step_correct(train[0], task.split_steps(task.rationale(train[0]) or "")) is None:
-        raise DeliberateError(f"rest-em: keep='process' needs a task with a step checker; {cfg.task!r} has none")
+    check_verified_mode(task, cfg.keep, "rest-em --keep")
     log = IterationLog(out, n_params_of(cfg.init))
 
     def keeps(problem, text: str) -> bool:  # the outcome was checked already
-        return cfg.keep == "outcome" or all(task.step_correct(problem, task.split_steps(text)))
+        return verified(task, problem, text, True, cfg.keep)
 
     def evaluate(model_dir: Path, it: int) -> dict[str, Any]:
         return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,

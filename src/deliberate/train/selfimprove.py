@@ -154,6 +154,25 @@ def load_rollouts(path: Path) -> list[list[Rollout]]:
         return [[Rollout(**d) for d in json.loads(line)] for line in f if line.strip()]
 
 
+VERIFIED = ("outcome", "process")
+
+
+def check_verified_mode(task: Task, mode: str, what: str) -> None:
+    """Refuse ``mode="process"`` for a task without a step checker (``what`` names the recipe)."""
+    if mode not in VERIFIED:
+        raise DeliberateError(f"{what}: verification must be one of {', '.join(VERIFIED)} (got {mode!r})")
+    if mode == "process":
+        probe = task.problems("train", 1, seed=0)[0]
+        if task.step_correct(probe, task.split_steps(task.rationale(probe) or "")) is None:
+            raise DeliberateError(f"{what}: 'process' needs a task with a step checker; {task.name!r} has none")
+
+
+def verified(task: Task, problem: Problem, text: str, correct: bool, mode: str) -> bool:
+    """Whether a sample counts as verified: ``"outcome"`` — its answer is right (``correct``); ``"process"``
+    — also every step passes the task's step checker, so right answers after wrong steps do not count."""
+    return correct and (mode == "outcome" or all(task.step_correct(problem, task.split_steps(text))))
+
+
 def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
     """The rollouts saved at ``path``, or ``sample()``'s, saved there first (so a rerun never resamples)."""
     if path.exists():
