@@ -184,7 +184,7 @@ def run_star(cfg: StarConfig, progress: bool = True) -> dict[str, Any]:
         if cfg.rationalize:
             failed = [i for i, rs in enumerate(rows) if not rs[0].correct]
             k = cfg.rationalize_samples
-            rat = cached_rollouts(d / "rationalized.jsonl", lambda m=model, t=tok, it=it, failed=failed: rollouts(
+            rat = cached_rollouts(d / "rationalized.jsonl", lambda m=model, t=tok, it=it, failed=failed, k=k: rollouts(
                 m, t, task, [train[i] for i in failed], k, temperature=0.0 if k == 1 else cfg.rationalize_temperature,
                 seed=cfg.seed * 1000 + it, prompts=[hinted(task.prompt(train[i]), train[i].answer) for i in failed],
                 progress=progress, desc=f"rationalize {it}"))
