@@ -100,7 +100,7 @@ def register_verifier(kind: str) -> Callable[[Callable[..., Verifier]], Callable
 def _load_builtin() -> None:
     import importlib
 
-    for mod in ("oracle", "models", "genrm", "dpo"):
+    for mod in ("oracle", "models", "genrm", "dpo", "likelihood"):
         try:
             importlib.import_module(f"deliberate.rewards.{mod}")
         except ModuleNotFoundError as e:  # a verifier module not written yet

@@ -1,0 +1,209 @@
+"""Likelihood PRM: a frozen LM's per-step log-probabilities, calibrated on Monte-Carlo step labels.
+
+    deliberate train lprm --lm runs/verifier-backbone --labels runs/labels --out runs/lprm
+    deliberate sweep ... --verifier lprm:runs/lprm
+
+Each step of a solution gets three features from the language model ``--lm`` (a tiny checkpoint,
+kept frozen): the summed log-probability of the step's characters, the smallest of those character
+log-probabilities, and the running minimum of the step sums so far. Separators are not scored, so a
+step prefix gets the same scores as the same steps inside a longer solution (what step-level search
+needs). A logistic regression on the standardised features is fitted to the Monte-Carlo soft labels
+(``deliberate label mc``): score = sigmoid(w . (f - mu) / sd + b), one probability per step prefix.
+
+Why: a PRM fine-tuned from an LM with a 1-logit head at each step's end (``deliberate train prm
+--init-from``) sees only the hidden state there, not how surprised the LM was by the step's digits;
+the log-probs carry exactly that. On arith, with an LM stronger than the policy, this verifier picks
+far better than majority vote where the head-on-hidden-state PRM from the same LM does not
+(docs/RESULTS.md). ``OUT`` holds a copy of the LM (``OUT/lm``) and ``OUT/calibration.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.records import write_json_atomic
+from deliberate.rewards.base import Verifier, register_verifier
+from deliberate.types import Problem
+
+FEATURES = ("step_logprob", "step_min_char_logprob", "running_min_step_logprob")
+CALIBRATION = "calibration.json"
+
+
+@torch.inference_mode()
+def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64
+                  ) -> list[list[list[float]]]:
+    """For each (prompt, steps): one feature row (:data:`FEATURES`) per step, from one forward pass of
+    prompt + steps joined by newlines (batched, right-padded). Needs a character-level tokenizer (one
+    token per character), as the tiny models have."""
+    enc = []
+    for prompt, steps in items:
+        p = [tokenizer.bos_token_id] + tokenizer.encode(prompt)
+        text = "\n".join(steps)
+        c = tokenizer.encode(text)
+        if len(c) != len(text):
+            raise DeliberateError("lprm: the LM's tokenizer must map one character to one token (a tiny checkpoint)")
+        enc.append((p, c, [len(s) for s in steps]))
+    max_len = int(getattr(model.config, "max_position_embeddings", 512))
+    out: list[list[list[float]]] = [[] for _ in items]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]) + len(enc[i][1]))
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo:lo + batch_size]
+        seqs = [(enc[i][0] + enc[i][1])[-max_len:] for i in chunk]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = 1
+        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+        tok_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        for r, i in enumerate(chunk):
+            p, c, lens = enc[i]
+            cut = len(p) + len(c) - len(seqs[r])  # tokens dropped from the front to fit max_len
+            start = len(p) - cut - 1  # position predicting the first completion token
+            lp = tok_lp[r, max(0, start):start + len(c)].tolist()
+            lp = [0.0] * (len(c) - len(lp)) + lp  # completion tokens cut off the front count as certain
+            rows, pos, run_min = [], 0, 0.0
+            for n in lens:
+                seg = lp[pos:pos + n]  # the step's characters; the newline after it is not scored
+                pos += n + 1
+                run_min = min(run_min, sum(seg))
+                rows.append([sum(seg), min(seg, default=0.0), run_min])
+            out[i] = rows
+    return out
+
+
+def fit_calibration(features: Sequence[Sequence[float]], targets: Sequence[float]) -> dict[str, Any]:
+    """Logistic regression of ``targets`` (soft labels in [0, 1]) on standardised ``features`` (L-BFGS)."""
+    if len(features) != len(targets) or not len(targets):
+        raise DeliberateError(f"lprm: need as many labels as feature rows, at least one (got {len(features)} "
+                              f"rows, {len(targets)} labels)")
+    x = torch.tensor(features, dtype=torch.float64)
+    y = torch.tensor(targets, dtype=torch.float64)
+    mu, sd = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-6)
+    z = (x - mu) / sd
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        loss = float(torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y))
+    return {"features": list(FEATURES), "mu": mu.tolist(), "sd": sd.tolist(), "w": w.detach().tolist(), "b": float(b.detach()),
+            "train_bce": loss, "n_steps": len(targets)}
+
+
+class LikelihoodPRM(Verifier):
+    """Per-step P(correct so far) = calibrated logistic function of the frozen LM's step log-probs."""
+
+    def __init__(self, model, tokenizer, calibration: dict[str, Any], task=None, path: str | None = None,
+                 batch_size: int = 64):
+        super().__init__()
+        self.model, self.tokenizer, self.task, self.path = model.eval(), tokenizer, task, path
+        self.cal, self.batch_size = calibration, batch_size
+        self.name = f"lprm:{path}" if path else "lprm"
+        self._mu, self._sd = torch.tensor(calibration["mu"]), torch.tensor(calibration["sd"])
+        self._w, self._b = torch.tensor(calibration["w"]), float(calibration["b"])
+
+    def _prompt(self, problem: Problem) -> str:
+        return self.task.prompt(problem) if self.task is not None else f"Q: {problem.question}\nA:\n"
+
+    def score_batch(self, items):
+        todo = [(i, self._prompt(p), list(s)) for i, (p, s) in enumerate(items) if len(s)]
+        out: list[list[float]] = [[] for _ in items]
+        feats = step_features(self.model, self.tokenizer, [(p, s) for _, p, s in todo], self.batch_size)
+        for (i, prompt, steps), f in zip(todo, feats):
+            z = ((torch.tensor(f) - self._mu) / self._sd) @ self._w + self._b
+            out[i] = torch.sigmoid(z).tolist()
+            self.stats.tokens += len(self.tokenizer.encode(prompt + "\n".join(steps))) + 1
+        self.stats.sequences += len(todo)
+        self.stats.calls += -(-len(todo) // self.batch_size)
+        return out
+
+    def describe(self):
+        return {"name": self.name, "kind": "lprm", "path": self.path,
+                **{k: self.cal[k] for k in ("lm", "labels", "train_bce", "n_steps") if k in self.cal}}
+
+
+def load_lprm(directory: str | Path, task=None, batch_size: int = 64) -> LikelihoodPRM:
+    from deliberate.models.tiny import load_tiny
+
+    d = Path(directory)
+    f = d / CALIBRATION
+    if not f.exists():
+        raise DeliberateError(f"lprm: {str(f)!r} not found (make it with `deliberate train lprm`)")
+    try:
+        cal = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise DeliberateError(f"lprm: {f}: malformed JSON ({e})") from None
+    model, tok = load_tiny(d / "lm")
+    return LikelihoodPRM(model, tok, cal, task=task, path=str(directory), batch_size=batch_size)
+
+
+@register_verifier("lprm")
+def _lprm(arg, task=None, **_: Any):
+    if not arg:
+        raise DeliberateError("the lprm verifier needs a directory: lprm:DIR (from `deliberate train lprm`)")
+    return load_lprm(arg, task=task)
+
+
+def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Fit the calibration of :class:`LikelihoodPRM` on ``labels``' soft labels with the LM ``lm``;
+    writes ``OUT/lm`` (a copy of the LM) and ``OUT/calibration.json`` (last, atomically)."""
+    from tqdm.auto import tqdm
+
+    from deliberate.models.tiny import load_tiny
+    from deliberate.rewards.mc_labels import read_labels
+
+    rows = read_labels(labels)
+    model, tok = load_tiny(lm)
+    model.eval()
+    X: list[list[float]] = []
+    Y: list[float] = []
+    bar = tqdm(total=len(rows), desc="lprm features", disable=not progress, dynamic_ncols=True)
+    for lo in range(0, len(rows), 256):
+        chunk = rows[lo:lo + 256]
+        for r, f in zip(chunk, step_features(model, tok, [(f"Q: {r['question']}\nA:\n", r["steps"]) for r in chunk])):
+            X += f
+            Y += [float(v) for v in r["soft"]]
+        bar.update(len(chunk))
+    bar.close()
+    cal = {**fit_calibration(X, Y), "lm": str(lm), "labels": str(labels)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "lm").exists():
+        shutil.rmtree(out / "lm")
+    shutil.copytree(lm, out / "lm", ignore=shutil.ignore_patterns("optimizer.pt", "rng.pt", "trainer_state.json"))
+    write_json_atomic(out / CALIBRATION, cal)
+    return cal
+
+
+def add_arguments(parser) -> None:  # `deliberate train lprm`
+    parser.add_argument("--lm", required=True, help="tiny LM checkpoint (kept frozen) whose log-probs are the features")
+    parser.add_argument("--labels", required=True, help="labels.jsonl or a `deliberate label mc` output")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--out", default="runs/lprm", help="output directory (default: runs/lprm)")
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not Path(args.lm).exists():
+        raise DeliberateError(f"--lm {args.lm} does not exist")
+    cal = train_lprm(args.lm, args.labels, args.out)
+    print(f"lprm written to {args.out}: weights {[round(v, 3) for v in cal['w']]}, bias {cal['b']:.3f}, "
+          f"train BCE {cal['train_bce']:.4f} on {cal['n_steps']} labelled steps; use --verifier lprm:{args.out}")
+    return 0

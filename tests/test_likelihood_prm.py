@@ -1,0 +1,91 @@
+"""The likelihood PRM (rewards/likelihood.py): features from a frozen LM, a logistic calibration on
+Monte-Carlo labels, the `lprm:DIR` verifier and `deliberate train lprm`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from deliberate.errors import DeliberateError
+from deliberate.models.tiny import load_tiny
+from deliberate.rewards import get_verifier
+from deliberate.rewards.likelihood import FEATURES, fit_calibration, step_features
+from deliberate.tasks import get_task
+
+
+def _direct_logprobs(model, tok, prompt, text):
+    p = [tok.bos_token_id] + tok.encode(prompt)
+    c = tok.encode(text)
+    with torch.no_grad():
+        lp = model(input_ids=torch.tensor([p + c])).logits[0, :-1].float().log_softmax(-1)
+    return lp[len(p) - 1:].gather(1, torch.tensor(c)[:, None])[:, 0].tolist()
+
+
+def test_step_features_match_one_unpadded_forward_and_do_not_depend_on_the_batch(tiny_ckpt):
+    model, tok = load_tiny(tiny_ckpt)
+    short = ("Q: 1+1?\nA:\n", ["1+1=2", "Answer: 2"])
+    long = ("Q: Eva has 12 books. She gives 8 away and buys 3 packs of 5. How many?\nA:\n",
+            ["12-8=4", "3*5=15", "4+15=19", "Answer: 19"])
+    alone = step_features(model, tok, [short])[0]
+    batched = step_features(model, tok, [long, short, long], batch_size=3)
+    assert len(alone) == 2 and all(len(r) == len(FEATURES) for r in alone)
+    for a, b in zip(alone, batched[1]):
+        assert a == pytest.approx(b, abs=1e-4)  # right padding of the shorter row changes nothing
+    lp = _direct_logprobs(model, tok, *long[:1], "\n".join(long[1]))
+    pos, run_min = 0, 0.0
+    for row, step in zip(batched[0], long[1]):
+        seg = lp[pos:pos + len(step)]
+        pos += len(step) + 1
+        run_min = min(run_min, sum(seg))
+        assert row == pytest.approx([sum(seg), min(seg), run_min], abs=1e-4)
+    assert pos == len(lp) + 1  # every character scored, separators skipped
+
+
+def test_fit_calibration_recovers_a_logistic_relation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 3, generator=g)
+    y = torch.sigmoid(2.0 * x[:, 0] - 1.0 * x[:, 2] + 0.5)
+    cal = fit_calibration(x.tolist(), y.tolist())
+    sd = cal["sd"]
+    w = [cal["w"][i] / sd[i] for i in range(3)]  # back to the raw feature scale
+    assert w[0] == pytest.approx(2.0, abs=0.05) and w[1] == pytest.approx(0.0, abs=0.05)
+    assert w[2] == pytest.approx(-1.0, abs=0.05)
+    with pytest.raises(DeliberateError, match="as many labels"):
+        fit_calibration([[0.0, 0.0, 0.0]], [])
+
+
+def test_train_lprm_and_the_verifier_end_to_end(tiny_ckpt, tmp_path):
+    from deliberate.cli import main_cli
+
+    task = get_task("arith", min_ops=1, max_ops=2, max_operand=9)
+    rows = []
+    for i, p in enumerate(task.problems("train", 40, seed=0)):
+        gold = list(task.split_steps(task.rationale(p)))
+        wrong = [s.replace("=", "=1", 1) if "=" in s else s for s in gold]  # garbled results: label 0
+        rows.append({"question": p.question, "steps": gold, "soft": [1.0] * len(gold), "hard": [1.0] * len(gold),
+                     "outcome": True})
+        rows.append({"question": p.question, "steps": wrong, "soft": [0.0] * len(wrong),
+                     "hard": [0.0] * len(wrong), "outcome": False})
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main_cli(["train", "lprm", "--lm", str(tiny_ckpt), "--labels", str(labels), "--out",
+                     str(tmp_path / "lprm")]) == 0
+    cal = json.loads((tmp_path / "lprm" / "calibration.json").read_text())
+    assert cal["features"] == list(FEATURES) and cal["n_steps"] == sum(len(r["steps"]) for r in rows)
+    assert cal["train_bce"] < math.log(2)  # better than a constant 0.5
+    v = get_verifier(f"lprm:{tmp_path / 'lprm'}", task=task)
+    p = task.problems("test", 1, seed=0)[0]
+    gold = list(task.split_steps(task.rationale(p)))
+    scores = v.score_batch([(p, gold), (p, []), (p, gold[:1])])
+    assert len(scores[0]) == len(gold) and scores[1] == [] and all(0 < s < 1 for s in scores[0])
+    assert scores[2] == pytest.approx(scores[0][:1], abs=1e-5)  # a prefix scores as in the full solution
+    assert v.stats.sequences == 2 and v.stats.tokens > 0
+    # the LM was copied: the verifier directory is self-contained
+    assert (tmp_path / "lprm" / "lm" / "char_tokenizer.json").exists()
+    with pytest.raises(DeliberateError, match="needs a directory"):
+        get_verifier("lprm")
+    with pytest.raises(DeliberateError, match="not found"):
+        get_verifier(f"lprm:{tmp_path / 'nothing'}")
