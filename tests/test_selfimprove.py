@@ -136,21 +136,29 @@ def test_rest_em_runs_logs_compute_and_resumes(easy_ckpt, tmp_path):
     assert [{k: v for k, v in r.items() if "wall" not in k} for r in s3[:3]] == strip
 
 
-def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeypatch):
-    """keep='process' trains only on samples whose every step passes the task's step checker; the E-step's
-    samples are planted in the iteration's rollout cache (gold, lucky = wrong step but right answer, wrong)."""
-    import deliberate.train.rest_em as rest_em_mod
-    from deliberate.train.selfimprove import Rollout, save_rollouts
+def _planted_groups(task, problems):
+    """Per problem: the gold rationale, a lucky one (a wrong step, the right answer) and two wrong answers."""
+    from deliberate.train.selfimprove import Rollout
 
-    task = get_task("arith", **SMALL_ARITH)
-    train = task.problems("train", 6, seed=0)
-    planted = []
-    for p in train:
+    out = []
+    for p in problems:
         gold = task.rationale(p)
         lucky = gold.replace("=", "=9", 1) if "=9" not in gold else gold.replace("=", "=8", 1)
         wrong = gold.rsplit("Answer:", 1)[0] + f"Answer: {int(p.answer) + 1}"
-        planted.append([Rollout(p.id, task.prompt(p), t, task.is_correct(task.extract_answer(t), p), 5, 20, "stop")
-                        for t in (gold, lucky, wrong)])
+        out.append([Rollout(p.id, task.prompt(p), t, task.is_correct(task.extract_answer(t), p), 5, 20, "stop")
+                    for t in (gold, lucky, wrong, wrong)])
+    return out
+
+
+def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeypatch):
+    """keep='process' trains only on samples whose every step passes the task's step checker; the E-step's
+    samples are planted in the iteration's rollout cache (gold, lucky = wrong step but right answer, wrong x2)."""
+    import deliberate.train.rest_em as rest_em_mod
+    from deliberate.train.selfimprove import save_rollouts
+
+    task = get_task("arith", **SMALL_ARITH)
+    train = task.problems("train", 6, seed=0)
+    planted = _planted_groups(task, train)
     assert all(not all(task.step_correct(p, task.split_steps(rs[1].text))) and rs[1].correct
                for p, rs in zip(train, planted))
     seen: dict[str, list] = {}
@@ -160,7 +168,7 @@ def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeyp
             return Path(init), 1
         monkeypatch.setattr(rest_em_mod, "finetune", fake_finetune)
         cfg = RestEMConfig(**{**_rest_cfg(easy_ckpt, tmp_path / keep).__dict__, "iterations": 1, "keep": keep,
-                              "n_train": 6, "k": 3})
+                              "n_train": 6, "k": 4})
         (tmp_path / keep / "it001").mkdir(parents=True)
         save_rollouts(tmp_path / keep / "it001" / "samples.jsonl", planted)
         row = run_rest_em(cfg, progress=False)["iterations"][1]
@@ -212,20 +220,6 @@ def test_grpo_config_validation():
         GRPOConfig(lr=0)
     with pytest.raises(DeliberateError, match="reward must be one of"):
         GRPOConfig(reward="steps")
-
-
-def _planted_groups(task, problems):
-    """Per problem: the gold rationale, a lucky one (a wrong step, the right answer) and two wrong answers."""
-    from deliberate.train.selfimprove import Rollout
-
-    out = []
-    for p in problems:
-        gold = task.rationale(p)
-        lucky = gold.replace("=", "=9", 1) if "=9" not in gold else gold.replace("=", "=8", 1)
-        wrong = gold.rsplit("Answer:", 1)[0] + f"Answer: {int(p.answer) + 1}"
-        out.append([Rollout(p.id, task.prompt(p), t, task.is_correct(task.extract_answer(t), p), 5, 20, "stop")
-                    for t in (gold, lucky, wrong, wrong)])
-    return out
 
 
 def test_grpo_process_reward_scores_lucky_samples_zero(easy_ckpt, tmp_path, monkeypatch):
