@@ -29,8 +29,8 @@ def test_step_features_match_one_unpadded_forward_and_do_not_depend_on_the_batch
     short = ("Q: 1+1?\nA:\n", ["1+1=2", "Answer: 2"])
     long = ("Q: Eva has 12 books. She gives 8 away and buys 3 packs of 5. How many?\nA:\n",
             ["12-8=4", "3*5=15", "4+15=19", "Answer: 19"])
-    alone = step_features(model, tok, [short])[0]
-    batched = step_features(model, tok, [long, short, long], batch_size=3)
+    alone = step_features(model, tok, [short])[0][0]
+    batched, n_tokens = step_features(model, tok, [long, short, long], batch_size=3)
     assert len(alone) == 2 and all(len(r) == len(FEATURES) for r in alone)
     for a, b in zip(alone, batched[1]):
         assert a == pytest.approx(b, abs=1e-4)  # right padding of the shorter row changes nothing
@@ -42,6 +42,7 @@ def test_step_features_match_one_unpadded_forward_and_do_not_depend_on_the_batch
         run_min = min(run_min, sum(seg))
         assert row == pytest.approx([sum(seg), min(seg), run_min], abs=1e-4)
     assert pos == len(lp) + 1  # every character scored, separators skipped
+    assert n_tokens == 2 * (1 + len(long[0]) + len("\n".join(long[1]))) + 1 + len(short[0]) + len("\n".join(short[1]))
 
 
 def test_fit_calibration_recovers_a_logistic_relation():
@@ -71,10 +72,11 @@ def test_train_lprm_and_the_verifier_end_to_end(tiny_ckpt, tmp_path):
                      "hard": [0.0] * len(wrong), "outcome": False})
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main_cli(["train", "lprm", "--lm", str(tiny_ckpt), "--labels", str(labels), "--out",
-                     str(tmp_path / "lprm")]) == 0
+    assert main_cli(["train", "lprm", "--lm", str(tiny_ckpt), "--labels", str(labels), "--task-arg", "max_ops=2",
+                     "--task-arg", "max_operand=9", "--out", str(tmp_path / "lprm")]) == 0
     cal = json.loads((tmp_path / "lprm" / "calibration.json").read_text())
     assert cal["features"] == list(FEATURES) and cal["n_steps"] == sum(len(r["steps"]) for r in rows)
+    assert cal["task"] == "arith"
     assert cal["train_bce"] < math.log(2)  # better than a constant 0.5
     v = get_verifier(f"lprm:{tmp_path / 'lprm'}", task=task)
     p = task.problems("test", 1, seed=0)[0]

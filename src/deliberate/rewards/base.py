@@ -82,6 +82,12 @@ class Verifier(ABC):
         return {"name": self.name}
 
 
+def problem_prompt(task, problem: Problem, style: str = "plain") -> str:
+    """The text a verifier reads a problem's steps after: the task's prompt in ``style``, or without a task
+    the plain ``Q: ...\nA:\n`` format the tiny models are trained on."""
+    return task.prompt(problem, style=style) if task is not None else f"Q: {problem.question}\nA:\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Registry: "kind" or "kind:arg" specs, e.g. "prm:runs/prm", "noisy:0.2", "oracle"
 # --------------------------------------------------------------------------------------------

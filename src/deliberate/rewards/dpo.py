@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from deliberate.errors import DeliberateError
-from deliberate.rewards.base import Verifier, register_verifier
+from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.rewards.models import _pad_right, encode_steps
 from deliberate.types import Problem
 
@@ -72,7 +72,7 @@ class DPOVerifier(Verifier):
         self.name = f"dpo:{path}"
 
     def _prompt(self, problem: Problem) -> str:
-        return self.task.prompt(problem) if self.task is not None else f"Q: {problem.question}\nA:\n"
+        return problem_prompt(self.task, problem)
 
     @torch.inference_mode()
     def score_batch(self, items: Sequence[tuple[Problem, Sequence[str]]]) -> list[list[float]]:

@@ -17,13 +17,14 @@ which is what ``deliberate train genrm`` teaches it. HF models default to :data:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from deliberate.errors import DeliberateError
-from deliberate.rewards.base import Verifier, register_verifier
+from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.types import Problem
 
 TINY_CUE = "Is this correct? "
@@ -67,9 +68,7 @@ class GenerativeVerifier(Verifier):
         self.name = f"genrm:{path}" if path else "genrm"
 
     def _prompt(self, problem: Problem) -> str:
-        if self.task is not None:
-            return self.task.prompt(problem, style=self.prompt_style)
-        return f"Q: {problem.question}\nA:\n"
+        return problem_prompt(self.task, problem, self.prompt_style)
 
     def query_ids(self, problem: Problem, steps: Sequence[str], i: int) -> list[int]:
         """Tokens of the verification query after the first ``i`` steps (left-cut to the context)."""
@@ -86,7 +85,7 @@ class GenerativeVerifier(Verifier):
         if not hasattr(self, "_memo"):
             self._memo: dict[tuple[int, ...], float] = {}
         out: list[list[float]] = [[0.0] * len(s) for _, s in items]
-        queries, pending = [], []
+        queries = []
         for i, (p, s) in enumerate(items):
             for j in range(len(s)):
                 q = tuple(self.query_ids(p, list(s), j + 1))

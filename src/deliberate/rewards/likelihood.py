@@ -29,7 +29,7 @@ import torch
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.rewards.base import Verifier, register_verifier
+from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.types import Problem
 
 FEATURES = ("step_logprob", "step_min_char_logprob", "running_min_step_logprob")
@@ -38,10 +38,10 @@ CALIBRATION = "calibration.json"
 
 @torch.inference_mode()
 def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64
-                  ) -> list[list[list[float]]]:
+                  ) -> tuple[list[list[list[float]]], int]:
     """For each (prompt, steps): one feature row (:data:`FEATURES`) per step, from one forward pass of
-    prompt + steps joined by newlines (batched, right-padded). Needs a character-level tokenizer (one
-    token per character), as the tiny models have."""
+    prompt + steps joined by newlines (batched, right-padded); also the number of tokens run. Needs a
+    character-level tokenizer (one token per character), as the tiny models have."""
     enc = []
     for prompt, steps in items:
         p = [tokenizer.bos_token_id] + tokenizer.encode(prompt)
@@ -52,10 +52,12 @@ def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], 
         enc.append((p, c, [len(s) for s in steps]))
     max_len = int(getattr(model.config, "max_position_embeddings", 512))
     out: list[list[list[float]]] = [[] for _ in items]
+    n_tokens = 0
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]) + len(enc[i][1]))
     for lo in range(0, len(order), batch_size):
         chunk = order[lo:lo + batch_size]
         seqs = [(enc[i][0] + enc[i][1])[-max_len:] for i in chunk]
+        n_tokens += sum(len(q) for q in seqs)
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -77,7 +79,7 @@ def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], 
                 run_min = min(run_min, sum(seg))
                 rows.append([sum(seg), min(seg, default=0.0), run_min])
             out[i] = rows
-    return out
+    return out, n_tokens
 
 
 def fit_calibration(features: Sequence[Sequence[float]], targets: Sequence[float]) -> dict[str, Any]:
@@ -118,17 +120,14 @@ class LikelihoodPRM(Verifier):
         self._mu, self._sd = torch.tensor(calibration["mu"]), torch.tensor(calibration["sd"])
         self._w, self._b = torch.tensor(calibration["w"]), float(calibration["b"])
 
-    def _prompt(self, problem: Problem) -> str:
-        return self.task.prompt(problem) if self.task is not None else f"Q: {problem.question}\nA:\n"
-
     def score_batch(self, items):
-        todo = [(i, self._prompt(p), list(s)) for i, (p, s) in enumerate(items) if len(s)]
+        todo = [(i, problem_prompt(self.task, p), list(s)) for i, (p, s) in enumerate(items) if len(s)]
         out: list[list[float]] = [[] for _ in items]
-        feats = step_features(self.model, self.tokenizer, [(p, s) for _, p, s in todo], self.batch_size)
-        for (i, prompt, steps), f in zip(todo, feats):
+        feats, n_tokens = step_features(self.model, self.tokenizer, [(p, s) for _, p, s in todo], self.batch_size)
+        for (i, _, _), f in zip(todo, feats):
             z = ((torch.tensor(f) - self._mu) / self._sd) @ self._w + self._b
             out[i] = torch.sigmoid(z).tolist()
-            self.stats.tokens += len(self.tokenizer.encode(prompt + "\n".join(steps))) + 1
+        self.stats.tokens += n_tokens
         self.stats.sequences += len(todo)
         self.stats.calls += -(-len(todo) // self.batch_size)
         return out
@@ -160,9 +159,10 @@ def _lprm(arg, task=None, **_: Any):
     return load_lprm(arg, task=task)
 
 
-def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Fit the calibration of :class:`LikelihoodPRM` on ``labels``' soft labels with the LM ``lm``;
-    writes ``OUT/lm`` (a copy of the LM) and ``OUT/calibration.json`` (last, atomically)."""
+def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, progress: bool = True) -> dict[str, Any]:
+    """Fit the calibration of :class:`LikelihoodPRM` on ``labels``' soft labels with the LM ``lm``, reading
+    each labelled solution after ``task``'s prompt (as the verifier will); writes ``OUT/lm`` (a copy of the
+    LM) and ``OUT/calibration.json`` (last, atomically)."""
     from tqdm.auto import tqdm
 
     from deliberate.models.tiny import load_tiny
@@ -176,12 +176,16 @@ def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, progress: bo
     bar = tqdm(total=len(rows), desc="lprm features", disable=not progress, dynamic_ncols=True)
     for lo in range(0, len(rows), 256):
         chunk = rows[lo:lo + 256]
-        for r, f in zip(chunk, step_features(model, tok, [(f"Q: {r['question']}\nA:\n", r["steps"]) for r in chunk])):
+        prompts = [problem_prompt(task, Problem(id=str(r.get("problem_id", "")), question=r["question"],
+                                                answer=str(r.get("gold")))) for r in chunk]
+        feats, _ = step_features(model, tok, [(p, r["steps"]) for p, r in zip(prompts, chunk)])
+        for r, f in zip(chunk, feats):
             X += f
             Y += [float(v) for v in r["soft"]]
         bar.update(len(chunk))
     bar.close()
-    cal = {**fit_calibration(X, Y), "lm": str(lm), "labels": str(labels)}
+    cal = {**fit_calibration(X, Y), "lm": str(lm), "labels": str(labels),
+           "task": getattr(task, "name", None)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "lm").exists():
@@ -194,6 +198,8 @@ def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, progress: bo
 def add_arguments(parser) -> None:  # `deliberate train lprm`
     parser.add_argument("--lm", required=True, help="tiny LM checkpoint (kept frozen) whose log-probs are the features")
     parser.add_argument("--labels", required=True, help="labels.jsonl or a `deliberate label mc` output")
+    parser.add_argument("--task", default="arith", help="the labels' task (its prompt format; default: arith)")
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", default="runs/lprm", help="output directory (default: runs/lprm)")
 
@@ -203,7 +209,11 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     if not Path(args.lm).exists():
         raise DeliberateError(f"--lm {args.lm} does not exist")
-    cal = train_lprm(args.lm, args.labels, args.out)
+    from deliberate.models.base import parse_kv
+    from deliberate.tasks import get_task
+
+    task = get_task(args.task, **parse_kv(args.task_arg, "--task-arg"))
+    cal = train_lprm(args.lm, args.labels, args.out, task=task)
     print(f"lprm written to {args.out}: weights {[round(v, 3) for v in cal['w']]}, bias {cal['b']:.3f}, "
           f"train BCE {cal['train_bce']:.4f} on {cal['n_steps']} labelled steps; use --verifier lprm:{args.out}")
     return 0

@@ -25,13 +25,14 @@ Every verifier here counts its compute in ``stats``: forward calls, sequences, t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from deliberate.errors import DeliberateError
-from deliberate.rewards.base import Verifier, register_verifier
+from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.types import Problem
 
 #: file in a verifier checkpoint that says what it is (kind, task, how it was trained)
@@ -179,9 +180,7 @@ class TinyRewardModel(Verifier):
         self.name = f"{kind}:{path}" if path else kind
 
     def _prompt(self, problem: Problem) -> str:
-        if self.task is not None:
-            return self.task.prompt(problem)
-        return f"Q: {problem.question}\nA:\n"
+        return problem_prompt(self.task, problem)
 
     def encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         ids, ends = encode_steps(self.tokenizer, self._prompt(problem), steps, "\n", self.tokenizer.bos_token_id)
@@ -339,9 +338,7 @@ class _HFVerifierBase(Verifier):
         self.name = f"{self.kind}:{self.path}"
 
     def _prompt(self, problem: Problem) -> str:
-        if self.task is not None:
-            return self.task.prompt(problem, style=self.prompt_style)
-        return f"Q: {problem.question}\nA:\n"
+        return problem_prompt(self.task, problem, self.prompt_style)
 
     def _encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         ids, ends = encode_steps(_NoSpecialTokens(self.tokenizer), self._prompt(problem), steps, self.separator,
