@@ -183,6 +183,35 @@ def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeyp
                     progress=False)
 
 
+def test_split_minibatches_partitions_in_a_seeded_order():
+    assert grpo_mod.split_minibatches(5, 1, 0, 3) == [[0, 1, 2, 3, 4]]
+    mbs = grpo_mod.split_minibatches(10, 3, 0, 3)
+    assert sorted(i for mb in mbs for i in mb) == list(range(10)) and sorted(map(len, mbs)) == [3, 3, 4]
+    assert mbs == grpo_mod.split_minibatches(10, 3, 0, 3)  # a resumed run cuts the same minibatches
+    assert mbs != grpo_mod.split_minibatches(10, 3, 0, 4)
+    assert len(grpo_mod.split_minibatches(2, 5, 0, 0)) == 2  # never an empty minibatch
+
+
+def test_grpo_minibatches_make_more_updates_from_the_same_samples(easy_ckpt, tmp_path, monkeypatch):
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 1, "problems_per_step": 6,
+            "group": 4, "lr": 1e-3, "eval_every": 1, "checkpoint_every": 1, "eval_problems": 4, "eval_n": 2}
+    calls = []
+    real = grpo_mod.grpo_loss
+    monkeypatch.setattr(grpo_mod, "grpo_loss", lambda *a, **k: (calls.append(a[0].shape[0]), real(*a, **k))[1])
+    one = run_grpo(GRPOConfig(**base, out=str(tmp_path / "one")), progress=False)
+    n_one = list(calls)
+    calls.clear()
+    three = run_grpo(GRPOConfig(**base, minibatches=3, out=str(tmp_path / "three")), progress=False)
+    assert len(n_one) == 1 and len(calls) == 3 and sum(calls) == n_one[0]  # the same completions, cut in 3
+    r1, r3 = one["iterations"][-1], three["iterations"][-1]
+    assert r3["tokens_trained"] == r1["tokens_trained"] > 0 and r3["tokens_sampled"] == r1["tokens_sampled"]
+    m1, _ = load_tiny(tmp_path / "one" / "checkpoint")
+    m3, _ = load_tiny(tmp_path / "three" / "checkpoint")
+    assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m3.state_dict().values()))
+    with pytest.raises(DeliberateError, match="minibatches must be an integer >= 1"):
+        GRPOConfig(**base, minibatches=0)
+
+
 def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeypatch):
     base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 4, "problems_per_step": 4,
             "group": 4, "lr": 1e-3, "eval_every": 4, "checkpoint_every": 2, "eval_problems": 8, "eval_n": 2}

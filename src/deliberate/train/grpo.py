@@ -11,8 +11,11 @@ within the group: ``A_i = (r_i - mean(r)) / (std(r) + 1e-4)``
 is the clipped surrogate ``-min(rho * A, clip(rho, 1-eps, 1+eps) * A)`` with
 ``rho = pi / pi_old`` plus ``beta * KL(pi || pi_ref)`` (the k3 estimator
 ``exp(ref - logp) - (ref - logp) - 1``) to the frozen seed model; averaged over each completion's
-tokens, then over completions. ``inner_epochs`` > 1 reuses a batch for several updates (where the
-ratio and its clip matter); 1 is the on-policy default.
+tokens, then over completions. ``minibatches`` > 1 cuts each step's completions (in a seeded order)
+into that many minibatches, one optimizer update each, as PPO and TRL's ``steps_per_generation`` do:
+more updates per sampled token, where the ratio to the sampling policy and its clip matter.
+``inner_epochs`` > 1 reuses the step's completions for several passes. ``minibatches = inner_epochs
+= 1`` (the default) is one on-policy update per step.
 
 Why not TRL's ``GRPOTrainer`` here: it drives generation through ``model.generate`` with a
 ``PreTrainedTokenizer``; the tiny model's character tokenizer is not one, and our engine samples the
@@ -89,6 +92,7 @@ class GRPOConfig:
     beta: float = 0.04
     clip: float = 0.2
     inner_epochs: int = 1
+    minibatches: int = 1  # optimizer updates per sampling step (the step's completions cut into this many)
     grad_clip: float = 1.0
     eval_every: int = 20
     checkpoint_every: int = 10
@@ -101,8 +105,8 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("n_train", "steps", "problems_per_step", "inner_epochs", "eval_every", "checkpoint_every",
-                     "eval_problems", "eval_n"):
+        for name in ("n_train", "steps", "problems_per_step", "inner_epochs", "minibatches", "eval_every",
+                     "checkpoint_every", "eval_problems", "eval_n"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
@@ -155,6 +159,18 @@ def group_advantages(rewards: list[float]) -> list[float] | None:
     if sd == 0:
         return None
     return [(r - m) / (sd + 1e-4) for r in rewards]
+
+
+def split_minibatches(n: int, m: int, seed: int, step: int) -> list[list[int]]:
+    """Indices ``0..n-1`` cut into ``min(m, n)`` minibatches of near-equal size: in order for ``m = 1``,
+    else in an order seeded by ``(seed, step)`` (so a resumed run cuts the same minibatches)."""
+    if m <= 1 or n <= 1:
+        return [list(range(n))]
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    order = torch.randperm(n, generator=g).tolist()
+    m = min(m, n)
+    bounds = [n * i // m for i in range(m + 1)]
+    return [order[bounds[i]:bounds[i + 1]] for i in range(m)]
 
 
 def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
@@ -241,26 +257,30 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
                 exs.append(Example(tuple(p + c), len(p)))
                 advs.append(ai)
         stats = {}
+        mbs = split_minibatches(len(exs), cfg.minibatches, cfg.seed, step)
         if exs and dist.parallel:
-            stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, acc)
+            stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc)
         elif exs:
             model.train()
-            batch = collate(exs, tok.pad_token_id)
-            adv = torch.tensor(advs)
-            with torch.no_grad():
-                old, mask = token_logprobs(model, batch)
-                ref_lp, _ = token_logprobs(ref, batch)
-            ntok = int(batch["attention_mask"].sum())
-            acc["tokens_forward"] += 2 * ntok
+            parts = []  # every minibatch's old / reference log-probs, taken before the first update
+            for idx in mbs:
+                batch = collate([exs[i] for i in idx], tok.pad_token_id)
+                with torch.no_grad():
+                    old, mask = token_logprobs(model, batch)
+                    ref_lp, _ = token_logprobs(ref, batch)
+                ntok = int(batch["attention_mask"].sum())
+                acc["tokens_forward"] += 2 * ntok
+                parts.append((batch, torch.tensor([advs[i] for i in idx]), old, ref_lp, mask, ntok))
             for _ in range(cfg.inner_epochs):
-                logp, _ = token_logprobs(model, batch)
-                loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                acc["tokens_trained"] += ntok
+                for batch, adv, old, ref_lp, mask, ntok in parts:
+                    logp, _ = token_logprobs(model, batch)
+                    loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    acc["tokens_trained"] += ntok
         acc["wall_s"] += clock()
         done = step + 1
         bar.update(1)
@@ -295,35 +315,39 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
 
 
 def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref, tok, exs: list[Example],
-                     advs: list[float], acc: dict[str, Any]) -> dict[str, float]:
-    """The policy update of one step under DDP: this rank's contiguous share of the step's completions
-    (every rank holds all of them, with their group-normalised advantages). Each rank's loss is its
-    sequences' sum divided by ``len(exs) / world_size``, so DDP's gradient average equals the
-    single-process gradient of the mean over all ``len(exs)`` sequences. A rank whose share is empty
-    (fewer completions than ranks) runs a zero-weighted dummy sequence, so DDP's all-reduce still
-    meets every rank. Token counts are summed over ranks."""
-    mine, my_adv = dist.shard(exs), dist.shard(advs)
-    weight = 1.0
-    if not mine:
-        mine, my_adv, weight = [Example((tok.bos_token_id, tok.eos_token_id), 1)], [0.0], 0.0
+                     advs: list[float], mbs: list[list[int]], acc: dict[str, Any]) -> dict[str, float]:
+    """The policy updates of one step under DDP, one per minibatch (``mbs``, indices into ``exs``) and
+    inner epoch: this rank's contiguous share of each minibatch's completions (every rank holds all of
+    them, with their group-normalised advantages). Each rank's loss is its sequences' sum divided by
+    ``len(minibatch) / world_size``, so DDP's gradient average equals the single-process gradient of
+    the mean over the minibatch. A rank whose share is empty (fewer completions than ranks) runs a
+    zero-weighted dummy sequence, so DDP's all-reduce still meets every rank. Token counts are summed
+    over ranks."""
     ddp_model.train()
-    batch = dist.to_device(collate(mine, tok.pad_token_id))
-    adv = torch.tensor(my_adv, device=dist.device)
-    with torch.no_grad():
-        old, mask = token_logprobs(model, batch)
-        ref_lp, _ = token_logprobs(ref, batch)
-    (ntok,) = dist.sum(int(batch["attention_mask"].sum()) if weight else 0)
-    acc["tokens_forward"] += 2 * ntok
+    parts = []
+    for idx in mbs:
+        mine, my_adv = dist.shard([exs[i] for i in idx]), dist.shard([advs[i] for i in idx])
+        weight = 1.0
+        if not mine:
+            mine, my_adv, weight = [Example((tok.bos_token_id, tok.eos_token_id), 1)], [0.0], 0.0
+        batch = dist.to_device(collate(mine, tok.pad_token_id))
+        with torch.no_grad():
+            old, mask = token_logprobs(model, batch)
+            ref_lp, _ = token_logprobs(ref, batch)
+        (ntok,) = dist.sum(int(batch["attention_mask"].sum()) if weight else 0)
+        acc["tokens_forward"] += 2 * ntok
+        parts.append((batch, torch.tensor(my_adv, device=dist.device), old, ref_lp, mask, ntok, weight, len(idx)))
     stats: dict[str, float] = {}
     for _ in range(cfg.inner_epochs):
-        logp, _ = token_logprobs(ddp_model, batch)
-        loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, denom=len(exs) / dist.world_size)
-        ddp_opt.zero_grad(set_to_none=True)
-        dist.backward(loss * weight)
-        if cfg.grad_clip:
-            dist.clip_grad_norm_(ddp_model, cfg.grad_clip)
-        ddp_opt.step()
-        acc["tokens_trained"] += ntok
+        for batch, adv, old, ref_lp, mask, ntok, weight, n_mb in parts:
+            logp, _ = token_logprobs(ddp_model, batch)
+            loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, denom=n_mb / dist.world_size)
+            ddp_opt.zero_grad(set_to_none=True)
+            dist.backward(loss * weight)
+            if cfg.grad_clip:
+                dist.clip_grad_norm_(ddp_model, cfg.grad_clip)
+            ddp_opt.step()
+            acc["tokens_trained"] += ntok
     return stats
 
 
@@ -333,7 +357,8 @@ HELP = {
     "group": "completions sampled per problem (advantages are relative to the group)",
     "beta": "weight of the KL penalty to the seed model",
     "clip": "PPO-style clip range of the probability ratio",
-    "inner_epochs": "updates per sampled batch",
+    "inner_epochs": "passes over each step's completions",
+    "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
 }
 
 
