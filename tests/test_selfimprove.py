@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -421,6 +422,35 @@ def test_sos_trains_both_conditions_on_equal_tokens(tmp_path):
         {c: {k: v for k, v in x.items() if k != "train_wall_s"} for c, x in r.items()}
     with pytest.raises(DeliberateError, match="tokens"):
         SoSConfig(finetune=FinetuneSettings())
+
+
+def test_sos_arithmetic_facts_pretrain_the_shared_init(tmp_path):
+    """Facts are legal, correct search operations; both conditions start from the pre-trained init."""
+    from deliberate.models.tiny import TinyConfig
+    from deliberate.train.sos import SoSConfig, arithmetic_facts, run_sos
+
+    cfg = SoSConfig(n_train=40, model=TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, max_len=160),
+                    finetune=FinetuneSettings(batch_size=8, lr=3e-3, warmup=2, tokens=2000), pretrain_tokens=1500,
+                    facts_per_example=4, eval_problems=4, eval_n=2, out=str(tmp_path / "sos"))
+    facts = arithmetic_facts(cfg, 50)
+    assert facts == arithmetic_facts(cfg, 50) and len(facts) == 50  # seeded
+    lines = [ln for _, text in facts for ln in text.split("\n")]
+    assert len(lines) == 200 and all(q == "" for q, _ in facts)
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+    for ln in lines:
+        m = re.fullmatch(r"(\d+)([+\-*/])(\d+)=(\d+)", ln)
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert a >= b and ops[op](a, b) == c and (op != "/" or a % b == 0), ln
+    assert len({ln.split("=")[0] for ln in lines}) > 100  # spread over many operations
+    s = run_sos(cfg, progress=False)
+    pre = s["pretrain"]
+    assert 1500 <= pre["tokens_trained"] < 1500 + 8 * 160 and pre["train_flops"] > 0
+    for c in s["results"].values():
+        assert c["init"] == pre["model"] == str(tmp_path / "sos" / "pretrain" / "model") and 2000 <= c["tokens_trained"] < 2000 + 8 * 160
+    trained = json.loads((tmp_path / "sos" / "pretrain" / "finetune.json").read_text())
+    assert trained["tokens_trained"] == pre["tokens_trained"]
+    with pytest.raises(DeliberateError, match="pretrain_tokens"):
+        SoSConfig(finetune=FinetuneSettings(tokens=10), pretrain_tokens=-1)
 
 
 def test_mcts_ei_tree_labels():

@@ -20,6 +20,14 @@ problems with the task's exact checker: greedy, pass@n and maj@n (votes by expre
 generated tokens each spends (a stream model spends more test-time compute by design; the table says
 how much).
 
+``pretrain_tokens`` > 0 first trains the shared initialisation on **arithmetic facts** (lines
+``a op b=c``: every operation the search can take from the root of a puzzle or from a state one
+operation below it, on puzzles drawn apart from the training ones, ``facts_per_example`` lines per
+example), so both conditions start from a model that can do the arithmetic of a search step; the
+comparison then isolates what streams vs paths teach. The facts favour neither condition: they are
+all legal operations, not the ones a search or a solution picks. Their tokens are counted once
+(``pretrain`` in the summary), apart from the equal per-condition budget.
+
 ``OUT/{stream,path}/`` hold each model, its ``finetune.json`` and evaluation; ``OUT/summary.json`` the
 comparison. Rerunning the command skips finished parts (a model is written atomically at the end of
 its training; a run killed during training redoes that training, with the same result).
@@ -37,7 +45,7 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 from deliberate.tasks import get_task
-from deliberate.tasks.countdown import STREAM_STRATEGIES, nearest, search_stream
+from deliberate.tasks.countdown import STREAM_STRATEGIES, State, children, nearest, search_stream
 from deliberate.train.selfimprove import (
     FinetuneSettings,
     Stopwatch,
@@ -62,6 +70,8 @@ class SoSConfig:
     heuristic: bool = True  # order children by distance to the target (the paper's heuristic-guided search)
     max_states: int = 24  # ~90% of 3-number puzzles; longer searches are left out (and bound the padding)
     n_train: int = 20000
+    pretrain_tokens: int = 0  # arithmetic-facts pre-training of the shared init (0: from scratch, the paper's setting)
+    facts_per_example: int = 8
     model: TinyConfig = field(default_factory=TinyConfig)
     # training of each model from scratch; ``tokens`` is the per-condition budget (prompt + completion)
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(lr=3e-3, warmup=50,
@@ -74,7 +84,7 @@ class SoSConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_states", "n_train", "eval_problems", "eval_n"):
+        for name in ("max_states", "n_train", "eval_problems", "eval_n", "facts_per_example"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
@@ -87,6 +97,8 @@ class SoSConfig:
         if not isinstance(self.finetune.tokens, int) or self.finetune.tokens < 1:
             problems.append(f"tokens (the per-condition training budget) must be an integer >= 1 "
                             f"(got {self.finetune.tokens!r})")
+        if not isinstance(self.pretrain_tokens, int) or self.pretrain_tokens < 0:
+            problems.append(f"pretrain_tokens must be an integer >= 0 (got {self.pretrain_tokens!r})")
         if problems:
             raise DeliberateError("sos: " + "; ".join(problems))
 
@@ -118,6 +130,29 @@ def build_pairs(cfg: SoSConfig, tokenizer: CharTokenizer) -> tuple[dict[str, lis
     return pairs, stats
 
 
+#: the facts come from puzzles of another seed stream than the training problems
+FACTS_SEED_OFFSET = 1_000_003
+
+
+def arithmetic_facts(cfg: SoSConfig, n_examples: int) -> list[tuple[str, str]]:
+    """``n_examples`` (empty prompt, ``facts_per_example`` lines ``a op b=c``) pairs: each line an
+    operation the search can take from a puzzle's root or from one of its depth-1 states, drawn
+    uniformly from all of them, on puzzles of the task's distribution (seeded apart from training)."""
+    import random
+
+    task = get_task("countdown", **cfg.task_options)
+    rng = random.Random(cfg.seed * 7919 + 17)
+    puzzles = task.problems("train", max(1, n_examples // 4), seed=cfg.seed + FACTS_SEED_OFFSET)
+    pairs = []
+    for k in range(n_examples):
+        p = puzzles[k % len(puzzles)]
+        root = State(tuple(p.metadata["numbers"]), tuple(str(x) for x in p.metadata["numbers"]), ())
+        ops = [c.steps[-1] for c in children(root)]
+        ops += [g.steps[-1] for c in children(root) for g in children(c)]
+        pairs.append(("", "\n".join(rng.choice(ops) for _ in range(cfg.facts_per_example))))
+    return pairs
+
+
 def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
     out, cfg_dict = start_run(cfg)
     tok = CharTokenizer()
@@ -125,6 +160,16 @@ def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
     if not (init / "config.json").exists():  # the shared from-scratch initialisation of both models
         save_model(build_tiny_model(cfg.model, tok, seed=cfg.seed), tok, init)
     n_params = n_params_of(init)
+    pretrain: dict[str, Any] | None = None
+    if cfg.pretrain_tokens:
+        clock = Stopwatch()
+        facts = arithmetic_facts(cfg, max(1000, cfg.pretrain_tokens // (cfg.facts_per_example * 8)))
+        settings = FinetuneSettings(lr=cfg.finetune.lr, warmup=cfg.finetune.warmup, batch_size=cfg.finetune.batch_size,
+                                    tokens=cfg.pretrain_tokens)
+        init, trained = finetune(init, facts, out / "pretrain", settings, seed=cfg.seed, progress=progress,
+                                 desc="pre-train on arithmetic facts")
+        pretrain = {"model": str(init), "examples": len(facts), "tokens_trained": trained,
+                    "train_flops": 6.0 * n_params * trained, "train_wall_s": clock()}
     pairs, stats = build_pairs(cfg, tok)
     # generation room at test time: whatever the context leaves after the longest test prompt
     task = get_task("countdown", **cfg.task_options)
@@ -143,11 +188,11 @@ def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
         full = json.loads((d / "eval" / "summary.json").read_text())
         gen = {r["strategy"] if r["strategy"] == "greedy" else f"{r['strategy'].replace('@k', '')}@{r['n']}":
                r.get("generated_tokens") for r in full["results"]}
-        results[cond] = {"model": str(model_dir), "tokens_trained": trained, "train_flops": 6.0 * n_params * trained,
+        results[cond] = {"model": str(model_dir), "init": str(init), "tokens_trained": trained, "train_flops": 6.0 * n_params * trained,
                          "train_wall_s": t_train, "eval": ev,
                          "eval_generated_tokens": {k: gen.get(k) for k in ev},
                          "diagnosis": diagnose(d / "eval" / "records.jsonl")}
-    summary = {"recipe": "sos", "config": cfg_dict, "data": stats, "n_params": n_params,
+    summary = {"recipe": "sos", "config": cfg_dict, "data": stats, "n_params": n_params, "pretrain": pretrain,
                "eval_max_tokens": max_tokens, "results": results}
     write_json_atomic(out / "summary.json", summary)
     return summary
@@ -210,6 +255,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     d = summary["data"]
     lines.append(f"data: {d['kept']} of {d['problems']} training problems (stream mean {d['stream_mean_tokens']} "
                  f"tokens, path mean {d['path_mean_tokens']})")
+    if summary.get("pretrain"):
+        lines.append(f"shared init pre-trained on arithmetic facts: {summary['pretrain']['tokens_trained']} tokens")
     return "\n".join(lines)
 
 
@@ -219,6 +266,8 @@ HELP = {
     "max_states": "leave out problems whose search visits more states than this",
     "n_train": "training problems (the same ones for both conditions)",
     "tokens": "training tokens for each condition (prompt + completion; sos: required, the equal-token budget)",
+    "pretrain_tokens": "pre-train the shared initialisation on this many tokens of arithmetic facts (0: from scratch)",
+    "facts_per_example": "arithmetic-fact lines per pre-training example",
 }
 
 
