@@ -382,6 +382,43 @@ def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
         get_verifier(f"dpo:{tmp_path}", task=task)
 
 
+def test_vstar_process_keep_moves_lucky_samples_to_the_rejected_side(easy_ckpt, tmp_path, monkeypatch):
+    """keep='process': a right answer after a wrong step is neither generator data nor a chosen side."""
+    import deliberate.train.vstar as vs
+    from deliberate.train.selfimprove import save_rollouts
+
+    task = get_task("arith", **SMALL_ARITH)
+    train = task.problems("train", 6, seed=0)
+    planted = _planted_groups(task, train)
+    seen = {}
+    for keep in ("outcome", "process"):
+        out = tmp_path / keep
+        out.mkdir()
+        save_rollouts(out / "samples.jsonl", planted)  # the recipe's sample cache: no sampling happens
+
+        def fake_finetune(init, pairs, o, settings, keep=keep, **kw):
+            seen["gen", keep] = list(pairs)
+            return Path(init), 1
+
+        def fake_dpo(cfg, rows, train, task, o, progress, ok=None, keep=keep):
+            seen["pairs", keep] = vs.make_pairs(rows, cfg, ok)
+            return {"tokens_trained": 1}
+
+        monkeypatch.setattr(vs, "finetune", fake_finetune)
+        monkeypatch.setattr(vs, "train_dpo_verifier", fake_dpo)
+        vs.run_vstar(vs.VStarConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=6, k=4, keep=keep,
+                                    out=str(out)), progress=False)
+    gold = {rs[0].text for rs in planted}
+    lucky = {rs[1].text for rs in planted}
+    assert seen["gen", "outcome"] == [(r.prompt, r.text) for rs in planted for r in rs[:2]]
+    assert seen["gen", "process"] == [(rs[0].prompt, rs[0].text) for rs in planted]
+    assert {g for _, g, _ in seen["pairs", "outcome"]} == gold | lucky
+    assert {g for _, g, _ in seen["pairs", "process"]} == gold
+    assert lucky <= {b for _, _, b in seen["pairs", "process"]}
+    with pytest.raises(DeliberateError, match="keep must be one of"):
+        vs.VStarConfig(keep="vibes")
+
+
 def test_finetune_token_budget(tiny_ckpt, tmp_path):
     """``tokens``: train until that many tokens (prompt + completion) are processed, at most one batch over."""
     task = get_task("arith", **SMALL_ARITH)

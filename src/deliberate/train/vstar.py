@@ -17,6 +17,10 @@
 4. Best-of-k with the verifier (``dpo:OUT/verifier``, :mod:`deliberate.rewards.dpo`) through
    ``deliberate sweep``, against majority vote at the same k.
 
+``keep="process"`` counts a sample as correct only if its answer is right **and** every step passes
+the task's step checker (as ``rest-em --keep process``): right answers reached through a wrong step
+are then neither generator data nor a DPO "chosen" side, but a "rejected" one.
+
 Each stage writes its output atomically and is skipped when rerun.
 """
 
@@ -40,10 +44,12 @@ from deliberate.rewards.models import _pad_right, encode_steps
 from deliberate.tasks import get_task
 from deliberate.train.common import batch_indices, lr_at
 from deliberate.train.selfimprove import (
+    VERIFIED,
     FinetuneSettings,
     Stopwatch,
     add_config_arguments,
     cached_rollouts,
+    check_verified_mode,
     config_from_args,
     finetune,
     n_params_of,
@@ -51,6 +57,7 @@ from deliberate.train.selfimprove import (
     sampled_tokens,
     save_model,
     start_run,
+    verified,
 )
 
 
@@ -73,6 +80,7 @@ class VStarConfig:
     n_train: int = 2000
     k: int = 8
     max_per_problem: int = 4
+    keep: str = "outcome"  # "outcome": right answer; "process": right answer and every step right (step checker)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     dpo: DPOSettings = field(default_factory=DPOSettings)
     val_fraction: float = 0.1
@@ -90,6 +98,8 @@ class VStarConfig:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
         if not (0 <= self.val_fraction < 1):
             problems.append(f"val_fraction must be in [0, 1) (got {self.val_fraction!r})")
+        if self.keep not in VERIFIED:
+            problems.append(f"keep must be one of {', '.join(VERIFIED)} (got {self.keep!r})")
         if not (self.dpo.beta > 0 and 0 < self.dpo.lr < 1 and self.dpo.batch_size >= 1):
             problems.append(f"dpo needs beta > 0, 0 < lr < 1, batch_size >= 1 (got {self.dpo})")
         if problems:
@@ -114,13 +124,15 @@ def _seq_logps(model, seqs, pad_id: int) -> torch.Tensor:
     return (lp * sel).sum(dim=1)
 
 
-def make_pairs(rows, cfg: VStarConfig) -> list[tuple[int, str, str]]:
-    """(problem index, correct text, incorrect text), Cartesian per problem, capped with the seed."""
+def make_pairs(rows, cfg: VStarConfig, ok: list[list[bool]] | None = None) -> list[tuple[int, str, str]]:
+    """(problem index, correct text, incorrect text), Cartesian per problem, capped with the seed;
+    ``ok[i][j]``: whether sample j of problem i counts as correct (default: its answer is right)."""
     rng = random.Random(cfg.seed)
+    ok = ok or [[r.correct for r in rs] for rs in rows]
     pairs = []
     for i, rs in enumerate(rows):
-        good = list(dict.fromkeys(r.text for r in rs if r.correct))
-        bad = list(dict.fromkeys(r.text for r in rs if not r.correct))
+        good = list(dict.fromkeys(r.text for r, y in zip(rs, ok[i]) if y))
+        bad = list(dict.fromkeys(r.text for r, y in zip(rs, ok[i]) if not y))
         prod = [(i, g, b) for g in good for b in bad]
         if len(prod) > cfg.dpo.max_pairs_per_problem:
             prod = rng.sample(prod, cfg.dpo.max_pairs_per_problem)
@@ -128,7 +140,8 @@ def make_pairs(rows, cfg: VStarConfig) -> list[tuple[int, str, str]]:
     return pairs
 
 
-def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress: bool) -> dict[str, Any]:
+def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress: bool,
+                       ok: list[list[bool]] | None = None) -> dict[str, Any]:
     meta_path = out / "dpo.json"
     if meta_path.exists() and (out / "model").exists() and (out / "ref").exists():
         return json.loads(meta_path.read_text())
@@ -136,7 +149,7 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
     model, tok = load_tiny(cfg.init)
     ref, _ = load_tiny(cfg.init)
     ref.eval().requires_grad_(False)
-    pairs = make_pairs(rows, cfg)
+    pairs = make_pairs(rows, cfg, ok)
     n_val = int(len(rows) * cfg.val_fraction)
     val_ids = set(range(len(rows) - n_val, len(rows)))  # the last problems (problem order is random)
     enc = {}
@@ -215,11 +228,14 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
                                                                     seed=cfg.seed, progress=progress, desc="samples"))
     gen, prompt = sampled_tokens(rows)
     t_sample = clock()
-    good = [(rs[0].prompt, t) for rs in rows for t in list(dict.fromkeys(r.text for r in rs if r.correct))[:cfg.max_per_problem]]
+    check_verified_mode(task, cfg.keep, "vstar --keep")
+    ok = [[verified(task, p, r.text, r.correct, cfg.keep) for r in rs] for p, rs in zip(train, rows)]
+    good = [(rs[0].prompt, t) for rs, y in zip(rows, ok)
+            for t in list(dict.fromkeys(r.text for r, v in zip(rs, y) if v))[:cfg.max_per_problem]]
     gen_dir, gen_tokens = finetune(cfg.init, good, out / "generator", cfg.finetune, seed=cfg.seed, progress=progress,
                                    desc="generator")
     t_gen = clock() - t_sample
-    meta = train_dpo_verifier(cfg, rows, train, task, out / "verifier", progress)
+    meta = train_dpo_verifier(cfg, rows, train, task, out / "verifier", progress, ok)
     t_ver = clock() - t_sample - t_gen
     n = n_params_of(gen_dir)
     trained = gen_tokens + meta["tokens_trained"]
@@ -237,6 +253,7 @@ HELP = {
     "init": "seed policy: samples the training solutions; generator and verifier both start from it",
     "k": "samples per training problem",
     "max_per_problem": "distinct correct samples per problem for the generator",
+    "keep": "correct = 'outcome' (right answer) or 'process' (right answer and every step right by the task's step checker)",
     "dpo_beta": "DPO temperature (also scales the verifier's reward)",
     "val_fraction": "share of problems held out to measure the verifier's pair accuracy",
 }
