@@ -482,6 +482,8 @@ def test_sos_arithmetic_facts_pretrain_the_shared_init(tmp_path):
     s = run_sos(cfg, progress=False)
     pre = s["pretrain"]
     assert 1500 <= pre["tokens_trained"] < 1500 + 8 * 160 and pre["train_flops"] > 0
+    fa = pre["fact_accuracy"]
+    assert fa["facts"] == 400 and 0 <= fa["accuracy"] <= 1 and set(fa["by_op"]) <= set("+-*/")
     for c in s["results"].values():
         assert c["init"] == pre["model"] == str(tmp_path / "sos" / "pretrain" / "model") and 2000 <= c["tokens_trained"] < 2000 + 8 * 160
     trained = json.loads((tmp_path / "sos" / "pretrain" / "finetune.json").read_text())

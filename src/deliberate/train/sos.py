@@ -134,15 +134,15 @@ def build_pairs(cfg: SoSConfig, tokenizer: CharTokenizer) -> tuple[dict[str, lis
 FACTS_SEED_OFFSET = 1_000_003
 
 
-def arithmetic_facts(cfg: SoSConfig, n_examples: int) -> list[tuple[str, str]]:
+def arithmetic_facts(cfg: SoSConfig, n_examples: int, offset: int = FACTS_SEED_OFFSET) -> list[tuple[str, str]]:
     """``n_examples`` (empty prompt, ``facts_per_example`` lines ``a op b=c``) pairs: each line an
     operation the search can take from a puzzle's root or from one of its depth-1 states, drawn
     uniformly from all of them, on puzzles of the task's distribution (seeded apart from training)."""
     import random
 
     task = get_task("countdown", **cfg.task_options)
-    rng = random.Random(cfg.seed * 7919 + 17)
-    puzzles = task.problems("train", max(1, n_examples // 4), seed=cfg.seed + FACTS_SEED_OFFSET)
+    rng = random.Random(cfg.seed * 7919 + offset)
+    puzzles = task.problems("train", max(1, n_examples // 4), seed=cfg.seed + offset)
     pairs = []
     for k in range(n_examples):
         p = puzzles[k % len(puzzles)]
@@ -151,6 +151,32 @@ def arithmetic_facts(cfg: SoSConfig, n_examples: int) -> list[tuple[str, str]]:
         ops += [g.steps[-1] for c in children(root) for g in children(c)]
         pairs.append(("", "\n".join(rng.choice(ops) for _ in range(cfg.facts_per_example))))
     return pairs
+
+
+def fact_accuracy(model_dir: str | Path, cfg: SoSConfig, n: int = 400) -> dict[str, Any]:
+    """Greedy accuracy of a model on ``n`` fact lines of the pre-training distribution (drawn with another
+    seed; the fact space is finite, so some may also be training lines): prompt ``a op b=``, the
+    answer must be ``c``. Overall and per operator."""
+    from deliberate.models.sampling import SamplingParams
+    from deliberate.models.tiny import TinyBackend
+
+    lines = [ln for _, text in arithmetic_facts(cfg, -(-n // cfg.facts_per_example), offset=FACTS_SEED_OFFSET + 1)
+             for ln in text.split("\n")][:n]
+    backend = TinyBackend(model_dir)
+    try:
+        outs = backend.generate([ln.split("=")[0] + "=" for ln in lines],
+                                SamplingParams(temperature=0.0, max_tokens=8, stop=["\n"]))
+    finally:
+        backend.close()
+    by_op: dict[str, list[int]] = {}
+    for ln, o in zip(lines, outs):
+        got = o[0].text.strip()
+        op = re.search(r"[+\-*/]", ln)[0]
+        c = by_op.setdefault(op, [0, 0])
+        c[0] += got == ln.split("=")[1]
+        c[1] += 1
+    return {"facts": len(lines), "accuracy": sum(c[0] for c in by_op.values()) / max(1, len(lines)),
+            "by_op": {k: c[0] / c[1] for k, c in sorted(by_op.items())}}
 
 
 def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
@@ -169,7 +195,8 @@ def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
         init, trained = finetune(init, facts, out / "pretrain", settings, seed=cfg.seed, progress=progress,
                                  desc="pre-train on arithmetic facts")
         pretrain = {"model": str(init), "examples": len(facts), "tokens_trained": trained,
-                    "train_flops": 6.0 * n_params * trained, "train_wall_s": clock()}
+                    "train_flops": 6.0 * n_params * trained, "train_wall_s": clock(),
+                    "fact_accuracy": fact_accuracy(init, cfg)}
     pairs, stats = build_pairs(cfg, tok)
     # generation room at test time: whatever the context leaves after the longest test prompt
     task = get_task("countdown", **cfg.task_options)
@@ -256,7 +283,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"data: {d['kept']} of {d['problems']} training problems (stream mean {d['stream_mean_tokens']} "
                  f"tokens, path mean {d['path_mean_tokens']})")
     if summary.get("pretrain"):
-        lines.append(f"shared init pre-trained on arithmetic facts: {summary['pretrain']['tokens_trained']} tokens")
+        pre = summary["pretrain"]
+        lines.append(f"shared init pre-trained on arithmetic facts: {pre['tokens_trained']} tokens, greedy fact "
+                     f"accuracy {pre['fact_accuracy']['accuracy']:.3f}")
     return "\n".join(lines)
 
 
