@@ -4,7 +4,7 @@
     python scripts/paired_diff.py runs/sweep best_of_n majority --n 16
 
 For each problem the accuracy difference A - B is averaged over the sweep's seeds; the mean over
-problems gets a 95% bootstrap CI over problems (2000 resamples, seeded). Because both strategies
+problems gets the project's 95% bootstrap CI over problems (`eval.metrics.bootstrap_ci`). Because both strategies
 select from the same samples, the paired CI is much tighter than comparing the two unpaired CIs.
 Also prints on how many problems A is ahead / behind, and the per-seed accuracies.
 """
@@ -13,33 +13,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from deliberate.eval.metrics import bootstrap_ci
 
-def paired(results: Path, a: str, b: str, n: int, resamples: int = 2000, seed: int = 0) -> dict:
+
+def load(results: Path) -> list[dict]:
+    """The rows of a sweep's ``results.jsonl`` (one per problem, seed, strategy and N)."""
+    return [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+
+
+def paired(rows: list[dict], a: str, b: str, n: int) -> dict | None:
+    """A - B at budget ``n`` over the (problem, seed) pairs both have; None when there are none."""
     by: dict[str, dict[tuple[str, int], bool]] = {a: {}, b: {}}
-    for line in results.read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for r in rows:
         if r["strategy"] in by and r["n"] == n:
             by[r["strategy"]][(r["problem_id"], r["seed"])] = bool(r["correct"])
     keys = sorted(set(by[a]) & set(by[b]))
     if not keys:
-        raise SystemExit(f"no (problem, seed) rows with both {a} and {b} at N={n} in {results}")
+        return None
     per_problem: dict[str, list[float]] = defaultdict(list)
     per_seed: dict[int, list[tuple[bool, bool]]] = defaultdict(list)
     for pid, s in keys:
         per_problem[pid].append(by[a][pid, s] - by[b][pid, s])
         per_seed[s].append((by[a][pid, s], by[b][pid, s]))
     d = [sum(v) / len(v) for v in per_problem.values()]
-    rng = random.Random(seed)
-    boots = sorted(sum(d[rng.randrange(len(d))] for _ in d) / len(d) for _ in range(resamples))
-    return {"n": n, "problems": len(d), "mean_diff": sum(d) / len(d),
-            "ci": [boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]],
+    return {"n": n, "problems": len(d), "mean_diff": sum(d) / len(d), "ci": list(bootstrap_ci(d)),
             "ahead": sum(x > 0 for x in d), "behind": sum(x < 0 for x in d),
             "per_seed": {s: [sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v)]
                          for s, v in sorted(per_seed.items())}}
@@ -56,12 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     if not results.exists():
         print(f"error: {results} not found (is {args.sweep} a sweep directory?)", file=sys.stderr)
         return 2
-    ns = args.n or sorted({json.loads(x)["n"] for x in results.read_text().splitlines() if x.strip()})
+    rows = load(results)
     print(f"{args.a} - {args.b}, paired over problems (mean over seeds), 95% bootstrap CI")
-    for n in ns:
-        try:
-            r = paired(results, args.a, args.b, n)
-        except SystemExit:
+    for n in args.n or sorted({r["n"] for r in rows}):
+        r = paired(rows, args.a, args.b, n)
+        if r is None:
             continue
         seeds = "  ".join(f"seed {s}: {x:.3f} vs {y:.3f}" for s, (x, y) in r["per_seed"].items())
         print(f"N={n:<4} diff {100 * r['mean_diff']:+.1f} points [{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]"

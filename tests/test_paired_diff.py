@@ -29,12 +29,13 @@ def test_paired_difference_counts_and_ci(tmp_path, capsys):
                          "correct": p < 2 or (p == 9 and s == 0)})
     rows.append({"problem_id": "p0", "strategy": "A", "n": 8, "seed": 0, "correct": True})  # B lacks N=8
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    r = mod.paired(tmp_path / "results.jsonl", "A", "B", 4)
+    r = mod.paired(mod.load(tmp_path / "results.jsonl"), "A", "B", 4)
     # per problem: +1 on p2, p3; -0.5 on p9 -> mean (2 - 0.5) / 10
     assert r["problems"] == 10 and r["mean_diff"] == pytest.approx(0.15)
     assert r["ahead"] == 2 and r["behind"] == 1
     assert r["ci"][0] <= 0.15 <= r["ci"][1] and r["ci"][0] < r["ci"][1]
     assert r["per_seed"] == {0: [0.4, 0.3], 1: [0.4, 0.2]}
+    assert mod.paired(mod.load(tmp_path / "results.jsonl"), "A", "B", 8) is None
     assert mod.main([str(tmp_path), "A", "B"]) == 0
     out = capsys.readouterr().out
     assert "N=4" in out and "+15.0 points" in out and "N=8" not in out  # N=8 has no B rows: skipped

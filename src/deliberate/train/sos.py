@@ -143,14 +143,12 @@ def arithmetic_facts(cfg: SoSConfig, n_examples: int, offset: int = FACTS_SEED_O
     task = get_task("countdown", **cfg.task_options)
     rng = random.Random(cfg.seed * 7919 + offset)
     puzzles = task.problems("train", max(1, n_examples // 4), seed=cfg.seed + offset)
-    pairs = []
-    for k in range(n_examples):
-        p = puzzles[k % len(puzzles)]
-        root = State(tuple(p.metadata["numbers"]), tuple(str(x) for x in p.metadata["numbers"]), ())
-        ops = [c.steps[-1] for c in children(root)]
-        ops += [g.steps[-1] for c in children(root) for g in children(c)]
-        pairs.append(("", "\n".join(rng.choice(ops) for _ in range(cfg.facts_per_example))))
-    return pairs
+    legal = []  # per puzzle: every operation from its root or from a depth-1 state
+    for p in puzzles:
+        first = children(State(tuple(p.metadata["numbers"]), tuple(map(str, p.metadata["numbers"])), ()))
+        legal.append([c.steps[-1] for c in first] + [g.steps[-1] for c in first for g in children(c)])
+    return [("", "\n".join(rng.choice(legal[k % len(legal)]) for _ in range(cfg.facts_per_example)))
+            for k in range(n_examples)]
 
 
 def fact_accuracy(model_dir: str | Path, cfg: SoSConfig, n: int = 400) -> dict[str, Any]:
