@@ -217,7 +217,7 @@ def test_rest_em_on_ray_workers_equals_in_process(tiny_ckpt, ray_local, one_thre
     assert remote == local and len(local) == 10 and all(len(r) == 3 for r in local)
 
     def cfg(out):
-        return RestEMConfig(init=str(tiny_ckpt), task_options=TASK_OPTS, iterations=1, n_train=12, k=2,
+        return RestEMConfig(init=str(tiny_ckpt), task_options=TASK_OPTS, iterations=1, n_train=12, k=2, keep="outcome",
                             finetune=FinetuneSettings(steps=2, batch_size=4), eval_problems=6, eval_n=2, out=str(out))
 
     a = run_rest_em(cfg(tmp_path / "local"), progress=False)

@@ -105,7 +105,7 @@ def test_finetune_learns_and_is_deterministic(tiny_ckpt, tmp_path):
 
 
 def _rest_cfg(ckpt, out):
-    return RestEMConfig(init=str(ckpt), task_options=SMALL_ARITH, iterations=2, n_train=24, k=4,
+    return RestEMConfig(init=str(ckpt), task_options=SMALL_ARITH, iterations=2, n_train=24, k=4, keep="outcome",
                         finetune=FinetuneSettings(steps=4, batch_size=8), eval_problems=12, eval_n=4, out=str(out))
 
 

@@ -108,7 +108,7 @@ def _curve(rows: list[dict], offset: float = 0.0) -> list[dict]:
 def _guess_check(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dict]:
     from deliberate.train.rest_em import RestEMConfig, run_rest_em
 
-    rc = RestEMConfig(**_common(cfg, "guess-check"), iterations=20, n_train=cfg.n_train, k=cfg.k,
+    rc = RestEMConfig(**_common(cfg, "guess-check"), iterations=20, n_train=cfg.n_train, k=cfg.k, keep="outcome",
                       finetune=cfg.finetune, max_train_flops=cfg.budget)
     rows = run_rest_em(rc, progress=progress)["iterations"]
     return _curve(rows), Path(rc.out) / f"it{rows[-1]['iteration']:03d}" / "eval", {}
@@ -136,7 +136,7 @@ def _process_rewards(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], P
     prm_trained = json.loads((out / "prm" / "metrics.json").read_text())["compute"]["tokens_trained"]
     prm_flops = 2.0 * n * (spent["generated_tokens"] + spent["prompt_tokens"]) + 6.0 * n * prm_trained
     rc = RestEMConfig(**{**_common(cfg, "process-rewards"), "out": str(out / "rest-em")}, iterations=20,
-                      n_train=cfg.n_train, k=cfg.k, e_step="beam", prm=str(prm), finetune=cfg.finetune,
+                      n_train=cfg.n_train, k=cfg.k, e_step="beam", prm=str(prm), keep="outcome", finetune=cfg.finetune,
                       max_train_flops=max(1.0, cfg.budget - prm_flops))
     rows = run_rest_em(rc, progress=progress)["iterations"]
     return (_curve(rows, prm_flops), out / "rest-em" / f"it{rows[-1]['iteration']:03d}" / "eval",
