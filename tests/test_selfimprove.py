@@ -214,9 +214,17 @@ def test_grpo_minibatches_make_more_updates_from_the_same_samples(easy_ckpt, tmp
 
 
 def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeypatch):
+    # warmup 3: the resumed steps 2-3 must run at the full lr again, not restart the warmup
     base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 4, "problems_per_step": 4,
-            "group": 4, "lr": 1e-3, "eval_every": 4, "checkpoint_every": 2, "eval_problems": 8, "eval_n": 2}
+            "group": 4, "lr": 1e-3, "warmup": 3, "eval_every": 4, "checkpoint_every": 2, "eval_problems": 8,
+            "eval_n": 2}
+    lrs = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step",
+                        lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]), real_step(self, *a, **k))[1])
     ref = run_grpo(GRPOConfig(**base, out=str(tmp_path / "ref")), progress=False)
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])  # one update per step: the warmup schedule
+    lrs.clear()
     # crash right after the step-2 checkpoint lands, then rerun the same command
     real_save = grpo_mod.save_checkpoint
     calls = {"n": 0}
@@ -232,7 +240,9 @@ def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeyp
         run_grpo(GRPOConfig(**base, out=str(tmp_path / "b")), progress=False)
     assert json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
     monkeypatch.setattr(grpo_mod, "save_checkpoint", real_save)
+    lrs.clear()
     res = run_grpo(GRPOConfig(**base, out=str(tmp_path / "b")), progress=False)
+    assert lrs == pytest.approx([1e-3, 1e-3])
     m1, _ = load_tiny(tmp_path / "ref" / "checkpoint")
     m2, _ = load_tiny(tmp_path / "b" / "checkpoint")
     for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
@@ -250,6 +260,8 @@ def test_grpo_config_validation():
         GRPOConfig(lr=0)
     with pytest.raises(DeliberateError, match="reward must be one of"):
         GRPOConfig(reward="steps")
+    with pytest.raises(DeliberateError, match="warmup must be an integer >= 0"):
+        GRPOConfig(warmup=-1)
 
 
 def test_grpo_process_reward_scores_lucky_samples_zero(easy_ckpt, tmp_path, monkeypatch):

@@ -89,6 +89,7 @@ class GRPOConfig:
     temperature: float = 1.0
     reward: str = "outcome"  # "outcome": right answer; "process": right answer and every step right (step checker)
     lr: float = 1e-4  # 5e-4 (16 problems/step) collapsed the tiny model; 5e-5 did nothing in 100 steps
+    warmup: int = 0  # sampling steps of linear learning-rate warmup (Adam's first updates are its largest)
     beta: float = 0.04
     clip: float = 0.2
     inner_epochs: int = 1
@@ -110,6 +111,8 @@ class GRPOConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            problems.append(f"warmup must be an integer >= 0 (got {self.warmup!r})")
         if not isinstance(self.group, int) or self.group < 2:
             problems.append(f"group must be an integer >= 2 (advantages are relative to the group; got {self.group!r})")
         if not (0 < self.lr < 1):
@@ -257,6 +260,8 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
                 exs.append(Example(tuple(p + c), len(p)))
                 advs.append(ai)
         stats = {}
+        for group in opt.param_groups:  # a pure function of the step, so a resumed run has the same schedule
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
         mbs = split_minibatches(len(exs), cfg.minibatches, cfg.seed, step)
         if exs and dist.parallel:
             stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc)
@@ -357,6 +362,7 @@ HELP = {
     "group": "completions sampled per problem (advantages are relative to the group)",
     "beta": "weight of the KL penalty to the seed model",
     "clip": "PPO-style clip range of the probability ratio",
+    "warmup": "steps of linear learning-rate warmup from lr/warmup to lr (0: constant lr)",
     "inner_epochs": "passes over each step's completions",
     "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
 }
