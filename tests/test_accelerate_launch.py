@@ -250,8 +250,8 @@ def test_grpo_two_processes_match_one(easy_ckpt, tmp_path):
     from deliberate.train.grpo import GRPOConfig, run_grpo
 
     base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 2, "problems_per_step": 6,
-            "group": 4, "lr": 1e-3, "minibatches": 2, "eval_every": 1, "checkpoint_every": 1, "eval_problems": 8,
-            "eval_n": 2}
+            "group": 4, "lr": 1e-3, "minibatches": 2, "credit": "steps", "eval_every": 1, "checkpoint_every": 1,
+            "eval_problems": 8, "eval_n": 2}  # per-token (step-credit) advantages through the DDP update
     one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "stderr.log"
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -262,7 +262,7 @@ def test_grpo_two_processes_match_one(easy_ckpt, tmp_path):
         torch.set_num_threads(threads)
     t_one = time.perf_counter() - t0
     argv = ["train", "grpo", "--init", str(easy_ckpt), "--n-train", "32", "--steps", "2", "--problems-per-step", "6",
-            "--group", "4", "--lr", "1e-3", "--minibatches", "2", "--eval-every", "1", "--checkpoint-every", "1", "--eval-problems", "8",
+            "--group", "4", "--lr", "1e-3", "--minibatches", "2", "--credit", "steps", "--eval-every", "1", "--checkpoint-every", "1", "--eval-problems", "8",
             "--eval-n", "2", "--out", str(two)] + [a for k, v in SMALL_ARITH.items() for a in ("--task-arg", f"{k}={v}")]
     t0 = time.perf_counter()
     stdout = launch(argv, log)

@@ -275,6 +275,55 @@ def test_grpo_process_reward_scores_lucky_samples_zero(easy_ckpt, tmp_path, monk
     assert rows["outcome"]["groups_used"] == rows["process"]["groups_used"] == 4
 
 
+def test_step_spans_are_the_task_steps():
+    task = get_task("arith", **SMALL_ARITH)
+    for text in ("1+2=3\nAnswer: 3", "\n\n1+2=3\n\nAnswer: 3\n\n", "", "  \n", "Answer: 3", "a\r\nb"):
+        spans = grpo_mod.step_spans(text)
+        assert tuple(text[a:b].strip() for a, b in spans) == task.split_steps(text)
+        # contiguous from the first step on, the last one running to the end of the text
+        assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+        assert not spans or spans[-1][1] == len(text)
+
+
+def test_step_credit_rewards_right_steps_of_wrong_answers(easy_ckpt, tmp_path, monkeypatch):
+    task = get_task("arith", **SMALL_ARITH)
+    prob = task.problems("train", 1, seed=0)[0]
+    gold, lucky, wrong, _ = (r.text for r in _planted_groups(task, [prob])[0])
+    items = [(*grpo_mod.step_rewards(task, prob, t, float(t == gold)), len(t) + 1) for t in (gold, lucky, wrong)]
+    assert [rs for _, rs, _ in items] == [[1, 1, 1], [0, 0, 0], [1, 0, 0]]  # steps' prefix correctness + final
+    adv = grpo_mod.step_credit_advantages(items, to_go=False)
+    step1 = grpo_mod.step_spans(wrong)[0]
+    assert all(a > 0 for a in adv[0]) and adv[1][0] < 0
+    assert all(adv[2][t] > 0 for t in range(*step1))  # the wrong-answer sample's right first step is credited
+    assert adv[2][step1[1]] < 0  # ... and its wrong answer line is not
+    flat = [r for _, rs, _ in items for r in rs]
+    z = lambda r: (r - sum(flat) / len(flat)) / (torch.tensor(flat).std(unbiased=False).item() + 1e-4)
+    to_go = grpo_mod.step_credit_advantages(items, to_go=True)
+    assert to_go[2][0] == pytest.approx(sum(z(r) for r in items[2][1]))  # first token: every reward after it
+    assert to_go[2][-1] == pytest.approx(z(0.0))  # EOS: the final reward only
+    assert grpo_mod.step_credit_advantages([items[0], items[0]], to_go=False) is None  # no differences, no signal
+    # whole runs on planted groups with no verified sample (wrong answers, one lucky): no signal per completion,
+    # signal per step
+    monkeypatch.setattr(grpo_mod, "rollouts", lambda model, tok, task, problems, k, **kw:
+                        [[rs[2], rs[1], rs[2], rs[3]] for rs in _planted_groups(task, problems)])
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 16, "steps": 1, "problems_per_step": 4,
+            "group": 4, "lr": 1e-3, "reward": "process", "eval_every": 1, "checkpoint_every": 1, "eval_problems": 4,
+            "eval_n": 2}
+    rows = {c: run_grpo(GRPOConfig(**base, credit=c, out=str(tmp_path / c)), progress=False)["iterations"][-1]
+            for c in ("sequence", "steps")}
+    assert rows["sequence"]["groups_used"] == 0 and rows["sequence"]["tokens_trained"] == 0
+    assert rows["steps"]["groups_used"] == 4 and rows["steps"]["tokens_trained"] > 0
+    m0, _ = load_tiny(easy_ckpt)
+    m1, _ = load_tiny(tmp_path / "steps" / "checkpoint")
+    assert any(not torch.equal(a, b) for a, b in zip(m0.state_dict().values(), m1.state_dict().values()))
+    with pytest.raises(DeliberateError, match="credit must be one of"):
+        GRPOConfig(credit="tokens")
+    monkeypatch.setattr(type(task), "step_correct", lambda self, problem, steps: None)
+    with pytest.raises(DeliberateError, match="needs a task with a step checker"):
+        run_grpo(GRPOConfig(**{**base, "reward": "outcome"}, credit="steps", out=str(tmp_path / "none")),
+                 progress=False)
+
+
 def test_self_correct_pairs_and_run(easy_ckpt, tmp_path):
     from deliberate.train.self_correct import (
         SelfCorrectConfig,

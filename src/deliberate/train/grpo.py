@@ -7,7 +7,15 @@ group of ``group`` completions for each with the current policy, reward each wit
 (1 correct / 0 not; with ``reward="process"`` a completion scores 1 only if every step also passes
 the task's step checker, so right answers reached through wrong steps earn nothing), and normalise
 within the group: ``A_i = (r_i - mean(r)) / (std(r) + 1e-4)``
-(groups whose rewards are all equal carry no signal and are dropped). The loss per completion token
+(groups whose rewards are all equal carry no signal and are dropped). With ``credit="steps"`` the
+advantage is per token instead (process supervision, DeepSeekMath sec. 4.1.3): every step of every
+completion in the group gets the reward ``task.step_correct`` gives it (prefix correctness: a step
+counts only if it and all earlier steps are right), plus one final reward at the completion's last
+token (the ``reward`` above); all of the group's rewards are normalised together, and a token's
+advantage is its own step's normalised reward (``"steps"``: a right step is credited even when a
+later one goes wrong) or the sum over its step and all later ones (``"steps-to-go"``, the paper's
+formula). A group then carries signal whenever its completions' steps differ, not only their
+answers. The loss per completion token
 is the clipped surrogate ``-min(rho * A, clip(rho, 1-eps, 1+eps) * A)`` with
 ``rho = pi / pi_old`` plus ``beta * KL(pi || pi_ref)`` (the k3 estimator
 ``exp(ref - logp) - (ref - logp) - 1``) to the frozen seed model; averaged over each completion's
@@ -76,6 +84,8 @@ from deliberate.train.selfimprove import (
     verified,
 )
 
+CREDIT = ("sequence", "steps", "steps-to-go")
+
 
 @dataclass(frozen=True)
 class GRPOConfig:
@@ -88,6 +98,9 @@ class GRPOConfig:
     group: int = 8
     temperature: float = 1.0
     reward: str = "outcome"  # "outcome": right answer; "process": right answer and every step right (step checker)
+    # "sequence": one advantage per completion; "steps" / "steps-to-go": per-token advantages from the step
+    # checker's per-step rewards (process supervision; see the module docstring)
+    credit: str = "sequence"
     lr: float = 1e-4  # 5e-4 (16 problems/step) collapsed the tiny model; 5e-5 did nothing in 100 steps
     warmup: int = 0  # sampling steps of linear learning-rate warmup (Adam's first updates are its largest)
     beta: float = 0.04
@@ -124,6 +137,8 @@ class GRPOConfig:
             problems.append(f"max_train_flops must be > 0 (got {self.max_train_flops!r})")
         if self.reward not in VERIFIED:
             problems.append(f"reward must be one of {', '.join(VERIFIED)} (got {self.reward!r})")
+        if self.credit not in CREDIT:
+            problems.append(f"credit must be one of {', '.join(CREDIT)} (got {self.credit!r})")
         if problems:
             raise DeliberateError("grpo: " + "; ".join(problems))
 
@@ -142,7 +157,7 @@ def grpo_loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, mask: to
     """Clipped surrogate + beta * k3 KL, mean over each sequence's tokens then over sequences
     (``denom``: divide the sum over sequences by this instead, for a rank's share of a larger batch)."""
     ratio = torch.exp(logp - old)
-    a = adv[:, None]
+    a = adv[:, None] if adv.dim() == 1 else adv  # per completion, or per token ([B, L-1], step credit)
     pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     d = ref - logp
     kl = torch.exp(d) - d - 1
@@ -162,6 +177,75 @@ def group_advantages(rewards: list[float]) -> list[float] | None:
     if sd == 0:
         return None
     return [(r - m) / (sd + 1e-4) for r in rewards]
+
+
+def step_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of the steps :meth:`Task.split_steps` finds in ``text`` (its non-empty
+    lines), in order; each span takes its line's newline, blank lines go to the step after them, and
+    trailing blank text to the last step."""
+    spans, start, pos = [], 0, 0
+    pieces = text.split("\n")
+    for i, line in enumerate(pieces):
+        end = pos + len(line) + (1 if i < len(pieces) - 1 else 0)
+        if line.strip():
+            spans.append((start, end))
+            start = end
+        pos = end
+    if spans and spans[-1][1] < len(text):
+        spans[-1] = (spans[-1][0], len(text))
+    return spans
+
+
+def step_rewards(task, problem, text: str, final: float) -> tuple[list[tuple[int, int]], list[float]]:
+    """The steps' character spans and their rewards (the step checker's prefix correctness), then ``final``
+    (the completion's own reward) as the last element."""
+    spans = step_spans(text)
+    ok = task.step_correct(problem, task.split_steps(text)) or []
+    if len(ok) != len(spans):
+        raise DeliberateError(f"grpo: {task.name!r} step checker returned {len(ok)} values for {len(spans)} steps")
+    return spans, [float(x) for x in ok] + [final]
+
+
+def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]], to_go: bool
+                           ) -> list[list[float]] | None:
+    """Per-token advantages of one group for ``credit="steps"`` / ``"steps-to-go"``: ``items`` holds, per
+    completion, (step spans, step rewards + final reward, number of completion tokens — one per character,
+    plus EOS). All rewards of the group are normalised together (None when they are all equal); a token's
+    advantage is its step's normalised reward (to_go: summed with all later steps'), and the final reward's
+    is added at the last token (to_go: at every token). Tokens outside every span (an empty completion,
+    EOS) belong to no step."""
+    flat = [r for _, rs, _ in items for r in rs]
+    m = sum(flat) / len(flat)
+    sd = math.sqrt(sum((r - m) ** 2 for r in flat) / len(flat))
+    if sd == 0:
+        return None
+    out = []
+    for spans, rs, n in items:
+        z = [(r - m) / (sd + 1e-4) for r in rs]
+        steps, final = z[:-1], z[-1]
+        if to_go:
+            for j in range(len(steps) - 2, -1, -1):
+                steps[j] += steps[j + 1]
+        adv = [final if to_go else 0.0] * n
+        for (a, b), v in zip(spans, steps):
+            for t in range(a, min(b, n)):
+                adv[t] += v
+        if n:
+            adv[-1] += 0.0 if to_go else final
+        out.append(adv)
+    return out
+
+
+def advantage_tensor(exs: list[Example], advs: list, width: int) -> torch.Tensor:
+    """``[B]`` per-completion advantages, or ``[B, width]`` aligned with :func:`token_logprobs` when any
+    completion has per-token advantages (its completion tokens sit at ``n_prompt - 1 ...``)."""
+    if all(isinstance(a, float) for a in advs):
+        return torch.tensor(advs)
+    t = torch.zeros(len(exs), width)
+    for i, (e, a) in enumerate(zip(exs, advs)):
+        n = len(e.ids) - e.n_prompt
+        t[i, e.n_prompt - 1: e.n_prompt - 1 + n] = torch.tensor(a[:n] if isinstance(a, list) else [a] * n)
+    return t
 
 
 def split_minibatches(n: int, m: int, seed: int, step: int) -> list[list[int]]:
@@ -184,6 +268,8 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
         state = load_state(ckpt)
     task = get_task(cfg.task, **cfg.task_options)
     check_verified_mode(task, cfg.reward, "grpo --reward")
+    if cfg.credit != "sequence":
+        check_verified_mode(task, "process", f"grpo --credit {cfg.credit}")
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model, tok = load_tiny(ckpt if state is not None else cfg.init)
@@ -248,13 +334,21 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             rewards = [float(verified(task, prob, r.text, r.correct, cfg.reward)) for r in rs]
             acc["reward_sum"] += sum(rewards)
             acc["n_samples"] += len(rs)
-            a = group_advantages(rewards)
+            completions = [tok.encode(r.text) + ([tok.eos_token_id] if r.finish_reason == "stop" else [])
+                           for r in rs]
+            if cfg.credit == "sequence":
+                a = group_advantages(rewards)
+            else:
+                if any(len(tok.encode(r.text)) != len(r.text) for r in rs):
+                    raise DeliberateError("grpo --credit steps needs a character-level tokenizer (the tiny model's)")
+                a = step_credit_advantages([(*step_rewards(task, prob, r.text, w), len(c))
+                                            for r, w, c in zip(rs, rewards, completions)],
+                                           to_go=cfg.credit == "steps-to-go")
             if a is None:
                 continue
             acc["groups_used"] += 1
             p = [tok.bos_token_id] + tok.encode(rs[0].prompt)
-            for r, ai in zip(rs, a):
-                c = tok.encode(r.text) + ([tok.eos_token_id] if r.finish_reason == "stop" else [])
+            for c, ai in zip(completions, a):
                 if not c:
                     continue
                 exs.append(Example(tuple(p + c), len(p)))
@@ -275,7 +369,8 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
                     ref_lp, _ = token_logprobs(ref, batch)
                 ntok = int(batch["attention_mask"].sum())
                 acc["tokens_forward"] += 2 * ntok
-                parts.append((batch, torch.tensor([advs[i] for i in idx]), old, ref_lp, mask, ntok))
+                parts.append((batch, advantage_tensor([exs[i] for i in idx], [advs[i] for i in idx], old.shape[1]),
+                              old, ref_lp, mask, ntok))
             for _ in range(cfg.inner_epochs):
                 for batch, adv, old, ref_lp, mask, ntok in parts:
                     logp, _ = token_logprobs(model, batch)
@@ -341,7 +436,8 @@ def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref
             ref_lp, _ = token_logprobs(ref, batch)
         (ntok,) = dist.sum(int(batch["attention_mask"].sum()) if weight else 0)
         acc["tokens_forward"] += 2 * ntok
-        parts.append((batch, torch.tensor(my_adv, device=dist.device), old, ref_lp, mask, ntok, weight, len(idx)))
+        parts.append((batch, advantage_tensor(mine, my_adv, old.shape[1]).to(dist.device), old, ref_lp, mask, ntok,
+                      weight, len(idx)))
     stats: dict[str, float] = {}
     for _ in range(cfg.inner_epochs):
         for batch, adv, old, ref_lp, mask, ntok, weight, n_mb in parts:
@@ -362,6 +458,8 @@ HELP = {
     "group": "completions sampled per problem (advantages are relative to the group)",
     "beta": "weight of the KL penalty to the seed model",
     "clip": "PPO-style clip range of the probability ratio",
+    "credit": "advantages per completion (sequence) or per token from the step checker's per-step rewards "
+              "(steps: each step's own; steps-to-go: summed over later steps, DeepSeekMath's process supervision)",
     "warmup": "steps of linear learning-rate warmup from lr/warmup to lr (0: constant lr)",
     "inner_epochs": "passes over each step's completions",
     "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
