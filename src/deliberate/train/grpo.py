@@ -339,7 +339,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             if cfg.credit == "sequence":
                 a = group_advantages(rewards)
             else:
-                if any(len(tok.encode(r.text)) != len(r.text) for r in rs):
+                if any(len(c) - (r.finish_reason == "stop") != len(r.text) for r, c in zip(rs, completions)):
                     raise DeliberateError("grpo --credit steps needs a character-level tokenizer (the tiny model's)")
                 a = step_credit_advantages([(*step_rewards(task, prob, r.text, w), len(c))
                                             for r, w, c in zip(rs, rewards, completions)],
