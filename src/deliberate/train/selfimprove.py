@@ -163,7 +163,8 @@ def check_verified_mode(task: Task, mode: str, what: str) -> None:
     if mode == "process":
         probe = task.problems("train", 1, seed=0)[0]
         if task.step_correct(probe, task.split_steps(task.rationale(probe) or "")) is None:
-            raise DeliberateError(f"{what}: 'process' needs a task with a step checker; {task.name!r} has none")
+            raise DeliberateError(f"{what}: 'process' needs a task with a step checker; {task.name!r} has none "
+                                  f"(use 'outcome', the answer check alone)")
 
 
 def verified(task: Task, problem: Problem, text: str, correct: bool, mode: str) -> bool:
