@@ -214,14 +214,12 @@ def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float],
     advantage is its step's normalised reward (to_go: summed with all later steps'), and the final reward's
     is added at the last token (to_go: at every token). Tokens outside every span (an empty completion,
     EOS) belong to no step."""
-    flat = [r for _, rs, _ in items for r in rs]
-    m = sum(flat) / len(flat)
-    sd = math.sqrt(sum((r - m) ** 2 for r in flat) / len(flat))
-    if sd == 0:
+    flat = group_advantages([r for _, rs, _ in items for r in rs])
+    if flat is None:
         return None
-    out = []
+    out, pos = [], 0
     for spans, rs, n in items:
-        z = [(r - m) / (sd + 1e-4) for r in rs]
+        z, pos = flat[pos:pos + len(rs)], pos + len(rs)
         steps, final = z[:-1], z[-1]
         if to_go:
             for j in range(len(steps) - 2, -1, -1):
@@ -237,14 +235,13 @@ def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float],
 
 
 def advantage_tensor(exs: list[Example], advs: list, width: int) -> torch.Tensor:
-    """``[B]`` per-completion advantages, or ``[B, width]`` aligned with :func:`token_logprobs` when any
-    completion has per-token advantages (its completion tokens sit at ``n_prompt - 1 ...``)."""
+    """``[B]`` per-completion advantages (floats), or ``[B, width]`` aligned with :func:`token_logprobs` for
+    per-token ones (lists; a completion's tokens sit at ``n_prompt - 1 ...``)."""
     if all(isinstance(a, float) for a in advs):
         return torch.tensor(advs)
     t = torch.zeros(len(exs), width)
-    for i, (e, a) in enumerate(zip(exs, advs)):
-        n = len(e.ids) - e.n_prompt
-        t[i, e.n_prompt - 1: e.n_prompt - 1 + n] = torch.tensor(a[:n] if isinstance(a, list) else [a] * n)
+    for i, (e, a) in enumerate(zip(exs, advs)):  # one advantage per completion token
+        t[i, e.n_prompt - 1: len(e.ids) - 1] = torch.tensor(a)
     return t
 
 
