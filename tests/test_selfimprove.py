@@ -253,6 +253,27 @@ def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeyp
     assert last["groups"] == 4 * 4 and last["groups_used"] > 0 and last["tokens_trained"] > 0
 
 
+def test_grpo_finished_run_extends_to_more_steps(easy_ckpt, tmp_path):
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "problems_per_step": 4,
+            "group": 4, "lr": 1e-3, "eval_every": 2, "checkpoint_every": 1, "eval_problems": 6, "eval_n": 2}
+    ref = run_grpo(GRPOConfig(**base, steps=4, out=str(tmp_path / "ref")), progress=False)
+    short = run_grpo(GRPOConfig(**base, steps=2, out=str(tmp_path / "b")), progress=False)
+    assert [r["step"] for r in short["iterations"]] == [0, 2]
+    res = run_grpo(GRPOConfig(**base, steps=4, out=str(tmp_path / "b")), progress=False)  # continues at step 2
+    m1, _ = load_tiny(tmp_path / "ref" / "checkpoint")
+    m2, _ = load_tiny(tmp_path / "b" / "checkpoint")
+    for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(p1, p2), k
+    strip = lambda rows: [{k: v for k, v in r.items() if "wall" not in k} for r in rows]
+    assert strip(res["iterations"]) == strip(ref["iterations"]) and res["config"]["steps"] == 4
+    # a total that is not a multiple of eval_every ended on a partial interval: continuing it is refused
+    run_grpo(GRPOConfig(**base, steps=3, out=str(tmp_path / "odd")), progress=False)
+    with pytest.raises(DeliberateError, match="not a multiple of --eval-every 2"):
+        run_grpo(GRPOConfig(**base, steps=4, out=str(tmp_path / "odd")), progress=False)
+    with pytest.raises(DeliberateError, match="different config"):  # other fields still fixed
+        run_grpo(GRPOConfig(**{**base, "lr": 2e-3}, steps=4, out=str(tmp_path / "b")), progress=False)
+
+
 def test_grpo_config_validation():
     with pytest.raises(DeliberateError, match="group"):
         GRPOConfig(group=1)

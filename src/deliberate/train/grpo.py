@@ -33,7 +33,10 @@ TRL's trainer: ``deliberate train grpo-hf`` (:mod:`deliberate.train.grpo_hf`).
 Checkpoints (model, optimizer, RNG, step, compute) every ``checkpoint_every`` steps; rerunning the
 same command resumes from the last one and gives the same result as an uninterrupted run (sampling
 is seeded per step, batches are a pure function of (seed, step)). Held-out greedy / maj@n / pass@n
-every ``eval_every`` steps are rows of ``OUT/iterations/`` and of ``OUT/summary.json``.
+every ``eval_every`` steps are rows of ``OUT/iterations/`` and of ``OUT/summary.json``. A step never
+depends on the total (the learning rate has no decay), so rerunning a finished run with more ``--steps``
+continues it to the same result as a run asked for the larger total from the start -- when the old total
+is a multiple of ``eval_every`` (otherwise its last evaluation covered a partial interval; refused).
 
 Under ``accelerate launch`` (data parallel, :mod:`deliberate.train.distributed`): each rank samples
 the groups of its contiguous share of the step's problems (same seeds as a single process: samples
@@ -46,6 +49,7 @@ process only; the others wait for it.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,10 +261,25 @@ def split_minibatches(n: int, m: int, seed: int, step: int) -> list[list[int]]:
     return [order[bounds[i]:bounds[i + 1]] for i in range(m)]
 
 
+def check_extension(cfg: GRPOConfig) -> None:
+    """Refuse to change ``steps`` of a run in ``cfg.out`` whose old total is not a multiple of
+    ``eval_every``: its last evaluation row covers a partial interval, which a run asked for the new total
+    from the start would not have (``steps`` is otherwise extendable: a step never depends on the total)."""
+    p = Path(cfg.out) / "config.json"
+    if not p.exists():
+        return
+    old = json.loads(p.read_text()).get("steps")
+    if old is not None and old != cfg.steps and old % cfg.eval_every:
+        raise DeliberateError(f"{cfg.out} holds a run of {old} steps, not a multiple of --eval-every "
+                              f"{cfg.eval_every}: it cannot be continued to {cfg.steps} steps with the same "
+                              f"results as an uninterrupted run; use another --out")
+
+
 def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
     dist = dist or Single()
     with dist.main_first():  # the main process writes config.json and recovers the checkpoint first
-        out, cfg_dict = start_run(cfg)
+        check_extension(cfg)
+        out, cfg_dict = start_run(cfg, extendable=("steps",))
         ckpt = out / "checkpoint"
         state = load_state(ckpt)
     task = get_task(cfg.task, **cfg.task_options)

@@ -187,10 +187,11 @@ def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
 EXTENDABLE = ("iterations",)
 
 
-def start_run(cfg) -> tuple[Path, dict[str, Any]]:
+def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict[str, Any]]:
     """Create ``cfg.out``, check ``cfg.init`` exists (for configs that have one), and refuse an output
-    directory that holds a run of another config (other than in :data:`EXTENDABLE` fields: rerunning with
-    more ``--iterations`` continues a finished run); returns (out, the config as JSON)."""
+    directory that holds a run of another config (other than in the ``extendable`` fields, by default
+    :data:`EXTENDABLE`: rerunning with more ``--iterations`` continues a finished run); returns (out, the
+    config as JSON)."""
     out = Path(cfg.out)
     init = getattr(cfg, "init", None)
     if init is not None and not Path(init).exists():
@@ -200,7 +201,7 @@ def start_run(cfg) -> tuple[Path, dict[str, Any]]:
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
     p = out / "config.json"
     def fixed(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if k not in EXTENDABLE}
+        return {k: v for k, v in d.items() if k not in extendable}
 
     if p.exists() and fixed(json.loads(p.read_text())) != fixed(cfg_dict):
         raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
