@@ -470,6 +470,8 @@ def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref
 
 HELP = {
     "init": "seed policy and KL reference (a tiny checkpoint)",
+    "steps": "sampling steps in all; rerunning a finished run with more continues it (old total a multiple "
+             "of --eval-every)",
     "problems_per_step": "training problems per step",
     "group": "completions sampled per problem (advantages are relative to the group)",
     "beta": "weight of the KL penalty to the seed model",
