@@ -306,6 +306,36 @@ def test_step_spans_are_the_task_steps():
         assert not spans or spans[-1][1] == len(text)
 
 
+def test_outcome_plus_steps_credit_has_no_position_bias():
+    task = get_task("arith", **SMALL_ARITH)
+    prob = task.problems("train", 1, seed=0)[0]
+    gold, lucky, wrong, _ = (r.text for r in _planted_groups(task, [prob])[0])
+    texts = (gold, lucky, wrong, wrong)
+    items = [(*grpo_mod.step_rewards(task, prob, t, float(t == gold)), len(t) + 1) for t in texts]
+    adv = grpo_mod.outcome_step_advantages(items)
+    finals = group_advantages([1.0, 0.0, 0.0, 0.0])
+    spans = [grpo_mod.step_spans(t) for t in texts]
+    for i in range(4):
+        assert adv[i][-1] == pytest.approx(finals[i])  # EOS: the outcome term only
+    # step 1: right in gold and wrong, wrong in lucky -> normalised among the four at that position
+    z1 = group_advantages([1.0, 0.0, 1.0, 1.0])
+    for i in range(4):
+        a, b = spans[i][0]
+        assert all(adv[i][t] == pytest.approx(finals[i] + z1[i]) for t in range(a, b))
+    # every term averages zero over the group: no systematic push on the EOS token or the answer line
+    assert sum(adv[i][-1] for i in range(4)) == pytest.approx(0.0, abs=1e-6)
+    last = [adv[i][spans[i][-1][0]] for i in range(4)]
+    assert sum(last) == pytest.approx(0.0, abs=1e-6)
+    # the pooled "steps" credit has that push: its EOS advantages sum below zero here
+    pooled = grpo_mod.step_credit_advantages(items, to_go=False)
+    assert sum(pooled[i][-1] for i in range(4)) < -0.5
+    # a position only one completion reaches, or where all agree, adds nothing; no signal at all -> None
+    assert grpo_mod.outcome_step_advantages([items[0], items[0]]) is None
+    short = (grpo_mod.step_spans("Answer: 9"), [0.0, 0.0], 10)
+    two = grpo_mod.outcome_step_advantages([items[2], short])
+    assert two[0][spans[2][1][0]] == pytest.approx(0.0)  # step 2 exists in one completion only, finals equal
+
+
 def test_step_credit_rewards_right_steps_of_wrong_answers(easy_ckpt, tmp_path, monkeypatch):
     task = get_task("arith", **SMALL_ARITH)
     prob = task.problems("train", 1, seed=0)[0]
@@ -331,9 +361,10 @@ def test_step_credit_rewards_right_steps_of_wrong_answers(easy_ckpt, tmp_path, m
             "group": 4, "lr": 1e-3, "reward": "process", "eval_every": 1, "checkpoint_every": 1, "eval_problems": 4,
             "eval_n": 2}
     rows = {c: run_grpo(GRPOConfig(**base, credit=c, out=str(tmp_path / c)), progress=False)["iterations"][-1]
-            for c in ("sequence", "steps")}
+            for c in ("sequence", "steps", "outcome+steps")}
     assert rows["sequence"]["groups_used"] == 0 and rows["sequence"]["tokens_trained"] == 0
     assert rows["steps"]["groups_used"] == 4 and rows["steps"]["tokens_trained"] > 0
+    assert rows["outcome+steps"]["groups_used"] == 4 and rows["outcome+steps"]["tokens_trained"] > 0
     m0, _ = load_tiny(easy_ckpt)
     m1, _ = load_tiny(tmp_path / "steps" / "checkpoint")
     assert any(not torch.equal(a, b) for a, b in zip(m0.state_dict().values(), m1.state_dict().values()))

@@ -15,7 +15,13 @@ token (the ``reward`` above); all of the group's rewards are normalised together
 advantage is its own step's normalised reward (``"steps"``: a right step is credited even when a
 later one goes wrong) or the sum over its step and all later ones (``"steps-to-go"``, the paper's
 formula). A group then carries signal whenever its completions' steps differ, not only their
-answers. The loss per completion token
+answers. Pooling the normalisation biases tokens by position: later steps are right less often than
+earlier ones, so their tokens (the answer line, and under ``"steps"`` the end-of-sequence token, which
+carries only the final reward) get negative advantages on average -- a steady push away from answering
+and stopping. ``"outcome+steps"`` removes it: every token gets the completion's group-normalised final
+reward (plain GRPO's advantage), plus its step's reward normalised among the group's steps *at the same
+position* (a per-position baseline), so both terms average zero over the group. The loss per
+completion token
 is the clipped surrogate ``-min(rho * A, clip(rho, 1-eps, 1+eps) * A)`` with
 ``rho = pi / pi_old`` plus ``beta * KL(pi || pi_ref)`` (the k3 estimator
 ``exp(ref - logp) - (ref - logp) - 1``) to the frozen seed model; averaged over each completion's
@@ -88,7 +94,7 @@ from deliberate.train.selfimprove import (
     verified,
 )
 
-CREDIT = ("sequence", "steps", "steps-to-go")
+CREDIT = ("sequence", "steps", "steps-to-go", "outcome+steps")
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,33 @@ def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float],
     return out
 
 
+def outcome_step_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]]
+                            ) -> list[list[float]] | None:
+    """Per-token advantages of one group for ``credit="outcome+steps"`` (``items`` as for
+    :func:`step_credit_advantages`): a token's advantage is its completion's group-normalised final reward
+    plus, inside a step, that step's reward normalised among the group's completions that have a step at
+    the same position (0 where they all agree or only one has it). EOS and tokens outside every span get
+    the final term only. None when neither term carries signal."""
+    finals = group_advantages([rs[-1] for _, rs, _ in items]) or [0.0] * len(items)
+    depth = max((len(rs) - 1 for _, rs, _ in items), default=0)
+    per_pos = []  # per position j: {completion index: normalised step reward}
+    for j in range(depth):
+        have = [i for i, (_, rs, _) in enumerate(items) if len(rs) - 1 > j]
+        z = group_advantages([items[i][1][j] for i in have]) if len(have) > 1 else None
+        per_pos.append(dict(zip(have, z)) if z is not None else {})
+    if not any(finals) and not any(per_pos):
+        return None
+    out = []
+    for i, (spans, rs, n) in enumerate(items):
+        adv = [finals[i]] * n
+        for j, (a, b) in enumerate(spans):
+            v = per_pos[j].get(i, 0.0)
+            for t in range(a, min(b, n)):
+                adv[t] += v
+        out.append(adv)
+    return out
+
+
 def advantage_tensor(exs: list[Example], advs: list, width: int) -> torch.Tensor:
     """``[B]`` per-completion advantages (floats), or ``[B, width]`` aligned with :func:`token_logprobs` for
     per-token ones (lists; a completion's tokens sit at ``n_prompt - 1 ...``)."""
@@ -357,9 +390,9 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             else:
                 if any(len(c) - (r.finish_reason == "stop") != len(r.text) for r, c in zip(rs, completions)):
                     raise DeliberateError("grpo --credit steps needs a character-level tokenizer (the tiny model's)")
-                a = step_credit_advantages([(*step_rewards(task, prob, r.text, w), len(c))
-                                            for r, w, c in zip(rs, rewards, completions)],
-                                           to_go=cfg.credit == "steps-to-go")
+                items = [(*step_rewards(task, prob, r.text, w), len(c)) for r, w, c in zip(rs, rewards, completions)]
+                a = (outcome_step_advantages(items) if cfg.credit == "outcome+steps"
+                     else step_credit_advantages(items, to_go=cfg.credit == "steps-to-go"))
             if a is None:
                 continue
             acc["groups_used"] += 1
@@ -477,7 +510,8 @@ HELP = {
     "beta": "weight of the KL penalty to the seed model",
     "clip": "PPO-style clip range of the probability ratio",
     "credit": "advantages per completion (sequence) or per token from the step checker's per-step rewards "
-              "(steps: each step's own; steps-to-go: summed over later steps, DeepSeekMath's process supervision)",
+              "(steps: each step's own; steps-to-go: summed over later steps, DeepSeekMath's process supervision; "
+              "outcome+steps: the completion's advantage plus its step's, normalised per step position)",
     "warmup": "steps of linear learning-rate warmup from lr/warmup to lr (0: constant lr)",
     "inner_epochs": "passes over each step's completions",
     "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
