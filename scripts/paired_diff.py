@@ -2,11 +2,14 @@
 
     python scripts/paired_diff.py runs/sweep weighted majority            # every budget N they share
     python scripts/paired_diff.py runs/sweep best_of_n majority --n 16
+    python scripts/paired_diff.py runs/a/sweep weighted majority --also runs/b/sweep   # pooled over runs
 
 For each problem the accuracy difference A - B is averaged over the sweep's seeds; the mean over
 problems gets the project's 95% bootstrap CI over problems (`eval.metrics.bootstrap_ci`). Because both strategies
 select from the same samples, the paired CI is much tighter than comparing the two unpaired CIs.
-Also prints on how many problems A is ahead / behind, and the per-seed accuracies.
+Also prints on how many problems A is ahead / behind, and the per-seed accuracies. ``--also`` pools
+other sweeps (e.g. the same sweep of models from other training seeds): each sweep's problems count as
+separate units, so the CI covers problems and training runs together.
 """
 
 from __future__ import annotations
@@ -52,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", help="strategy A (e.g. weighted)")
     ap.add_argument("b", help="strategy B (e.g. majority)")
     ap.add_argument("--n", type=int, action="append", help="budget N (repeatable; default: every N both have)")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="another sweep directory to pool (repeatable; its problems are separate units)")
     args = ap.parse_args(argv)
-    results = args.sweep / "results.jsonl"
-    if not results.exists():
-        print(f"error: {results} not found (is {args.sweep} a sweep directory?)", file=sys.stderr)
-        return 2
-    rows = load(results)
+    rows = []
+    for i, sweep in enumerate([args.sweep, *args.also]):
+        results = sweep / "results.jsonl"
+        if not results.exists():
+            print(f"error: {results} not found (is {sweep} a sweep directory?)", file=sys.stderr)
+            return 2
+        # pooled sweeps may share problem ids: prefix them so each run's problems stay separate units
+        rows += [r if not args.also else {**r, "problem_id": f"{i}:{r['problem_id']}"} for r in load(results)]
     print(f"{args.a} - {args.b}, paired over problems (mean over seeds), 95% bootstrap CI")
     for n in args.n or sorted({r["n"] for r in rows}):
         r = paired(rows, args.a, args.b, n)

@@ -40,3 +40,18 @@ def test_paired_difference_counts_and_ci(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "N=4" in out and "+15.0 points" in out and "N=8" not in out  # N=8 has no B rows: skipped
     assert mod.main([str(tmp_path / "nope"), "A", "B"]) == 2
+
+
+def test_also_pools_sweeps_as_separate_problems(tmp_path, capsys):
+    mod = _load()
+    for name, a_right in (("one", True), ("two", False)):  # the same problem ids in both sweeps
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"problem_id": f"p{p}", "strategy": s, "n": 4, "seed": 0, "correct": ok}
+                for p in range(5) for s, ok in (("A", a_right), ("B", not a_right))]
+        (d / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert mod.main([str(tmp_path / "one"), "A", "B", "--also", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr().out
+    # 10 units (5 problems x 2 sweeps), +1 on five and -1 on five: not 5 problems averaged to 0
+    assert "+0.0 points" in out and "ahead on 5, behind on 5 of 10 problems" in out
+    assert mod.main([str(tmp_path / "one"), "A", "B", "--also", str(tmp_path / "nope")]) == 2
