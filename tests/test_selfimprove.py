@@ -66,6 +66,23 @@ def test_grpo_loss_gradient_and_clip():
     assert stats3["kl"] > 0 and (lp3.grad < 0).all()
 
 
+def test_token_logprobs_follow_the_sampling_temperature(easy_ckpt):
+    """Ratio and KL are taken under the distribution that sampled the completion: logits / temperature."""
+    from deliberate.train.common import Example, collate
+
+    model, tok = load_tiny(easy_ckpt)
+    ids = tok.encode("3+4=")
+    batch = collate([Example(tuple(ids + tok.encode("3+4=7")), len(ids))], tok.pad_token_id)
+    with torch.no_grad():
+        lp1, mask = grpo_mod.token_logprobs(model, batch)
+        lp_t, _ = grpo_mod.token_logprobs(model, batch, 0.5)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    want = torch.log_softmax(logits / 0.5, -1).gather(-1, batch["labels"][:, 1:].clamp(min=0)[..., None]).squeeze(-1)
+    assert mask.sum() == len(tok.encode("3+4=7"))
+    assert torch.allclose(lp_t[mask], want[mask], atol=1e-5)
+    assert not torch.allclose(lp_t[mask], lp1[mask])  # a real change, not a no-op
+
+
 def test_rollouts_seeded_and_verified(tiny_ckpt):
     model, tok = load_tiny(tiny_ckpt)
     task = get_task("arith", **SMALL_ARITH)

@@ -153,9 +153,14 @@ class GRPOConfig:
             raise DeliberateError("grpo: " + "; ".join(problems))
 
 
-def token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of each sequence's completion tokens [B, L-1] and their mask."""
+def token_logprobs(model, batch: dict[str, torch.Tensor],
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of each sequence's completion tokens [B, L-1] and their mask, under the policy
+    that sampled them: logits divided by the sampling ``temperature`` (as TRL's GRPOTrainer does), so the
+    ratio and the KL refer to the distribution the completions came from."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     target = batch["labels"][:, 1:]
     mask = target != IGNORE
     lp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
@@ -414,15 +419,15 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             for idx in mbs:
                 batch = collate([exs[i] for i in idx], tok.pad_token_id)
                 with torch.no_grad():
-                    old, mask = token_logprobs(model, batch)
-                    ref_lp, _ = token_logprobs(ref, batch)
+                    old, mask = token_logprobs(model, batch, cfg.temperature)
+                    ref_lp, _ = token_logprobs(ref, batch, cfg.temperature)
                 ntok = int(batch["attention_mask"].sum())
                 acc["tokens_forward"] += 2 * ntok
                 parts.append((batch, advantage_tensor([exs[i] for i in idx], [advs[i] for i in idx], old.shape[1]),
                               old, ref_lp, mask, ntok))
             for _ in range(cfg.inner_epochs):
                 for batch, adv, old, ref_lp, mask, ntok in parts:
-                    logp, _ = token_logprobs(model, batch)
+                    logp, _ = token_logprobs(model, batch, cfg.temperature)
                     loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -481,8 +486,8 @@ def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref
             mine, my_adv, weight = [Example((tok.bos_token_id, tok.eos_token_id), 1)], [0.0], 0.0
         batch = dist.to_device(collate(mine, tok.pad_token_id))
         with torch.no_grad():
-            old, mask = token_logprobs(model, batch)
-            ref_lp, _ = token_logprobs(ref, batch)
+            old, mask = token_logprobs(model, batch, cfg.temperature)
+            ref_lp, _ = token_logprobs(ref, batch, cfg.temperature)
         (ntok,) = dist.sum(int(batch["attention_mask"].sum()) if weight else 0)
         acc["tokens_forward"] += 2 * ntok
         parts.append((batch, advantage_tensor(mine, my_adv, old.shape[1]).to(dist.device), old, ref_lp, mask, ntok,
@@ -490,7 +495,7 @@ def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref
     stats: dict[str, float] = {}
     for _ in range(cfg.inner_epochs):
         for batch, adv, old, ref_lp, mask, ntok, weight, n_mb in parts:
-            logp, _ = token_logprobs(ddp_model, batch)
+            logp, _ = token_logprobs(ddp_model, batch, cfg.temperature)
             loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, denom=n_mb / dist.world_size)
             ddp_opt.zero_grad(set_to_none=True)
             dist.backward(loss * weight)
