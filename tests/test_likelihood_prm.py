@@ -91,3 +91,53 @@ def test_train_lprm_and_the_verifier_end_to_end(tiny_ckpt, tmp_path):
         get_verifier("lprm")
     with pytest.raises(DeliberateError, match="not found"):
         get_verifier(f"lprm:{tmp_path / 'nothing'}")
+
+
+def test_outcome_target_fits_last_step_features_to_outcomes_and_loads_as_lorm(tiny_ckpt, tmp_path):
+    from deliberate.cli import main_cli
+    from deliberate.rewards.base import problem_prompt
+
+    task = get_task("arith", min_ops=1, max_ops=2, max_operand=9)
+    rows = []
+    for p in task.problems("train", 30, seed=1):
+        gold = list(task.split_steps(task.rationale(p)))
+        wrong = gold[:-1] + ["Answer: 1" + gold[-1].split()[-1]]  # right chain, wrong final answer
+        rows.append({"question": p.question, "gold": p.answer, "steps": gold, "soft": [0.5] * len(gold),
+                     "hard": [1.0] * len(gold), "outcome": True})
+        rows.append({"question": p.question, "gold": p.answer, "steps": wrong, "soft": [0.5] * len(wrong),
+                     "hard": [1.0] * len(wrong), "outcome": False})
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "lprm", "--lm", str(tiny_ckpt), "--labels", str(labels), "--task-arg", "max_ops=2",
+            "--task-arg", "max_operand=9"]
+    assert main_cli(args + ["--target", "outcome", "--out", str(tmp_path / "lorm")]) == 0
+    cal = json.loads((tmp_path / "lorm" / "calibration.json").read_text())
+    assert cal["target"] == "outcome" and cal["n_solutions"] == len(rows) and "n_steps" not in cal
+    # the fit is exactly a logistic regression of each solution's outcome on its last step's features
+    model, tok = load_tiny(tiny_ckpt)
+    from deliberate.types import Problem
+    items = [(problem_prompt(task, Problem(id="", question=r["question"], answer=str(r["gold"]))), r["steps"])
+             for r in rows]
+    feats, _ = step_features(model, tok, items)
+    ref = fit_calibration([f[-1] for f in feats], [float(r["outcome"]) for r in rows])
+    assert cal["w"] == pytest.approx(ref["w"], abs=1e-6) and cal["b"] == pytest.approx(ref["b"], abs=1e-6)
+    # the step-level fit of the same file sees only constant soft labels: no signal, unlike the outcomes
+    assert main_cli(args + ["--out", str(tmp_path / "lprm")]) == 0
+    step_cal = json.loads((tmp_path / "lprm" / "calibration.json").read_text())
+    assert step_cal["target"] == "step" and step_cal["n_steps"] == sum(len(r["steps"]) for r in rows)
+    assert max(abs(w) for w in step_cal["w"]) < 1e-3 < max(abs(w) for w in cal["w"])
+
+    v = get_verifier(f"lorm:{tmp_path / 'lorm'}", task=task)
+    assert v.name.startswith("lorm:") and v.describe()["target"] == "outcome"
+    p = task.problems("test", 1, seed=0)[0]
+    gold = list(task.split_steps(task.rationale(p)))
+    wrong = gold[:-1] + ["Answer: 1" + gold[-1].split()[-1]]
+    s, w = v.score_batch([(p, gold), (p, wrong)])
+    assert len(s) == len(gold) and all(0 <= x <= 1 for x in s + w)
+    assert s[-1] > w[-1] and s[:-1] == pytest.approx(w[:-1], abs=1e-5)  # prefixes score alike; the outcome differs
+    with pytest.raises(DeliberateError, match="fitted to outcome labels; load it as lorm:"):
+        get_verifier(f"lprm:{tmp_path / 'lorm'}", task=task)
+    with pytest.raises(DeliberateError, match="fitted to step labels; load it as lprm:"):
+        get_verifier(f"lorm:{tmp_path / 'lprm'}", task=task)
+    with pytest.raises(SystemExit):
+        main_cli(args + ["--target", "steps", "--out", str(tmp_path / "x")])

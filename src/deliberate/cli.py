@@ -38,7 +38,7 @@ TRAIN_RECIPES = {
     "prm": ("deliberate.train.verifier", "process reward model on step labels (BCE at step ends)"),
     "orm": ("deliberate.train.verifier", "outcome reward model on solution outcomes"),
     "genrm": ("deliberate.train.verifier", "generative verifier: the LM answers Yes/No per step prefix"),
-    "lprm": ("deliberate.rewards.likelihood", "likelihood PRM: a frozen LM's step log-probs calibrated on MC labels"),
+    "lprm": ("deliberate.rewards.likelihood", "likelihood PRM / ORM: a frozen LM's step log-probs calibrated on MC step labels or outcomes"),
     "rest-em": ("deliberate.train.rest_em", "ReST-EM / expert iteration: sample, keep verified, fine-tune base, repeat"),
     "star": ("deliberate.train.star", "STaR on addition: self-taught rationales, with or without rationalization"),
     "self-correct": ("deliberate.train.self_correct", "learning to correct: train on (wrong -> right) attempt pairs"),

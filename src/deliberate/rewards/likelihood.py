@@ -15,6 +15,13 @@ Why: a PRM fine-tuned from an LM with a 1-logit head at each step's end (``delib
 the log-probs carry exactly that. On arith, with an LM stronger than the policy, this verifier picks
 far better than majority vote where the head-on-hidden-state PRM from the same LM does not
 (docs/RESULTS.md). ``OUT`` holds a copy of the LM (``OUT/lm``) and ``OUT/calibration.json``.
+
+**Likelihood ORM** (``deliberate train lprm --target outcome``, verifier ``lorm:DIR``): the same
+frozen LM and the same features, but the regression is fitted to each labelled solution's *outcome*
+(final answer right or wrong) from the features at its last step only, as an ORM is trained on
+outcome labels. At test time it scores every step prefix as if the solution ended there, like the
+tiny ORM (``rewards/models.py``); select with aggregation ``last``. With the PRM and ORM sharing the
+LM and the features, the two differ only in their supervision: the comparison "Let's Verify" makes.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from deliberate.types import Problem
 
 FEATURES = ("step_logprob", "step_min_char_logprob", "running_min_step_logprob")
 CALIBRATION = "calibration.json"
+#: what the calibration is fitted to: every step's Monte-Carlo soft label (a PRM) or each solution's
+#: outcome from its last step's features (an ORM)
+TARGETS = ("step", "outcome")
 
 
 @torch.inference_mode()
@@ -116,7 +126,9 @@ class LikelihoodPRM(Verifier):
         super().__init__()
         self.model, self.tokenizer, self.task, self.path = model.eval(), tokenizer, task, path
         self.cal, self.batch_size = calibration, batch_size
-        self.name = f"lprm:{path}" if path else "lprm"
+        self.target = calibration.get("target", "step")
+        prefix = "lorm" if self.target == "outcome" else "lprm"
+        self.name = f"{prefix}:{path}" if path else prefix
         self._mu, self._sd = torch.tensor(calibration["mu"]), torch.tensor(calibration["sd"])
         self._w, self._b = torch.tensor(calibration["w"]), float(calibration["b"])
 
@@ -133,8 +145,9 @@ class LikelihoodPRM(Verifier):
         return out
 
     def describe(self):
-        return {"name": self.name, "kind": "lprm", "path": self.path,
-                **{k: self.cal[k] for k in ("lm", "labels", "train_bce", "n_steps") if k in self.cal}}
+        return {"name": self.name, "kind": "lorm" if self.target == "outcome" else "lprm", "path": self.path,
+                "target": self.target,
+                **{k: self.cal[k] for k in ("lm", "labels", "train_bce", "n_steps", "n_solutions") if k in self.cal}}
 
 
 def load_lprm(directory: str | Path, task=None, batch_size: int = 64) -> LikelihoodPRM:
@@ -152,23 +165,43 @@ def load_lprm(directory: str | Path, task=None, batch_size: int = 64) -> Likelih
     return LikelihoodPRM(model, tok, cal, task=task, path=str(directory), batch_size=batch_size)
 
 
+def _load_checked(kind: str, arg, task) -> LikelihoodPRM:
+    want, flag = ("outcome", " --target outcome") if kind == "lorm" else ("step", "")
+    if not arg:
+        raise DeliberateError(f"the {kind} verifier needs a directory: {kind}:DIR (from `deliberate train lprm{flag}`)")
+    v = load_lprm(arg, task=task)
+    if v.target != want:
+        other = "lprm" if kind == "lorm" else "lorm"
+        raise DeliberateError(f"{kind}:{arg} holds a calibration fitted to {v.target} labels; load it as {other}:{arg}")
+    return v
+
+
 @register_verifier("lprm")
 def _lprm(arg, task=None, **_: Any):
-    if not arg:
-        raise DeliberateError("the lprm verifier needs a directory: lprm:DIR (from `deliberate train lprm`)")
-    return load_lprm(arg, task=task)
+    return _load_checked("lprm", arg, task)
 
 
-def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, progress: bool = True) -> dict[str, Any]:
-    """Fit the calibration of :class:`LikelihoodPRM` on ``labels``' soft labels with the LM ``lm``, reading
-    each labelled solution after ``task``'s prompt (as the verifier will); writes ``OUT/lm`` (a copy of the
-    LM) and ``OUT/calibration.json`` (last, atomically)."""
+@register_verifier("lorm")
+def _lorm(arg, task=None, **_: Any):
+    return _load_checked("lorm", arg, task)
+
+
+def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, progress: bool = True,
+               target: str = "step") -> dict[str, Any]:
+    """Fit the calibration of :class:`LikelihoodPRM` with the LM ``lm``, reading each labelled solution
+    after ``task``'s prompt (as the verifier will): to every step's soft label (``target="step"``, a PRM)
+    or to each solution's outcome from its last step (``target="outcome"``, an ORM). Writes ``OUT/lm``
+    (a copy of the LM) and ``OUT/calibration.json`` (last, atomically)."""
     from tqdm.auto import tqdm
 
     from deliberate.models.tiny import load_tiny
     from deliberate.rewards.mc_labels import read_labels
 
-    rows = read_labels(labels)
+    if target not in TARGETS:
+        raise DeliberateError(f"lprm: target must be one of {', '.join(TARGETS)} (got {target!r})")
+    rows = [r for r in read_labels(labels) if r["steps"]]
+    if not rows:
+        raise DeliberateError(f"lprm: {labels} holds no labelled solution with steps")
     model, tok = load_tiny(lm)
     model.eval()
     X: list[list[float]] = []
@@ -180,11 +213,18 @@ def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, p
                                                 answer=str(r.get("gold")))) for r in chunk]
         feats, _ = step_features(model, tok, [(p, r["steps"]) for p, r in zip(prompts, chunk)])
         for r, f in zip(chunk, feats):
-            X += f
-            Y += [float(v) for v in r["soft"]]
+            if target == "step":
+                X += f
+                Y += [float(v) for v in r["soft"]]
+            else:
+                X.append(f[-1])
+                Y.append(float(r["outcome"]))
         bar.update(len(chunk))
     bar.close()
-    cal = {**fit_calibration(X, Y), "lm": str(lm), "labels": str(labels),
+    fit = fit_calibration(X, Y)
+    if target == "outcome":  # one fitted row per solution, not per step
+        del fit["n_steps"]
+    cal = {**fit, "target": target, "n_solutions": len(rows), "lm": str(lm), "labels": str(labels),
            "task": getattr(task, "name", None)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +241,9 @@ def add_arguments(parser) -> None:  # `deliberate train lprm`
     parser.add_argument("--task", default="arith", help="the labels' task (its prompt format; default: arith)")
     parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--target", choices=TARGETS, default="step",
+                        help="fit to every step's MC soft label (step: a PRM, `lprm:OUT`) or to each solution's "
+                             "outcome from its last step (outcome: an ORM, `lorm:OUT`; select with aggregation=last)")
     parser.add_argument("--out", default="runs/lprm", help="output directory (default: runs/lprm)")
 
 
@@ -213,7 +256,8 @@ def main(args) -> int:
     from deliberate.tasks import get_task
 
     task = get_task(args.task, **parse_kv(args.task_arg, "--task-arg"))
-    cal = train_lprm(args.lm, args.labels, args.out, task=task)
-    print(f"lprm written to {args.out}: weights {[round(v, 3) for v in cal['w']]}, bias {cal['b']:.3f}, "
-          f"train BCE {cal['train_bce']:.4f} on {cal['n_steps']} labelled steps; use --verifier lprm:{args.out}")
+    cal = train_lprm(args.lm, args.labels, args.out, task=task, target=args.target)
+    kind, what = ("lorm", "solution outcomes") if args.target == "outcome" else ("lprm", "labelled steps")
+    print(f"{kind} written to {args.out}: weights {[round(v, 3) for v in cal['w']]}, bias {cal['b']:.3f}, "
+          f"train BCE {cal['train_bce']:.4f} on {cal.get('n_steps', cal['n_solutions'])} {what}; use --verifier {kind}:{args.out}")
     return 0
