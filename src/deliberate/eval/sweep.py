@@ -572,7 +572,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="test", choices=("train", "test"))
     parser.add_argument("--problem-seed", type=int, default=0, help="seed of the generated problems (default: 0)")
     parser.add_argument("--verifier", default=None,
-                        help="verifier spec: prm:DIR, orm:DIR, genrm:DIR, hf-prm:DIR, oracle, noisy:SIGMA")
+                        help="verifier spec: prm:DIR, orm:DIR, lprm:DIR, lorm:DIR, genrm:DIR, hf-prm:DIR, oracle, noisy:SIGMA")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="search setting (repeatable), e.g. expansions=4, aggregation=last, temperature=0.8, "
                              "prompt_style=instruct, mcts_value=rollout")
