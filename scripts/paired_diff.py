@@ -3,13 +3,16 @@
     python scripts/paired_diff.py runs/sweep weighted majority            # every budget N they share
     python scripts/paired_diff.py runs/sweep best_of_n majority --n 16
     python scripts/paired_diff.py runs/a/sweep weighted majority --also runs/b/sweep   # pooled over runs
+    python scripts/paired_diff.py runs/prm best_of_n best_of_n --b-from runs/orm   # two verifiers, one pool
 
 For each problem the accuracy difference A - B is averaged over the sweep's seeds; the mean over
 problems gets the project's 95% bootstrap CI over problems (`eval.metrics.bootstrap_ci`). Because both strategies
 select from the same samples, the paired CI is much tighter than comparing the two unpaired CIs.
 Also prints on how many problems A is ahead / behind, and the per-seed accuracies. ``--also`` pools
 other sweeps (e.g. the same sweep of models from other training seeds): each sweep's problems count as
-separate units, so the CI covers problems and training runs together.
+separate units, so the CI covers problems and training runs together. ``--b-from`` takes strategy B
+from another sweep instead, e.g. one run with ``--pool-from`` the first: the same samples selected with
+another verifier, so A - B compares the verifiers.
 """
 
 from __future__ import annotations
@@ -57,7 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, action="append", help="budget N (repeatable; default: every N both have)")
     ap.add_argument("--also", type=Path, action="append", default=[],
                     help="another sweep directory to pool (repeatable; its problems are separate units)")
+    ap.add_argument("--b-from", type=Path, default=None, metavar="SWEEP",
+                    help="take strategy B from this sweep (e.g. the same pool scored by another verifier)")
     args = ap.parse_args(argv)
+    if args.b_from is not None and args.also:
+        print("error: --b-from compares two sweeps; it does not combine with --also", file=sys.stderr)
+        return 2
+    if args.b_from is not None:
+        found = [d / "results.jsonl" for d in (args.sweep, args.b_from) if not (d / "results.jsonl").exists()]
+        if found:
+            print(f"error: {found[0]} not found (is {found[0].parent} a sweep directory?)", file=sys.stderr)
+            return 2
+        b_key = f"{args.b_from}:{args.b}"  # B may be the same strategy name as A
+        rows = [r for r in load(args.sweep / "results.jsonl") if r["strategy"] == args.a]
+        rows += [{**r, "strategy": b_key} for r in load(args.b_from / "results.jsonl") if r["strategy"] == args.b]
+        print(f"{args.a} ({args.sweep}) - {args.b} ({args.b_from}), paired over problems (mean over seeds), "
+              "95% bootstrap CI")
+        _print(rows, args.a, b_key, args.n)
+        return 0
     rows = []
     for i, sweep in enumerate([args.sweep, *args.also]):
         results = sweep / "results.jsonl"
@@ -67,14 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         # pooled sweeps may share problem ids: prefix them so each run's problems stay separate units
         rows += [r if not args.also else {**r, "problem_id": f"{i}:{r['problem_id']}"} for r in load(results)]
     print(f"{args.a} - {args.b}, paired over problems (mean over seeds), 95% bootstrap CI")
-    for n in args.n or sorted({r["n"] for r in rows}):
-        r = paired(rows, args.a, args.b, n)
+    _print(rows, args.a, args.b, args.n)
+    return 0
+
+
+def _print(rows: list[dict], a: str, b: str, ns: list[int] | None) -> None:
+    for n in ns or sorted({r["n"] for r in rows}):
+        r = paired(rows, a, b, n)
         if r is None:
             continue
         seeds = "  ".join(f"seed {s}: {x:.3f} vs {y:.3f}" for s, (x, y) in r["per_seed"].items())
         print(f"N={n:<4} diff {100 * r['mean_diff']:+.1f} points [{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]"
               f"  ahead on {r['ahead']}, behind on {r['behind']} of {r['problems']} problems  |  {seeds}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -55,3 +55,21 @@ def test_also_pools_sweeps_as_separate_problems(tmp_path, capsys):
     # 10 units (5 problems x 2 sweeps), +1 on five and -1 on five: not 5 problems averaged to 0
     assert "+0.0 points" in out and "ahead on 5, behind on 5 of 10 problems" in out
     assert mod.main([str(tmp_path / "one"), "A", "B", "--also", str(tmp_path / "nope")]) == 2
+
+
+def test_b_from_pairs_a_strategy_of_one_sweep_with_another_sweep(tmp_path, capsys):
+    mod = _load()
+    for name, right in (("prm", {0, 1, 2}), ("orm", {0})):  # same problems and seeds, another verifier
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"problem_id": f"p{p}", "strategy": s, "n": 4, "seed": 0, "correct": ok}
+                for p in range(4) for s, ok in (("best_of_n", p in right), ("majority", False))]
+        (d / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert mod.main([str(tmp_path / "prm"), "best_of_n", "best_of_n", "--b-from", str(tmp_path / "orm")]) == 0
+    out = capsys.readouterr().out
+    # the same strategy name on both sides is not one strategy: +1 on p1, p2 of 4 problems
+    assert "+50.0 points" in out and "ahead on 2, behind on 0 of 4 problems" in out
+    assert "seed 0: 0.750 vs 0.250" in out
+    assert mod.main([str(tmp_path / "prm"), "best_of_n", "best_of_n", "--b-from", str(tmp_path / "nope")]) == 2
+    assert mod.main([str(tmp_path / "prm"), "best_of_n", "majority", "--b-from", str(tmp_path / "orm"),
+                     "--also", str(tmp_path / "orm")]) == 2
