@@ -119,7 +119,8 @@ def fit_calibration(features: Sequence[Sequence[float]], targets: Sequence[float
 
 
 class LikelihoodPRM(Verifier):
-    """Per-step P(correct so far) = calibrated logistic function of the frozen LM's step log-probs."""
+    """Per-step P(correct so far) = calibrated logistic function of the frozen LM's step log-probs; with
+    an outcome calibration (``lorm:``) each step's score is P(right answer) were the solution to end there."""
 
     def __init__(self, model, tokenizer, calibration: dict[str, Any], task=None, path: str | None = None,
                  batch_size: int = 64):
