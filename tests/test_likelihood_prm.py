@@ -141,3 +141,29 @@ def test_outcome_target_fits_last_step_features_to_outcomes_and_loads_as_lorm(ti
         get_verifier(f"lorm:{tmp_path / 'lprm'}", task=task)
     with pytest.raises(SystemExit):
         main_cli(args + ["--target", "steps", "--out", str(tmp_path / "x")])
+
+
+
+def test_sweep_warns_when_an_outcome_verifier_is_not_read_at_the_last_step(tiny_ckpt, tmp_path, caplog):
+    from deliberate.cli import main_cli
+
+    task = get_task("arith", min_ops=1, max_ops=2, max_operand=9)
+    rows = []
+    for i, p in enumerate(task.problems("train", 8)):
+        steps = list(task.split_steps(task.rationale(p)))
+        rows.append({"question": p.question, "gold": p.answer, "steps": steps, "soft": [1.0] * len(steps),
+                     "hard": [1.0] * len(steps), "outcome": bool(i % 2)})
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main_cli(["train", "lprm", "--lm", str(tiny_ckpt), "--labels", str(labels), "--target", "outcome",
+                     "--task-arg", "max_ops=2", "--task-arg", "max_operand=9", "--out", str(tmp_path / "lorm")]) == 0
+    sweep = ["sweep", "--task", "arith", "--task-arg", "max_ops=2", "--task-arg", "max_operand=9", "--backend", "tiny",
+             "--model", str(tiny_ckpt), "--verifier", f"lorm:{tmp_path / 'lorm'}", "--strategies", "best_of_n",
+             "--budgets", "2", "--n-problems", "2", "--taste="]
+    with caplog.at_level("WARNING", logger="deliberate.eval.sweep"):
+        assert main_cli(sweep + ["--out", str(tmp_path / "min")]) == 0
+    assert "lorm: is an outcome verifier" in caplog.text and "aggregation=min" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deliberate.eval.sweep"):
+        assert main_cli(sweep + ["--setting", "aggregation=last", "--out", str(tmp_path / "last")]) == 0
+    assert "outcome verifier" not in caplog.text

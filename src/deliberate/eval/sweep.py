@@ -72,6 +72,8 @@ from deliberate.tasks.base import Task, get_task
 from deliberate.types import Problem, SampleRecord
 
 log = logging.getLogger(__name__)
+#: verifier kinds trained on outcome labels (scored at every step end, meant to be read at the last)
+OUTCOME_VERIFIERS = ("orm", "lorm", "hf-orm")
 
 
 @dataclass(frozen=True)
@@ -620,6 +622,12 @@ def main(args) -> int:
     needs = {"best_of_n", "weighted", "beam", "dvts"} & set(config.strategies)
     if needs and not config.verifier:
         raise DeliberateError(f"strategies {', '.join(sorted(needs))} need --verifier")
+    kind = (config.verifier or "").split(":", 1)[0]
+    aggregation = config.settings.get("aggregation", SearchSettings.aggregation)
+    if kind in OUTCOME_VERIFIERS and aggregation != "last":
+        log.warning("%s: is an outcome verifier: it scores every step prefix as a finished solution, and "
+                    "aggregation=%s combines those prefix scores; --setting aggregation=last selects by the whole "
+                    "solution's score, as an ORM is meant to be used", kind, aggregation)
     # resuming into the directory of a different sweep fails before a model loads (the model: once loaded)
     _check_resume(Path(out), config.to_dict(), keys=[k for k in IDENTITY if k != "model"])
     executor = make_executor(args, config, task)
