@@ -143,7 +143,6 @@ def test_outcome_target_fits_last_step_features_to_outcomes_and_loads_as_lorm(ti
         main_cli(args + ["--target", "steps", "--out", str(tmp_path / "x")])
 
 
-
 def test_sweep_warns_when_an_outcome_verifier_is_not_read_at_the_last_step(tiny_ckpt, tmp_path, caplog):
     from deliberate.cli import main_cli
 
