@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --b-from compares two sweeps; it does not combine with --also", file=sys.stderr)
         return 2
     if args.b_from is not None:
-        found = [d / "results.jsonl" for d in (args.sweep, args.b_from) if not (d / "results.jsonl").exists()]
-        if found:
-            print(f"error: {found[0]} not found (is {found[0].parent} a sweep directory?)", file=sys.stderr)
+        missing = [d / "results.jsonl" for d in (args.sweep, args.b_from) if not (d / "results.jsonl").exists()]
+        if missing:
+            print(f"error: {missing[0]} not found (is {missing[0].parent} a sweep directory?)", file=sys.stderr)
             return 2
         b_key = f"{args.b_from}:{args.b}"  # B may be the same strategy name as A
         rows = [r for r in load(args.sweep / "results.jsonl") if r["strategy"] == args.a]

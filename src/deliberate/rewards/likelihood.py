@@ -44,6 +44,8 @@ CALIBRATION = "calibration.json"
 #: what the calibration is fitted to: every step's Monte-Carlo soft label (a PRM) or each solution's
 #: outcome from its last step's features (an ORM)
 TARGETS = ("step", "outcome")
+#: the verifier spec prefix a calibration of each target loads under
+KIND = {"step": "lprm", "outcome": "lorm"}
 
 
 @torch.inference_mode()
@@ -128,8 +130,8 @@ class LikelihoodPRM(Verifier):
         self.model, self.tokenizer, self.task, self.path = model.eval(), tokenizer, task, path
         self.cal, self.batch_size = calibration, batch_size
         self.target = calibration.get("target", "step")
-        prefix = "lorm" if self.target == "outcome" else "lprm"
-        self.name = f"{prefix}:{path}" if path else prefix
+        self.kind = KIND[self.target]
+        self.name = f"{self.kind}:{path}" if path else self.kind
         self._mu, self._sd = torch.tensor(calibration["mu"]), torch.tensor(calibration["sd"])
         self._w, self._b = torch.tensor(calibration["w"]), float(calibration["b"])
 
@@ -146,7 +148,7 @@ class LikelihoodPRM(Verifier):
         return out
 
     def describe(self):
-        return {"name": self.name, "kind": "lorm" if self.target == "outcome" else "lprm", "path": self.path,
+        return {"name": self.name, "kind": self.kind, "path": self.path,
                 "target": self.target,
                 **{k: self.cal[k] for k in ("lm", "labels", "train_bce", "n_steps", "n_solutions") if k in self.cal}}
 
@@ -167,13 +169,12 @@ def load_lprm(directory: str | Path, task=None, batch_size: int = 64) -> Likelih
 
 
 def _load_checked(kind: str, arg, task) -> LikelihoodPRM:
-    want, flag = ("outcome", " --target outcome") if kind == "lorm" else ("step", "")
     if not arg:
+        flag = "" if kind == KIND["step"] else " --target outcome"
         raise DeliberateError(f"the {kind} verifier needs a directory: {kind}:DIR (from `deliberate train lprm{flag}`)")
     v = load_lprm(arg, task=task)
-    if v.target != want:
-        other = "lprm" if kind == "lorm" else "lorm"
-        raise DeliberateError(f"{kind}:{arg} holds a calibration fitted to {v.target} labels; load it as {other}:{arg}")
+    if v.kind != kind:
+        raise DeliberateError(f"{kind}:{arg} holds a calibration fitted to {v.target} labels; load it as {v.kind}:{arg}")
     return v
 
 
@@ -258,7 +259,7 @@ def main(args) -> int:
 
     task = get_task(args.task, **parse_kv(args.task_arg, "--task-arg"))
     cal = train_lprm(args.lm, args.labels, args.out, task=task, target=args.target)
-    kind, what = ("lorm", "solution outcomes") if args.target == "outcome" else ("lprm", "labelled steps")
+    kind, what = KIND[args.target], "solution outcomes" if args.target == "outcome" else "labelled steps"
     print(f"{kind} written to {args.out}: weights {[round(v, 3) for v in cal['w']]}, bias {cal['b']:.3f}, "
           f"train BCE {cal['train_bce']:.4f} on {cal.get('n_steps', cal['n_solutions'])} {what}; use --verifier {kind}:{args.out}")
     return 0
