@@ -66,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.b_from is not None and args.also:
         print("error: --b-from compares two sweeps; it does not combine with --also", file=sys.stderr)
         return 2
-    if args.b_from is not None:
-        missing = [d / "results.jsonl" for d in (args.sweep, args.b_from) if not (d / "results.jsonl").exists()]
-        if missing:
-            print(f"error: {missing[0]} not found (is {missing[0].parent} a sweep directory?)", file=sys.stderr)
+    sweeps = [args.sweep, *args.also] + ([args.b_from] if args.b_from is not None else [])
+    for sweep in sweeps:
+        if not (sweep / "results.jsonl").exists():
+            print(f"error: {sweep / 'results.jsonl'} not found (is {sweep} a sweep directory?)", file=sys.stderr)
             return 2
+    if args.b_from is not None:
         b_key = f"{args.b_from}:{args.b}"  # B may be the same strategy name as A
         rows = [r for r in load(args.sweep / "results.jsonl") if r["strategy"] == args.a]
         rows += [{**r, "strategy": b_key} for r in load(args.b_from / "results.jsonl") if r["strategy"] == args.b]
@@ -79,13 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         _print(rows, args.a, b_key, args.n)
         return 0
     rows = []
-    for i, sweep in enumerate([args.sweep, *args.also]):
-        results = sweep / "results.jsonl"
-        if not results.exists():
-            print(f"error: {results} not found (is {sweep} a sweep directory?)", file=sys.stderr)
-            return 2
+    for i, sweep in enumerate(sweeps):
         # pooled sweeps may share problem ids: prefix them so each run's problems stay separate units
-        rows += [r if not args.also else {**r, "problem_id": f"{i}:{r['problem_id']}"} for r in load(results)]
+        rows += [r if not args.also else {**r, "problem_id": f"{i}:{r['problem_id']}"}
+                 for r in load(sweep / "results.jsonl")]
     print(f"{args.a} - {args.b}, paired over problems (mean over seeds), 95% bootstrap CI")
     _print(rows, args.a, args.b, args.n)
     return 0
