@@ -549,6 +549,53 @@ def test_vstar_process_keep_moves_lucky_samples_to_the_rejected_side(easy_ckpt, 
         vs.VStarConfig(keep="vibes")
 
 
+def test_vstar_verifier_init_starts_and_references_the_verifier_elsewhere(easy_ckpt, tiny_ckpt, tmp_path):
+    """--verifier-init: the DPO verifier starts from (and is referenced to) another checkpoint; the generator
+    still starts from --init; the verifier's reference is that checkpoint, unchanged."""
+    from deliberate.train.selfimprove import save_rollouts
+    from deliberate.train.vstar import DPOSettings, VStarConfig, run_vstar
+
+    task = get_task("arith", **SMALL_ARITH)
+    train = task.problems("train", 6, seed=0)
+    out = tmp_path / "vi"
+    out.mkdir()
+    save_rollouts(out / "samples.jsonl", _planted_groups(task, train))  # no sampling
+    cfg = VStarConfig(init=str(easy_ckpt), verifier_init=str(tiny_ckpt), task_options=SMALL_ARITH, n_train=6, k=4,
+                      finetune=FinetuneSettings(steps=1, batch_size=4),
+                      dpo=DPOSettings(max_steps=2, batch_size=4, warmup=1, lr=1e-3), val_fraction=0.0, out=str(out))
+    s = run_vstar(cfg, progress=False)
+    assert s["verifier_meta"]["init"] == str(tiny_ckpt) and s["config"]["verifier_init"] == str(tiny_ckpt)
+    start, _ = load_tiny(tiny_ckpt)
+    ref, _ = load_tiny(out / "verifier" / "ref")
+    ver, _ = load_tiny(out / "verifier" / "model")
+    gen, _ = load_tiny(out / "generator" / "model")
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), ref.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), ver.state_dict().values()))
+    assert gen.config.hidden_size == load_tiny(easy_ckpt)[0].config.hidden_size
+    with pytest.raises(DeliberateError, match="verifier_init .* does not exist"):
+        VStarConfig(verifier_init=str(tmp_path / "nowhere"))
+
+
+def test_run_written_before_a_field_was_added_still_resumes(easy_ckpt, tmp_path):
+    """A config.json without a field the recipe gained later resumes when the field is at its default,
+    and is refused when it is not."""
+    from deliberate.train.selfimprove import start_run
+    from deliberate.train.vstar import DPOSettings, VStarConfig
+
+    cfg = VStarConfig(init=str(easy_ckpt), out=str(tmp_path / "old"))
+    start_run(cfg)
+    p = tmp_path / "old" / "config.json"
+    old = json.loads(p.read_text())
+    del old["verifier_init"], old["dpo"]["warmup"]  # as written before these fields existed
+    p.write_text(json.dumps(old))
+    start_run(cfg)  # accepted: both missing fields are at their defaults
+    p.write_text(json.dumps(old))
+    with pytest.raises(DeliberateError, match="different config"):
+        start_run(VStarConfig(init=str(easy_ckpt), verifier_init=str(easy_ckpt), out=str(tmp_path / "old")))
+    with pytest.raises(DeliberateError, match="different config"):
+        start_run(VStarConfig(init=str(easy_ckpt), dpo=DPOSettings(warmup=3), out=str(tmp_path / "old")))
+
+
 def test_finetune_token_budget(tiny_ckpt, tmp_path):
     """``tokens``: train until that many tokens (prompt + completion) are processed, at most one batch over."""
     task = get_task("arith", **SMALL_ARITH)

@@ -187,6 +187,24 @@ def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
 EXTENDABLE = ("iterations",)
 
 
+def with_new_defaults(stored: dict[str, Any], current: dict[str, Any], cls) -> dict[str, Any]:
+    """``stored`` (a run's config.json) with each field of the config dataclass ``cls`` that it lacks filled in
+    from ``current`` when that value is the field's default: a field added to a recipe after the run was
+    written, left at its default, changes nothing, so the run still resumes (a non-default value is refused)."""
+    out = dict(stored)
+    for f in dataclasses.fields(cls):
+        if f.name not in current:
+            continue
+        d = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        v = current[f.name]
+        if dataclasses.is_dataclass(d) and isinstance(v, dict) and isinstance(stored.get(f.name), dict):
+            out[f.name] = with_new_defaults(stored[f.name], v, type(d))
+        elif f.name not in stored and d is not dataclasses.MISSING and v == json.loads(json.dumps(d, default=str)):
+            out[f.name] = v
+    return out
+
+
 def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict[str, Any]]:
     """Create ``cfg.out``, check ``cfg.init`` exists (for configs that have one), and refuse an output
     directory that holds a run of another config (other than in the ``extendable`` fields, by default
@@ -203,7 +221,7 @@ def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict
     def fixed(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k not in extendable}
 
-    if p.exists() and fixed(json.loads(p.read_text())) != fixed(cfg_dict):
+    if p.exists() and fixed(with_new_defaults(json.loads(p.read_text()), cfg_dict, type(cfg))) != fixed(cfg_dict):
         raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
     write_json_atomic(p, cfg_dict)
     return out, cfg_dict

@@ -75,6 +75,7 @@ class DPOSettings:
 @dataclass(frozen=True)
 class VStarConfig:
     init: str = "runs/quickstart/sft/model"
+    verifier_init: str | None = None  # None: the verifier starts from (and is referenced to) ``init``
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     n_train: int = 2000
@@ -102,8 +103,14 @@ class VStarConfig:
             problems.append(f"keep must be one of {', '.join(VERIFIED)} (got {self.keep!r})")
         if not (self.dpo.beta > 0 and 0 < self.dpo.lr < 1 and self.dpo.batch_size >= 1):
             problems.append(f"dpo needs beta > 0, 0 < lr < 1, batch_size >= 1 (got {self.dpo})")
+        if self.verifier_init is not None and not Path(self.verifier_init).exists():
+            problems.append(f"verifier_init {self.verifier_init} does not exist")
         if problems:
             raise DeliberateError("vstar: " + "; ".join(problems))
+
+    @property
+    def verifier_start(self) -> str:
+        return self.verifier_init if self.verifier_init is not None else self.init
 
 
 def _encode(tok, task, prompt: str, text: str) -> tuple[list[int], int, int] | None:
@@ -146,8 +153,8 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
     if meta_path.exists() and (out / "model").exists() and (out / "ref").exists():
         return json.loads(meta_path.read_text())
     torch.manual_seed(cfg.seed)
-    model, tok = load_tiny(cfg.init)
-    ref, _ = load_tiny(cfg.init)
+    model, tok = load_tiny(cfg.verifier_start)
+    ref, _ = load_tiny(cfg.verifier_start)
     ref.eval().requires_grad_(False)
     pairs = make_pairs(rows, cfg, ok)
     n_val = int(len(rows) * cfg.val_fraction)
@@ -210,7 +217,7 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
                 right += int((((lp[:m] - r[:m]) - (lp[m:] - r[m:])) > 0).sum())
         return right / len(ps)
 
-    meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.init),
+    meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
             "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
             "train_pair_accuracy": pair_acc(tr[:2000]), "val_pair_accuracy": pair_acc(va)}
     for name, m in (("model", model), ("ref", ref)):
@@ -250,7 +257,10 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
 
 
 HELP = {
-    "init": "seed policy: samples the training solutions; generator and verifier both start from it",
+    "init": "seed policy: samples the training solutions; the generator starts from it, and so does the "
+            "verifier unless --verifier-init is given",
+    "verifier_init": "a tiny checkpoint with the same tokenizer to start the DPO verifier from and reference it to "
+                     "(default: --init), e.g. an LM stronger than the policy",
     "k": "samples per training problem",
     "max_per_problem": "distinct correct samples per problem for the generator",
     "keep": "correct = 'outcome' (right answer) or 'process' (right answer and every step right by the task's step checker)",
