@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -574,6 +575,23 @@ def test_vstar_verifier_init_starts_and_references_the_verifier_elsewhere(easy_c
     assert gen.config.hidden_size == load_tiny(easy_ckpt)[0].config.hidden_size
     with pytest.raises(DeliberateError, match="verifier_init .* does not exist"):
         VStarConfig(verifier_init=str(tmp_path / "nowhere"))
+    # --verifier-ref: start at one checkpoint, reference another (the saved ref is that one, unchanged)
+    out2 = tmp_path / "vr"
+    out2.mkdir()
+    shutil.copy(out / "samples.jsonl", out2 / "samples.jsonl")
+    s2 = run_vstar(dataclasses.replace(cfg, verifier_ref=str(easy_ckpt), out=str(out2)), progress=False)
+    assert s2["verifier_meta"]["init"] == str(tiny_ckpt) and s2["verifier_meta"]["ref"] == str(easy_ckpt)
+    ref2, _ = load_tiny(out2 / "verifier" / "ref")
+    easy, _ = load_tiny(easy_ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(easy.state_dict().values(), ref2.state_dict().values()))
+    # a reference whose tokenizer differs from the verifier's start is refused
+    other = tmp_path / "other-tok"
+    shutil.copytree(easy_ckpt, other)
+    (other / "char_tokenizer.json").write_text(json.dumps({"chars": "0123456789+-*/=\n :A"}))
+    (tmp_path / "vt").mkdir()
+    shutil.copy(out / "samples.jsonl", tmp_path / "vt" / "samples.jsonl")
+    with pytest.raises(DeliberateError, match="different tokenizers"):
+        run_vstar(dataclasses.replace(cfg, verifier_ref=str(other), out=str(tmp_path / "vt")), progress=False)
 
 
 def test_run_written_before_a_field_was_added_still_resumes(easy_ckpt, tmp_path):

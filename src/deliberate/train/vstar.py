@@ -17,6 +17,11 @@
 4. Best-of-k with the verifier (``dpo:OUT/verifier``, :mod:`deliberate.rewards.dpo`) through
    ``deliberate sweep``, against majority vote at the same k.
 
+``verifier_init`` / ``verifier_ref`` start the verifier from another checkpoint (same tokenizer) and/or
+reference it to another one; by default both are ``init``, as in the paper. With ``verifier_init`` a
+stronger LM and ``verifier_ref`` the policy, the implied reward starts at ``log p_strong - log p_policy``
+(high where the stronger LM finds a step likelier than the policy that wrote it) and DPO sharpens it.
+
 ``keep="process"`` counts a sample as correct only if its answer is right **and** every step passes
 the task's step checker (as ``rest-em --keep process``): right answers reached through a wrong step
 are then neither generator data nor a DPO "chosen" side, but a "rejected" one.
@@ -75,7 +80,8 @@ class DPOSettings:
 @dataclass(frozen=True)
 class VStarConfig:
     init: str = "runs/quickstart/sft/model"
-    verifier_init: str | None = None  # None: the verifier starts from (and is referenced to) ``init``
+    verifier_init: str | None = None  # None: the verifier starts from ``init``
+    verifier_ref: str | None = None  # None: the DPO reference is the verifier's starting point
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     n_train: int = 2000
@@ -103,14 +109,19 @@ class VStarConfig:
             problems.append(f"keep must be one of {', '.join(VERIFIED)} (got {self.keep!r})")
         if not (self.dpo.beta > 0 and 0 < self.dpo.lr < 1 and self.dpo.batch_size >= 1):
             problems.append(f"dpo needs beta > 0, 0 < lr < 1, batch_size >= 1 (got {self.dpo})")
-        if self.verifier_init is not None and not Path(self.verifier_init).exists():
-            problems.append(f"verifier_init {self.verifier_init} does not exist")
+        for name in ("verifier_init", "verifier_ref"):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).exists():
+                problems.append(f"{name} {getattr(self, name)} does not exist")
         if problems:
             raise DeliberateError("vstar: " + "; ".join(problems))
 
     @property
     def verifier_start(self) -> str:
         return self.verifier_init if self.verifier_init is not None else self.init
+
+    @property
+    def verifier_reference(self) -> str:
+        return self.verifier_ref if self.verifier_ref is not None else self.verifier_start
 
 
 def _encode(tok, task, prompt: str, text: str) -> tuple[list[int], int, int] | None:
@@ -154,7 +165,10 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
         return json.loads(meta_path.read_text())
     torch.manual_seed(cfg.seed)
     model, tok = load_tiny(cfg.verifier_start)
-    ref, _ = load_tiny(cfg.verifier_start)
+    ref, ref_tok = load_tiny(cfg.verifier_reference)
+    if ref_tok.itos != tok.itos:
+        raise DeliberateError(f"vstar: the verifier's start {cfg.verifier_start} and its reference "
+                              f"{cfg.verifier_reference} have different tokenizers")
     ref.eval().requires_grad_(False)
     pairs = make_pairs(rows, cfg, ok)
     n_val = int(len(rows) * cfg.val_fraction)
@@ -218,7 +232,7 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
         return right / len(ps)
 
     meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
-            "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
+            "ref": str(cfg.verifier_reference), "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
             "train_pair_accuracy": pair_acc(tr[:2000]), "val_pair_accuracy": pair_acc(va)}
     for name, m in (("model", model), ("ref", ref)):
         save_model(m, tok, out / name)
@@ -259,8 +273,11 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
 HELP = {
     "init": "seed policy: samples the training solutions; the generator starts from it, and so does the "
             "verifier unless --verifier-init is given",
-    "verifier_init": "a tiny checkpoint with the same tokenizer to start the DPO verifier from and reference it to "
-                     "(default: --init), e.g. an LM stronger than the policy",
+    "verifier_init": "a tiny checkpoint to start the DPO verifier from (default: --init), e.g. an LM stronger "
+                     "than the policy",
+    "verifier_ref": "the DPO reference, same tokenizer as the verifier's start (default: the verifier's start); "
+                    "e.g. --verifier-init STRONG --verifier-ref the policy makes the reward start at "
+                    "log p_STRONG - log p_policy",
     "k": "samples per training problem",
     "max_per_problem": "distinct correct samples per problem for the generator",
     "keep": "correct = 'outcome' (right answer) or 'process' (right answer and every step right by the task's step checker)",
