@@ -513,6 +513,28 @@ def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
         get_verifier(f"dpo:{tmp_path}", task=task)
 
 
+def test_vstar_pair_accuracy_script_reproduces_the_recorded_value(easy_ckpt, tmp_path, monkeypatch, capsys):
+    """scripts/vstar_pair_accuracy.py rebuilds a run's held-out pairs: on its own verifier it prints the
+    recorded val_pair_accuracy; with model = reference every pair ties, so the accuracy is 0."""
+    import runpy
+    import sys
+
+    from deliberate.train.vstar import DPOSettings, VStarConfig, run_vstar
+
+    cfg = VStarConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=40, k=4,
+                      finetune=FinetuneSettings(steps=1, batch_size=8),
+                      dpo=DPOSettings(max_steps=6, batch_size=8, warmup=1, lr=1e-3), val_fraction=0.5,
+                      out=str(tmp_path / "vs"))
+    m = run_vstar(cfg, progress=False)["verifier_meta"]
+    assert m["val_pairs"] > 0
+    script = str(Path(__file__).parents[1] / "scripts" / "vstar_pair_accuracy.py")
+    for extra, want in (([], m["val_pair_accuracy"]), (["--model", str(easy_ckpt), "--ref", str(easy_ckpt)], 0.0)):
+        monkeypatch.setattr(sys, "argv", ["vstar_pair_accuracy.py", cfg.out, *extra])
+        runpy.run_path(script, run_name="__main__")
+        out = capsys.readouterr().out
+        assert f"{m['val_pairs']} held-out pairs, pair accuracy {want}" in out, out
+
+
 def test_vstar_process_keep_moves_lucky_samples_to_the_rejected_side(easy_ckpt, tmp_path, monkeypatch):
     """keep='process': a right answer after a wrong step is neither generator data nor a chosen side."""
     import deliberate.train.vstar as vs

@@ -158,6 +158,48 @@ def make_pairs(rows, cfg: VStarConfig, ok: list[list[bool]] | None = None) -> li
     return pairs
 
 
+def encoded_pairs(cfg: VStarConfig, rows, task, tok, ok: list[list[bool]] | None = None):
+    """(training pairs, held-out pairs, {(problem, text): encoding}): :func:`make_pairs`, encoded with ``tok``,
+    split so that the last ``val_fraction`` of the problems (their order is random) are held out."""
+    pairs = make_pairs(rows, cfg, ok)
+    n_val = int(len(rows) * cfg.val_fraction)
+    val_ids = set(range(len(rows) - n_val, len(rows)))
+    enc = {}
+    for i, g, b in pairs:
+        for t in (g, b):
+            if (i, t) not in enc:
+                enc[(i, t)] = _encode(tok, task, rows[i][0].prompt, t)
+    pairs = [p for p in pairs if enc[(p[0], p[1])] is not None and enc[(p[0], p[2])] is not None]
+    return [p for p in pairs if p[0] not in val_ids], [p for p in pairs if p[0] in val_ids], enc
+
+
+def pair_accuracy(model, ref_lp: dict, enc: dict, pairs, pad_id: int) -> float | None:
+    """Share of (problem, correct, incorrect) pairs whose implied reward ``log model - log ref`` (``ref_lp``: the
+    reference's log-prob per (problem, text)) ranks the correct solution higher."""
+    if not pairs:
+        return None
+    right = 0
+    with torch.no_grad():
+        for lo in range(0, len(pairs), 128):
+            ch = pairs[lo:lo + 128]
+            lp = _seq_logps(model, [enc[(i, g)] for i, g, _ in ch] + [enc[(i, b)] for i, _, b in ch], pad_id)
+            m = len(ch)
+            r = torch.tensor([ref_lp[(i, g)] for i, g, _ in ch] + [ref_lp[(i, b)] for i, _, b in ch])
+            right += int((((lp[:m] - r[:m]) - (lp[m:] - r[m:])) > 0).sum())
+    return right / len(pairs)
+
+
+def reference_logps(ref, enc: dict, pad_id: int) -> dict:
+    """The reference's log-prob of every encoded solution, computed once."""
+    keys = [k for k in enc if enc[k] is not None]
+    out = {}
+    with torch.no_grad():
+        for lo in range(0, len(keys), 256):
+            ks = keys[lo:lo + 256]
+            out.update(zip(ks, _seq_logps(ref, [enc[k] for k in ks], pad_id).tolist()))
+    return out
+
+
 def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress: bool,
                        ok: list[list[bool]] | None = None) -> dict[str, Any]:
     meta_path = out / "dpo.json"
@@ -170,29 +212,11 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
         raise DeliberateError(f"vstar: the verifier's start {cfg.verifier_start} and its reference "
                               f"{cfg.verifier_reference} have different tokenizers")
     ref.eval().requires_grad_(False)
-    pairs = make_pairs(rows, cfg, ok)
-    n_val = int(len(rows) * cfg.val_fraction)
-    val_ids = set(range(len(rows) - n_val, len(rows)))  # the last problems (problem order is random)
-    enc = {}
-    for i, g, b in pairs:
-        for t in (g, b):
-            if (i, t) not in enc:
-                enc[(i, t)] = _encode(tok, task, rows[i][0].prompt, t)
-    pairs = [p for p in pairs if enc[(p[0], p[1])] is not None and enc[(p[0], p[2])] is not None]
-    tr = [p for p in pairs if p[0] not in val_ids]
-    va = [p for p in pairs if p[0] in val_ids]
+    tr, va, enc = encoded_pairs(cfg, rows, task, tok, ok)
     if not tr:
         raise DeliberateError("vstar: no (correct, incorrect) pair to train the verifier on "
                               "(every problem's samples were all right or all wrong)")
-    # reference log-probs once per distinct solution
-    keys = list(enc)
-    ref_lp = {}
-    with torch.no_grad():
-        for lo in range(0, len(keys), 256):
-            ks = keys[lo:lo + 256]
-            v = _seq_logps(ref, [enc[k] for k in ks if enc[k] is not None], tok.pad_token_id)
-            for k, x in zip([k for k in ks if enc[k] is not None], v.tolist()):
-                ref_lp[k] = x
+    ref_lp = reference_logps(ref, enc, tok.pad_token_id)  # once per distinct solution
     s = cfg.dpo
     steps = max(1, min(s.max_steps, round(s.epochs * len(tr) / s.batch_size)))
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -218,18 +242,7 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
     model.eval()
 
     def pair_acc(ps):
-        if not ps:
-            return None
-        with torch.no_grad():
-            right = 0
-            for lo in range(0, len(ps), 128):
-                ch = ps[lo:lo + 128]
-                lp = _seq_logps(model, [enc[(i, g)] for i, g, _ in ch] + [enc[(i, b)] for i, _, b in ch],
-                                tok.pad_token_id)
-                m = len(ch)
-                r = torch.tensor([ref_lp[(i, g)] for i, g, _ in ch] + [ref_lp[(i, b)] for i, _, b in ch])
-                right += int((((lp[:m] - r[:m]) - (lp[m:] - r[m:])) > 0).sum())
-        return right / len(ps)
+        return pair_accuracy(model, ref_lp, enc, ps, tok.pad_token_id)
 
     meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
             "ref": str(cfg.verifier_reference), "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
