@@ -610,10 +610,9 @@ def test_vstar_verifier_init_starts_and_references_the_verifier_elsewhere(easy_c
     other = tmp_path / "other-tok"
     shutil.copytree(easy_ckpt, other)
     (other / "char_tokenizer.json").write_text(json.dumps({"chars": "0123456789+-*/=\n :A"}))
-    (tmp_path / "vt").mkdir()
-    shutil.copy(out / "samples.jsonl", tmp_path / "vt" / "samples.jsonl")
-    with pytest.raises(DeliberateError, match="different tokenizers"):
+    with pytest.raises(DeliberateError, match="different tokenizers"):  # before any sampling
         run_vstar(dataclasses.replace(cfg, verifier_ref=str(other), out=str(tmp_path / "vt")), progress=False)
+    assert not (tmp_path / "vt" / "samples.jsonl").exists()
 
 
 def test_run_written_before_a_field_was_added_still_resumes(easy_ckpt, tmp_path):

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.tiny import load_tiny
+from deliberate.models.tiny import CharTokenizer, load_tiny
 from deliberate.rewards.dpo import token_logprobs
 from deliberate.rewards.models import _pad_right, encode_steps
 from deliberate.tasks import get_task
@@ -207,10 +207,7 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
         return json.loads(meta_path.read_text())
     torch.manual_seed(cfg.seed)
     model, tok = load_tiny(cfg.verifier_start)
-    ref, ref_tok = load_tiny(cfg.verifier_reference)
-    if ref_tok.itos != tok.itos:
-        raise DeliberateError(f"vstar: the verifier's start {cfg.verifier_start} and its reference "
-                              f"{cfg.verifier_reference} have different tokenizers")
+    ref, _ = load_tiny(cfg.verifier_reference)  # same tokenizer: checked by run_vstar before any sampling
     ref.eval().requires_grad_(False)
     tr, va, enc = encoded_pairs(cfg, rows, task, tok, ok)
     if not tr:
@@ -241,12 +238,10 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(margin > 0).float().mean().item():.2f}")
     model.eval()
 
-    def pair_acc(ps):
-        return pair_accuracy(model, ref_lp, enc, ps, tok.pad_token_id)
-
     meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
             "ref": str(cfg.verifier_reference), "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
-            "train_pair_accuracy": pair_acc(tr[:2000]), "val_pair_accuracy": pair_acc(va)}
+            "train_pair_accuracy": pair_accuracy(model, ref_lp, enc, tr[:2000], tok.pad_token_id),
+            "val_pair_accuracy": pair_accuracy(model, ref_lp, enc, va, tok.pad_token_id)}
     for name, m in (("model", model), ("ref", ref)):
         save_model(m, tok, out / name)
     write_json_atomic(meta_path, meta)
@@ -255,6 +250,9 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
 
 def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
     out, cfg_dict = start_run(cfg)
+    if CharTokenizer.load(cfg.verifier_reference).itos != CharTokenizer.load(cfg.verifier_start).itos:
+        raise DeliberateError(f"vstar: the verifier's start {cfg.verifier_start} and its reference "
+                              f"{cfg.verifier_reference} have different tokenizers")
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
