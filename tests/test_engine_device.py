@@ -80,6 +80,26 @@ def test_cuda_without_cuda_is_a_clear_error():
         Engine(m, tok, device="cuda")
 
 
+def _finetune_pairs():
+    return [(f"Q: {a}+{b}\nA:\n", f"{a + b}") for a in range(8) for b in range(4)]
+
+
+@no_cuda
+def test_recipe_finetune_device(tmp_path):
+    from deliberate.train.selfimprove import FinetuneSettings, finetune
+
+    m, tok = _model()
+    from deliberate.models.tiny import save_tiny
+    save_tiny(m, tok, tmp_path / "init")
+    with pytest.raises(DeliberateError, match="M-step: device 'cuda' requested but CUDA is not available"):
+        finetune(tmp_path / "init", _finetune_pairs(), tmp_path / "gpu", FinetuneSettings(steps=2, batch_size=8),
+                 progress=False, desc="M-step", device="cuda")
+    assert not (tmp_path / "gpu" / "model").exists()
+    model_dir, trained = finetune(tmp_path / "init", _finetune_pairs(), tmp_path / "cpu",
+                                  FinetuneSettings(steps=2, batch_size=8), progress=False)  # auto -> cpu here
+    assert json.loads((tmp_path / "cpu" / "finetune.json").read_text())["device"] == "cpu" and trained > 0
+
+
 def test_resolve_dtype():
     assert resolve_dtype("auto", "cpu") == resolve_dtype(None, "cpu") == torch.float32
     assert resolve_dtype("bfloat16", "cpu") == resolve_dtype("BF16", "cpu") == torch.bfloat16
@@ -294,6 +314,27 @@ def test_gpu_benchmark_script_smoke(tmp_path):
 
 
 # --------------------------------------------------------------------------- CUDA only
+
+
+@needs_cuda
+def test_recipe_finetune_trains_on_the_gpu_like_on_the_cpu(tmp_path):
+    """``finetune`` (every tiny recipe's M-step) trains on CUDA when it is there: same batches and
+    token counts as on the CPU, weights equal up to float rounding, the checkpoint loads anywhere."""
+    from deliberate.models.tiny import load_tiny, save_tiny
+    from deliberate.train.selfimprove import FinetuneSettings, finetune
+
+    m, tok = _model()
+    save_tiny(m, tok, tmp_path / "init")
+    settings = FinetuneSettings(steps=5, batch_size=8, lr=1e-3)
+    runs = {dev: finetune(tmp_path / "init", _finetune_pairs(), tmp_path / dev, settings, progress=False, device=dev)
+            for dev in ("cpu", "cuda")}
+    assert runs["cpu"][1] == runs["cuda"][1]
+    assert json.loads((tmp_path / "cuda" / "finetune.json").read_text())["device"].startswith("cuda")
+    (a, _), (b, _) = load_tiny(runs["cpu"][0]), load_tiny(runs["cuda"][0])
+    assert next(b.parameters()).device.type == "cpu"
+    flat = [torch.cat([p.detach().flatten() for p in x.parameters()]) for x in (m, a, b)]
+    moved = (flat[1] - flat[0]).abs().mean()  # how far training moved the CPU weights
+    assert moved > 0 and (flat[2] - flat[1]).abs().mean() < 0.05 * moved
 
 
 @needs_cuda

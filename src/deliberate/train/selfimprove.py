@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.engine import Engine, count_parameters
+from deliberate.models.engine import Engine, count_parameters, resolve_device
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import TinyBackend, load_tiny, save_tiny
 from deliberate.tasks.base import Task
@@ -264,11 +264,14 @@ class FinetuneSettings:
 
 
 def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path, settings: FinetuneSettings,
-             *, seed: int = 0, progress: bool = True, desc: str = "finetune") -> tuple[Path, int]:
+             *, seed: int = 0, progress: bool = True, desc: str = "finetune",
+             device: str = "auto") -> tuple[Path, int]:
     """Fine-tune the tiny checkpoint ``init`` on ``(prompt, completion)`` pairs; returns (model dir, tokens trained).
 
     The loss is next-token cross-entropy on the completion (+EOS) only. ``OUT/model`` and
     ``OUT/finetune.json`` are written atomically at the end; when both exist the call returns at once.
+    ``device``: ``auto`` trains on the GPU when CUDA is available (float32 weights either way; the
+    batches and their order are the same, so only float rounding differs from a CPU run), else CPU.
     """
     out = Path(out)
     final, meta = out / "model", out / "finetune.json"
@@ -279,7 +282,8 @@ def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model, tok = load_tiny(init)
-    model.train()
+    dev = resolve_device(device, what=desc)
+    model.to(dev).train()
     max_len = model.config.max_position_embeddings
     examples = [e for e in (make_example(tok, p, c, max_len) for p, c in pairs) if e is not None]
     if not examples:
@@ -292,6 +296,7 @@ def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path
     while (trained < settings.tokens) if settings.tokens is not None else (done < steps):
         batch = collate([examples[i] for i in batch_indices(len(examples), settings.batch_size, seed, done)],
                         tok.pad_token_id)
+        batch = {k: v.to(dev) for k, v in batch.items()}
         lr = lr_at(min(done, steps - 1), steps, settings.lr, settings.warmup)
         supervised_step(model, opt, batch, lr, settings.grad_clip)
         trained += int(batch["attention_mask"].sum())
@@ -300,7 +305,8 @@ def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path
     bar.close()
     model.eval()
     save_model(model, tok, final)
-    write_json_atomic(meta, {"tokens_trained": trained, "steps": done, "examples": len(examples), "seed": seed})
+    write_json_atomic(meta, {"tokens_trained": trained, "steps": done, "examples": len(examples), "seed": seed,
+                             "device": str(dev)})
     return final, trained
 
 
