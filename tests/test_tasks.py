@@ -92,6 +92,18 @@ def test_gold_steps_are_correct_and_a_wrong_step_is_caught(name):
         assert task.step_correct(p, wrong) == [True] * (len(steps) - 1) + [False]
 
 
+def test_asking_for_more_distinct_problems_than_exist_fails_fast():
+    """2 numbers in 1..3 make a handful of countdown puzzles: asking for 500 is a clear error after a
+    stall of draws with nothing new, not a spin through 1000 x n draws."""
+    from deliberate.tasks.base import distinct_draws
+
+    with pytest.raises(DeliberateError, match=r"only \d+ found and none new in the last 200000 draws"):
+        get_task("countdown", n_numbers=2, max_number=3, min_target=1, max_target=9).problems("train", n=500)
+    draws = iter(range(10**9))
+    with pytest.raises(DeliberateError, match="only 3 found and none new in the last 100 draws"):
+        distinct_draws("train", 5, lambda: (f"q{min(next(draws), 2)}", None), what="t", max_tries=10**6, stall=100)
+
+
 def test_addition_format_and_options():
     task = get_task("addition", digits="2-3")
     p = Problem("x", "97+45", "142", {"steps": None})

@@ -161,19 +161,25 @@ def hash_split(question: str) -> str:
 
 
 def distinct_draws(split: str, n: int, draw: Callable[[], tuple[str, Any] | None], *, what: str,
-                   max_tries: int) -> list[tuple[str, Any]]:
+                   max_tries: int, stall: int = 200_000) -> list[tuple[str, Any]]:
     """Call ``draw()`` until ``n`` distinct questions of ``split`` (by :func:`hash_split`) are found.
 
     ``draw`` returns ``(question, payload)`` or None (a rejected draw); the result is the accepted
-    ``(question, payload)`` pairs in draw order. Gives up with a DeliberateError after ``max_tries``.
+    ``(question, payload)`` pairs in draw order. Gives up with a DeliberateError after ``max_tries``,
+    or sooner when ``stall`` draws in a row bring no new question (the options allow fewer distinct
+    problems than asked for: without this, asking for more than exist spins through ``max_tries``).
     """
     out: list[tuple[str, Any]] = []
     seen: set[Hashable] = set()
-    tries = 0
+    tries = last_new = 0
     while len(out) < n:
         tries += 1
-        if tries > max_tries:
-            raise DeliberateError(f"{what}: could not generate {n} distinct {split} problems with these options")
+        if tries > max_tries or tries - last_new > stall:
+            why = (f"only {len(out)} found in {max_tries} draws" if tries > max_tries else
+                   f"only {len(out)} found and none new in the last {stall} draws, so these options probably "
+                   f"allow fewer distinct {split} problems than that")
+            raise DeliberateError(f"{what}: could not generate {n} distinct {split} problems with these options "
+                                  f"({why}; ask for fewer, or widen the ranges)")
         made = draw()
         if made is None:
             continue
@@ -182,4 +188,5 @@ def distinct_draws(split: str, n: int, draw: Callable[[], tuple[str, Any] | None
             continue
         seen.add(q)
         out.append(made)
+        last_new = tries
     return out
