@@ -86,17 +86,17 @@ def _finetune_pairs():
 
 @no_cuda
 def test_recipe_finetune_device(tmp_path):
+    from deliberate.models.tiny import save_tiny
     from deliberate.train.selfimprove import FinetuneSettings, finetune
 
     m, tok = _model()
-    from deliberate.models.tiny import save_tiny
     save_tiny(m, tok, tmp_path / "init")
     with pytest.raises(DeliberateError, match="M-step: device 'cuda' requested but CUDA is not available"):
         finetune(tmp_path / "init", _finetune_pairs(), tmp_path / "gpu", FinetuneSettings(steps=2, batch_size=8),
                  progress=False, desc="M-step", device="cuda")
     assert not (tmp_path / "gpu" / "model").exists()
-    model_dir, trained = finetune(tmp_path / "init", _finetune_pairs(), tmp_path / "cpu",
-                                  FinetuneSettings(steps=2, batch_size=8), progress=False)  # auto -> cpu here
+    _, trained = finetune(tmp_path / "init", _finetune_pairs(), tmp_path / "cpu",
+                          FinetuneSettings(steps=2, batch_size=8), progress=False)  # auto -> cpu here
     assert json.loads((tmp_path / "cpu" / "finetune.json").read_text())["device"] == "cpu" and trained > 0
 
 

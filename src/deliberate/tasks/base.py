@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.types import Completion, Problem, Sample
