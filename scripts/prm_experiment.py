@@ -21,7 +21,6 @@ Prints a table and writes ``OUT/results.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time

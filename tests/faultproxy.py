@@ -38,8 +38,8 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Sequence
 from urllib.parse import urlsplit
 
 KINDS = ("ok", "500", "429", "malformed", "drop", "hang", "fewer_choices", "truncated", "trickle", "wrong_shape",
@@ -92,7 +92,7 @@ class FaultProxy:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}{self.prefix}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         self._timer.start()
         return self
@@ -107,7 +107,7 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -149,7 +149,7 @@ def _make_handler(proxy: FaultProxy):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format, *args):  # noqa: A002 - quiet
+        def log_message(self, format, *args):
             pass
 
         def _send(self, status: int, headers: dict, data: bytes) -> None:
@@ -224,10 +224,10 @@ def _make_handler(proxy: FaultProxy):
                 with proxy._lock:
                     proxy.inflight -= 1
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self._handle("GET")
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             self._handle("POST")
 
     return Handler

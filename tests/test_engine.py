@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deliberate.errors import DeliberateError
 from deliberate.models.engine import Engine, _HFRunner, _LlamaRunner
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
-from deliberate.errors import DeliberateError
 
 PROMPTS = ["Q: 12+7\nA:\n", "Q: Mia has 3 pens. How many pens now?\nA:\n", "hi"]
 

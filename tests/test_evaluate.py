@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
 from deliberate.eval import evaluate
@@ -26,7 +27,6 @@ from deliberate.eval.evaluate import EvalConfig, format_table, run_eval
 from deliberate.eval.records import load_records
 from deliberate.tasks.base import Task, check_split
 from deliberate.types import Problem
-from fakes import FakeBackend
 
 TESTS = Path(__file__).resolve().parent
 

@@ -12,14 +12,13 @@ import random
 import time
 
 import pytest
+from fakes import FakeBackend
+from faultproxy import FaultProxy
 
 from deliberate.errors import DeliberateError
 from deliberate.models.openai import OpenAIBackend, RemoteError
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.server import serve_in_thread
-
-from fakes import FakeBackend
-from faultproxy import FaultProxy
 
 
 def digits(prompt: str, rng: random.Random) -> str:
@@ -87,9 +86,8 @@ def test_retry_after_is_capped_by_retry_max_delay(fake, url):
 
 def test_backoff_is_bounded_jittered_and_exponential(url):
     base, cap = 0.05, 0.4
-    with FaultProxy(url, plan=["500"] * 6) as proxy:
-        with pytest.raises(RemoteError, match=r"6 attempt\(s\).*HTTP 500"):
-            client(proxy.base_url, max_retries=5, retry_base_delay=base, retry_max_delay=cap).generate(["a"], PARAMS)
+    with FaultProxy(url, plan=["500"] * 6) as proxy, pytest.raises(RemoteError, match=r"6 attempt\(s\).*HTTP 500"):
+        client(proxy.base_url, max_retries=5, retry_base_delay=base, retry_max_delay=cap).generate(["a"], PARAMS)
     times = [t for t, method, _, _ in proxy.log if method == "POST"]
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(gaps) == 5
@@ -136,10 +134,9 @@ def test_many_prompts_under_every_fault_kind_lose_nothing(fake, url, caplog):
 
 def test_server_error_echoing_the_api_key_does_not_leak_it(url, caplog):
     key = "sk-echo-test-QWERTY-55555"
-    with FaultProxy(url, plan=["echo_auth"] * 3) as proxy:
-        with caplog.at_level(logging.DEBUG):
-            with pytest.raises(RemoteError) as info:
-                client(proxy.base_url, api_key=key, max_retries=2).generate(["a"], PARAMS)
+    with FaultProxy(url, plan=["echo_auth"] * 3) as proxy, caplog.at_level(logging.DEBUG):
+        with pytest.raises(RemoteError) as info:
+            client(proxy.base_url, api_key=key, max_retries=2).generate(["a"], PARAMS)
     assert proxy.counts["echo_auth"] == 3
     assert key not in str(info.value) and "***" in str(info.value)
     assert "retry" in caplog.text and key not in caplog.text
@@ -152,8 +149,7 @@ def test_password_in_base_url_is_redacted_from_errors(caplog):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     b = client(f"http://user:url-pass-98765@127.0.0.1:{port}/v1", max_retries=1)
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(RemoteError) as info:
-            b.generate(["a"], PARAMS)
+    with caplog.at_level(logging.DEBUG), pytest.raises(RemoteError) as info:
+        b.generate(["a"], PARAMS)
     assert "url-pass-98765" not in str(info.value) and "url-pass-98765" not in caplog.text
     assert "url-pass-98765" not in repr(b)

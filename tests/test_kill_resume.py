@@ -179,7 +179,7 @@ def test_sweep_killed_three_times(model, tmp_path):
               lambda: lines(res) >= 2 * 2 * 2 * 4 + 2]  # mid beam search, between batches of problems
     killed = kill_then_finish(argv + ["--out", str(out)], points, log)
     assert all(killed), killed
-    run_key = lambda r: (r["problem_id"], r["strategy"], r["n"], r["seed"])  # noqa: E731
+    run_key = lambda r: (r["problem_id"], r["strategy"], r["n"], r["seed"])
     same_rows(out / "results.jsonl", ref / "results.jsonl", run_key)
     assert lines(res) == 4 * 3 * 2 * 2
     same_rows(out / "trees.jsonl", ref / "trees.jsonl", run_key)

@@ -12,15 +12,14 @@ import threading
 import time
 
 import pytest
+from fakes import FakeBackend
+from faultproxy import FaultProxy
 
 from deliberate.errors import DeliberateError
 from deliberate.models.base import get_backend
 from deliberate.models.openai import OpenAIBackend, RemoteError, parse_choices
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.server import serve_in_thread
-
-from fakes import FakeBackend
-from faultproxy import FaultProxy
 
 
 def lines(prompt: str, rng: random.Random) -> str:

@@ -41,10 +41,9 @@ def test_partial_last_line_is_cut_and_resume_appends(tmp_path, caplog):
         assert [r.index for r in load_records(path)] == [0, 1]  # reading ignores the torn line
     assert "partial last line" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        with RecordWriter(path) as w:
-            assert path.read_bytes() == full  # cut back to the last newline
-            assert w.append([rec(index=1), rec(index=2)]) == 1  # index 1 was already there
+    with caplog.at_level(logging.WARNING), RecordWriter(path) as w:
+        assert path.read_bytes() == full  # cut back to the last newline
+        assert w.append([rec(index=1), rec(index=2)]) == 1  # index 1 was already there
     assert "partial last line" in caplog.text
     assert [r.index for r in load_records(path)] == [0, 1, 2]
     # a file that is one torn line only is cut to empty
@@ -71,9 +70,8 @@ def test_duplicates_are_never_written(tmp_path):
 
 def test_one_writer_at_a_time(tmp_path):
     path = tmp_path / "r.jsonl"
-    with RecordWriter(path):
-        with pytest.raises(DeliberateError, match="another process"):
-            RecordWriter(path)
+    with RecordWriter(path), pytest.raises(DeliberateError, match="another process"):
+        RecordWriter(path)
     with RecordWriter(path) as w:  # released on close
         w.append([rec()])
 

@@ -101,7 +101,7 @@ def _report(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def _embedded(html_text: str, elem_id: str) -> Any:
-    m = re.search(rf'<script type="application/json" id="{elem_id}">(.*?)</script>', html_text, re.S)
+    m = re.search(rf'<script type="application/json" id="{elem_id}">(.*?)</script>', html_text, re.DOTALL)
     assert m, elem_id
     return json.loads(m.group(1))
 
@@ -114,7 +114,7 @@ def test_report_is_self_contained_and_escaped(run_dir: Path, capsys) -> None:
     path = run_dir / "report.html"
     assert str(path) in out
     text = path.read_text(encoding="utf-8")
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)  # nothing fetched from outside
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.IGNORECASE)  # nothing fetched from outside
     assert not re.search(r"@import|url\(\s*['\"]?https?:", text)
     assert text.count('src="data:image/png;base64,') == 1 and "accuracy_vs_n.png" in text
     assert "arith&lt;&amp;&gt;" in text and "arith<&>" not in text  # header text escaped
@@ -350,7 +350,6 @@ def _visible(selector: str) -> str:
 
 
 def test_report_renders_and_tree_expands_in_chromium(run_dir: Path, browser: Browser, capsys) -> None:
-    import numpy as np
     from matplotlib import image as mpimg
 
     assert _report([str(run_dir)], capsys)[0] == 0

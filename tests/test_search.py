@@ -210,7 +210,7 @@ def test_pool_from_reuses_samples_and_refuses_a_different_sampling(tmp_path):
     s2 = run_sweep(SweepConfig(out_dir=str(tmp_path / "b"), verifier="noisy:0.5", pool_from=str(tmp_path / "a"),
                                **base), backend, progress=False)
     assert backend.calls == 0 and s2["compute"]["generated_tokens"] == 0  # no sampling: same samples
-    maj = lambda s: [r["accuracy"] for r in s["results"] if r["strategy"] == "majority"]  # noqa: E731
+    maj = lambda s: [r["accuracy"] for r in s["results"] if r["strategy"] == "majority"]
     assert maj(s1) == maj(s2)
     other = {**base, "settings": {"max_tokens": 80, "temperature": 0.5}}
     with pytest.raises(DeliberateError, match="drawn differently.*temperature"):

@@ -10,12 +10,11 @@ import random
 from pathlib import Path
 
 import pytest
+from fakes import FakeBackend
+from faultproxy import FaultProxy
 
 from deliberate.cli import main_cli
 from deliberate.models.server import serve_in_thread
-
-from fakes import FakeBackend
-from faultproxy import FaultProxy
 
 KEY = "sk-SECRET-deliberate-test-7f3a9c21e5b4d8"
 

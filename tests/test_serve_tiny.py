@@ -4,12 +4,13 @@ also when the server path fails some requests with 500/429."""
 from __future__ import annotations
 
 import pytest
+from faultproxy import FaultProxy
 
 from deliberate.models.openai import OpenAIBackend
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.server import serve_in_thread
 from deliberate.models.tiny import TinyBackend
-from faultproxy import FaultProxy
+
 
 def same(a, b):
     """Identical samples; log-probs equal up to float noise (the server batches prompts differently)."""

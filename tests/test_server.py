@@ -10,14 +10,13 @@ import time
 
 import httpx
 import pytest
+from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
-from deliberate.models import server as server_mod
 from deliberate.models import base as base_mod
+from deliberate.models import server as server_mod
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.server import make_server, serve_in_thread
-
-from fakes import FakeBackend
 
 
 def echo(prompt: str, rng: random.Random) -> str:
@@ -148,7 +147,7 @@ def test_bad_json_unknown_path_and_backend_errors(served):
 def test_seed_is_passed_through_and_missing_seed_is_random(served):
     fb = FakeBackend()
     _, url = served(fb)
-    texts = lambda payload: [c["text"] for c in httpx.post(url + "/completions", json=payload).json()["choices"]]  # noqa: E731
+    texts = lambda payload: [c["text"] for c in httpx.post(url + "/completions", json=payload).json()["choices"]]
     assert texts({"prompt": "p", "seed": 9, "n": 2}) == [c.text for c in fb.generate(["p"], SamplingParams(n=2, seed=9))[0]]
     assert len({texts({"prompt": "p"})[0] for _ in range(4)}) > 1
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import deliberate.train.sft as sft
 from deliberate.errors import DeliberateError
-from deliberate.models.tiny import CharTokenizer, TinyBackend, TinyConfig, load_tiny
 from deliberate.models.sampling import SamplingParams
+from deliberate.models.tiny import CharTokenizer, TinyBackend, TinyConfig, load_tiny
+from deliberate.train import sft
 from deliberate.train.common import batch_indices
 
 SMALL = TinyConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2)

@@ -7,7 +7,7 @@ The package is layered so data flows one way:
 
 __version__ = "0.1.0"
 
-from deliberate.errors import DeliberateError  # noqa: E402
-from deliberate.types import Completion, Compute, Problem, Sample, SampleRecord  # noqa: E402
+from deliberate.errors import DeliberateError
+from deliberate.types import Completion, Compute, Problem, Sample, SampleRecord
 
-__all__ = ["DeliberateError", "Completion", "Compute", "Problem", "Sample", "SampleRecord", "__version__"]
+__all__ = ["Completion", "Compute", "DeliberateError", "Problem", "Sample", "SampleRecord", "__version__"]

@@ -6,8 +6,9 @@ All are frozen dataclasses so nothing downstream mutates what a task or backend 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Compute:
     model_calls: int = 0
     wall_s: float = 0.0
 
-    def __add__(self, other: "Compute") -> "Compute":
+    def __add__(self, other: Compute) -> Compute:
         return Compute(
             self.generated_tokens + other.generated_tokens,
             self.prompt_tokens + other.prompt_tokens,
@@ -100,7 +101,7 @@ class SampleRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, row: Mapping[str, Any]) -> "SampleRecord":
+    def from_dict(cls, row: Mapping[str, Any]) -> SampleRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in row and f.default is dataclasses.MISSING]
         if missing:

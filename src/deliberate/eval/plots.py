@@ -8,8 +8,9 @@ Uses matplotlib's object API on the Agg canvas, so it never opens a window or to
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 def _lines(summary: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Hashable, Iterable, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from deliberate.errors import DeliberateError
 from deliberate.types import SampleRecord
@@ -141,10 +142,10 @@ class RecordWriter:
         if not self._f.closed:
             self._f.close()  # closing releases the lock
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -234,10 +235,10 @@ class JsonlAppender:
         if not self._f.closed:
             self._f.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

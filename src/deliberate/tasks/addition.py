@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks.base import Task, check_split, distinct_draws, register_task

@@ -31,9 +31,9 @@ import ast
 import random
 import re
 from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Iterator, Sequence
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks.base import Task, check_split, distinct_draws, register_task

@@ -32,9 +32,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,15 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.engine import count_parameters
 from deliberate.train.common import (
-    ComputeMeter, batch_indices, load_state, lr_at, recover_dir, replace_dir, restore_rng, save_checkpoint, trim_log,
+    ComputeMeter,
+    batch_indices,
+    load_state,
+    lr_at,
+    recover_dir,
+    replace_dir,
+    restore_rng,
+    save_checkpoint,
+    trim_log,
 )
 from deliberate.types import Problem
 
@@ -310,7 +319,8 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
     from deliberate.rewards.mc_labels import read_labels
     from deliberate.rewards.models import save_reward_model
     from deliberate.tasks import get_task
-    from deliberate.train.common import collate as lm_collate, make_example
+    from deliberate.train.common import collate as lm_collate
+    from deliberate.train.common import make_example
 
     task = get_task(cfg.task, **cfg.task_options)
     rows = read_labels(cfg.labels) if cfg.labels is not None else rows_from_samples(cfg.samples)
