@@ -100,6 +100,30 @@ def test_recipe_finetune_device(tmp_path):
     assert json.loads((tmp_path / "cpu" / "finetune.json").read_text())["device"] == "cpu" and trained > 0
 
 
+
+@no_cuda
+def test_recipe_rollouts_device(tmp_path):
+    """Recipes sample from a checkpoint on ``device`` (``auto`` = the GPU where there is one): asking
+    for CUDA where there is none fails before any sampling; ``cpu`` and ``auto`` give the same rollouts."""
+    from deliberate.models.tiny import save_tiny
+    from deliberate.tasks import get_task
+    from deliberate.train.selfimprove import load_sampler, policy_rollouts
+
+    m, tok = _model()
+    save_tiny(m, tok, tmp_path / "policy")
+    task = get_task("arith")
+    probs = task.problems("train", 4, seed=0)
+    spec = ("arith", {})
+    with pytest.raises(DeliberateError, match="E-step 1: device 'cuda' requested but CUDA is not available"):
+        policy_rollouts(tmp_path / "policy", task, spec, probs, 2, max_tokens=8, progress=False, desc="E-step 1",
+                        device="cuda")
+    model, _ = load_sampler(tmp_path / "policy", "cpu")
+    assert next(model.parameters()).device.type == "cpu" and not model.training
+    rows = {d: policy_rollouts(tmp_path / "policy", task, spec, probs, 2, max_tokens=8, seed=5, progress=False,
+                               device=d) for d in ("auto", "cpu")}
+    assert [[r.text for r in rs] for rs in rows["auto"]] == [[r.text for r in rs] for rs in rows["cpu"]]
+    assert all(len(rs) == 2 for rs in rows["cpu"])
+
 def test_resolve_dtype():
     assert resolve_dtype("auto", "cpu") == resolve_dtype(None, "cpu") == torch.float32
     assert resolve_dtype("bfloat16", "cpu") == resolve_dtype("BF16", "cpu") == torch.bfloat16
@@ -336,6 +360,29 @@ def test_recipe_finetune_trains_on_the_gpu_like_on_the_cpu(tmp_path):
     moved = (flat[1] - flat[0]).abs().mean()  # how far training moved the CPU weights
     assert moved > 0 and (flat[2] - flat[1]).abs().mean() < 0.05 * moved
 
+
+
+@needs_cuda
+def test_recipe_rollouts_on_the_gpu_match_the_cpu(tmp_path):
+    """A recipe's rollouts from a checkpoint loaded on CUDA (what ``auto`` picks on a GPU machine) are
+    the CPU's rollouts: same seeded random stream, float32 either way, so texts agree but for rare
+    near-ties; greedy ones must agree exactly on this small model."""
+    from deliberate.models.tiny import save_tiny
+    from deliberate.tasks import get_task
+    from deliberate.train.selfimprove import load_sampler, policy_rollouts
+
+    m, tok = _model()
+    save_tiny(m, tok, tmp_path / "policy")
+    task = get_task("arith")
+    probs = task.problems("train", 16, seed=0)
+    spec = ("arith", {})
+    assert next(load_sampler(tmp_path / "policy")[0].parameters()).device.type == "cuda"
+    for temp, need in ((0.0, 1.0), (1.0, 0.9)):
+        rows = {d: policy_rollouts(tmp_path / "policy", task, spec, probs, 4, temperature=temp, max_tokens=12, seed=1,
+                                   progress=False, device=d) for d in ("cpu", "cuda")}
+        texts = {d: [r.text for rs in v for r in rs] for d, v in rows.items()}
+        same = sum(a == b for a, b in zip(texts["cpu"], texts["cuda"])) / len(texts["cpu"])
+        assert same >= need, (temp, same)
 
 @needs_cuda
 def test_cuda_greedy_matches_transformers_generate_float32():

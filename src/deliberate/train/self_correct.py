@@ -31,7 +31,6 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.tiny import load_tiny
 from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
@@ -41,6 +40,7 @@ from deliberate.train.selfimprove import (
     cached_rollouts,
     config_from_args,
     finetune,
+    load_sampler,
     n_params_of,
     rollouts,
     sampled_tokens,
@@ -101,8 +101,8 @@ def build_pairs(rows, cfg: SelfCorrectConfig) -> tuple[list[tuple[str, str]], di
 def evaluate_correction(seed_dir: Path, corrector_dir: Path, cfg: SelfCorrectConfig, out: Path) -> dict[str, Any]:
     task = get_task(cfg.task, **cfg.task_options)
     probs = task.problems("test", cfg.eval_problems, seed=cfg.eval_seed)
-    base, tok = load_tiny(seed_dir)
-    corr, ctok = load_tiny(corrector_dir)
+    base, tok = load_sampler(seed_dir, what="self-correct eval")
+    corr, ctok = load_sampler(corrector_dir, what="self-correct eval")
     s0 = 7919 * (cfg.eval_seed + 1)
 
     def cached(name, fn):
@@ -140,7 +140,7 @@ def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str,
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_tiny(cfg.init), task, train, cfg.k,
+    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_sampler(cfg.init, what="attempts"), task, train, cfg.k,
                                                                     seed=cfg.seed, progress=progress, desc="attempts"))
     gen, prompt = sampled_tokens(rows)
     pairs, counts = build_pairs(rows, cfg)

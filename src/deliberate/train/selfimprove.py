@@ -65,6 +65,14 @@ class Rollout:
         return dict(self.__dict__)
 
 
+def load_sampler(path: str | Path, device: str = "auto", *, what: str = "sampling"):
+    """The tiny checkpoint at ``path`` in eval mode on ``device`` (``auto``: the GPU when CUDA is
+    available, else the CPU), for a recipe's rollouts: the engine samples wherever the model is, with
+    the same seeded random stream on every device, so only float rounding can change a sample."""
+    model, tok = load_tiny(path)
+    return model.to(resolve_device(device, what=what)).eval(), tok
+
+
 def rollouts(model, tokenizer, task: Task, problems: Sequence[Problem], k: int, *, temperature: float = 1.0,
              max_tokens: int | None = None, seed: int = 0, prompts: Sequence[str] | None = None,
              batch_problems: int = 64, progress: bool = True, desc: str = "sample") -> list[list[Rollout]]:
@@ -98,13 +106,14 @@ def _generate_unit(worker, unit):
 def policy_rollouts(policy: str | Path, task: Task, task_spec: tuple[str, dict[str, Any]], problems: Sequence[Problem],
                     k: int, *, temperature: float = 1.0, max_tokens: int | None = None, seed: int = 0,
                     batch_problems: int = 64, progress: bool = True, desc: str = "sample",
-                    ray: dict[str, Any] | None = None) -> list[list[Rollout]]:
-    """:func:`rollouts` of the tiny checkpoint at ``policy``; with ``ray`` (RayExecutor options such
+                    ray: dict[str, Any] | None = None, device: str = "auto") -> list[list[Rollout]]:
+    """:func:`rollouts` of the tiny checkpoint at ``policy`` (loaded on ``device``, see
+    :func:`load_sampler`); with ``ray`` (RayExecutor options such
     as ``{"workers": 2}``) the batches of problems are sampled by Ray workers, each loading the
     checkpoint itself. Sampling is seeded per (seed, prompt, sample index), so both give the same
     rollouts (with the same torch thread count per process)."""
     if ray is None:
-        model, tok = load_tiny(policy)
+        model, tok = load_sampler(policy, device, what=desc)
         return rollouts(model, tok, task, problems, k, temperature=temperature, max_tokens=max_tokens, seed=seed,
                         batch_problems=batch_problems, progress=progress, desc=desc)
     from deliberate.executor import RayExecutor, WorkerSpec, chunks, progress_bar

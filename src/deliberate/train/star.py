@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
+from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
     FinetuneSettings,
@@ -46,6 +46,7 @@ from deliberate.train.selfimprove import (
     cached_rollouts,
     config_from_args,
     finetune,
+    load_sampler,
     n_params_of,
     rollouts,
     sampled_tokens,
@@ -141,7 +142,7 @@ def build_seed(cfg: StarConfig, out: Path, progress: bool) -> tuple[Path, int]:
 
 
 def eval_by_digits(model_dir: Path, cfg: StarConfig) -> dict[str, Any]:
-    model, tok = load_tiny(model_dir)
+    model, tok = load_sampler(model_dir, what="star eval")
     res = {}
     for d in cfg.eval_digits:
         task = get_task(cfg.task, digits=str(d))
@@ -174,7 +175,7 @@ def run_star(cfg: StarConfig, progress: bool = True) -> dict[str, Any]:
         d = out / f"it{it:03d}"
         d.mkdir(parents=True, exist_ok=True)
         clock = Stopwatch()
-        model, tok = load_tiny(policy)
+        model, tok = load_sampler(policy, what="star rationales")
         rows = cached_rollouts(d / "samples.jsonl", lambda m=model, t=tok, it=it: rollouts(
             m, t, task, train, 1, temperature=0.0, progress=progress, desc=f"rationales {it}"))
         gen, prompt = sampled_tokens(rows)

@@ -57,6 +57,7 @@ from deliberate.train.selfimprove import (
     check_verified_mode,
     config_from_args,
     finetune,
+    load_sampler,
     n_params_of,
     rollouts,
     sampled_tokens,
@@ -256,7 +257,7 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_tiny(cfg.init), task, train, cfg.k,
+    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_sampler(cfg.init, what="samples"), task, train, cfg.k,
                                                                     seed=cfg.seed, progress=progress, desc="samples"))
     gen, prompt = sampled_tokens(rows)
     t_sample = clock()
