@@ -140,8 +140,9 @@ def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str,
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_sampler(cfg.init, what="attempts"), task, train, cfg.k,
-                                                                    seed=cfg.seed, progress=progress, desc="attempts"))
+    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
+        *load_sampler(cfg.init, what="attempts"), task, train, cfg.k, seed=cfg.seed, progress=progress,
+        desc="attempts"))
     gen, prompt = sampled_tokens(rows)
     pairs, counts = build_pairs(rows, cfg)
     t_sample = clock()

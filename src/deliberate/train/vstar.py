@@ -257,8 +257,9 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(*load_sampler(cfg.init, what="samples"), task, train, cfg.k,
-                                                                    seed=cfg.seed, progress=progress, desc="samples"))
+    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
+        *load_sampler(cfg.init, what="samples"), task, train, cfg.k, seed=cfg.seed, progress=progress,
+        desc="samples"))
     gen, prompt = sampled_tokens(rows)
     t_sample = clock()
     check_verified_mode(task, cfg.keep, "vstar --keep")
