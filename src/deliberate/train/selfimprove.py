@@ -124,7 +124,9 @@ def policy_rollouts(policy: str | Path, task: Task, task_spec: tuple[str, dict[s
     units = [(tuple(c), tuple(task.prompt(problems[i]) for i in c), params)
              for c in chunks(range(len(problems)), batch_problems)]
     out: dict[int, list[Rollout]] = {}
-    ex = RayExecutor(WorkerSpec("tiny", {"path": str(policy)}, task_spec[0], dict(task_spec[1])), **ray)
+    # workers load the checkpoint as load_sampler does: on ``device``, float32 (TinyBackend's auto dtype is bf16 on a GPU)
+    ex = RayExecutor(WorkerSpec("tiny", {"path": str(policy), "device": device, "dtype": "float32"}, task_spec[0],
+                                dict(task_spec[1])), **ray)
     try:
         with progress_bar(len(problems), desc, "problem", progress) as bar:
             def write(unit, comps) -> None:
