@@ -246,12 +246,13 @@ def easy_ckpt(tmp_path_factory):
     return train_sft(cfg, progress=False)
 
 
-def test_grpo_two_processes_match_one(easy_ckpt, tmp_path):
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])  # dapo: ranks hold different token counts
+def test_grpo_two_processes_match_one(easy_ckpt, tmp_path, loss_type):
     from deliberate.train.grpo import GRPOConfig, run_grpo
 
     base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 2, "problems_per_step": 6,
             "group": 4, "lr": 1e-3, "minibatches": 2, "credit": "steps", "eval_every": 1, "checkpoint_every": 1,
-            "eval_problems": 8, "eval_n": 2}  # per-token (step-credit) advantages through the DDP update
+            "eval_problems": 8, "eval_n": 2, "loss_type": loss_type}  # per-token (step-credit) advantages through DDP
     one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "stderr.log"
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -263,7 +264,7 @@ def test_grpo_two_processes_match_one(easy_ckpt, tmp_path):
     t_one = time.perf_counter() - t0
     argv = ["train", "grpo", "--init", str(easy_ckpt), "--n-train", "32", "--steps", "2", "--problems-per-step", "6",
             "--group", "4", "--lr", "1e-3", "--minibatches", "2", "--credit", "steps", "--eval-every", "1", "--checkpoint-every", "1", "--eval-problems", "8",
-            "--eval-n", "2", "--out", str(two)] + [a for k, v in SMALL_ARITH.items() for a in ("--task-arg", f"{k}={v}")]
+            "--eval-n", "2", "--loss-type", loss_type, "--out", str(two)] + [a for k, v in SMALL_ARITH.items() for a in ("--task-arg", f"{k}={v}")]
     t0 = time.perf_counter()
     stdout = launch(argv, log)
     t_two = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from deliberate.errors import DeliberateError
 from deliberate.models.tiny import load_tiny
 from deliberate.tasks import get_task
 from deliberate.train import grpo as grpo_mod
-from deliberate.train.grpo import GRPOConfig, group_advantages, grpo_loss, run_grpo
+from deliberate.train.grpo import LOSS_TYPES, GRPOConfig, group_advantages, grpo_loss, loss_denominator, run_grpo
 from deliberate.train.rest_em import RestEMConfig, run_rest_em
 from deliberate.train.selfimprove import FinetuneSettings, finetune, rollouts
 
@@ -65,6 +66,53 @@ def test_grpo_loss_gradient_and_clip():
                               clip=0.2, beta=1.0)
     loss3.backward()
     assert stats3["kl"] > 0 and (lp3.grad < 0).all()
+
+
+def test_grpo_loss_types_weigh_tokens_as_trl_does():
+    """grpo: per-completion means averaged; dapo: one mean over all tokens; dr_grpo: token sum / (B x max_len)."""
+    logp = torch.log(torch.full((2, 4), 0.5))
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)  # a 1-token and a 4-token completion
+    old = logp - 0.1  # ratio exp(0.1), inside the clip: every token's surrogate is -ratio * A
+    adv = torch.tensor([1.0, 1.0])
+    r = math.exp(0.1)
+    got = {t: float(grpo_loss(logp, old, logp, mask, adv, clip=0.2, beta=0.0, loss_type=t, max_len=8)[0])
+           for t in LOSS_TYPES}
+    assert got["grpo"] == pytest.approx(-r)  # each completion's mean is -r
+    assert got["dapo"] == pytest.approx(-5 * r / 5)
+    assert got["dr_grpo"] == pytest.approx(-5 * r / (2 * 8))
+    # where they differ: a negative advantage on the long completion weighs 4x under dapo, 1x under grpo
+    adv2 = torch.tensor([1.0, -1.0])
+    g = float(grpo_loss(logp, old, logp, mask, adv2, clip=0.2, beta=0.0, loss_type="grpo")[0])
+    d = float(grpo_loss(logp, old, logp, mask, adv2, clip=0.2, beta=0.0, loss_type="dapo")[0])
+    assert g == pytest.approx(0.0, abs=1e-9) and d == pytest.approx(3 * r / 5)
+    # an explicit denominator (a rank's share under DDP) replaces the batch's own
+    assert float(grpo_loss(logp, old, logp, mask, adv, 0.2, 0.0, denom=10.0, loss_type="dapo")[0]) == pytest.approx(-r / 2)
+    assert loss_denominator("dapo", [1, 4], 8) == 5 and loss_denominator("dr_grpo", [1, 4], 8) == 16
+    with pytest.raises(DeliberateError, match="max_len"):
+        grpo_loss(logp, old, logp, mask, adv, clip=0.2, beta=0.0, loss_type="dr_grpo")
+    with pytest.raises(DeliberateError, match="loss_type"):
+        GRPOConfig(loss_type="bnpo")
+
+
+def test_group_advantages_without_std_scaling():
+    a = group_advantages([1.0, 0.0, 0.0, 0.0], scale=False)
+    assert a == pytest.approx([0.75, -0.25, -0.25, -0.25])  # Dr. GRPO: r - mean
+    assert group_advantages([0.0, 0.0], scale=False) is None
+
+
+def test_grpo_dr_grpo_run_trains_and_records_its_loss(easy_ckpt, tmp_path):
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 1, "problems_per_step": 6,
+            "group": 4, "lr": 1e-3, "eval_every": 1, "checkpoint_every": 1, "eval_problems": 4, "eval_n": 2}
+    a = run_grpo(GRPOConfig(**base, out=str(tmp_path / "a")), progress=False)
+    b = run_grpo(GRPOConfig(**base, loss_type="dr_grpo", scale_rewards=False, out=str(tmp_path / "b")),
+                 progress=False)
+    assert b["config"]["loss_type"] == "dr_grpo" and b["config"]["scale_rewards"] is False
+    ra, rb = a["iterations"][1], b["iterations"][1]
+    assert ra["groups_used"] == rb["groups_used"] > 0  # the same samples (same seed) ...
+    assert ra["tokens_sampled"] == rb["tokens_sampled"]
+    wa, wb = load_tiny(tmp_path / "a" / "checkpoint")[0], load_tiny(tmp_path / "b" / "checkpoint")[0]
+    diff = max(float((x - y).abs().max()) for x, y in zip(wa.parameters(), wb.parameters()))
+    assert diff > 1e-6  # ... weighed differently, so a different update
 
 
 def test_token_logprobs_follow_the_sampling_temperature(easy_ckpt):

@@ -25,7 +25,12 @@ completion token
 is the clipped surrogate ``-min(rho * A, clip(rho, 1-eps, 1+eps) * A)`` with
 ``rho = pi / pi_old`` plus ``beta * KL(pi || pi_ref)`` (the k3 estimator
 ``exp(ref - logp) - (ref - logp) - 1``) to the frozen seed model; averaged over each completion's
-tokens, then over completions. ``minibatches`` > 1 cuts each step's completions (in a seeded order)
+tokens, then over completions (``loss_type="grpo"``). ``loss_type="dapo"`` averages over all of the
+batch's completion tokens instead (DAPO's token-level loss: a long completion weighs by its length), and
+``"dr_grpo"`` sums the tokens and divides by a constant, completions x the longest completion the task
+allows (Dr. GRPO: no length normalisation at all); ``scale_rewards=False`` drops the division by the
+group's reward std (Dr. GRPO: it up-weights groups that nearly all agree). The names follow TRL's
+``GRPOConfig.loss_type`` / ``scale_rewards``. ``minibatches`` > 1 cuts each step's completions (in a seeded order)
 into that many minibatches, one optimizer update each, as PPO and TRL's ``steps_per_generation`` do:
 more updates per sampled token, where the ratio to the sampling policy and its clip matter.
 ``inner_epochs`` > 1 reuses the step's completions for several passes. ``minibatches = inner_epochs
@@ -95,6 +100,7 @@ from deliberate.train.selfimprove import (
 )
 
 CREDIT = ("sequence", "steps", "steps-to-go", "outcome+steps")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ class GRPOConfig:
     # "sequence": one advantage per completion; "steps" / "steps-to-go": per-token advantages from the step
     # checker's per-step rewards (process supervision; see the module docstring)
     credit: str = "sequence"
+    # how token losses are averaged: "grpo" per completion then over completions, "dapo" over all the batch's
+    # tokens, "dr_grpo" summed / (completions x max completion length); TRL's names
+    loss_type: str = "grpo"
+    scale_rewards: bool = True  # divide advantages by the group's reward std (False: Dr. GRPO)
     lr: float = 1e-4  # 5e-4 (16 problems/step) collapsed the tiny model; 5e-5 did nothing in 100 steps
     warmup: int = 0  # sampling steps of linear learning-rate warmup (Adam's first updates are its largest)
     beta: float = 0.04
@@ -149,6 +159,8 @@ class GRPOConfig:
             problems.append(f"reward must be one of {', '.join(VERIFIED)} (got {self.reward!r})")
         if self.credit not in CREDIT:
             problems.append(f"credit must be one of {', '.join(CREDIT)} (got {self.credit!r})")
+        if self.loss_type not in LOSS_TYPES:
+            problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})")
         if problems:
             raise DeliberateError("grpo: " + "; ".join(problems))
 
@@ -167,10 +179,27 @@ def token_logprobs(model, batch: dict[str, torch.Tensor],
     return lp * mask, mask
 
 
+def loss_denominator(loss_type: str, completion_tokens: list[int], max_len: int) -> float:
+    """What :func:`grpo_loss` divides its summed terms by for a (mini)batch whose completions have these
+    token counts: their number (``grpo``: the sum of per-completion means), their total tokens (``dapo``), or
+    their number x ``max_len`` (``dr_grpo``). Computed over the whole minibatch, so a rank's share under DDP
+    divides by the global value / world size and the averaged gradient is the single-process one."""
+    if loss_type == "grpo":
+        return float(len(completion_tokens))
+    if loss_type == "dapo":
+        return float(max(1, sum(completion_tokens)))
+    if loss_type == "dr_grpo":
+        return float(len(completion_tokens) * max_len)
+    raise DeliberateError(f"grpo: loss_type must be one of {', '.join(LOSS_TYPES)} (got {loss_type!r})")
+
+
 def grpo_loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
-              clip: float, beta: float, denom: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate + beta * k3 KL, mean over each sequence's tokens then over sequences
-    (``denom``: divide the sum over sequences by this instead, for a rank's share of a larger batch)."""
+              clip: float, beta: float, denom: float | None = None, loss_type: str = "grpo",
+              max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate + beta * k3 KL. ``loss_type="grpo"``: mean over each sequence's tokens then over
+    sequences; ``"dapo"``: mean over all tokens; ``"dr_grpo"``: sum over tokens / (sequences x ``max_len``).
+    ``denom``: divide the summed terms by this instead of this batch's own :func:`loss_denominator`, for a
+    rank's share of a larger batch."""
     ratio = torch.exp(logp - old)
     a = adv[:, None] if adv.dim() == 1 else adv  # per completion, or per token ([B, L-1], step credit)
     pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
@@ -178,20 +207,25 @@ def grpo_loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, mask: to
     kl = torch.exp(d) - d - 1
     per_tok = (pg + beta * kl) * mask
     n = mask.sum(dim=1).clamp(min=1)
-    per_seq = per_tok.sum(dim=1) / n
-    loss = per_seq.mean() if denom is None else per_seq.sum() / denom
+    total = (per_tok.sum(dim=1) / n).sum() if loss_type == "grpo" else per_tok.sum()
+    if denom is None:
+        if loss_type == "dr_grpo" and max_len is None:
+            raise DeliberateError("grpo: loss_type 'dr_grpo' needs max_len (the longest completion allowed)")
+        denom = loss_denominator(loss_type, mask.sum(dim=1).tolist(), max_len or 0)
+    loss = total / denom
     with torch.no_grad():
         stats = {"kl": float(((kl * mask).sum(dim=1) / n).mean()),
                  "clipped": float((((ratio - 1).abs() > clip) & mask).sum() / mask.sum().clamp(min=1))}
     return loss, stats
 
 
-def group_advantages(rewards: list[float]) -> list[float] | None:
+def group_advantages(rewards: list[float], scale: bool = True) -> list[float] | None:
+    """``(r - mean) / (std + 1e-4)`` (``scale=False``: ``r - mean``, Dr. GRPO); None when all are equal."""
     m = sum(rewards) / len(rewards)
     sd = math.sqrt(sum((r - m) ** 2 for r in rewards) / len(rewards))
     if sd == 0:
         return None
-    return [(r - m) / (sd + 1e-4) for r in rewards]
+    return [(r - m) / (sd + 1e-4) if scale else r - m for r in rewards]
 
 
 def step_spans(text: str) -> list[tuple[int, int]]:
@@ -221,15 +255,15 @@ def step_rewards(task, problem, text: str, final: float) -> tuple[list[tuple[int
     return spans, [float(x) for x in ok] + [final]
 
 
-def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]], to_go: bool
-                           ) -> list[list[float]] | None:
+def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]], to_go: bool,
+                           scale: bool = True) -> list[list[float]] | None:
     """Per-token advantages of one group for ``credit="steps"`` / ``"steps-to-go"``: ``items`` holds, per
     completion, (step spans, step rewards + final reward, number of completion tokens — one per character,
     plus EOS). All rewards of the group are normalised together (None when they are all equal); a token's
     advantage is its step's normalised reward (to_go: summed with all later steps'), and the final reward's
     is added at the last token (to_go: at every token). Tokens outside every span (an empty completion,
     EOS) belong to no step."""
-    flat = group_advantages([r for _, rs, _ in items for r in rs])
+    flat = group_advantages([r for _, rs, _ in items for r in rs], scale)
     if flat is None:
         return None
     out, pos = [], 0
@@ -249,19 +283,19 @@ def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float],
     return out
 
 
-def outcome_step_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]]
+def outcome_step_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]], scale: bool = True
                             ) -> list[list[float]] | None:
     """Per-token advantages of one group for ``credit="outcome+steps"`` (``items`` as for
     :func:`step_credit_advantages`): a token's advantage is its completion's group-normalised final reward
     plus, inside a step, that step's reward normalised among the group's completions that have a step at
     the same position (0 where they all agree or only one has it). EOS and tokens outside every span get
     the final term only. None when neither term carries signal."""
-    finals = group_advantages([rs[-1] for _, rs, _ in items]) or [0.0] * len(items)
+    finals = group_advantages([rs[-1] for _, rs, _ in items], scale) or [0.0] * len(items)
     depth = max((len(rs) - 1 for _, rs, _ in items), default=0)
     per_pos = []  # per position j: {completion index: normalised step reward}
     for j in range(depth):
         have = [i for i, (_, rs, _) in enumerate(items) if len(rs) - 1 > j]
-        z = group_advantages([items[i][1][j] for i in have]) if len(have) > 1 else None
+        z = group_advantages([items[i][1][j] for i in have], scale) if len(have) > 1 else None
         per_pos.append(dict(zip(have, z)) if z is not None else {})
     if not any(finals) and not any(per_pos):
         return None
@@ -325,6 +359,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
     if cfg.credit != "sequence":
         check_verified_mode(task, "process", f"grpo --credit {cfg.credit}")
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
+    max_len = task.max_tokens + 1  # the longest completion in tokens (characters + EOS): dr_grpo's constant
     torch.manual_seed(cfg.seed)
     model, tok = load_tiny(ckpt if state is not None else cfg.init)
     ref, _ = load_tiny(cfg.init)
@@ -391,13 +426,13 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             completions = [tok.encode(r.text) + ([tok.eos_token_id] if r.finish_reason == "stop" else [])
                            for r in rs]
             if cfg.credit == "sequence":
-                a = group_advantages(rewards)
+                a = group_advantages(rewards, cfg.scale_rewards)
             else:
                 if any(len(c) - (r.finish_reason == "stop") != len(r.text) for r, c in zip(rs, completions)):
                     raise DeliberateError("grpo --credit steps needs a character-level tokenizer (the tiny model's)")
                 items = [(*step_rewards(task, prob, r.text, w), len(c)) for r, w, c in zip(rs, rewards, completions)]
-                a = (outcome_step_advantages(items) if cfg.credit == "outcome+steps"
-                     else step_credit_advantages(items, to_go=cfg.credit == "steps-to-go"))
+                a = (outcome_step_advantages(items, cfg.scale_rewards) if cfg.credit == "outcome+steps"
+                     else step_credit_advantages(items, to_go=cfg.credit == "steps-to-go", scale=cfg.scale_rewards))
             if a is None:
                 continue
             acc["groups_used"] += 1
@@ -412,7 +447,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
         mbs = split_minibatches(len(exs), cfg.minibatches, cfg.seed, step)
         if exs and dist.parallel:
-            stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc)
+            stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc, max_len)
         elif exs:
             model.train()
             parts = []  # every minibatch's old / reference log-probs, taken before the first update
@@ -428,7 +463,8 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             for _ in range(cfg.inner_epochs):
                 for batch, adv, old, ref_lp, mask, ntok in parts:
                     logp, _ = token_logprobs(model, batch, cfg.temperature)
-                    loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta)
+                    loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, loss_type=cfg.loss_type,
+                                            max_len=max_len)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip:
@@ -469,12 +505,12 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
 
 
 def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref, tok, exs: list[Example],
-                     advs: list[float], mbs: list[list[int]], acc: dict[str, Any]) -> dict[str, float]:
+                     advs: list[float], mbs: list[list[int]], acc: dict[str, Any], max_len: int) -> dict[str, float]:
     """The policy updates of one step under DDP, one per minibatch (``mbs``, indices into ``exs``) and
     inner epoch: this rank's contiguous share of each minibatch's completions (every rank holds all of
     them, with their group-normalised advantages). Each rank's loss is its sequences' sum divided by
-    ``len(minibatch) / world_size``, so DDP's gradient average equals the single-process gradient of
-    the mean over the minibatch. A rank whose share is empty (fewer completions than ranks) runs a
+    the whole minibatch's :func:`loss_denominator` / ``world_size``, so DDP's gradient average equals the
+    single-process gradient. A rank whose share is empty (fewer completions than ranks) runs a
     zero-weighted dummy sequence, so DDP's all-reduce still meets every rank. Token counts are summed
     over ranks."""
     ddp_model.train()
@@ -490,13 +526,15 @@ def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref
             ref_lp, _ = token_logprobs(ref, batch, cfg.temperature)
         (ntok,) = dist.sum(int(batch["attention_mask"].sum()) if weight else 0)
         acc["tokens_forward"] += 2 * ntok
+        denom = loss_denominator(cfg.loss_type, [len(exs[i].ids) - exs[i].n_prompt for i in idx], max_len)
         parts.append((batch, advantage_tensor(mine, my_adv, old.shape[1]).to(dist.device), old, ref_lp, mask, ntok,
-                      weight, len(idx)))
+                      weight, denom))
     stats: dict[str, float] = {}
     for _ in range(cfg.inner_epochs):
-        for batch, adv, old, ref_lp, mask, ntok, weight, n_mb in parts:
+        for batch, adv, old, ref_lp, mask, ntok, weight, denom in parts:
             logp, _ = token_logprobs(ddp_model, batch, cfg.temperature)
-            loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, denom=n_mb / dist.world_size)
+            loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, denom=denom / dist.world_size,
+                                    loss_type=cfg.loss_type)
             ddp_opt.zero_grad(set_to_none=True)
             dist.backward(loss * weight)
             if cfg.grad_clip:
@@ -517,6 +555,9 @@ HELP = {
     "credit": "advantages per completion (sequence) or per token from the step checker's per-step rewards "
               "(steps: each step's own; steps-to-go: summed over later steps, DeepSeekMath's process supervision; "
               "outcome+steps: the completion's advantage plus its step's, normalised per step position)",
+    "loss_type": "token averaging: grpo (per completion, then over completions), dapo (over all the batch's "
+                 "tokens), dr_grpo (token sum / (completions x max completion length)); TRL's names",
+    "scale_rewards": "divide group advantages by the group's reward std (Dr. GRPO turns this off)",
     "warmup": "steps of linear learning-rate warmup from lr/warmup to lr (0: constant lr)",
     "inner_epochs": "passes over each step's completions",
     "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
