@@ -179,7 +179,7 @@ def token_logprobs(model, batch: dict[str, torch.Tensor],
     return lp * mask, mask
 
 
-def loss_denominator(loss_type: str, completion_tokens: list[int], max_len: int) -> float:
+def loss_denominator(loss_type: str, completion_tokens: list[int], max_len: int | None = None) -> float:
     """What :func:`grpo_loss` divides its summed terms by for a (mini)batch whose completions have these
     token counts: their number (``grpo``: the sum of per-completion means), their total tokens (``dapo``), or
     their number x ``max_len`` (``dr_grpo``). Computed over the whole minibatch, so a rank's share under DDP
@@ -189,6 +189,8 @@ def loss_denominator(loss_type: str, completion_tokens: list[int], max_len: int)
     if loss_type == "dapo":
         return float(max(1, sum(completion_tokens)))
     if loss_type == "dr_grpo":
+        if max_len is None:
+            raise DeliberateError("grpo: loss_type 'dr_grpo' needs max_len (the longest completion allowed)")
         return float(len(completion_tokens) * max_len)
     raise DeliberateError(f"grpo: loss_type must be one of {', '.join(LOSS_TYPES)} (got {loss_type!r})")
 
@@ -209,9 +211,7 @@ def grpo_loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, mask: to
     n = mask.sum(dim=1).clamp(min=1)
     total = (per_tok.sum(dim=1) / n).sum() if loss_type == "grpo" else per_tok.sum()
     if denom is None:
-        if loss_type == "dr_grpo" and max_len is None:
-            raise DeliberateError("grpo: loss_type 'dr_grpo' needs max_len (the longest completion allowed)")
-        denom = loss_denominator(loss_type, mask.sum(dim=1).tolist(), max_len or 0)
+        denom = loss_denominator(loss_type, mask.sum(dim=1).tolist(), max_len)
     loss = total / denom
     with torch.no_grad():
         stats = {"kl": float(((kl * mask).sum(dim=1) / n).mean()),
