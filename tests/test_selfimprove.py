@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -16,7 +17,15 @@ from deliberate.errors import DeliberateError
 from deliberate.models.tiny import load_tiny
 from deliberate.tasks import get_task
 from deliberate.train import grpo as grpo_mod
-from deliberate.train.grpo import LOSS_TYPES, GRPOConfig, group_advantages, grpo_loss, loss_denominator, run_grpo
+from deliberate.train.grpo import (
+    LOSS_TYPES,
+    GRPOConfig,
+    group_advantages,
+    grpo_loss,
+    loss_denominator,
+    lr_at,
+    run_grpo,
+)
 from deliberate.train.rest_em import RestEMConfig, run_rest_em
 from deliberate.train.selfimprove import FinetuneSettings, finetune, rollouts
 
@@ -338,6 +347,35 @@ def test_grpo_finished_run_extends_to_more_steps(easy_ckpt, tmp_path):
         run_grpo(GRPOConfig(**base, steps=4, out=str(tmp_path / "odd")), progress=False)
     with pytest.raises(DeliberateError, match="different config"):  # other fields still fixed
         run_grpo(GRPOConfig(**{**base, "lr": 2e-3}, steps=4, out=str(tmp_path / "b")), progress=False)
+
+
+def test_grpo_lr_schedulers_decay_to_zero_at_the_end_after_warmup():
+    lrs = lambda **kw: [lr_at(GRPOConfig(lr=0.5, steps=6, **kw), s) * 2 for s in range(6)]  # in units of lr
+    assert lrs() == [1.0] * 6
+    assert lrs(warmup=2) == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert lrs(lr_scheduler="linear") == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    assert lrs(lr_scheduler="linear", warmup=2) == pytest.approx([0.5, 1.0, 0.8, 0.6, 0.4, 0.2])  # peak at step 1
+    cos = [lr_at(GRPOConfig(lr=0.5, steps=6, warmup=3, lr_scheduler="cosine"), s) * 2 for s in range(6)]
+    assert cos[:3] == pytest.approx([1 / 3, 2 / 3, 1.0]) and cos[4] == pytest.approx(0.5)  # peak at step 2, half at 4
+    assert all(a > b > 0 for a, b in itertools.pairwise(cos[2:]))
+    with pytest.raises(DeliberateError, match="lr_scheduler must be one of constant, linear, cosine"):
+        GRPOConfig(lr_scheduler="step")
+    with pytest.raises(DeliberateError, match="warmup .6. must be < steps .6."):
+        GRPOConfig(lr_scheduler="cosine", steps=6, warmup=6)
+
+
+def test_grpo_decaying_lr_run_uses_its_schedule_and_cannot_be_extended(easy_ckpt, tmp_path, monkeypatch):
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "problems_per_step": 4,
+            "group": 4, "lr": 1e-3, "lr_scheduler": "linear", "eval_every": 2, "checkpoint_every": 1,
+            "eval_problems": 6, "eval_n": 2}
+    lrs = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step",
+                        lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]), real_step(self, *a, **k))[1])
+    run_grpo(GRPOConfig(**base, steps=4, out=str(tmp_path / "a")), progress=False)
+    assert lrs == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+    with pytest.raises(DeliberateError, match="decays to 0 at step 4"):
+        run_grpo(GRPOConfig(**base, steps=6, out=str(tmp_path / "a")), progress=False)
 
 
 def test_grpo_config_validation():

@@ -101,6 +101,7 @@ from deliberate.train.selfimprove import (
 
 CREDIT = ("sequence", "steps", "steps-to-go", "outcome+steps")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ class GRPOConfig:
     scale_rewards: bool = True  # divide advantages by the group's reward std (False: Dr. GRPO)
     lr: float = 1e-4  # 5e-4 (16 problems/step) collapsed the tiny model; 5e-5 did nothing in 100 steps
     warmup: int = 0  # sampling steps of linear learning-rate warmup (Adam's first updates are its largest)
+    # after warmup: "constant" (extendable: a step never depends on the total), or "linear" / "cosine" decay
+    # toward 0 at `steps` (TRL's lr_scheduler_type names; these tie the run to its total, so it cannot be extended)
+    lr_scheduler: str = "constant"
     beta: float = 0.04
     clip: float = 0.2
     inner_epochs: int = 1
@@ -161,6 +165,11 @@ class GRPOConfig:
             problems.append(f"credit must be one of {', '.join(CREDIT)} (got {self.credit!r})")
         if self.loss_type not in LOSS_TYPES:
             problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            problems.append(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)} (got {self.lr_scheduler!r})")
+        elif self.lr_scheduler != "constant" and isinstance(self.warmup, int) and isinstance(self.steps, int) \
+                and self.warmup >= self.steps:
+            problems.append(f"warmup ({self.warmup}) must be < steps ({self.steps}) for a decaying lr_scheduler")
         if problems:
             raise DeliberateError("grpo: " + "; ".join(problems))
 
@@ -333,6 +342,22 @@ def split_minibatches(n: int, m: int, seed: int, step: int) -> list[list[int]]:
     return [order[bounds[i]:bounds[i + 1]] for i in range(m)]
 
 
+def lr_at(cfg: GRPOConfig, step: int) -> float:
+    """The learning rate of sampling step ``step`` (0-based): linear warmup over ``cfg.warmup`` steps (step s
+    at lr x (s+1)/warmup, so the last warmup step is at ``cfg.lr``), then ``cfg.lr`` held (constant) or
+    decayed from that peak toward 0 at step ``cfg.steps`` (linear, cosine: transformers' shapes; the last step
+    still has lr > 0). A pure function of the step, so a resumed run has the same schedule."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_scheduler == "constant":
+        return cfg.lr
+    peak = max(cfg.warmup - 1, 0)
+    progress = (step - peak) / (cfg.steps - peak)
+    if cfg.lr_scheduler == "linear":
+        return cfg.lr * max(0.0, 1.0 - progress)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def check_extension(cfg: GRPOConfig) -> None:
     """Refuse to change ``steps`` of a run in ``cfg.out`` whose old total is not a multiple of
     ``eval_every``: its last evaluation row covers a partial interval, which a run asked for the new total
@@ -341,6 +366,10 @@ def check_extension(cfg: GRPOConfig) -> None:
     if not p.exists():
         return
     old = json.loads(p.read_text()).get("steps")
+    if old is not None and old != cfg.steps and cfg.lr_scheduler != "constant":
+        raise DeliberateError(f"{cfg.out} holds a run of {old} steps whose learning rate decays to 0 at step "
+                              f"{old} (--lr-scheduler {cfg.lr_scheduler}): it cannot be continued to {cfg.steps} "
+                              f"steps with the same results as an uninterrupted run; use another --out")
     if old is not None and old != cfg.steps and old % cfg.eval_every:
         raise DeliberateError(f"{cfg.out} holds a run of {old} steps, not a multiple of --eval-every "
                               f"{cfg.eval_every}: it cannot be continued to {cfg.steps} steps with the same "
@@ -443,8 +472,8 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
                 exs.append(Example(tuple(p + c), len(p)))
                 advs.append(ai)
         stats = {}
-        for group in opt.param_groups:  # a pure function of the step, so a resumed run has the same schedule
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
         mbs = split_minibatches(len(exs), cfg.minibatches, cfg.seed, step)
         if exs and dist.parallel:
             stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc, max_len)
@@ -558,7 +587,9 @@ HELP = {
     "loss_type": "token averaging: grpo (per completion, then over completions), dapo (over all the batch's "
                  "tokens), dr_grpo (token sum / (completions x max completion length)); TRL's names",
     "scale_rewards": "divide group advantages by the group's reward std (Dr. GRPO turns this off)",
-    "warmup": "steps of linear learning-rate warmup from lr/warmup to lr (0: constant lr)",
+    "warmup": "steps of linear learning-rate warmup from lr/warmup to lr (0: none)",
+    "lr_scheduler": "learning rate after warmup: constant (the run can be extended), or linear / cosine decay "
+                    "toward 0 at --steps (TRL's names)",
     "inner_epochs": "passes over each step's completions",
     "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
 }
