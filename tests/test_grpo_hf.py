@@ -44,6 +44,8 @@ def test_config_errors():
         HFGRPOConfig(n_train=1, num_generations=4, batch_size=8)
     with pytest.raises(DeliberateError, match="loss_type"):
         HFGRPOConfig(loss_type="ppo")
+    with pytest.raises(DeliberateError, match="lr_scheduler must be one of constant, linear, cosine"):
+        HFGRPOConfig(lr_scheduler="cosine_with_restarts")
     with pytest.raises(DeliberateError, match="beta") as e:
         HFGRPOConfig(beta=-1, steps=0)
     assert "steps must be" in str(e.value)  # every problem is reported at once
@@ -139,7 +141,7 @@ def test_a_reward_signal_moves_the_weights(tiny_hf, tmp_path):
     model; the same run with rewards all 0 and beta=0 leaves it exactly as it was."""
     from deliberate.tasks import get_task
 
-    cfg = HFGRPOConfig(model=str(tiny_hf), lr=1e-2, beta=0.04, **TINY)
+    cfg = HFGRPOConfig(model=str(tiny_hf), lr=1e-2, lr_scheduler="linear", beta=0.04, **TINY)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train)
     got = []
@@ -152,6 +154,8 @@ def test_a_reward_signal_moves_the_weights(tiny_hf, tmp_path):
     rec = grpo_train(tiny_hf, task, train, tmp_path / "signal", cfg, progress=False, reward=even_start)
     assert 0 < sum(got) < len(got) == 2 * 8  # some, not all, completions rewarded
     assert rec["tokens_forward"] == rec["tokens_trained"]  # beta > 0: one reference pass per sequence
+    lrs = [h["learning_rate"] for h in rec["log_history"] if "learning_rate" in h]
+    assert lrs == pytest.approx([1e-2, 0.5e-2])  # --lr-scheduler linear reaches TRL: decays toward 0 at step 2
     before = _weights(tiny_hf)
     after = _weights(rec["model"])
     assert any(not torch.equal(before[k], after[k]) for k in before)

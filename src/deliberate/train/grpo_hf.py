@@ -71,6 +71,7 @@ from deliberate.train.selfimprove import (
 from deliberate.types import Problem
 
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class HFGRPOConfig:
     batch_size: int = 16  # completions per optimizer step (batch_size / G prompts); a multiple of G
     # TRL's 1e-6 barely moves a small model in tens of steps; 2e-5 for 24 steps lifted SmolLM2 (docs/RESULTS.md)
     lr: float = 5e-6
+    lr_scheduler: str = "constant"  # TRL's lr_scheduler_type: constant, linear or cosine (decay toward 0 at steps)
     beta: float = 0.04
     epsilon: float = 0.2
     num_iterations: int = 1
@@ -134,6 +136,8 @@ class HFGRPOConfig:
             problems.append(f"top_p must be in (0, 1] (got {self.top_p!r})")
         if self.loss_type not in LOSS_TYPES:
             problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            problems.append(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)} (got {self.lr_scheduler!r})")
         if problems:
             raise DeliberateError("grpo-hf: " + "; ".join(problems))
 
@@ -258,7 +262,7 @@ def grpo_train(base: Path, task: Task, problems: Sequence[Problem], out: Path, c
         output_dir=str(work), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=1, num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-        learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=cfg.beta, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations, loss_type=cfg.loss_type,
         scale_rewards="group", use_vllm=False, disable_dropout=True, logging_steps=1,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=1,
@@ -380,6 +384,7 @@ HELP = {
     "epsilon": "PPO-style clip of the probability ratio",
     "num_iterations": "optimizer steps per generation (1: on-policy)",
     "loss_type": f"TRL loss aggregation: {', '.join(LOSS_TYPES)}",
+    "lr_scheduler": f"TRL lr_scheduler_type: {', '.join(LR_SCHEDULERS)} (linear / cosine decay toward 0 at --steps)",
     "temperature": "sampling temperature during training",
     "max_completion_length": "new tokens per completion (training and evaluation)",
     "save_steps": "TRL checkpoint every N steps, to resume a killed run (0: none)",
