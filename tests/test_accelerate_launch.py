@@ -246,13 +246,15 @@ def easy_ckpt(tmp_path_factory):
     return train_sft(cfg, progress=False)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])  # dapo: ranks hold different token counts
-def test_grpo_two_processes_match_one(easy_ckpt, tmp_path, loss_type):
+# dapo: ranks hold different token counts; micro_batch 4: gradient accumulation under DDP (no_sync until each
+# rank's last micro-batch; the ranks' shares, and so their numbers of micro-batches, may differ)
+@pytest.mark.parametrize("loss_type,micro_batch", [("grpo", 0), ("dapo", 0), ("dapo", 4)])
+def test_grpo_two_processes_match_one(easy_ckpt, tmp_path, loss_type, micro_batch):
     from deliberate.train.grpo import GRPOConfig, run_grpo
 
     base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 2, "problems_per_step": 6,
             "group": 4, "lr": 1e-3, "minibatches": 2, "credit": "steps", "eval_every": 1, "checkpoint_every": 1,
-            "eval_problems": 8, "eval_n": 2, "loss_type": loss_type}  # per-token (step-credit) advantages through DDP
+            "eval_problems": 8, "eval_n": 2, "loss_type": loss_type, "micro_batch": micro_batch}  # per-token (step-credit) advantages through DDP
     one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "stderr.log"
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -264,7 +266,7 @@ def test_grpo_two_processes_match_one(easy_ckpt, tmp_path, loss_type):
     t_one = time.perf_counter() - t0
     argv = ["train", "grpo", "--init", str(easy_ckpt), "--n-train", "32", "--steps", "2", "--problems-per-step", "6",
             "--group", "4", "--lr", "1e-3", "--minibatches", "2", "--credit", "steps", "--eval-every", "1", "--checkpoint-every", "1", "--eval-problems", "8",
-            "--eval-n", "2", "--loss-type", loss_type, "--out", str(two)] + [a for k, v in SMALL_ARITH.items() for a in ("--task-arg", f"{k}={v}")]
+            "--eval-n", "2", "--loss-type", loss_type, "--micro-batch", str(micro_batch), "--out", str(two)] + [a for k, v in SMALL_ARITH.items() for a in ("--task-arg", f"{k}={v}")]
     t0 = time.perf_counter()
     stdout = launch(argv, log)
     t_two = time.perf_counter() - t0

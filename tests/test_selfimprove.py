@@ -288,6 +288,35 @@ def test_grpo_minibatches_make_more_updates_from_the_same_samples(easy_ckpt, tmp
         GRPOConfig(**base, minibatches=0)
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_grpo_micro_batches_accumulate_to_the_same_update(easy_ckpt, tmp_path, monkeypatch, loss_type):
+    # per-token (step-credit) advantages: [B, L-1] tensors are cut by rows and trimmed to each chunk's width
+    base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 1, "problems_per_step": 6,
+            "group": 4, "lr": 1e-3, "credit": "steps", "loss_type": loss_type, "eval_every": 1,
+            "checkpoint_every": 1, "eval_problems": 4, "eval_n": 2}
+    calls, steps = [], []
+    real, real_step = grpo_mod.grpo_loss, torch.optim.AdamW.step
+    monkeypatch.setattr(grpo_mod, "grpo_loss", lambda *a, **k: (calls.append(tuple(a[0].shape)), real(*a, **k))[1])
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k))[1])
+    whole = run_grpo(GRPOConfig(**base, out=str(tmp_path / "whole")), progress=False)
+    (shape,) = calls
+    calls.clear(), steps.clear()
+    micro = run_grpo(GRPOConfig(**base, micro_batch=5, out=str(tmp_path / "micro")), progress=False)
+    assert len(steps) == 1  # one optimizer update, as without micro-batches
+    assert [c[0] for c in calls] == [5] * (shape[0] // 5) + ([shape[0] % 5] if shape[0] % 5 else [])
+    assert max(c[1] for c in calls) == shape[1] and min(c[1] for c in calls) <= shape[1]  # trimmed to own width
+    w1, w2 = load_tiny(tmp_path / "whole" / "checkpoint")[0].state_dict(), \
+        load_tiny(tmp_path / "micro" / "checkpoint")[0].state_dict()
+    seed = load_tiny(easy_ckpt)[0].state_dict()
+    assert max(float((w1[k] - seed[k]).abs().max()) for k in w1) > 1e-4  # the update is real ...
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-6  # ... and the same up to float rounding
+    strip = lambda r: {k: v for k, v in r.items() if "wall" not in k and k != "eval"}  # eval: argmax ties
+    assert strip(micro["iterations"][-1]) == strip(whole["iterations"][-1])
+    assert micro["config"]["micro_batch"] == 5
+    with pytest.raises(DeliberateError, match="micro_batch must be an integer >= 0"):
+        GRPOConfig(**base, micro_batch=-1)
+
+
 def test_grpo_kill_and_resume_matches_uninterrupted(easy_ckpt, tmp_path, monkeypatch):
     # warmup 3: the resumed steps 2-3 must run at the full lr again, not restart the warmup
     base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 4, "problems_per_step": 4,

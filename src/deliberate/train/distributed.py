@@ -23,6 +23,7 @@ message rather than run with checkpoints that would silently hold one shard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -97,6 +98,11 @@ class Dist:
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
+
+    def no_sync(self, model):
+        """Context in which ``backward`` accumulates gradients locally, without the all-reduce (gradient
+        accumulation: the next synced ``backward`` reduces the sum)."""
+        return contextlib.nullcontext()
 
     def clip_grad_norm_(self, model, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -173,6 +179,9 @@ class Accelerated(Dist):
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
+
+    def no_sync(self, model):
+        return self.accelerator.no_sync(model)
 
     def clip_grad_norm_(self, model, max_norm: float) -> None:
         self.accelerator.clip_grad_norm_(model.parameters(), max_norm)

@@ -34,7 +34,10 @@ group's reward std (Dr. GRPO: it up-weights groups that nearly all agree). The n
 into that many minibatches, one optimizer update each, as PPO and TRL's ``steps_per_generation`` do:
 more updates per sampled token, where the ratio to the sampling policy and its clip matter.
 ``inner_epochs`` > 1 reuses the step's completions for several passes. ``minibatches = inner_epochs
-= 1`` (the default) is one on-policy update per step.
+= 1`` (the default) is one on-policy update per step. ``micro_batch`` only changes memory: each
+minibatch's forward/backward runs in chunks of that many sequences (each trimmed to its own longest)
+whose gradients accumulate to the one update (the loss is divided by the whole minibatch's
+denominator); the default 0 keeps the whole minibatch in one pass, as the recorded runs did.
 
 Why not TRL's ``GRPOTrainer`` here: it drives generation through ``model.generate`` with a
 ``PreTrainedTokenizer``; the tiny model's character tokenizer is not one, and our engine samples the
@@ -45,7 +48,7 @@ Checkpoints (model, optimizer, RNG, step, compute) every ``checkpoint_every`` st
 same command resumes from the last one and gives the same result as an uninterrupted run (sampling
 is seeded per step, batches are a pure function of (seed, step)). Held-out greedy / maj@n / pass@n
 every ``eval_every`` steps are rows of ``OUT/iterations/`` and of ``OUT/summary.json``. A step never
-depends on the total (the learning rate has no decay), so rerunning a finished run with more ``--steps``
+depends on the total (with the default constant learning rate), so rerunning a finished run with more ``--steps``
 continues it to the same result as a run asked for the larger total from the start -- when the old total
 is a multiple of ``eval_every`` (otherwise its last evaluation covered a partial interval; refused).
 
@@ -60,6 +63,7 @@ process only; the others wait for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -131,6 +135,9 @@ class GRPOConfig:
     clip: float = 0.2
     inner_epochs: int = 1
     minibatches: int = 1  # optimizer updates per sampling step (the step's completions cut into this many)
+    # sequences per forward/backward pass; gradients accumulate to the minibatch's one update, so only memory
+    # changes (and float rounding). 0: the whole minibatch in one pass (64 problems x 8 = 512 sequences: ~4.5 GB)
+    micro_batch: int = 0
     grad_clip: float = 1.0
     eval_every: int = 20
     checkpoint_every: int = 10
@@ -148,8 +155,10 @@ class GRPOConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            problems.append(f"warmup must be an integer >= 0 (got {self.warmup!r})")
+        for name in ("warmup", "micro_batch"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                problems.append(f"{name} must be an integer >= 0 (got {v!r})")
         if not isinstance(self.group, int) or self.group < 2:
             problems.append(f"group must be an integer >= 2 (advantages are relative to the group; got {self.group!r})")
         if not (0 < self.lr < 1):
@@ -330,6 +339,34 @@ def advantage_tensor(exs: list[Example], advs: list, width: int) -> torch.Tensor
     return t
 
 
+def micro_batches(batch: dict[str, torch.Tensor], tensors: tuple[torch.Tensor, ...], micro: int
+                  ) -> list[tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]]:
+    """``batch`` (a :func:`collate` output) cut into row ranges of at most ``micro`` sequences (0: one range),
+    each trimmed to its own longest sequence, with the matching rows and columns of ``tensors`` (aligned
+    with :func:`token_logprobs`' ``[B, L-1]`` output; ``[B]`` ones are cut by row only). Right padding and
+    a causal model make the trim exact: the dropped columns are padding in every kept row."""
+    n = batch["input_ids"].shape[0]
+    step = micro if micro > 0 else n
+    out = []
+    for lo in range(0, n, step):
+        rows = slice(lo, min(n, lo + step))
+        width = int(batch["attention_mask"][rows].sum(dim=1).max())
+        sub = {k: v[rows, :width] for k, v in batch.items()}
+        out.append((sub, tuple(t[rows] if t.dim() == 1 else t[rows, :width - 1] for t in tensors)))
+    return out
+
+
+def merge_stats(chunks: list[tuple[dict[str, float], torch.Tensor]]) -> dict[str, float]:
+    """:func:`grpo_loss`'s stats of a minibatch from its micro-batches' (each with its completion mask):
+    ``kl`` is a mean over sequences, ``clipped`` a fraction of tokens."""
+    if len(chunks) == 1:
+        return chunks[0][0]
+    seqs = [float(m.shape[0]) for _, m in chunks]
+    toks = [float(m.sum()) for _, m in chunks]
+    return {"kl": sum(st["kl"] * n for (st, _), n in zip(chunks, seqs)) / max(1.0, sum(seqs)),
+            "clipped": sum(st["clipped"] * t for (st, _), t in zip(chunks, toks)) / max(1.0, sum(toks))}
+
+
 def split_minibatches(n: int, m: int, seed: int, step: int) -> list[list[int]]:
     """Indices ``0..n-1`` cut into ``min(m, n)`` minibatches of near-equal size: in order for ``m = 1``,
     else in an order seeded by ``(seed, step)`` (so a resumed run cuts the same minibatches)."""
@@ -491,11 +528,16 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
                               old, ref_lp, mask, ntok))
             for _ in range(cfg.inner_epochs):
                 for batch, adv, old, ref_lp, mask, ntok in parts:
-                    logp, _ = token_logprobs(model, batch, cfg.temperature)
-                    loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, loss_type=cfg.loss_type,
-                                            max_len=max_len)
+                    denom = loss_denominator(cfg.loss_type, mask.sum(dim=1).tolist(), max_len)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    chunks = []
+                    for sub, (a, o, r, m) in micro_batches(batch, (adv, old, ref_lp, mask), cfg.micro_batch):
+                        logp, _ = token_logprobs(model, sub, cfg.temperature)
+                        loss, st = grpo_loss(logp, o, r, m, a, cfg.clip, cfg.beta, denom=denom,
+                                             loss_type=cfg.loss_type)
+                        loss.backward()  # accumulates: the chunks' losses sum to the minibatch's
+                        chunks.append((st, m))
+                    stats = merge_stats(chunks)
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
@@ -561,11 +603,19 @@ def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref
     stats: dict[str, float] = {}
     for _ in range(cfg.inner_epochs):
         for batch, adv, old, ref_lp, mask, ntok, weight, denom in parts:
-            logp, _ = token_logprobs(ddp_model, batch, cfg.temperature)
-            loss, stats = grpo_loss(logp, old, ref_lp, mask, adv, cfg.clip, cfg.beta, denom=denom / dist.world_size,
-                                    loss_type=cfg.loss_type)
             ddp_opt.zero_grad(set_to_none=True)
-            dist.backward(loss * weight)
+            subs = micro_batches(batch, (adv, old, ref_lp, mask), cfg.micro_batch)
+            chunks = []
+            for k, (sub, (a, o, r, m)) in enumerate(subs):
+                # gradients stay local until the rank's last micro-batch, whose backward all-reduces the sum
+                # (ranks may hold different numbers of micro-batches; each makes exactly one synced backward)
+                with dist.no_sync(ddp_model) if k < len(subs) - 1 else contextlib.nullcontext():
+                    logp, _ = token_logprobs(ddp_model, sub, cfg.temperature)
+                    loss, st = grpo_loss(logp, o, r, m, a, cfg.clip, cfg.beta, denom=denom / dist.world_size,
+                                         loss_type=cfg.loss_type)
+                    dist.backward(loss * weight)
+                chunks.append((st, m))
+            stats = merge_stats(chunks)
             if cfg.grad_clip:
                 dist.clip_grad_norm_(ddp_model, cfg.grad_clip)
             ddp_opt.step()
@@ -592,6 +642,8 @@ HELP = {
                     "toward 0 at --steps (TRL's names)",
     "inner_epochs": "passes over each step's completions",
     "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
+    "micro_batch": "sequences per forward/backward pass, gradients accumulated to each minibatch's one update: "
+                   "the same training in less memory (0: the whole minibatch at once)",
 }
 
 
