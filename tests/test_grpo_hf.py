@@ -164,6 +164,34 @@ def test_a_reward_signal_moves_the_weights(tiny_hf, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in _weights(zero["model"]).items())
 
 
+def test_micro_batches_accumulate_to_the_same_steps(tiny_hf, tmp_path):
+    """``micro_batch`` maps to TRL's per-device batch with gradient accumulation: the same completions are
+    sampled, each optimizer step still covers batch_size of them, and the weights end where one pass puts them."""
+    from deliberate.tasks import get_task
+
+    runs = {}
+    for mb in (0, 2):
+        cfg = HFGRPOConfig(model=str(tiny_hf), lr=1e-2, beta=0.04, micro_batch=mb, **TINY)
+        task = get_task(cfg.task, **cfg.task_options)
+        sampled = []
+
+        def even_start(prompts, completions, completion_ids, sampled=sampled, **kw):
+            sampled.append([tuple(ids) for ids in completion_ids])
+            return [float(ids[0] % 2 == 0) for ids in completion_ids]
+
+        rec = grpo_train(tiny_hf, task, task.problems("train", cfg.n_train), tmp_path / f"mb{mb}", cfg,
+                         progress=False, reward=even_start)
+        runs[mb] = (sampled, _weights(rec["model"]), rec)
+    (s0, w0, r0), (s2, w2, r2) = runs[0], runs[2]
+    assert s2 == s0 and [len(b) for b in s2] == [8, 8]  # one reward call per step, over batch_size completions
+    assert r2["steps"] == r0["steps"] == 2 and r2["tokens_trained"] == r0["tokens_trained"]
+    before = _weights(tiny_hf)
+    assert max(float((w0[k] - before[k]).abs().max()) for k in w0) > 1e-4
+    assert max(float((w0[k] - w2[k]).abs().max()) for k in w0) < 1e-5
+    with pytest.raises(DeliberateError, match="must divide batch_size"):
+        HFGRPOConfig(model=str(tiny_hf), micro_batch=3, **TINY)
+
+
 def test_killed_training_resumes_from_the_last_trl_checkpoint(tiny_hf, tmp_path, monkeypatch):
     from deliberate.tasks import get_task
     from deliberate.train import grpo_hf

@@ -294,15 +294,18 @@ def test_grpo_micro_batches_accumulate_to_the_same_update(easy_ckpt, tmp_path, m
     base = {"init": str(easy_ckpt), "task_options": SMALL_ARITH, "n_train": 32, "steps": 1, "problems_per_step": 6,
             "group": 4, "lr": 1e-3, "credit": "steps", "loss_type": loss_type, "eval_every": 1,
             "checkpoint_every": 1, "eval_problems": 4, "eval_n": 2}
-    calls, steps = [], []
-    real, real_step = grpo_mod.grpo_loss, torch.optim.AdamW.step
+    calls, steps, norms = [], [], []
+    real, real_step, real_clip = grpo_mod.grpo_loss, torch.optim.AdamW.step, torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(grpo_mod, "grpo_loss", lambda *a, **k: (calls.append(tuple(a[0].shape)), real(*a, **k))[1])
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k))[1])
+    # the accumulated gradient itself (Adam's first step would hide a wrong overall scale)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(float(real_clip(*a, **k))))
     whole = run_grpo(GRPOConfig(**base, out=str(tmp_path / "whole")), progress=False)
     (shape,) = calls
     calls.clear(), steps.clear()
     micro = run_grpo(GRPOConfig(**base, micro_batch=5, out=str(tmp_path / "micro")), progress=False)
     assert len(steps) == 1  # one optimizer update, as without micro-batches
+    assert len(norms) == 2 and norms[1] == pytest.approx(norms[0], rel=1e-5) and norms[0] > 0
     assert [c[0] for c in calls] == [5] * (shape[0] // 5) + ([shape[0] % 5] if shape[0] % 5 else [])
     assert max(c[1] for c in calls) == shape[1] and min(c[1] for c in calls) <= shape[1]  # trimmed to own width
     w1, w2 = load_tiny(tmp_path / "whole" / "checkpoint")[0].state_dict(), \

@@ -86,6 +86,9 @@ class HFGRPOConfig:
     steps: int = 40  # optimizer steps (TRL max_steps)
     num_generations: int = 8  # group size G
     batch_size: int = 16  # completions per optimizer step (batch_size / G prompts); a multiple of G
+    # completions per forward/backward pass (TRL per_device_train_batch_size, with gradient_accumulation_steps =
+    # batch_size / micro_batch, so a step still samples and updates on batch_size): memory only. 0: batch_size
+    micro_batch: int = 0
     # TRL's 1e-6 barely moves a small model in tens of steps; 2e-5 for 24 steps lifted SmolLM2 (docs/RESULTS.md)
     lr: float = 5e-6
     lr_scheduler: str = "constant"  # TRL's lr_scheduler_type: constant, linear or cosine (decay toward 0 at steps)
@@ -121,6 +124,12 @@ class HFGRPOConfig:
             elif isinstance(self.n_train, int) and self.n_train < self.batch_size // g:
                 problems.append(f"n_train ({self.n_train}) must be >= the prompts per step "
                                 f"(batch_size / num_generations = {self.batch_size // g})")
+        mb = self.micro_batch
+        if not isinstance(mb, int) or isinstance(mb, bool) or mb < 0:
+            problems.append(f"micro_batch must be an integer >= 0 (got {mb!r})")
+        elif mb and isinstance(self.batch_size, int) and self.batch_size >= 1 and self.batch_size % mb:
+            problems.append(f"micro_batch ({mb}) must divide batch_size ({self.batch_size}): each step accumulates "
+                            f"whole micro-batches")
         if not isinstance(self.save_steps, int) or isinstance(self.save_steps, bool) or self.save_steps < 0:
             problems.append(f"save_steps must be an integer >= 0 (got {self.save_steps!r})")
         if not (0 < self.lr < 1):
@@ -259,8 +268,9 @@ def grpo_train(base: Path, task: Task, problems: Sequence[Problem], out: Path, c
     gpu = torch.cuda.is_available()
     bf16 = gpu and torch.cuda.is_bf16_supported()
     args = GRPOConfig(
-        output_dir=str(work), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=1, num_generations=cfg.num_generations,
+        output_dir=str(work), max_steps=cfg.steps, per_device_train_batch_size=cfg.micro_batch or cfg.batch_size,
+        gradient_accumulation_steps=cfg.batch_size // (cfg.micro_batch or cfg.batch_size),
+        num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=cfg.beta, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations, loss_type=cfg.loss_type,
@@ -379,6 +389,8 @@ HELP = {
     "steps": "optimizer steps (TRL max_steps); each samples batch_size completions",
     "num_generations": "group size G: completions per prompt, rewards normalised within the group",
     "batch_size": "completions per optimizer step (a multiple of num_generations)",
+    "micro_batch": "completions per forward/backward pass, gradients accumulated to batch_size (TRL "
+                   "per_device_train_batch_size with gradient_accumulation_steps): less memory, same step; 0: batch_size",
     "lr": "learning rate (constant, AdamW)",
     "beta": "KL coefficient to the start model (0: no reference model)",
     "epsilon": "PPO-style clip of the probability ratio",
