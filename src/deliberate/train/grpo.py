@@ -136,7 +136,7 @@ class GRPOConfig:
     inner_epochs: int = 1
     minibatches: int = 1  # optimizer updates per sampling step (the step's completions cut into this many)
     # sequences per forward/backward pass; gradients accumulate to the minibatch's one update, so only memory
-    # changes (and float rounding). 0: the whole minibatch in one pass (64 problems x 8 = 512 sequences: ~4.5 GB)
+    # changes (and float rounding). 0: the whole minibatch in one pass (64 problems x 8 = 512 sequences: ~5 GB peak)
     micro_batch: int = 0
     grad_clip: float = 1.0
     eval_every: int = 20

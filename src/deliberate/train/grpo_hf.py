@@ -391,7 +391,7 @@ HELP = {
     "batch_size": "completions per optimizer step (a multiple of num_generations)",
     "micro_batch": "completions per forward/backward pass, gradients accumulated to batch_size (TRL "
                    "per_device_train_batch_size with gradient_accumulation_steps): less memory, same step; 0: batch_size",
-    "lr": "learning rate (constant, AdamW)",
+    "lr": "learning rate (AdamW; the peak when --lr-scheduler decays)",
     "beta": "KL coefficient to the start model (0: no reference model)",
     "epsilon": "PPO-style clip of the probability ratio",
     "num_iterations": "optimizer steps per generation (1: on-policy)",
