@@ -101,6 +101,82 @@ def test_recipe_finetune_device(tmp_path):
 
 
 
+SMALL_ARITH = {"min_ops": 1, "max_ops": 1, "max_operand": 5}
+
+
+def _sft_cfg(out, steps=10):
+    from deliberate.train.sft import SFTConfig
+
+    return SFTConfig(task_options=SMALL_ARITH, steps=steps, n_train=400, batch_size=16, lr=5e-3, checkpoint_every=steps,
+                     model=TinyConfig(d_model=48, n_layers=2, n_heads=2, n_kv_heads=2), out=str(out))
+
+
+def _grpo_cfg(init, out, steps=1):
+    from deliberate.train.grpo import GRPOConfig
+
+    return GRPOConfig(init=str(init), task_options=SMALL_ARITH, n_train=32, steps=steps, problems_per_step=6, group=4,
+                      lr=1e-3, eval_every=1, checkpoint_every=1, eval_problems=4, eval_n=2, out=str(out))
+
+
+@no_cuda
+def test_sft_and_grpo_device(tmp_path, monkeypatch):
+    """``train sft`` / ``train grpo`` run on ``--device`` (``auto``: the GPU where there is one): asking for
+    CUDA where there is none fails before anything is written; a CPU run records its device; under a
+    launcher the accelerate config places the ranks, so an explicit device is refused."""
+    from deliberate.cli import main_cli
+    from deliberate.train.distributed import Single, setup
+    from deliberate.train.grpo import run_grpo
+    from deliberate.train.sft import train_sft
+
+    with pytest.raises(DeliberateError, match="sft: device 'cuda' requested but CUDA is not available"):
+        train_sft(_sft_cfg(tmp_path / "gpu"), progress=False, device="cuda")
+    assert not (tmp_path / "gpu").exists()
+    model_dir = train_sft(_sft_cfg(tmp_path / "sft", steps=2), progress=False)  # auto -> cpu here
+    assert json.loads((tmp_path / "sft" / "compute.json").read_text())["device"] == "cpu"
+    with pytest.raises(DeliberateError, match="grpo: device 'cuda:0' requested but CUDA is not available"):
+        run_grpo(_grpo_cfg(model_dir, tmp_path / "grpo-gpu"), progress=False, device="cuda:0")
+    assert not (tmp_path / "grpo-gpu").exists()
+    assert main_cli(["train", "grpo", "--device", "cuda", "--init", str(model_dir), "--out",
+                     str(tmp_path / "cli-gpu")]) == 2  # one-line error, exit 2
+    assert not (tmp_path / "cli-gpu").exists()
+    summary = run_grpo(_grpo_cfg(model_dir, tmp_path / "grpo"), progress=False, device="cpu")
+    assert summary["device"] == "cpu" and len(summary["iterations"]) == 2
+    # on the CPU placement is the identity: the plain run's code is what it always was
+    one, m = setup("grpo", "cpu"), _model()[0]
+    batch = {"input_ids": torch.zeros(1, 2, dtype=torch.long)}
+    assert isinstance(one, Single) and one.place(m) is m and one.to_device(batch) is batch
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what accelerate launch sets
+    with pytest.raises(DeliberateError, match="--device cpu is for plain runs; under accelerate launch"):
+        setup("grpo", "cpu")
+
+
+@needs_cuda
+def test_sft_and_grpo_train_on_the_gpu(tmp_path):
+    """Plain ``train sft`` / ``train grpo`` on CUDA: SFT takes the CPU run's batches and lands within float
+    rounding of its weights; GRPO samples and updates on the GPU, its checkpoint (optimizer state included)
+    continues on the CPU."""
+    from deliberate.models.tiny import load_tiny
+    from deliberate.train.grpo import run_grpo
+    from deliberate.train.sft import train_sft
+
+    dirs = {d: train_sft(_sft_cfg(tmp_path / f"sft-{d}"), progress=False, device=d) for d in ("cpu", "cuda")}
+    comp = {d: json.loads((tmp_path / f"sft-{d}" / "compute.json").read_text()) for d in dirs}
+    assert comp["cuda"]["device"].startswith("cuda") and comp["cuda"]["tokens_trained"] == comp["cpu"]["tokens_trained"]
+    a, b = (load_tiny(dirs[d])[0] for d in ("cpu", "cuda"))
+    assert next(b.parameters()).device.type == "cpu"
+    start = build_tiny_model(_sft_cfg(tmp_path / "x").model, CharTokenizer(), seed=0)  # both runs' start (seed 0)
+    flat = [torch.cat([p.detach().flatten() for p in x.parameters()]) for x in (start, a, b)]
+    moved = (flat[1] - flat[0]).abs().mean()
+    assert moved > 0 and (flat[2] - flat[1]).abs().mean() < 0.05 * moved
+    easy = train_sft(_sft_cfg(tmp_path / "easy", steps=120), progress=False, device="cuda")
+    s1 = run_grpo(_grpo_cfg(easy, tmp_path / "grpo"), progress=False, device="cuda")
+    assert s1["device"].startswith("cuda") and s1["iterations"][1]["groups_used"] > 0
+    seed, after = load_tiny(easy)[0], load_tiny(tmp_path / "grpo" / "checkpoint")[0]
+    assert max(float((x - y).abs().max()) for x, y in zip(seed.parameters(), after.parameters())) > 1e-5
+    s2 = run_grpo(_grpo_cfg(easy, tmp_path / "grpo", steps=2), progress=False, device="cpu")  # continue on the CPU
+    assert s2["device"] == "cpu" and [r["step"] for r in s2["iterations"]] == [0, 1, 2]
+
+
 @no_cuda
 def test_recipe_rollouts_device(tmp_path):
     """Recipes sample from a checkpoint on ``device`` (``auto`` = the GPU where there is one): asking

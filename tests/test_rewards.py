@@ -211,6 +211,41 @@ def test_train_resume_equals_uninterrupted(labels_file, tiny_ckpt, tmp_path, tas
         tv.train_verifier(tv.VerifierTrainConfig(**{**base, "lr": 0.5}, out=str(tmp_path / "b")), progress=False)
 
 
+
+def test_train_verifier_device(labels_file, tiny_ckpt, tmp_path):
+    """Verifier training runs on ``device`` (``auto``: a CUDA GPU where there is one). Without CUDA, asking
+    for it fails before anything is written; the device is recorded; on a GPU (PRM, and GenRM with its SFT
+    mix) the weights land within float rounding of the CPU's, and the model loads on the CPU."""
+    import deliberate.train.verifier as tv
+    from deliberate.models.tiny import load_tiny
+
+    cuda = torch.cuda.is_available()
+    base = dict(labels=str(labels_file), task_options=TASK_OPTS, init_from=str(tiny_ckpt), steps=6, batch_size=8,
+                warmup=2, val_frac=0.1, checkpoint_every=6)
+    if not cuda:
+        with pytest.raises(DeliberateError, match="train prm: device 'cuda' requested but CUDA is not available"):
+            tv.train_verifier(tv.VerifierTrainConfig(kind="prm", **base, out=str(tmp_path / "gpu")), progress=False,
+                              device="cuda")
+        assert not (tmp_path / "gpu").exists()
+    init = dict(load_tiny(tiny_ckpt)[0].named_parameters())
+    for kind in ("prm", "genrm") if cuda else ("prm",):
+        extra = {"sft_mix": 0.25} if kind == "genrm" else {}
+        flat = []
+        for dev in ("cpu", "cuda") if cuda else ("cpu",):
+            out = tmp_path / f"{kind}-{dev}"
+            final = tv.train_verifier(tv.VerifierTrainConfig(kind=kind, **base, **extra, out=str(out)), progress=False,
+                                      device=dev)
+            assert json.loads((out / "metrics.json").read_text())["device"].startswith(dev)
+            assert json.loads((out / "compute.json").read_text())["device"].startswith(dev)
+            got = dict(get_verifier(f"{kind}:{final}", task=get_task("arith", **TASK_OPTS)).model.named_parameters())
+            keys = [k for k in got if k in init and got[k].shape == init[k].shape]  # the shared backbone
+            assert len(keys) > 4
+            flat.append(torch.cat([got[k].detach().float().cpu().flatten() for k in keys]))
+        if cuda:  # the backbone moved, and the GPU run moved it as the CPU run did
+            moved = (flat[0] - torch.cat([init[k].detach().flatten() for k in keys])).abs().mean()
+            assert moved > 0 and (flat[1] - flat[0]).abs().mean() < 0.05 * moved
+
+
 # ---------------------------------------------------------------------------------------------
 # Monte-Carlo labels
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 
 :func:`setup` returns a :class:`Dist`. Run without a launcher it is :class:`Single`: every method is
 the identity or does nothing, accelerate is not even imported, and the recipes run exactly the code
-they ran before (same numbers, byte-identical weights). Under ``accelerate launch`` (or ``torchrun``)
+they ran before (on the CPU: same numbers, byte-identical weights); ``--device`` (default ``auto``: a CUDA GPU when
+there is one) only moves the model and each batch. Under ``accelerate launch`` (or ``torchrun``)
 it is :class:`Accelerated`, a thin layer over ``accelerate.Accelerator``:
 
 * ``shard(items)``: this rank's contiguous slice of a global list (a batch's examples, a step's
@@ -112,7 +113,18 @@ class Dist:
 
 
 class Single(Dist):
-    """A plain (unlaunched) process: everything is the identity; the recipes' original code runs."""
+    """A plain (unlaunched) process on one device: everything else is the identity; the recipes' original
+    code runs. On the CPU (the default) placement is the identity too, so a CPU run is the code it always
+    was; on a GPU the model and each batch are moved there."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+
+    def place(self, model):
+        return model if self.device.type == "cpu" else model.to(self.device)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return batch if self.device.type == "cpu" else {k: v.to(self.device) for k, v in batch.items()}
 
 
 _DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")
@@ -191,6 +203,24 @@ class Accelerated(Dist):
         self.accelerator.end_training()
 
 
-def setup(recipe: str) -> Dist:
-    """:class:`Accelerated` under ``accelerate launch`` / ``torchrun``, else :class:`Single`."""
-    return Accelerated(recipe) if launched() else Single()
+def add_device_argument(parser) -> None:
+    """``--device`` for a recipe that trains through :func:`setup`."""
+    parser.add_argument("--device", default="auto",
+                        help="where a plain run trains (and GRPO samples): auto (a CUDA GPU when there is one, else the "
+                             "CPU), cpu, cuda or cuda:N; under accelerate launch the accelerate config decides "
+                             "(default: %(default)s)")
+
+
+def setup(recipe: str, device: str = "auto") -> Dist:
+    """:class:`Accelerated` under ``accelerate launch`` / ``torchrun`` (the launcher's config places the
+    ranks, so an explicit ``device`` is refused there), else :class:`Single` on ``device`` (``auto``: the GPU
+    when CUDA is available, else the CPU; see :func:`deliberate.models.engine.resolve_device`)."""
+    if launched():
+        if device not in (None, "auto"):
+            raise DeliberateError(f"{recipe}: --device {device} is for plain runs; under accelerate launch the "
+                                  f"accelerate config places each rank (e.g. configs/accelerate/gpu_1.yaml, or "
+                                  f"accelerate launch --cpu)")
+        return Accelerated(recipe)
+    from deliberate.models.engine import resolve_device
+
+    return Single(resolve_device(device, what=recipe))

@@ -75,6 +75,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
+from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import load_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
@@ -86,7 +87,7 @@ from deliberate.train.common import (
     restore_rng,
     save_checkpoint,
 )
-from deliberate.train.distributed import Dist, Single, setup
+from deliberate.train.distributed import Dist, Single, add_device_argument, setup
 from deliberate.train.rest_em import format_iterations
 from deliberate.train.selfimprove import (
     VERIFIED,
@@ -413,8 +414,13 @@ def check_extension(cfg: GRPOConfig) -> None:
                               f"results as an uninterrupted run; use another --out")
 
 
-def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
-    dist = dist or Single()
+def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, device: str = "auto") -> dict[str, Any]:
+    """Run (or resume) GRPO; returns the summary. ``dist``: the data-parallel context under a launcher
+    (:func:`deliberate.train.distributed.setup`); otherwise a plain run on ``device`` (``auto``: a CUDA GPU
+    when there is one, else the CPU), which samples, trains and checkpoints there (the checkpoint loads
+    anywhere). A resumed run may change device: float rounding then differs from an uninterrupted run."""
+    if dist is None:  # a plain run (library call), even inside a launched process
+        dist = Single(resolve_device(device, what="grpo"))
     with dist.main_first():  # the main process writes config.json and recovers the checkpoint first
         check_extension(cfg)
         out, cfg_dict = start_run(cfg, extendable=("steps",))
@@ -438,7 +444,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
     acc = {"tokens_sampled": 0, "prompt_tokens": 0, "tokens_trained": 0, "tokens_forward": 0, "wall_s": 0.0,
            "reward_sum": 0.0, "n_samples": 0, "groups_used": 0, "groups": 0}
     if state is not None:
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))  # -> params' device
         restore_rng(ckpt)
         start = int(state["step"])
         acc = state["acc"]
@@ -518,14 +524,14 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             model.train()
             parts = []  # every minibatch's old / reference log-probs, taken before the first update
             for idx in mbs:
-                batch = collate([exs[i] for i in idx], tok.pad_token_id)
+                batch = dist.to_device(collate([exs[i] for i in idx], tok.pad_token_id))
                 with torch.no_grad():
                     old, mask = token_logprobs(model, batch, cfg.temperature)
                     ref_lp, _ = token_logprobs(ref, batch, cfg.temperature)
                 ntok = int(batch["attention_mask"].sum())
                 acc["tokens_forward"] += 2 * ntok
-                parts.append((batch, advantage_tensor([exs[i] for i in idx], [advs[i] for i in idx], old.shape[1]),
-                              old, ref_lp, mask, ntok))
+                adv = advantage_tensor([exs[i] for i in idx], [advs[i] for i in idx], old.shape[1]).to(dist.device)
+                parts.append((batch, adv, old, ref_lp, mask, ntok))
             for _ in range(cfg.inner_epochs):
                 for batch, adv, old, ref_lp, mask, ntok in parts:
                     denom = loss_denominator(cfg.loss_type, mask.sum(dim=1).tolist(), max_len)
@@ -568,7 +574,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None) -
             dist.barrier()
     bar.close()
     rows = log.cumulative()
-    summary = {"recipe": "grpo", "config": cfg_dict, "iterations": rows}
+    summary = {"recipe": "grpo", "config": cfg_dict, "device": str(dist.device), "iterations": rows}
     if dist.is_main:
         write_json_atomic(out / "summary.json", summary)
         plot_curve(rows, out / "curve.png", f"GRPO on {cfg.task}", keys=("greedy", f"maj@{cfg.eval_n}"))
@@ -649,11 +655,12 @@ HELP = {
 
 def add_arguments(parser) -> None:
     add_config_arguments(parser, GRPOConfig, HELP)
+    add_device_argument(parser)
 
 
 def main(args) -> int:
     cfg = config_from_args(GRPOConfig, args)
-    dist = setup("grpo")
+    dist = setup("grpo", args.device)
     summary = run_grpo(cfg, dist=dist)
     dist.close()  # on an error the launcher stops the other ranks
     if not dist.is_main:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.models.engine import count_parameters
+from deliberate.models.engine import count_parameters, resolve_device
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
@@ -41,7 +41,7 @@ from deliberate.train.common import (
     trim_log,
     write_json_atomic,
 )
-from deliberate.train.distributed import Dist, Single, setup
+from deliberate.train.distributed import Dist, Single, add_device_argument, setup
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,16 @@ def build_examples(cfg: SFTConfig, tokenizer: CharTokenizer, max_len: int):
     return exs
 
 
-def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None) -> Path:
+def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None, device: str = "auto") -> Path:
     """Run (or resume) SFT; returns the final model directory.
 
     Under ``accelerate launch`` (``dist``: see :mod:`deliberate.train.distributed`) each rank trains
     on its contiguous share of every global batch of ``batch_size`` examples, gradients are averaged
     by DDP, token counts are summed over ranks, and only the main process writes the log, the
-    checkpoints and the final model."""
-    dist = dist or Single()
+    checkpoints and the final model. A plain run trains on ``device`` (``auto``: a CUDA GPU when there is
+    one, else the CPU); the checkpoint and the model load anywhere, and ``compute.json`` records the device."""
+    if dist is None:  # a plain run (library call), even inside a launched process
+        dist = Single(resolve_device(device, what="sft"))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
@@ -127,7 +129,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None) -
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     start = 0
     if state is not None:
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))  # -> params' device
         restore_rng(ckpt)
         start = int(state["step"])
     meter = ComputeMeter(count_parameters(model), state and state.get("compute"))
@@ -146,7 +148,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None) -
             loss = supervised_step(ddp_model, ddp_opt, dist.to_device(batch), lr, cfg.grad_clip, dist, n_items)
             meter.tokens_trained += n_tokens
         else:
-            loss = supervised_step(model, opt, batch, lr, cfg.grad_clip)
+            loss = supervised_step(model, opt, dist.to_device(batch), lr, cfg.grad_clip)
             meter.tokens_trained += int(batch["attention_mask"].sum())
         lv = loss.item()
         loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
@@ -169,7 +171,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None) -
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         save_tiny(model, tok, tmp)
         replace_dir(tmp, final)  # a killed run never leaves a half-written model
-        write_json_atomic(out / "compute.json", meter.to_dict())
+        write_json_atomic(out / "compute.json", {**meter.to_dict(), "device": str(dist.device)})
     dist.barrier()
     return final
 
@@ -191,6 +193,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--out", default=d.out)
+    add_device_argument(parser)
 
 
 def main(args) -> int:
@@ -203,7 +206,7 @@ def main(args) -> int:
         init_from=args.init_from, seed=args.seed, checkpoint_every=args.checkpoint_every, out=args.out,
     )
     t0 = time.perf_counter()
-    dist = setup("sft")
+    dist = setup("sft", args.device)
     final = train_sft(cfg, dist=dist)
     dist.close()  # on an error the launcher stops the other ranks
     if dist.is_main:

@@ -270,14 +270,16 @@ def _loss(model, kind: str, batch, yn: _YesNo | None) -> tuple[torch.Tensor, tor
 @torch.inference_mode()
 def evaluate_examples(model, kind: str, examples: Sequence[ScoredExample], pad_id: int, yn=None,
                       batch_size: int = 256) -> dict[str, Any]:
-    """Mean loss, and the AUC of the scores against targets > 0 (hard labels), on held-out examples."""
+    """Mean loss, and the AUC of the scores against targets > 0 (hard labels), on held-out examples
+    (batches go to the model's device)."""
     if not examples:
         return {}
+    dev = next(model.parameters()).device
     was = model.training
     model.eval()
     tot, n, scores, targets = 0.0, 0, [], []
     for s in range(0, len(examples), batch_size):
-        batch = _collate(examples[s:s + batch_size], pad_id)
+        batch = tuple(t.to(dev) for t in _collate(examples[s:s + batch_size], pad_id))
         loss, z = _loss(model, kind, batch, yn)
         tot += loss.item() * len(z)
         n += len(z)
@@ -314,14 +316,18 @@ def _load_model(cfg: VerifierTrainConfig, ckpt: Path | None):
     return build_reward_model(tok, init_from=cfg.init_from, model_config=TinyConfig(**cfg.model), seed=cfg.seed), tok
 
 
-def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
-    """Run (or resume) verifier training; returns the final model directory ``OUT/model``."""
+def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str = "auto") -> Path:
+    """Run (or resume) verifier training; returns the final model directory ``OUT/model``. Trains on
+    ``device`` (``auto``: a CUDA GPU when there is one, else the CPU; recorded in ``metrics.json`` and
+    ``compute.json``); the checkpoint and the final model load on any device."""
+    from deliberate.models.engine import resolve_device
     from deliberate.rewards.mc_labels import read_labels
     from deliberate.rewards.models import save_reward_model
     from deliberate.tasks import get_task
     from deliberate.train.common import collate as lm_collate
     from deliberate.train.common import make_example
 
+    dev = resolve_device(device, what=f"train {cfg.kind}")
     task = get_task(cfg.task, **cfg.task_options)
     rows = read_labels(cfg.labels) if cfg.labels is not None else rows_from_samples(cfg.samples)
     out = Path(cfg.out)
@@ -335,7 +341,7 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
 
     torch.manual_seed(cfg.seed)
     model, tok = _load_model(cfg, ckpt if state is not None else None)
-    model.train()
+    model = model.to(dev).train()  # before the optimizer exists (on the CPU: the same object)
     max_len = int(model.config.max_position_embeddings)
     yn = _YesNo(tok) if cfg.kind == "genrm" else None
     train_rows = [r for r in rows if not _is_val(r["question"], cfg.val_frac)]
@@ -380,7 +386,7 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
     start = 0
     if state is not None:
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))  # -> params' device
         restore_rng(ckpt)
         start = int(state["step"])
     meter = ComputeMeter(count_parameters(model), state and state.get("compute"))
@@ -393,11 +399,12 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup) * g["lr_mult"]
         idx = batch_indices(len(train_ex), n_ver, cfg.seed, step)
-        batch = _collate([train_ex[i] for i in idx], tok.pad_token_id)
+        batch = tuple(t.to(dev) for t in _collate([train_ex[i] for i in idx], tok.pad_token_id))
         loss, _ = _loss(model, cfg.kind, batch, yn)
         meter.tokens_trained += int(batch[1].sum())
         if n_sft:
             sb = lm_collate([sft_ex[i] for i in batch_indices(len(sft_ex), n_sft, cfg.seed + 1, step)], tok.pad_token_id)
+            sb = {k: v.to(dev) for k, v in sb.items()}
             loss = (n_ver * loss + n_sft * model(**sb).loss) / cfg.batch_size
             meter.tokens_trained += int(sb["attention_mask"].sum())
         opt.zero_grad(set_to_none=True)
@@ -422,7 +429,7 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
     model.eval()
     metrics = {"first_loss": first_loss, "final_loss_ema": loss_ema, "train_examples": len(train_ex),
                "val_examples": len(val_ex), **evaluate_examples(model, cfg.kind, val_ex, tok.pad_token_id, yn),
-               "compute": meter.to_dict()}
+               "compute": meter.to_dict(), "device": str(dev)}
     write_json_atomic(out / "metrics.json", metrics)
     final = out / "model"
     meta = {"kind": cfg.kind, "task": cfg.task, "task_options": dict(cfg.task_options), "label_type": cfg.label_type,
@@ -437,7 +444,7 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True) -> Path:
     else:
         save_reward_model(model, tok, tmp, meta)
     replace_dir(tmp, final)  # a killed run never leaves a half-written model
-    write_json_atomic(out / "compute.json", meter.to_dict())
+    write_json_atomic(out / "compute.json", {**meter.to_dict(), "device": str(dev)})
     return final
 
 
@@ -469,6 +476,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<kind>)")
+    parser.add_argument("--device", default="auto",
+                        help="where to train: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
+                             "(default: %(default)s)")
 
 
 def main(args) -> int:
@@ -489,7 +499,7 @@ def main(args) -> int:
                               head_lr_mult=args.head_lr_mult, val_frac=args.val_frac, sft_mix=args.sft_mix,
                               seed=args.seed, checkpoint_every=args.checkpoint_every, out=args.out or f"runs/{kind}")
     t0 = time.perf_counter()
-    final = train_verifier(cfg)
+    final = train_verifier(cfg, device=args.device)
     m = json.loads((Path(cfg.out) / "metrics.json").read_text())
     extra = "" if m.get("val_loss") is None else f", val loss {m['val_loss']:.4f}, val AUC {m.get('val_auc_vs_hard')}"
     print(f"{kind} written to {final} (loss {m['first_loss']:.4f} -> {m['final_loss_ema']:.4f}{extra}; "
