@@ -619,6 +619,7 @@ def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
     s = run_vstar(cfg, progress=False)
     m = s["verifier_meta"]
     assert m["pairs"] > 0 and m["steps"] >= 1 and 0 <= m["train_pair_accuracy"] <= 1
+    assert m["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # DPO trains where auto points
     task = get_task("arith", **SMALL_ARITH)
     v = get_verifier(f"dpo:{s['verifier']}", task=task)
     p = task.problems("test", 2, seed=0)

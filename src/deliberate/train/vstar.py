@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
+from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import CharTokenizer, load_tiny
 from deliberate.rewards.dpo import token_logprobs
 from deliberate.rewards.models import _pad_right, encode_steps
@@ -135,7 +136,8 @@ def _encode(tok, task, prompt: str, text: str) -> tuple[list[int], int, int] | N
 
 
 def _seq_logps(model, seqs, pad_id: int) -> torch.Tensor:
-    ids, mask = _pad_right([s[0] for s in seqs], pad_id)
+    dev = next(model.parameters()).device
+    ids, mask = (t.to(dev) for t in _pad_right([s[0] for s in seqs], pad_id))
     lp = token_logprobs(model, ids, mask)
     sel = torch.zeros_like(lp)
     for r, (_, start, end) in enumerate(seqs):
@@ -185,7 +187,7 @@ def pair_accuracy(model, ref_lp: dict, enc: dict, pairs, pad_id: int) -> float |
             ch = pairs[lo:lo + 128]
             lp = _seq_logps(model, [enc[(i, g)] for i, g, _ in ch] + [enc[(i, b)] for i, _, b in ch], pad_id)
             m = len(ch)
-            r = torch.tensor([ref_lp[(i, g)] for i, g, _ in ch] + [ref_lp[(i, b)] for i, _, b in ch])
+            r = torch.tensor([ref_lp[(i, g)] for i, g, _ in ch] + [ref_lp[(i, b)] for i, _, b in ch]).to(lp.device)
             right += int((((lp[:m] - r[:m]) - (lp[m:] - r[m:])) > 0).sum())
     return right / len(pairs)
 
@@ -202,13 +204,17 @@ def reference_logps(ref, enc: dict, pad_id: int) -> dict:
 
 
 def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress: bool,
-                       ok: list[list[bool]] | None = None) -> dict[str, Any]:
+                       ok: list[list[bool]] | None = None, device: str = "auto") -> dict[str, Any]:
+    """DPO on the (correct, incorrect) pairs of ``rows``, on ``device`` (``auto``: a CUDA GPU when there is
+    one, as the recipe's other training; recorded in ``dpo.json``); the saved verifier loads anywhere."""
     meta_path = out / "dpo.json"
     if meta_path.exists() and (out / "model").exists() and (out / "ref").exists():
         return json.loads(meta_path.read_text())
+    dev = resolve_device(device, what="DPO verifier")
     torch.manual_seed(cfg.seed)
     model, tok = load_tiny(cfg.verifier_start)
     ref, _ = load_tiny(cfg.verifier_reference)  # same tokenizer: checked by run_vstar before any sampling
+    model, ref = model.to(dev), ref.to(dev)  # on the CPU: the same objects
     ref.eval().requires_grad_(False)
     tr, va, enc = encoded_pairs(cfg, rows, task, tok, ok)
     if not tr:
@@ -225,7 +231,7 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
         batch = [tr[j] for j in batch_indices(len(tr), s.batch_size, cfg.seed, step)]
         seqs = [enc[(i, g)] for i, g, _ in batch] + [enc[(i, b)] for i, _, b in batch]
         lp = _seq_logps(model, seqs, tok.pad_token_id)
-        r = torch.tensor([ref_lp[(i, g)] for i, g, _ in batch] + [ref_lp[(i, b)] for i, _, b in batch])
+        r = torch.tensor([ref_lp[(i, g)] for i, g, _ in batch] + [ref_lp[(i, b)] for i, _, b in batch]).to(dev)
         n = len(batch)
         margin = s.beta * ((lp[:n] - r[:n]) - (lp[n:] - r[n:]))
         loss = -F.logsigmoid(margin).mean()
@@ -242,7 +248,7 @@ def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress:
     meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
             "ref": str(cfg.verifier_reference), "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
             "train_pair_accuracy": pair_accuracy(model, ref_lp, enc, tr[:2000], tok.pad_token_id),
-            "val_pair_accuracy": pair_accuracy(model, ref_lp, enc, va, tok.pad_token_id)}
+            "val_pair_accuracy": pair_accuracy(model, ref_lp, enc, va, tok.pad_token_id), "device": str(dev)}
     for name, m in (("model", model), ("ref", ref)):
         save_model(m, tok, out / name)
     write_json_atomic(meta_path, meta)
