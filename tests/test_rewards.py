@@ -476,3 +476,86 @@ def test_outcome_verifier_scores_only_the_final_answer():
     right = ["1+1=3", f"Answer: {p.answer}"]  # a wrong step, right answer: outcome only
     wrong = [f"Answer: {int(p.answer) + 1}"]
     assert v.score_batch([(p, right), (p, wrong), (p, [])]) == [[0.0, 1.0], [0.0], []]
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifier options (`--verifier-arg`): device, dtype, batch size, HF reading options
+# ---------------------------------------------------------------------------------------------
+
+def _saved_prm(tmp_path):
+    """An untrained tiny PRM with a random head (scores vary), saved as `train prm` saves one."""
+    from deliberate.models.tiny import CharTokenizer, TinyConfig
+    from deliberate.rewards.models import build_reward_model, save_reward_model
+
+    tok = CharTokenizer()
+    model = build_reward_model(tok, model_config=TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2), seed=1)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    save_reward_model(model, tok, tmp_path / "prm", {"kind": "prm"})
+    return tmp_path / "prm"
+
+
+def _hf_prm(tmp_path):
+    from transformers import LlamaForTokenClassification
+
+    tok, V = _hf_tokenizer()
+    torch.manual_seed(0)
+    d = tmp_path / "hf"
+    LlamaForTokenClassification(_small_llama(V, num_labels=2)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_verifier_options_are_checked_and_reach_the_verifier(tmp_path, task):
+    from deliberate.rewards.base import check_verifier_options, register_verifier
+
+    d = _saved_prm(tmp_path)
+    items = [(p, list(p.metadata["steps"])) for p in task.problems("test", 4)]
+    want = get_verifier(f"prm:{d}", task=task).score_batch(items)
+    v = get_verifier(f"prm:{d}", task=task, device="cpu", batch_size=2)
+    assert v.batch_size == 2 and v.device.type == "cpu"
+    assert v.score_batch(items) == [pytest.approx(s, abs=1e-6) for s in want] and len({round(x, 5) for s in want for x in s}) > 1
+    with pytest.raises(DeliberateError, match="verifier 'prm' takes no option 'separator'; its options: batch_size, device"):
+        get_verifier(f"prm:{d}", task=task, separator="\n")
+    with pytest.raises(DeliberateError, match="verifier 'oracle' takes no option 'device'; its options: \\(none\\)"):
+        check_verifier_options("oracle", {"device": "cpu"})
+    with pytest.raises(DeliberateError, match="unknown verifier 'nope'"):
+        check_verifier_options("nope:x", {})
+    h = _hf_prm(tmp_path)
+    base = get_verifier(f"hf-prm:{h}", task=task)
+    hv = get_verifier(f"hf-prm:{h}", task=task, device="cpu", dtype="float32", positive_label=0, batch_size=3)
+    assert hv.positive_label == 0 and next(hv.model.parameters()).dtype == torch.float32
+    got, ref = hv.score_batch(items), base.score_batch(items)  # label 0 is the complement of label 1 (2 labels)
+    assert [[a + b for a, b in zip(x, y)] for x, y in zip(got, ref)] == [[pytest.approx(1.0, abs=1e-5)] * len(x) for x in got]
+    with pytest.raises(DeliberateError, match="hf-prm: dtype must be auto, float32, bfloat16 or float16"):
+        get_verifier(f"hf-prm:{h}", task=task, dtype="int8")
+    if not torch.cuda.is_available():
+        for spec in (f"prm:{d}", f"hf-prm:{h}"):
+            with pytest.raises(DeliberateError, match="device 'cuda' requested but CUDA is not available"):
+                get_verifier(spec, task=task, device="cuda")
+
+    @register_verifier("test-plugin")  # a plug-in registered without options: kwargs pass through as before
+    def _plugin(arg, task=None, **kw):
+        from deliberate.rewards.oracle import OracleVerifier
+
+        v = OracleVerifier(task)
+        v.kw = kw
+        return v
+
+    assert get_verifier("test-plugin", task=task, anything=1).kw == {"anything": 1}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_verifiers_on_the_gpu_score_as_on_the_cpu(tmp_path, task):
+    """``device=cuda``: the tiny PRM (float32; its incremental KV-cache path included) and an HF PRM
+    (float32 here) give the CPU's scores up to float rounding."""
+    d, h = _saved_prm(tmp_path), _hf_prm(tmp_path)
+    ps = task.problems("test", 6)
+    items = [(p, list(p.metadata["steps"])) for p in ps]
+    for spec, kw in ((f"prm:{d}", {}), (f"hf-prm:{h}", {"dtype": "float32"})):
+        cpu, gpu = (get_verifier(spec, task=task, device=dev, **kw) for dev in ("cpu", "cuda"))
+        assert next(gpu.model.parameters()).device.type == "cuda"
+        assert gpu.score_batch(items) == [pytest.approx(s, abs=1e-4) for s in cpu.score_batch(items)]
+        if spec.startswith("prm"):  # a child step scored from the parent's cache, as a search does
+            more = [(p, s + ["1+1=2"]) for p, s in items]
+            assert gpu.score_batch(more) == [pytest.approx(s, abs=1e-4) for s in cpu.score_batch(more)]

@@ -190,6 +190,44 @@ def test_sweep_resumes_with_one_row_per_key_and_reports_the_ceiling(tmp_path):
                   progress=False)
 
 
+
+def test_sweep_verifier_args_reach_the_verifier_and_only_scoring_ones_pin_a_resume(tmp_path, monkeypatch):
+    import deliberate.eval.sweep as sw
+    from deliberate.models.tiny import CharTokenizer, TinyConfig
+    from deliberate.rewards.models import build_reward_model, save_reward_model
+
+    tok = CharTokenizer()
+    save_reward_model(build_reward_model(tok, model_config=TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2)),
+                      tok, tmp_path / "prm", {"kind": "prm"})
+    seen = []
+    real = sw.get_verifier
+    monkeypatch.setattr(sw, "get_verifier", lambda spec, **kw: (seen.append(kw), real(spec, **kw))[1])
+    out = tmp_path / "sweep"
+    base = dict(task="arith", task_options={"min_ops": 2, "max_ops": 3, "max_operand": 10}, out_dir=str(out),
+                strategies=("best_of_n",), budgets=(2,), n_problems=3, verifier=f"prm:{tmp_path / 'prm'}",
+                settings={"max_tokens": 60}, taste_sigmas=())
+    cfg = SweepConfig(**base, verifier_args={"device": "cpu", "batch_size": 8})
+    run_sweep(cfg, FakeBackend(noisy_solver), progress=False)
+    assert seen[-1]["device"] == "cpu" and seen[-1]["batch_size"] == 8
+    assert json.loads((out / "config.json").read_text())["verifier_args"] == {"device": "cpu", "batch_size": 8}
+    # where and how fast the verifier runs may change on resume; so may a config written before the field
+    run_sweep(SweepConfig(**base, verifier_args={"batch_size": 2}), FakeBackend(noisy_solver), progress=False)
+    old = json.loads((out / "config.json").read_text())
+    del old["verifier_args"]
+    (out / "config.json").write_text(json.dumps(old))
+    run_sweep(SweepConfig(**base), FakeBackend(noisy_solver), progress=False)
+    # an option that changes the scores pins the directory
+    meta = {**old, "verifier_args": {"positive_label": 0}}
+    with pytest.raises(DeliberateError, match="verifier_args: \\{\\} on disk vs \\{'positive_label': 0\\} now"):
+        sw._check_resume(out, meta)
+    with pytest.raises(DeliberateError, match="verifier 'oracle' takes no option 'device'"):
+        SweepConfig(**{**base, "verifier": "oracle"}, verifier_args={"device": "cpu"})
+    with pytest.raises(DeliberateError, match="--verifier-arg needs --verifier"):
+        SweepConfig(**{**base, "verifier": None}, verifier_args={"device": "cpu"})
+    assert sw._verifier_args(["separator=\\n\\n", "positive_label=1", "device=cuda"]) == \
+        {"separator": "\n\n", "positive_label": 1, "device": "cuda"}
+
+
 def test_mcts_with_a_budget_too_small_to_reach_an_answer_completes_its_path(ctx_factory):
     """One iteration cannot reach depth 3: the chosen path is finished by a rollout, so every problem
     still gets an answer (and that rollout's tokens are counted)."""

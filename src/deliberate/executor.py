@@ -50,6 +50,7 @@ class WorkerSpec:
     task: str = ""
     task_options: dict[str, Any] = field(default_factory=dict)
     verifier: str | None = None
+    verifier_args: dict[str, Any] = field(default_factory=dict)  # the verifier's options (device, ...)
 
 
 class Worker:
@@ -70,7 +71,7 @@ class Worker:
 
         task = get_task(spec.task, **spec.task_options)
         backend = get_backend(spec.backend, **spec.backend_kwargs)
-        verifier = get_verifier(spec.verifier, task=task) if spec.verifier else None
+        verifier = get_verifier(spec.verifier, task=task, **spec.verifier_args) if spec.verifier else None
         return cls(backend, task, verifier)
 
     def run(self, fn: Callable[[Worker, Any], Any], unit: Any) -> Any:

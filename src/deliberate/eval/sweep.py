@@ -57,7 +57,7 @@ from deliberate.models.base import (
     parse_kv,
 )
 from deliberate.models.sampling import SamplingParams
-from deliberate.rewards.base import Verifier, aggregate, get_verifier
+from deliberate.rewards.base import RUNTIME_OPTIONS, Verifier, aggregate, check_verifier_options, get_verifier
 from deliberate.search.base import (
     POOL_STRATEGIES,
     Candidate,
@@ -88,6 +88,8 @@ class SweepConfig:
     problem_seed: int = 0
     task_options: dict[str, Any] = field(default_factory=dict)
     verifier: str | None = None
+    # the verifier's options (--verifier-arg), e.g. {"device": "cuda"} or {"positive_label": 1} for hf-prm
+    verifier_args: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # SearchSettings overrides (n and seed are set per run)
     batch_problems: int = 50
     taste_sigmas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
@@ -114,6 +116,10 @@ class SweepConfig:
         if any(not isinstance(s, (int, float)) or not 0 <= s < float("inf") for s in self.taste_sigmas):
             raise DeliberateError(f"taste sigmas must be finite numbers >= 0 (got {self.taste_sigmas!r})")
         SearchSettings(**self.settings)  # validate the overrides now, before any model loads
+        if self.verifier_args and not self.verifier:
+            raise DeliberateError("--verifier-arg needs --verifier")
+        if self.verifier:
+            check_verifier_options(self.verifier, self.verifier_args)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +139,7 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     or this process); by default in this process on ``backend``. Only this process writes records."""
     task = task or get_task(config.task, **config.task_options)
     if verifier is None and config.verifier and executor is None:
-        verifier = get_verifier(config.verifier, task=task)
+        verifier = get_verifier(config.verifier, task=task, **config.verifier_args)
     if executor is None:
         if backend is None:
             raise DeliberateError("run_sweep needs a backend or an executor")
@@ -234,8 +240,15 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     return summary
 
 
-#: config entries a rerun into the same --out must match (budgets, seeds, strategies and n_problems may grow)
-IDENTITY = ("task", "task_options", "split", "problem_seed", "verifier", "settings", "model")
+#: config entries a rerun into the same --out must match (budgets, seeds, strategies and n_problems may grow;
+#: of ``verifier_args`` only the options that change scores count, see :func:`_scoring_args`)
+IDENTITY = ("task", "task_options", "split", "problem_seed", "verifier", "verifier_args", "settings", "model")
+
+
+def _scoring_args(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The verifier options of a sweep config that change what it scores: not device / dtype / batch size
+    (a resumed sweep may move its verifier to a GPU), and ``{}`` for configs written before the field."""
+    return {k: v for k, v in (cfg.get("verifier_args") or {}).items() if k not in RUNTIME_OPTIONS}
 
 
 def _check_resume(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY) -> None:
@@ -248,7 +261,11 @@ def _check_resume(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTIT
         raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run ({e})") from None
     if not isinstance(old, dict):
         raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run (not a JSON object)")
-    diffs = [f"{k}: {old.get(k)!r} on disk vs {meta[k]!r} now" for k in keys if old.get(k) != meta[k]]
+    def value(cfg: dict[str, Any], k: str) -> Any:
+        return _scoring_args(cfg) if k == "verifier_args" else cfg.get(k)
+
+    diffs = [f"{k}: {value(old, k)!r} on disk vs {value(meta, k)!r} now" for k in keys
+             if value(old, k) != value(meta, k)]
     if diffs:
         raise DeliberateError(f"{out} holds a sweep with a different config ({'; '.join(diffs)}); "
                               "use a new --out directory")
@@ -563,6 +580,13 @@ def _settings(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _verifier_args(items: Sequence[str]) -> dict[str, Any]:
+    out = parse_kv(items, "--verifier-arg")
+    if isinstance(out.get("separator"), str):
+        out["separator"] = out["separator"].replace("\\n", "\n").replace("\\t", "\t")  # separator='\n\n'
+    return out
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--task", required=True, help="task name, e.g. arith, mawps, gym:<name>")
     parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option (repeatable)")
@@ -575,6 +599,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--problem-seed", type=int, default=0, help="seed of the generated problems (default: 0)")
     parser.add_argument("--verifier", default=None,
                         help="verifier spec: prm:DIR, orm:DIR, lprm:DIR, lorm:DIR, genrm:DIR, hf-prm:DIR, oracle, noisy:SIGMA")
+    parser.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="verifier option (repeatable): device=cuda (prm, orm, hf-prm, hf-orm; default auto), "
+                             "dtype=bfloat16, batch_size=N; hf-prm/hf-orm also separator=..., positive_label=N, "
+                             "prompt_style=instruct")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="search setting (repeatable), e.g. expansions=4, aggregation=last, temperature=0.8, "
                              "prompt_style=instruct, mcts_value=rollout")
@@ -596,7 +624,7 @@ def make_executor(args, config: SweepConfig, task: Task | None = None):
         return None
     name, kwargs = backend_spec_from_args(args)
     spec = WorkerSpec(backend=name, backend_kwargs=kwargs, task=config.task, task_options=dict(config.task_options),
-                      verifier=config.verifier)
+                      verifier=config.verifier, verifier_args=dict(config.verifier_args))
     return RayExecutor(spec, **opts)
 
 
@@ -611,6 +639,7 @@ def main(args) -> int:
                          budgets=_ints(args.budgets, "--budgets"), seeds=_ints(args.seeds, "--seeds"),
                          n_problems=args.n_problems, split=args.split, problem_seed=args.problem_seed,
                          task_options=parse_kv(args.task_arg, "--task-arg"), verifier=args.verifier,
+                         verifier_args=_verifier_args(args.verifier_arg),
                          settings=_settings(args.setting), batch_problems=args.batch_problems, taste_sigmas=taste,
                          trees_per_run=args.trees_per_run, pool_from=args.pool_from)
     task = get_task(config.task, **config.task_options)
@@ -637,7 +666,7 @@ def main(args) -> int:
         finally:
             executor.close()
     else:
-        verifier = get_verifier(config.verifier, task=task) if config.verifier else None
+        verifier = get_verifier(config.verifier, task=task, **config.verifier_args) if config.verifier else None
         backend = backend_from_args(args)
         try:
             summary = run_sweep(config, backend, task=task, verifier=verifier)

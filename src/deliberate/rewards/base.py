@@ -93,11 +93,21 @@ def problem_prompt(task, problem: Problem, style: str = "plain") -> str:
 # --------------------------------------------------------------------------------------------
 
 _VERIFIERS: dict[str, Callable[..., Verifier]] = {}
+_OPTIONS: dict[str, tuple[str, ...] | None] = {}
+#: keyword arguments every factory accepts (``get_verifier``'s callers pass them; not user options)
+COMMON_ARGS = ("task", "seed")
+#: options that change where / how fast a verifier runs, not what it scores (a sweep may change them on resume)
+RUNTIME_OPTIONS = ("device", "dtype", "batch_size")
 
 
-def register_verifier(kind: str) -> Callable[[Callable[..., Verifier]], Callable[..., Verifier]]:
+def register_verifier(kind: str, options: Sequence[str] | None = None
+                      ) -> Callable[[Callable[..., Verifier]], Callable[..., Verifier]]:
+    """Register a factory ``factory(arg, task=None, seed=0, **options)`` under ``kind``. ``options``: the
+    keyword options it takes (``--verifier-arg KEY=VALUE`` in a sweep); any other is refused with the list.
+    ``None`` (the default, for plug-ins registered before options existed): anything is passed through."""
     def deco(factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
         _VERIFIERS[kind] = factory
+        _OPTIONS[kind] = None if options is None else tuple(options)
         return factory
 
     return deco
@@ -119,12 +129,26 @@ def verifier_kinds() -> list[str]:
     return sorted(_VERIFIERS)
 
 
+def check_verifier_options(spec: str, options: dict[str, Any]) -> str:
+    """The kind of ``spec``, after checking it is registered and takes every key of ``options``."""
+    _load_builtin()
+    kind = spec.partition(":")[0]
+    if kind not in _VERIFIERS:
+        raise DeliberateError(f"unknown verifier {kind!r}; valid: {', '.join(sorted(_VERIFIERS))}")
+    allowed = _OPTIONS.get(kind)
+    if allowed is not None:
+        bad = sorted(k for k in options if k not in allowed and k not in COMMON_ARGS)
+        if bad:
+            raise DeliberateError(f"verifier {kind!r} takes no option {bad[0]!r}; its options: "
+                                  f"{', '.join(allowed) if allowed else '(none)'}")
+    return kind
+
+
 def get_verifier(spec: str, **kwargs: Any) -> Verifier:
     """Build a verifier from ``"kind"`` or ``"kind:argument"`` (a path, a noise level ...).
 
-    ``kwargs`` (e.g. ``task=``, ``seed=``) are passed to the factory."""
-    _load_builtin()
-    kind, _, arg = spec.partition(":")
-    if kind not in _VERIFIERS:
-        raise DeliberateError(f"unknown verifier {kind!r}; valid: {', '.join(sorted(_VERIFIERS))}")
+    ``kwargs`` (``task=``, ``seed=``, and the kind's options, e.g. ``device="cuda"`` for ``prm`` or
+    ``positive_label=1`` for ``hf-prm``) are passed to the factory; an option the kind does not take is an error."""
+    kind = check_verifier_options(spec, kwargs)
+    arg = spec.partition(":")[2]
     return _VERIFIERS[kind](arg or None, **kwargs)

@@ -104,7 +104,7 @@ class DPOVerifier(Verifier):
                 **{k: self.meta[k] for k in ("task", "task_options", "pairs") if k in self.meta}}
 
 
-@register_verifier("dpo")
+@register_verifier("dpo", options=("batch_size",))
 def _dpo(arg, task=None, **kw):
     if not arg:
         raise DeliberateError("the dpo verifier needs a directory from `deliberate train vstar`: dpo:DIR")

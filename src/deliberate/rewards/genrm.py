@@ -152,7 +152,7 @@ def load_genrm(path: str | Path, task=None, **kw: Any) -> GenerativeVerifier:
                               task=task, path=str(path), **opts)
 
 
-@register_verifier("genrm")
+@register_verifier("genrm", options=("cue", "answers", "prompt_style", "batch_size"))
 def _genrm(arg, task=None, **kw):
     if not arg:
         raise DeliberateError("the genrm verifier needs a causal LM checkpoint: genrm:DIR")

@@ -178,12 +178,12 @@ def _load_checked(kind: str, arg, task) -> LikelihoodPRM:
     return v
 
 
-@register_verifier("lprm")
+@register_verifier("lprm", options=())
 def _lprm(arg, task=None, **_: Any):
     return _load_checked("lprm", arg, task)
 
 
-@register_verifier("lorm")
+@register_verifier("lorm", options=())
 def _lorm(arg, task=None, **_: Any):
     return _load_checked("lorm", arg, task)
 

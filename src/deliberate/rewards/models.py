@@ -177,6 +177,7 @@ class TinyRewardModel(Verifier):
         self.model, self.tokenizer, self.kind, self.task = model.eval(), tokenizer, kind, task
         self.batch_size, self.path, self.meta = batch_size, path, dict(meta or {})
         self.max_len = int(getattr(model.config, "max_position_embeddings", 512))
+        self.device = next(model.parameters()).device
         self.name = f"{kind}:{path}" if path else kind
 
     def _prompt(self, problem: Problem) -> str:
@@ -255,7 +256,7 @@ class TinyRewardModel(Verifier):
         enc.sort(key=lambda e: len(e[1]))  # similar lengths together: less padding
         for start in range(0, len(enc), self.batch_size):
             chunk = enc[start:start + self.batch_size]
-            ids, mask = _pad_right([e[1] for e in chunk], self.tokenizer.pad_token_id)
+            ids, mask = (t.to(self.device) for t in _pad_right([e[1] for e in chunk], self.tokenizer.pad_token_id))
             probs = head_probability(self.model(input_ids=ids, attention_mask=mask).logits)
             self.stats.calls += 1
             self.stats.sequences += len(chunk)
@@ -269,21 +270,27 @@ class TinyRewardModel(Verifier):
                 **{k: self.meta[k] for k in ("task", "task_options", "labels", "label_type") if k in self.meta}}
 
 
-def _load_tiny_verifier(arg: str | None, kind: str, task=None, batch_size: int = 256, **_: Any) -> TinyRewardModel:
+def _load_tiny_verifier(arg: str | None, kind: str, task=None, batch_size: int = 256, device: str = "auto",
+                        **_: Any) -> TinyRewardModel:
+    """``device``: where the verifier runs (``auto``: a CUDA GPU when there is one, else the CPU), float32."""
+    from deliberate.models.engine import resolve_device
+
     if not arg:
         raise DeliberateError(f"the {kind} verifier needs a checkpoint: {kind}:DIR")
+    dev = resolve_device(device, what=f"{kind} verifier")
     model, tok, meta = load_reward_model(arg)
+    model = model.to(dev)  # on the CPU: the same object
     if meta.get("kind") not in (None, kind):
         raise DeliberateError(f"{arg} holds a {meta.get('kind')!r} model, not {kind!r} (use {meta.get('kind')}:{arg})")
     return TinyRewardModel(model, tok, kind=kind, task=task, batch_size=batch_size, path=arg, meta=meta)
 
 
-@register_verifier("prm")
+@register_verifier("prm", options=("batch_size", "device"))
 def _prm(arg, task=None, **kw):
     return _load_tiny_verifier(arg, "prm", task=task, **kw)
 
 
-@register_verifier("orm")
+@register_verifier("orm", options=("batch_size", "device"))
 def _orm(arg, task=None, **kw):
     return _load_tiny_verifier(arg, "orm", task=task, **kw)
 
@@ -307,9 +314,14 @@ class _HFVerifierBase(Verifier):
     kind = "hf"
 
     def __init__(self, path: str | None, task=None, separator: str = "\n", positive_label: int = 1,
-                 prompt_style: str = "plain", batch_size: int = 64, **_: Any):
+                 prompt_style: str = "plain", batch_size: int = 64, device: str = "auto", dtype: str = "auto",
+                 **_: Any):
+        """``device`` / ``dtype``: where and in what precision the checkpoint runs (``auto``: a CUDA GPU when
+        there is one, in bfloat16 on Ampere or newer; else the CPU in float32); scores are read in float32."""
         super().__init__()
         import transformers
+
+        from deliberate.models.engine import resolve_device, resolve_dtype
 
         if not path:
             raise DeliberateError(f"the {self.kind} verifier needs a checkpoint directory: {self.kind}:DIR")
@@ -320,11 +332,14 @@ class _HFVerifierBase(Verifier):
             raise DeliberateError("separator must be a non-empty string")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DeliberateError(f"batch_size must be a positive integer (got {batch_size!r})")
+        self.device = resolve_device(device, what=self.kind)
+        torch_dtype = resolve_dtype(dtype, self.device, what=self.kind)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
             self.model = getattr(transformers, self.auto_class).from_pretrained(d, local_files_only=True).eval()
         except (OSError, ValueError, KeyError) as e:
             raise DeliberateError(f"{self.kind}: cannot load {str(d)!r} as {self.auto_class}: {e}") from None
+        self.model = self.model.to(device=self.device, dtype=torch_dtype)  # on the CPU in float32: the same object
         n_labels = int(self.model.config.num_labels)
         if n_labels >= 2 and not 0 <= positive_label < n_labels:
             raise DeliberateError(f"{self.kind}: positive_label {positive_label} is not a label of a "
@@ -346,7 +361,7 @@ class _HFVerifierBase(Verifier):
         return _fit(ids, ends, self.max_len)
 
     def _forward(self, seqs: list[list[int]]) -> torch.Tensor:
-        ids, mask = _pad_right(seqs, self.pad_id)
+        ids, mask = (t.to(self.device) for t in _pad_right(seqs, self.pad_id))
         self.stats.calls += 1
         self.stats.sequences += len(seqs)
         self.stats.tokens += int(mask.sum())
@@ -418,5 +433,6 @@ def _hf_factory(cls):
     return factory
 
 
-register_verifier("hf-prm")(_hf_factory(HFProcessRewardModel))
-register_verifier("hf-orm")(_hf_factory(HFOutcomeRewardModel))
+HF_OPTIONS = ("separator", "positive_label", "prompt_style", "batch_size", "device", "dtype")
+register_verifier("hf-prm", options=HF_OPTIONS)(_hf_factory(HFProcessRewardModel))
+register_verifier("hf-orm", options=HF_OPTIONS)(_hf_factory(HFOutcomeRewardModel))

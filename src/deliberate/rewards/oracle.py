@@ -91,17 +91,17 @@ class NoisyVerifier(OracleVerifier):
         return {"name": self.name, "sigma": self.sigma, "seed": self.seed}
 
 
-@register_verifier("oracle")
+@register_verifier("oracle", options=())
 def _oracle(arg, task=None, **_):
     return OracleVerifier(task)
 
 
-@register_verifier("outcome")
+@register_verifier("outcome", options=())
 def _outcome(arg, task=None, **_):
     return OutcomeVerifier(task)
 
 
-@register_verifier("noisy")
+@register_verifier("noisy", options=())
 def _noisy(arg, task=None, seed: int = 0, **_):
     try:
         sigma = float(arg) if arg is not None else 0.5
