@@ -506,6 +506,25 @@ def _hf_prm(tmp_path):
     return d
 
 
+def _lm_verifiers(tmp_path):
+    """Specs of a GenRM, a DPO verifier and a likelihood PRM / ORM built on one random tiny LM."""
+    from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, save_tiny
+
+    tok = CharTokenizer()
+    cfg = TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2)
+    lm, other = build_tiny_model(cfg, tok, seed=1), build_tiny_model(cfg, tok, seed=2)
+    save_tiny(lm, tok, tmp_path / "lm")
+    save_tiny(lm, tok, tmp_path / "dpo" / "model")
+    save_tiny(other, tok, tmp_path / "dpo" / "ref")
+    (tmp_path / "dpo" / "dpo.json").write_text(json.dumps({"beta": 0.5}))
+    for target in ("step", "outcome"):
+        save_tiny(lm, tok, tmp_path / target / "lm")
+        (tmp_path / target / "calibration.json").write_text(json.dumps(
+            {"mu": [0.0, 0.0, 0.0], "sd": [10.0, 10.0, 10.0], "w": [1.0, 0.5, 0.2], "b": 0.1, "target": target}))
+    return [f"genrm:{tmp_path / 'lm'}", f"dpo:{tmp_path / 'dpo'}", f"lprm:{tmp_path / 'step'}",
+            f"lorm:{tmp_path / 'outcome'}"]
+
+
 def test_verifier_options_are_checked_and_reach_the_verifier(tmp_path, task):
     from deliberate.rewards.base import check_verifier_options, register_verifier
 
@@ -529,8 +548,14 @@ def test_verifier_options_are_checked_and_reach_the_verifier(tmp_path, task):
     assert [[a + b for a, b in zip(x, y)] for x, y in zip(got, ref)] == [[pytest.approx(1.0, abs=1e-5)] * len(x) for x in got]
     with pytest.raises(DeliberateError, match="hf-prm: dtype must be auto, float32, bfloat16 or float16"):
         get_verifier(f"hf-prm:{h}", task=task, dtype="int8")
+    lms = _lm_verifiers(tmp_path / "lms")
+    for spec in lms:  # the LM-based verifiers take device and batch_size too
+        want = get_verifier(spec, task=task).score_batch(items)
+        assert get_verifier(spec, task=task, device="cpu", batch_size=3).score_batch(items) == \
+            [pytest.approx(x, abs=1e-6) for x in want]
+        assert len({round(x, 5) for x in want[0]}) > 1 or len(want[0]) == 1
     if not torch.cuda.is_available():
-        for spec in (f"prm:{d}", f"hf-prm:{h}"):
+        for spec in (f"prm:{d}", f"hf-prm:{h}", *lms):
             with pytest.raises(DeliberateError, match="device 'cuda' requested but CUDA is not available"):
                 get_verifier(spec, task=task, device="cuda")
 
@@ -547,12 +572,13 @@ def test_verifier_options_are_checked_and_reach_the_verifier(tmp_path, task):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_verifiers_on_the_gpu_score_as_on_the_cpu(tmp_path, task):
-    """``device=cuda``: the tiny PRM (float32; its incremental KV-cache path included) and an HF PRM
-    (float32 here) give the CPU's scores up to float rounding."""
+    """``device=cuda``: the tiny PRM (float32; its incremental KV-cache path included), an HF PRM (float32
+    here), GenRM, DPO and likelihood verifiers give the CPU's scores up to float rounding."""
     d, h = _saved_prm(tmp_path), _hf_prm(tmp_path)
     ps = task.problems("test", 6)
     items = [(p, list(p.metadata["steps"])) for p in ps]
-    for spec, kw in ((f"prm:{d}", {}), (f"hf-prm:{h}", {"dtype": "float32"})):
+    specs = [(f"prm:{d}", {}), (f"hf-prm:{h}", {"dtype": "float32"})] + [(s, {}) for s in _lm_verifiers(tmp_path)]
+    for spec, kw in specs:
         cpu, gpu = (get_verifier(spec, task=task, device=dev, **kw) for dev in ("cpu", "cuda"))
         assert next(gpu.model.parameters()).device.type == "cuda"
         assert gpu.score_batch(items) == [pytest.approx(s, abs=1e-4) for s in cpu.score_batch(items)]

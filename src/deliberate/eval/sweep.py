@@ -600,9 +600,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--verifier", default=None,
                         help="verifier spec: prm:DIR, orm:DIR, lprm:DIR, lorm:DIR, genrm:DIR, hf-prm:DIR, oracle, noisy:SIGMA")
     parser.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="verifier option (repeatable): device=cuda (prm, orm, hf-prm, hf-orm; default auto), "
-                             "dtype=bfloat16, batch_size=N; hf-prm/hf-orm also separator=..., positive_label=N, "
-                             "prompt_style=instruct")
+                        help="verifier option (repeatable): device=cuda (learned verifiers; default auto), "
+                             "batch_size=N, dtype=bfloat16 (hf-prm, hf-orm, genrm); hf-prm/hf-orm also "
+                             "separator=..., positive_label=N, prompt_style=instruct")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="search setting (repeatable), e.g. expansions=4, aggregation=last, temperature=0.8, "
                              "prompt_style=instruct, mcts_value=rollout")

@@ -39,8 +39,9 @@ def step_logratios(model, ref, seqs: Sequence[tuple[list[int], int, list[int]]],
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     for lo in range(0, len(order), batch_size):
         chunk = order[lo:lo + batch_size]
-        ids, mask = _pad_right([seqs[i][0] for i in chunk], pad_id)
-        diff = token_logprobs(model, ids, mask) - token_logprobs(ref, ids, mask)
+        dev = next(model.parameters()).device
+        ids, mask = (t.to(dev) for t in _pad_right([seqs[i][0] for i in chunk], pad_id))
+        diff = (token_logprobs(model, ids, mask) - token_logprobs(ref, ids, mask)).cpu()  # on the CPU: no copy
         for row, i in enumerate(chunk):
             _, n_prompt, ends = seqs[i]
             d = diff[row].clone()
@@ -53,9 +54,13 @@ def step_logratios(model, ref, seqs: Sequence[tuple[list[int], int, list[int]]],
 class DPOVerifier(Verifier):
     name = "dpo"
 
-    def __init__(self, path: str | Path, task=None, batch_size: int = 128):
+    def __init__(self, path: str | Path, task=None, batch_size: int = 128, device: str = "auto"):
+        """``device``: where the policy and its reference run (``auto``: a CUDA GPU when there is one), float32."""
         super().__init__()
+        from deliberate.models.engine import resolve_device
         from deliberate.models.tiny import load_tiny
+
+        dev = resolve_device(device, what="dpo verifier")
 
         path = Path(path)
         meta_path = path / "dpo.json"
@@ -64,8 +69,7 @@ class DPOVerifier(Verifier):
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         self.model, self.tokenizer = load_tiny(path / "model")
         self.ref, _ = load_tiny(path / "ref")
-        self.model.eval()
-        self.ref.eval()
+        self.model, self.ref = self.model.to(dev).eval(), self.ref.to(dev).eval()
         self.beta = float(self.meta["beta"])
         self.task, self.batch_size, self.path = task, batch_size, str(path)
         self.max_len = int(self.model.config.max_position_embeddings)
@@ -104,8 +108,8 @@ class DPOVerifier(Verifier):
                 **{k: self.meta[k] for k in ("task", "task_options", "pairs") if k in self.meta}}
 
 
-@register_verifier("dpo", options=("batch_size",))
+@register_verifier("dpo", options=("batch_size", "device"))
 def _dpo(arg, task=None, **kw):
     if not arg:
         raise DeliberateError("the dpo verifier needs a directory from `deliberate train vstar`: dpo:DIR")
-    return DPOVerifier(arg, task=task, **{k: v for k, v in kw.items() if k == "batch_size"})
+    return DPOVerifier(arg, task=task, **{k: v for k, v in kw.items() if k in ("batch_size", "device")})

@@ -59,6 +59,7 @@ class GenerativeVerifier(Verifier):
         if len(answers) != 2 or answers[0] == answers[1]:
             raise DeliberateError(f"genrm: answers must be two different strings (got {answers!r})")
         self.model, self.encode, self.bos, self.pad_id = model.eval(), encode, bos, pad_id
+        self.device = next(model.parameters()).device
         self.task, self.cue, self.prompt_style, self.batch_size, self.path = task, cue, prompt_style, batch_size, path
         self.yes = answer_token(encode, cue, answers[0])
         self.no = answer_token(encode, cue, answers[1])
@@ -103,6 +104,7 @@ class GenerativeVerifier(Verifier):
                 ids[r, L - len(q):] = torch.tensor(q)
                 mask[r, L - len(q):] = 1
             pos = (mask.cumsum(1) - 1).clamp(min=0)
+            ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
             try:
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
             except TypeError:  # a model without logits_to_keep
@@ -121,8 +123,13 @@ class GenerativeVerifier(Verifier):
         return {"name": self.name, "cue": self.cue, "path": self.path}
 
 
-def load_genrm(path: str | Path, task=None, **kw: Any) -> GenerativeVerifier:
-    """A tiny checkpoint (has ``char_tokenizer.json``) or an HF causal LM directory."""
+def load_genrm(path: str | Path, task=None, device: str = "auto", dtype: str = "auto", **kw: Any) -> GenerativeVerifier:
+    """A tiny checkpoint (has ``char_tokenizer.json``) or an HF causal LM directory, on ``device`` (``auto``: a
+    CUDA GPU when there is one, else the CPU); ``dtype`` ``auto`` is float32 for a tiny checkpoint and, for an HF
+    one, bfloat16 on Ampere+ GPUs, else float32."""
+    from deliberate.models.engine import resolve_device, resolve_dtype
+
+    dev = resolve_device(device, what="genrm")
     d = Path(path)
     if not d.is_dir():
         raise DeliberateError(f"genrm: checkpoint {str(d)!r} not found (train one with `deliberate train genrm`)")
@@ -134,6 +141,7 @@ def load_genrm(path: str | Path, task=None, **kw: Any) -> GenerativeVerifier:
         from deliberate.models.tiny import load_tiny
 
         model, tok = load_tiny(d)
+        model = model.to(device=dev, dtype=torch.float32 if dtype == "auto" else resolve_dtype(dtype, dev, what="genrm"))
         return GenerativeVerifier(model, tok.encode, tok.bos_token_id, tok.pad_token_id, task=task,
                                   path=str(path), **opts)
     import transformers
@@ -145,6 +153,7 @@ def load_genrm(path: str | Path, task=None, **kw: Any) -> GenerativeVerifier:
         model = transformers.AutoModelForCausalLM.from_pretrained(d, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise DeliberateError(f"genrm: cannot load {str(d)!r} as a causal LM: {e}") from None
+    model = model.to(device=dev, dtype=resolve_dtype(dtype, dev, what="genrm"))
     opts.setdefault("cue", HF_CUE)
     opts.setdefault("answers", HF_ANSWERS)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -152,7 +161,7 @@ def load_genrm(path: str | Path, task=None, **kw: Any) -> GenerativeVerifier:
                               task=task, path=str(path), **opts)
 
 
-@register_verifier("genrm", options=("cue", "answers", "prompt_style", "batch_size"))
+@register_verifier("genrm", options=("cue", "answers", "prompt_style", "batch_size", "device", "dtype"))
 def _genrm(arg, task=None, **kw):
     if not arg:
         raise DeliberateError("the genrm verifier needs a causal LM checkpoint: genrm:DIR")

@@ -76,8 +76,10 @@ def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], 
         for r, s in enumerate(seqs):
             ids[r, :len(s)] = torch.tensor(s)
             mask[r, :len(s)] = 1
+        dev = next(model.parameters()).device
+        ids, mask = ids.to(dev), mask.to(dev)
         logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-        tok_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        tok_lp = logp.gather(-1, ids[:, 1:, None])[..., 0].cpu()  # on the CPU: no copy
         for r, i in enumerate(chunk):
             p, c, lens = enc[i]
             cut = len(p) + len(c) - len(seqs[r])  # tokens dropped from the front to fit max_len
@@ -153,7 +155,9 @@ class LikelihoodPRM(Verifier):
                 **{k: self.cal[k] for k in ("lm", "labels", "train_bce", "n_steps", "n_solutions") if k in self.cal}}
 
 
-def load_lprm(directory: str | Path, task=None, batch_size: int = 64) -> LikelihoodPRM:
+def load_lprm(directory: str | Path, task=None, batch_size: int = 64, device: str = "auto") -> LikelihoodPRM:
+    """``device``: where the frozen LM runs (``auto``: a CUDA GPU when there is one, else the CPU), float32."""
+    from deliberate.models.engine import resolve_device
     from deliberate.models.tiny import load_tiny
 
     d = Path(directory)
@@ -164,28 +168,29 @@ def load_lprm(directory: str | Path, task=None, batch_size: int = 64) -> Likelih
         cal = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise DeliberateError(f"lprm: {f}: malformed JSON ({e})") from None
+    dev = resolve_device(device, what="lprm")
     model, tok = load_tiny(d / "lm")
-    return LikelihoodPRM(model, tok, cal, task=task, path=str(directory), batch_size=batch_size)
+    return LikelihoodPRM(model.to(dev), tok, cal, task=task, path=str(directory), batch_size=batch_size)
 
 
-def _load_checked(kind: str, arg, task) -> LikelihoodPRM:
+def _load_checked(kind: str, arg, task, **options: Any) -> LikelihoodPRM:
     if not arg:
         flag = "" if kind == KIND["step"] else " --target outcome"
         raise DeliberateError(f"the {kind} verifier needs a directory: {kind}:DIR (from `deliberate train lprm{flag}`)")
-    v = load_lprm(arg, task=task)
+    v = load_lprm(arg, task=task, **options)
     if v.kind != kind:
         raise DeliberateError(f"{kind}:{arg} holds a calibration fitted to {v.target} labels; load it as {v.kind}:{arg}")
     return v
 
 
-@register_verifier("lprm", options=())
-def _lprm(arg, task=None, **_: Any):
-    return _load_checked("lprm", arg, task)
+@register_verifier("lprm", options=("batch_size", "device"))
+def _lprm(arg, task=None, **kw: Any):
+    return _load_checked("lprm", arg, task, **{k: v for k, v in kw.items() if k in ("batch_size", "device")})
 
 
-@register_verifier("lorm", options=())
-def _lorm(arg, task=None, **_: Any):
-    return _load_checked("lorm", arg, task)
+@register_verifier("lorm", options=("batch_size", "device"))
+def _lorm(arg, task=None, **kw: Any):
+    return _load_checked("lorm", arg, task, **{k: v for k, v in kw.items() if k in ("batch_size", "device")})
 
 
 def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, progress: bool = True,
