@@ -525,7 +525,8 @@ def _lm_verifiers(tmp_path):
             f"lorm:{tmp_path / 'outcome'}"]
 
 
-def test_verifier_options_are_checked_and_reach_the_verifier(tmp_path, task):
+def test_verifier_options_are_checked_and_reach_the_verifier(tmp_path, task, monkeypatch):
+    from deliberate.rewards import base as rb
     from deliberate.rewards.base import check_verifier_options, register_verifier
 
     d = _saved_prm(tmp_path)
@@ -558,6 +559,9 @@ def test_verifier_options_are_checked_and_reach_the_verifier(tmp_path, task):
         for spec in (f"prm:{d}", f"hf-prm:{h}", *lms):
             with pytest.raises(DeliberateError, match="device 'cuda' requested but CUDA is not available"):
                 get_verifier(spec, task=task, device="cuda")
+
+    for registry in (rb._VERIFIERS, rb._OPTIONS):  # removed again after the test
+        monkeypatch.setitem(registry, "test-plugin", None)
 
     @register_verifier("test-plugin")  # a plug-in registered without options: kwargs pass through as before
     def _plugin(arg, task=None, **kw):
