@@ -216,7 +216,11 @@ def test_sweep_verifier_args_reach_the_verifier_and_only_scoring_ones_pin_a_resu
     del old["verifier_args"]
     (out / "config.json").write_text(json.dumps(old))
     run_sweep(SweepConfig(**base), FakeBackend(noisy_solver), progress=False)
-    # an option that changes the scores pins the directory
+    # an option that changes the scores pins the directory (compared as JSON stores it: tuples are lists there)
+    sw._check_resume(out, {**old, "verifier_args": {}, "task_options": dict(old["task_options"])})
+    (out / "config.json").write_text(json.dumps({**old, "verifier_args": {"answers": ["Y", "N"]}}))
+    sw._check_resume(out, {**old, "verifier_args": {"answers": ("Y", "N"), "device": "cuda"}})
+    (out / "config.json").write_text(json.dumps(old))
     meta = {**old, "verifier_args": {"positive_label": 0}}
     with pytest.raises(DeliberateError, match="verifier_args: \\{\\} on disk vs \\{'positive_label': 0\\} now"):
         sw._check_resume(out, meta)
@@ -224,8 +228,8 @@ def test_sweep_verifier_args_reach_the_verifier_and_only_scoring_ones_pin_a_resu
         SweepConfig(**{**base, "verifier": "oracle"}, verifier_args={"device": "cpu"})
     with pytest.raises(DeliberateError, match="--verifier-arg needs --verifier"):
         SweepConfig(**{**base, "verifier": None}, verifier_args={"device": "cpu"})
-    assert sw._verifier_args(["separator=\\n\\n", "positive_label=1", "device=cuda"]) == \
-        {"separator": "\n\n", "positive_label": 1, "device": "cuda"}
+    assert sw._verifier_args(["separator=\\n\\n", "positive_label=1", "device=cuda", "answers=Yes,No", "cue=ok?\\n"]) == \
+        {"separator": "\n\n", "positive_label": 1, "device": "cuda", "answers": ("Yes", "No"), "cue": "ok?\n"}
 
 
 def test_mcts_with_a_budget_too_small_to_reach_an_answer_completes_its_path(ctx_factory):

@@ -261,8 +261,8 @@ def _check_resume(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTIT
         raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run ({e})") from None
     if not isinstance(old, dict):
         raise DeliberateError(f"{cfg_path}: unreadable config of an earlier run (not a JSON object)")
-    def value(cfg: dict[str, Any], k: str) -> Any:
-        return _scoring_args(cfg) if k == "verifier_args" else cfg.get(k)
+    def value(cfg: dict[str, Any], k: str) -> Any:  # as JSON holds it (a tuple now is a list on disk)
+        return json.loads(json.dumps(_scoring_args(cfg) if k == "verifier_args" else cfg.get(k), default=str))
 
     diffs = [f"{k}: {value(old, k)!r} on disk vs {value(meta, k)!r} now" for k in keys
              if value(old, k) != value(meta, k)]
@@ -581,9 +581,14 @@ def _settings(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _verifier_args(items: Sequence[str]) -> dict[str, Any]:
+    """``--verifier-arg`` values: ``\\n`` / ``\\t`` in ``separator`` and ``cue`` become newline / tab
+    (``separator='\\n\\n'``), and GenRM's ``answers=Yes,No`` becomes a pair."""
     out = parse_kv(items, "--verifier-arg")
-    if isinstance(out.get("separator"), str):
-        out["separator"] = out["separator"].replace("\\n", "\n").replace("\\t", "\t")  # separator='\n\n'
+    for k in ("separator", "cue"):
+        if isinstance(out.get(k), str):
+            out[k] = out[k].replace("\\n", "\n").replace("\\t", "\t")
+    if "answers" in out:
+        out["answers"] = tuple(str(out["answers"]).split(","))
     return out
 
 
