@@ -144,7 +144,7 @@ def test_sft_and_grpo_device(tmp_path, monkeypatch):
     # on the CPU placement is the identity: the plain run's code is what it always was
     one, m = setup("grpo", "cpu"), _model()[0]
     batch = {"input_ids": torch.zeros(1, 2, dtype=torch.long)}
-    assert isinstance(one, Single) and one.place(m) is m and one.to_device(batch) is batch
+    assert isinstance(one, Single) and one.place(m) is m and one.to_device(batch)["input_ids"] is batch["input_ids"]
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what accelerate launch sets
     with pytest.raises(DeliberateError, match="--device cpu is for plain runs; under accelerate launch"):
         setup("grpo", "cpu")

@@ -61,14 +61,16 @@ def encode_steps(tokenizer, prompt: str, steps: Sequence[str], separator: str = 
     return ids, ends
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``seqs`` right-padded with ``pad_id``, on ``device`` (default: the CPU)."""
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
-    return ids, mask
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
 
 
 def _fit(ids: list[int], ends: list[int], max_len: int) -> tuple[list[int], list[int]]:
@@ -256,7 +258,7 @@ class TinyRewardModel(Verifier):
         enc.sort(key=lambda e: len(e[1]))  # similar lengths together: less padding
         for start in range(0, len(enc), self.batch_size):
             chunk = enc[start:start + self.batch_size]
-            ids, mask = (t.to(self.device) for t in _pad_right([e[1] for e in chunk], self.tokenizer.pad_token_id))
+            ids, mask = _pad_right([e[1] for e in chunk], self.tokenizer.pad_token_id, self.device)
             probs = head_probability(self.model(input_ids=ids, attention_mask=mask).logits)
             self.stats.calls += 1
             self.stats.sequences += len(chunk)
@@ -361,7 +363,7 @@ class _HFVerifierBase(Verifier):
         return _fit(ids, ends, self.max_len)
 
     def _forward(self, seqs: list[list[int]]) -> torch.Tensor:
-        ids, mask = (t.to(self.device) for t in _pad_right(seqs, self.pad_id))
+        ids, mask = _pad_right(seqs, self.pad_id, self.device)
         self.stats.calls += 1
         self.stats.sequences += len(seqs)
         self.stats.tokens += int(mask.sum())

@@ -117,14 +117,17 @@ class Single(Dist):
     code runs. On the CPU (the default) placement is the identity too, so a CPU run is the code it always
     was; on a GPU the model and each batch are moved there."""
 
-    def __init__(self, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+    def __init__(self, device: str | torch.device = "cpu", what: str = "train"):
+        """``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (checked by :func:`resolve_device`)."""
+        from deliberate.models.engine import resolve_device
+
+        self.device = resolve_device(device, what=what)
 
     def place(self, model):
-        return model if self.device.type == "cpu" else model.to(self.device)
+        return model.to(self.device)  # already there (the CPU case): the same object
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return batch if self.device.type == "cpu" else {k: v.to(self.device) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}  # tensors already there are not copied
 
 
 _DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")
@@ -221,6 +224,4 @@ def setup(recipe: str, device: str = "auto") -> Dist:
                                   f"accelerate config places each rank (e.g. configs/accelerate/gpu_1.yaml, or "
                                   f"accelerate launch --cpu)")
         return Accelerated(recipe)
-    from deliberate.models.engine import resolve_device
-
-    return Single(resolve_device(device, what=recipe))
+    return Single(device, what=recipe)

@@ -75,7 +75,6 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import load_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
@@ -420,7 +419,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
     when there is one, else the CPU), which samples, trains and checkpoints there (the checkpoint loads
     anywhere). A resumed run may change device: float rounding then differs from an uninterrupted run."""
     if dist is None:  # a plain run (library call), even inside a launched process
-        dist = Single(resolve_device(device, what="grpo"))
+        dist = Single(device, what="grpo")
     with dist.main_first():  # the main process writes config.json and recovers the checkpoint first
         check_extension(cfg)
         out, cfg_dict = start_run(cfg, extendable=("steps",))

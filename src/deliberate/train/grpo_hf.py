@@ -60,6 +60,7 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.tasks import get_task
 from deliberate.tasks.base import Task
+from deliberate.train.grpo import LR_SCHEDULERS  # TRL's lr_scheduler_type names, as the tiny recipe
 from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
@@ -71,7 +72,6 @@ from deliberate.train.selfimprove import (
 from deliberate.types import Problem
 
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
-LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)

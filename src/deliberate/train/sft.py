@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.models.engine import count_parameters, resolve_device
+from deliberate.models.engine import count_parameters
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
 from deliberate.tasks import get_task
 from deliberate.train.common import (
@@ -100,7 +100,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None, d
     checkpoints and the final model. A plain run trains on ``device`` (``auto``: a CUDA GPU when there is
     one, else the CPU); the checkpoint and the model load anywhere, and ``compute.json`` records the device."""
     if dist is None:  # a plain run (library call), even inside a launched process
-        dist = Single(resolve_device(device, what="sft"))
+        dist = Single(device, what="sft")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"

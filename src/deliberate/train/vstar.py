@@ -136,8 +136,7 @@ def _encode(tok, task, prompt: str, text: str) -> tuple[list[int], int, int] | N
 
 
 def _seq_logps(model, seqs, pad_id: int) -> torch.Tensor:
-    dev = next(model.parameters()).device
-    ids, mask = (t.to(dev) for t in _pad_right([s[0] for s in seqs], pad_id))
+    ids, mask = _pad_right([s[0] for s in seqs], pad_id, next(model.parameters()).device)
     lp = token_logprobs(model, ids, mask)
     sel = torch.zeros_like(lp)
     for r, (_, start, end) in enumerate(seqs):
