@@ -517,36 +517,8 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         mbs = split_minibatches(len(exs), cfg.minibatches, cfg.seed, step)
-        if exs and dist.parallel:
-            stats = _parallel_update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc, max_len)
-        elif exs:
-            model.train()
-            parts = []  # every minibatch's old / reference log-probs, taken before the first update
-            for idx in mbs:
-                batch = dist.to_device(collate([exs[i] for i in idx], tok.pad_token_id))
-                with torch.no_grad():
-                    old, mask = token_logprobs(model, batch, cfg.temperature)
-                    ref_lp, _ = token_logprobs(ref, batch, cfg.temperature)
-                ntok = int(batch["attention_mask"].sum())
-                acc["tokens_forward"] += 2 * ntok
-                adv = advantage_tensor([exs[i] for i in idx], [advs[i] for i in idx], old.shape[1]).to(dist.device)
-                parts.append((batch, adv, old, ref_lp, mask, ntok))
-            for _ in range(cfg.inner_epochs):
-                for batch, adv, old, ref_lp, mask, ntok in parts:
-                    denom = loss_denominator(cfg.loss_type, mask.sum(dim=1).tolist(), max_len)
-                    opt.zero_grad(set_to_none=True)
-                    chunks = []
-                    for sub, (a, o, r, m) in micro_batches(batch, (adv, old, ref_lp, mask), cfg.micro_batch):
-                        logp, _ = token_logprobs(model, sub, cfg.temperature)
-                        loss, st = grpo_loss(logp, o, r, m, a, cfg.clip, cfg.beta, denom=denom,
-                                             loss_type=cfg.loss_type)
-                        loss.backward()  # accumulates: the chunks' losses sum to the minibatch's
-                        chunks.append((st, m))
-                    stats = merge_stats(chunks)
-                    if cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    acc["tokens_trained"] += ntok
+        if exs:
+            stats = _update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc, max_len)
         acc["wall_s"] += clock()
         done = step + 1
         bar.update(1)
@@ -580,15 +552,17 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
     return summary
 
 
-def _parallel_update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref, tok, exs: list[Example],
-                     advs: list[float], mbs: list[list[int]], acc: dict[str, Any], max_len: int) -> dict[str, float]:
-    """The policy updates of one step under DDP, one per minibatch (``mbs``, indices into ``exs``) and
-    inner epoch: this rank's contiguous share of each minibatch's completions (every rank holds all of
-    them, with their group-normalised advantages). Each rank's loss is its sequences' sum divided by
-    the whole minibatch's :func:`loss_denominator` / ``world_size``, so DDP's gradient average equals the
-    single-process gradient. A rank whose share is empty (fewer completions than ranks) runs a
-    zero-weighted dummy sequence, so DDP's all-reduce still meets every rank. Token counts are summed
-    over ranks."""
+def _update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref, tok, exs: list[Example],
+            advs: list[float], mbs: list[list[int]], acc: dict[str, Any], max_len: int) -> dict[str, float]:
+    """The policy updates of one step, one per minibatch (``mbs``, indices into ``exs``) and inner epoch,
+    with every minibatch's old and reference log-probs taken before the first update. Under DDP each
+    rank takes its contiguous share of each minibatch's completions (every rank holds all of them, with
+    their group-normalised advantages) and divides its sequences' loss sum by the whole minibatch's
+    :func:`loss_denominator` / ``world_size``, so DDP's gradient average equals the single-process
+    gradient; a rank whose share is empty (fewer completions than ranks) runs a zero-weighted dummy
+    sequence, so the all-reduce still meets every rank. Token counts are summed over ranks. In a plain
+    run (``Single``) every share is the whole minibatch, the world size and weight are 1, and ``no_sync``
+    does nothing: the same arithmetic as a loop written without DDP in mind."""
     ddp_model.train()
     parts = []
     for idx in mbs:
