@@ -3,8 +3,10 @@ uses SmolLM2's real tokenizer (and chat template)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 
 import pytest
 from conftest import build_tiny_hf
@@ -75,3 +77,78 @@ def test_rest_em_hf_loop_records_compute_and_resumes(tiny_hf, tmp_path):
     assert {k: v for k, v in again[1].items() if "wall" not in k} == {k: v for k, v in r1.items() if "wall" not in k}
     with pytest.raises(DeliberateError, match="epochs"):
         HFRestEMConfig(epochs=0)
+
+
+def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_path, monkeypatch):
+    """STaR on an HF checkpoint: failed problems are retried with the hint, kept with the plain prompt;
+    completions citing the hint are dropped; compute is counted from the files; a killed iteration
+    resumes to the same row; --no-rationalize sends no hinted prompt. The model's answers are scripted
+    (a random tiny Llama gets nothing right): it solves 1-digit sums, copies a hint, and cites the hint
+    on every third hinted problem; the M-step is the real TRL one."""
+    from deliberate.models.hf import HFBackend
+    from deliberate.tasks import get_task
+    from deliberate.train import star_hf
+    from deliberate.types import Completion
+
+    task = get_task("addition", digits="1-2", extract="last_number")
+    seen: list[str] = []
+
+    def scripted(self, prompts, params):
+        out = []
+        for p in prompts:
+            seen.append(p)
+            q = re.search(r"Compute (\d+)\+(\d+)", p)
+            a, b = int(q[1]), int(q[2])
+            hint = re.search(r"the answer is (\d+)", p)
+            if hint:
+                text = f"As the hint says, {hint[1]}." if (a + b) % 3 == 0 else f"{a} + {b} = {hint[1]}."
+            else:
+                text = f"{a} + {b} = {a + b}." if a < 10 else f"{a} + {b} = {a + b + 1}."
+            out.append([Completion(text, 5, len(text) // 3)])
+        return out
+
+    monkeypatch.setattr(HFBackend, "generate", scripted)
+    cfg = star_hf.HFStarConfig(model=str(tiny_hf), task_options={"digits": "1-2", "extract": "last_number"},
+                               iterations=1, n_train=12, eval_problems=10, batch_problems=2, batch_size=4,
+                               out=str(tmp_path / "rat"))
+    rows = star_hf.run_star_hf(cfg, progress=False)["iterations"]
+    train = task.problems("train", 12, seed=0)
+    one = [p for p in train if p.metadata["digits"] == 1]
+    two = [p for p in train if p.metadata["digits"] == 2]
+    cites = [p for p in two if int(p.answer) % 3 == 0]
+    assert one and two and cites and len(cites) < len(two)
+    r1 = rows[1]
+    assert (r1["kept_direct"], r1["kept_rationalized"], r1["rationalized_citing_hint"]) == (
+        len(one), len(two) - len(cites), len(cites))
+    assert r1["kept"] == len(one) + len(two) - len(cites) and r1["train_accuracy"] == len(one) / 12
+    d = tmp_path / "rat" / "it001"
+    rat = [json.loads(x) for x in (d / "rationalized.jsonl").read_text().splitlines()]
+    assert [x["problem_id"] for x in rat] == [p.id for p in two]
+    assert all(x["prompt"].endswith(f"(Hint: the answer is {p.answer}.)") for x, p in zip(rat, two))
+    samples = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+    assert not any("Hint" in x["prompt"] for x in samples)
+    assert r1["tokens_sampled"] == sum(s["completion_tokens"] for x in samples + rat for s in x["samples"])
+    assert json.loads((d / "m_step.json").read_text())["examples"] == r1["kept"]
+    # held-out: overall and per digit count, greedy answers recorded
+    ev = r1["eval"]
+    assert list(ev)[0] == "all" and set(ev) == {"all", "1", "2"}
+    assert ev["1"]["accuracy"] == 1.0 and ev["2"]["accuracy"] == 0.0 and ev["1"]["n"] + ev["2"]["n"] == 10
+    assert (tmp_path / "rat" / "curve.png").stat().st_size > 0
+    # a killed iteration (rationalization half written, no row) resumes to the same row
+    lines = (d / "rationalized.jsonl").read_text().splitlines(keepends=True)
+    (d / "rationalized.jsonl").write_text("".join(lines[:2]))
+    (tmp_path / "rat" / "iterations" / "001.json").unlink()
+    seen.clear()
+    again = star_hf.run_star_hf(cfg, progress=False)["iterations"][1]
+    assert sum("Hint" in p for p in seen) == len(two) - 2  # only the unfinished batches of hinted problems rerun
+    assert {k: v for k, v in again.items() if "wall" not in k} == {k: v for k, v in r1.items() if "wall" not in k}
+    # without rationalization no hint is ever sent
+    seen.clear()
+    plain = star_hf.run_star_hf(dataclasses.replace(cfg, rationalize=False, out=str(tmp_path / "plain")),
+                                progress=False)["iterations"][1]
+    assert not any("Hint" in p for p in seen) and not (tmp_path / "plain" / "it001" / "rationalized.jsonl").exists()
+    assert (plain["kept"], plain["kept_rationalized"]) == (len(one), 0)
+    with pytest.raises(DeliberateError, match="hint must contain"):
+        star_hf.HFStarConfig(hint="no placeholder")
+    with pytest.raises(DeliberateError, match="extract must be one of"):
+        get_task("addition", extract="first_number")

@@ -10,7 +10,10 @@ the answer digits written so far after the comma; the last line states the answe
     Answer: 142
 
 Options: ``digits`` is an int or a ``"min-max"`` range (default ``"1-5"``); each problem draws its
-digit count uniformly from the range and both operands have exactly that many digits.
+digit count uniformly from the range and both operands have exactly that many digits. ``extract``:
+``answer`` (default) grades the last ``Answer: N`` line only, as the tiny model is trained to write;
+``last_number`` falls back to the last number written when there is no such line, for real models
+that answer in their own words ("540 + 718 = 1258.").
 Splits: a question belongs to ``test`` iff a hash of its text falls in the lowest 10% bucket, so
 train and test never share a question whatever the seeds or sizes; within a split questions are
 distinct. Every scratchpad line is checkable (:meth:`AdditionTask.step_correct`).
@@ -24,11 +27,12 @@ from collections.abc import Sequence
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks.base import Task, check_split, distinct_draws, register_task
-from deliberate.tasks.grading import canonical_number
+from deliberate.tasks.grading import canonical_number, extract_last_number
 from deliberate.types import Problem
 
 _ANSWER = re.compile(r"Answer:\s*(-?\d{1,1000})(?!\d)")  # longer is no answer (int() stops at 4300 digits)
 MAX_DIGITS = 30
+EXTRACT = ("answer", "last_number")
 
 
 
@@ -74,8 +78,11 @@ class AdditionTask(Task):
     name = "addition"
     stop = ("\n\n",)
 
-    def __init__(self, digits: int | str = "1-5"):
+    def __init__(self, digits: int | str = "1-5", extract: str = "answer"):
         self.min_digits, self.max_digits = parse_digits(digits)
+        if extract not in EXTRACT:
+            raise DeliberateError(f"addition: extract must be one of {', '.join(EXTRACT)} (got {extract!r})")
+        self.extract = extract
         d = self.max_digits
         self.max_tokens = d * (12 + d) + d + 16  # d lines "9+9+1=19, <partial>" + answer line
 
@@ -111,7 +118,12 @@ class AdditionTask(Task):
 
     def extract_answer(self, text: str) -> str | None:
         found = _ANSWER.findall(text)
-        return str(int(found[-1])) if found else None
+        if found:
+            return str(int(found[-1]))
+        if self.extract == "last_number":
+            n = extract_last_number(text)
+            return canonical_number(n, units=False) if n is not None else None
+        return None
 
     def is_correct(self, answer: str | None, problem: Problem) -> bool:
         if answer is None:

@@ -90,32 +90,42 @@ class HFRestEMConfig:
             raise DeliberateError("rest-em-hf: " + "; ".join(problems))
 
 
-def e_step(backend, task, problems, cfg: HFRestEMConfig, it: int, path: Path, progress: bool) -> list[dict]:
-    """``k`` checked samples per problem, one row per problem appended to ``path`` as batches finish."""
+def e_step(backend, task, problems, cfg, it: int, path: Path, progress: bool, *, prompts: list[str] | None = None,
+           k: int | None = None, temperature: float | None = None, tag: str = "rest-em-hf",
+           desc: str | None = None) -> list[dict]:
+    """``k`` checked samples per problem (default ``cfg.k`` at ``cfg.temperature``), one row per problem
+    appended to ``path`` as batches finish, so a killed call resumes where it stopped (each batch's seed
+    is fixed by ``tag``, ``cfg.seed``, ``it`` and the batch's offset). ``prompts``: the text given to the
+    engine for each problem (default: the task's prompt in ``cfg.prompt_style``), recorded in the rows."""
+    k = cfg.k if k is None else k
+    temperature = cfg.temperature if temperature is None else temperature
+    if prompts is None:
+        prompts = [task.prompt(p, cfg.prompt_style) for p in problems]
     with JsonlAppender(path, key=lambda r: r["problem_id"]) as f:
-        chunks = [k for k in range(0, len(problems), cfg.batch_problems)
-                  if any(p.id not in f for p in problems[k:k + cfg.batch_problems])]
-        bar = tqdm(total=len(problems), initial=len(problems) - sum(len(problems[k:k + cfg.batch_problems])
-                                                                    for k in chunks),
-                   desc=f"E-step {it}", unit="problem", disable=not progress, dynamic_ncols=True, leave=False)
-        for k in chunks:
-            chunk = problems[k:k + cfg.batch_problems]
-            params = SamplingParams(n=cfg.k, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                                    seed=derived_seed("rest-em-hf", cfg.seed, it, k))
-            outs = backend.generate([task.prompt(p, cfg.prompt_style) for p in chunk], params)
-            f.append([{"problem_id": p.id, "prompt": task.prompt(p, cfg.prompt_style),
+        chunks = [i for i in range(0, len(problems), cfg.batch_problems)
+                  if any(p.id not in f for p in problems[i:i + cfg.batch_problems])]
+        bar = tqdm(total=len(problems), initial=len(problems) - sum(len(problems[i:i + cfg.batch_problems])
+                                                                    for i in chunks),
+                   desc=desc or f"E-step {it}", unit="problem", disable=not progress, dynamic_ncols=True, leave=False)
+        for i in chunks:
+            chunk, texts = problems[i:i + cfg.batch_problems], prompts[i:i + cfg.batch_problems]
+            params = SamplingParams(n=k, temperature=temperature, max_tokens=cfg.max_tokens,
+                                    seed=derived_seed(tag, cfg.seed, it, i))
+            outs = backend.generate(texts, params)
+            f.append([{"problem_id": p.id, "prompt": text,
                        "samples": [{"text": c.text, "correct": bool(task.reward(c.text, p) > 0),
                                     "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason}
                                    for c in cs],
-                       "prompt_tokens": cs[0].prompt_tokens if cs else 0} for p, cs in zip(chunk, outs)])
+                       "prompt_tokens": cs[0].prompt_tokens if cs else 0} for p, text, cs in zip(chunk, texts, outs)])
             bar.update(len(chunk))
         bar.close()
         return [f.rows[p.id] for p in problems]
 
 
-def m_step(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: HFRestEMConfig, seed: int,
+def m_step(base: Path, pairs: list[tuple[str, str]], out: Path, cfg, seed: int,
            progress: bool) -> tuple[Path, int]:
-    """TRL ``SFTTrainer`` on (engine prompt text, completion) pairs, from ``base``; returns (model dir,
+    """TRL ``SFTTrainer`` on (engine prompt text, completion) pairs, from ``base``, with ``cfg``'s ``lr``,
+    ``epochs`` and ``batch_size`` (an :class:`HFRestEMConfig` or another recipe's config); returns (model dir,
     tokens trained). ``out/model`` + ``out/m_step.json`` are written atomically; when both exist the call
     returns at once."""
     final, meta = out / "model", out / "m_step.json"

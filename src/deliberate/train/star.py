@@ -215,23 +215,24 @@ def run_star(cfg: StarConfig, progress: bool = True) -> dict[str, Any]:
     rows = log.cumulative()
     summary = {"recipe": "star", "rationalize": cfg.rationalize, "config": cfg_dict, "iterations": rows}
     write_json_atomic(out / "summary.json", summary)
-    _plot(rows, out / "curve.png", cfg)
+    plot_by_group(rows, out / "curve.png", "STaR on addition" + ("" if cfg.rationalize else " (no rationalization)"))
     return summary
 
 
-def _plot(rows, path: Path, cfg: StarConfig) -> None:
+def plot_by_group(rows, path: Path, title: str) -> None:
+    """Held-out greedy accuracy per iteration, one line per key of the rows' ``eval`` (digit counts)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for dgt in cfg.eval_digits:
-        ax.plot([r["iteration"] for r in rows], [r["eval"][str(dgt)]["accuracy"] for r in rows], marker="o",
-                label=f"{dgt} digits")
+    for g in (rows[0]["eval"] if rows else {}):
+        ax.plot([r["iteration"] for r in rows], [r["eval"][g]["accuracy"] for r in rows], marker="o",
+                label=f"{g} digits" if g.isdigit() else g, linestyle=":" if g == "all" else "-")
     ax.set_xlabel("STaR iteration")
     ax.set_ylabel("held-out greedy accuracy")
-    ax.set_title("STaR on addition" + ("" if cfg.rationalize else " (no rationalization)"))
+    ax.set_title(title)
     ax.set_ylim(0, 1)
     ax.legend()
     fig.tight_layout()
@@ -241,7 +242,7 @@ def _plot(rows, path: Path, cfg: StarConfig) -> None:
 
 def format_star(rows) -> str:
     digits = list(rows[0]["eval"]) if rows else []
-    lines = [f"{'iter':>4} " + " ".join(f"{d + ' digits':>10}" for d in digits) + f" {'kept':>6} {'rationalized':>12}"]
+    lines = [f"{'iter':>4} " + " ".join(f"{d + ' digits' if d.isdigit() else d:>10}" for d in digits) + f" {'kept':>6} {'rationalized':>12}"]
     for r in rows:
         lines.append(f"{r['iteration']:>4} " + " ".join(f"{r['eval'][d]['accuracy']:>10.3f}" for d in digits)
                      + f" {r.get('kept', '-'):>6} {r.get('kept_rationalized', '-'):>12}")
