@@ -131,7 +131,7 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
     assert json.loads((d / "m_step.json").read_text())["examples"] == r1["kept"]
     # held-out: overall and per digit count, greedy answers recorded
     ev = r1["eval"]
-    assert list(ev)[0] == "all" and set(ev) == {"all", "1", "2"}
+    assert next(iter(ev)) == "all" and set(ev) == {"all", "1", "2"}
     assert ev["1"]["accuracy"] == 1.0 and ev["2"]["accuracy"] == 0.0 and ev["1"]["n"] + ev["2"]["n"] == 10
     assert (tmp_path / "rat" / "curve.png").stat().st_size > 0
     # a killed iteration (rationalization half written, no row) resumes to the same row

@@ -152,12 +152,8 @@ def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
             rows = e_step(backend, task, train, cfg, it, d / "samples.jsonl", progress, tag="star-hf",
                           desc=f"rationales {it}", **greedy)
             sampled = [rows]
-            wrapped: dict[str, str] = {}
-
-            def pair(prompt: str, text: str) -> tuple[str, str]:
-                return wrapped.setdefault(prompt, backend._wrap(prompt)), text
-
-            pairs = [pair(r["prompt"], r["samples"][0]["text"]) for r in rows if r["samples"][0]["correct"]]
+            # (the prompt as the engine saw it, chat template applied; the completion)
+            pairs = [(backend._wrap(r["prompt"]), r["samples"][0]["text"]) for r in rows if r["samples"][0]["correct"]]
             n_direct, n_rat, n_cites = len(pairs), 0, 0
             if cfg.rationalize:
                 failed = [i for i, r in enumerate(rows) if not r["samples"][0]["correct"]]
@@ -172,7 +168,7 @@ def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
                     if _MENTIONS_HINT.search(s["text"]):
                         n_cites += 1
                         continue
-                    pairs.append(pair(rows[i]["prompt"], s["text"]))  # the hint dropped from the prompt
+                    pairs.append((backend._wrap(rows[i]["prompt"]), s["text"]))  # the hint dropped from the prompt
                     n_rat += 1
             t_sample = clock()
             if pairs:
