@@ -42,13 +42,16 @@ def main() -> None:
             ev = rows[0]["eval"]
             keys = [k for k in ("greedy", *sorted(k for k in ev if k.startswith("maj@")),
                                 *sorted(k for k in ev if k.startswith("pass@"))) if k in ev] or sorted(ev)
-            print("| run | iter | " + " | ".join(keys) + " | train PFLOPs (cum.) | train wall s (cum.) |")
-            print("|---|---|" + "---|" * len(keys) + "---|---|")
+            star = any("kept_rationalized" in r for r in rows)  # STaR: what rationalization added
+            print("| run | iter | " + " | ".join(keys) + (" | kept (rationalized)" if star else "")
+                  + " | train PFLOPs (cum.) | train wall s (cum.) |")
+            print("|---|---|" + "---|" * (len(keys) + star) + "---|---|")
         base = rows[0]["eval"]
         for r in rows:
             it = r["iteration"]
             print(f"| {run.name} | {it} | " + " | ".join(cell(r["eval"].get(k), base.get(k) if it else None)
                                                          for k in keys)
+                  + (f" | {r.get('kept', '-')} ({r.get('kept_rationalized', '-')})" if star else "")
                   + f" | {r['cum_flops'] / 1e15:.3f} | {r['cum_wall_s']:.0f} |")
             for k in keys:
                 if k in r["eval"] and k in base:

@@ -1,0 +1,67 @@
+"""Paired held-out difference between two ``star-hf`` runs (e.g. with and without rationalization),
+per iteration and per ``eval_by`` group, over the same greedy-answered test problems:
+
+    python scripts/star_hf_paired.py runs/star-hf/rat-s0 runs/star-hf/norat-s0 [more A B pairs ...]
+
+Reads each iteration's ``itNNN/eval.jsonl``; prints A - B accuracy in points with a 95% bootstrap CI
+over problems. Several pairs (e.g. training seeds) are pooled: every (pair, problem) is one resampled
+unit, so the pooled CI treats seeds as independent draws of the same test problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from deliberate.eval.metrics import bootstrap_ci
+from deliberate.tasks import get_task
+
+
+def answers(run: Path, it: int) -> dict[str, bool]:
+    f = run / f"it{it:03d}" / "eval.jsonl"
+    if not f.exists():
+        return {}
+    return {r["problem_id"]: bool(r["samples"][0]["correct"]) for r in map(json.loads, f.read_text().splitlines())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="A B [A B ...]")
+    a = ap.parse_args()
+    if len(a.runs) % 2:
+        raise SystemExit("give runs in pairs: A B [A B ...]")
+    pairs = list(zip(a.runs[::2], a.runs[1::2]))
+    cfg = json.loads((pairs[0][0] / "config.json").read_text())
+    task = get_task(cfg["task"], **cfg["task_options"])
+    test = {p.id: p for p in task.problems("test", cfg["eval_problems"], seed=cfg["eval_seed"])}
+    print("| iter | group | pairs | problems | A | B | A - B (points) [95% CI] |")
+    print("|---|---|---|---|---|---|---|")
+    for it in range(0, 100):
+        diffs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        n_pairs = 0
+        for ra, rb in pairs:
+            xa, xb = answers(ra, it), answers(rb, it)
+            common = [k for k in xa if k in xb]
+            if not common:
+                continue
+            n_pairs += 1
+            for k in common:
+                for g in ("all", str(test[k].metadata.get(cfg.get("eval_by") or "", ""))):
+                    if g:
+                        diffs[g].append((float(xa[k]), float(xb[k])))
+        if not n_pairs:
+            if it:
+                break
+            continue
+        for g in sorted(diffs, key=lambda g: (g != "all", len(g), g)):
+            v = diffs[g]
+            d = [x - y for x, y in v]
+            lo, hi = bootstrap_ci(d)
+            print(f"| {it} | {g} | {n_pairs} | {len(v)} | {sum(x for x, _ in v) / len(v):.3f} | "
+                  f"{sum(y for _, y in v) / len(v):.3f} | {100 * sum(d) / len(d):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
+
+
+if __name__ == "__main__":
+    main()
