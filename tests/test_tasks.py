@@ -123,6 +123,15 @@ def test_addition_format_and_options():
             get_task("addition", digits=bad)
     with pytest.raises(DeliberateError, match="only 100 questions"):
         get_task("addition", digits=1).problems("train", n=101)
+    # extract=last_number: an answer in the model's own words is graded on its last number, an Answer:
+    # line still wins, and the default (the tiny model's format) grades only the Answer: line
+    loose = get_task("addition", digits="2-3", extract="last_number")
+    assert loose.extract_answer("97 + 45 = 142.") == "142" and loose.is_correct("142", p)
+    assert loose.extract_answer("Answer: 141\nor maybe 142") == "141"
+    assert loose.extract_answer("no number") is None and task.extract_answer("97 + 45 = 142.") is None
+    assert loose.problems("test", 20) == task.problems("test", 20)  # the same problems either way
+    with pytest.raises(DeliberateError, match="extract must be one of"):
+        get_task("addition", extract="first")
 
 
 # --- countdown: solver, search, checker --------------------------------------------------------
