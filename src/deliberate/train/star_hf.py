@@ -224,7 +224,7 @@ HELP = {
     "task": "task with gold answers (default addition, options digits=1-5 extract=last_number; --task-arg replaces "
             "all the options: keep extract=last_number for models that do not write an 'Answer: N' line)",
     "prompt": "prompt template with {question} (the problem's question); '' uses the task's prompt in "
-              "--prompt-style",
+              "--prompt-style (do that for tasks whose question is a sentence, e.g. word problems)",
     "max_tokens": "new tokens per answer at most",
     "lr": "M-step learning rate (cosine decay, no warmup)",
     "eval_problems": "held-out problems answered greedily after each iteration",
