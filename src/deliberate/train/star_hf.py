@@ -53,10 +53,12 @@ _MENTIONS_HINT = re.compile(r"\bhint", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class HFStarConfig:
+    """Defaults: the CPU pilot of docs/RESULTS.md ("STaR on a real model"; ~15 min per iteration on 2 cores)."""
+
     model: str = "smollm2"
     chat: bool = True
     task: str = "addition"
-    task_options: dict[str, Any] = field(default_factory=lambda: {"digits": "1-5", "extract": "last_number"})
+    task_options: dict[str, Any] = field(default_factory=lambda: {"digits": "1-3", "extract": "last_number"})
     prompt_style: str = "instruct"
     # "{question}" template for the prompt; "" = the task's prompt in prompt_style. SmolLM2 parrots the
     # example line of addition's instruct prompt ("7+5+0=12") and answers a plain question directly
@@ -64,13 +66,13 @@ class HFStarConfig:
     rationalize: bool = True
     hint: str = "(Hint: the answer is {answer}.)"
     iterations: int = 4
-    n_train: int = 500
-    max_tokens: int = 96
-    lr: float = 1e-5
+    n_train: int = 200
+    max_tokens: int = 64
+    lr: float = 3e-5
     epochs: float = 2.0
     batch_size: int = 8
     batch_problems: int = 64  # problems per generate call
-    eval_problems: int = 250
+    eval_problems: int = 150
     eval_by: str = "digits"  # problem metadata key the held-out accuracy is broken down by ("": overall only)
     eval_seed: int = 0
     seed: int = 0
@@ -223,7 +225,7 @@ def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
 HELP = {
     **{k: REST_EM_HF_HELP[k] for k in ("model", "chat")},
     "rationalize": STAR_HELP["rationalize"],
-    "task": "task with gold answers (default addition, options digits=1-5 extract=last_number; --task-arg replaces "
+    "task": "task with gold answers (default addition, options digits=1-3 extract=last_number; --task-arg replaces "
             "all the options: keep extract=last_number for models that do not write an 'Answer: N' line)",
     "prompt": "prompt template with {question} (the problem's question); '' uses the task's prompt in "
               "--prompt-style (do that for tasks whose question is a sentence, e.g. word problems)",
