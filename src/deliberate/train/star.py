@@ -225,11 +225,13 @@ def plot_by_group(rows, path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for g in (rows[0]["eval"] if rows else {}):
         ax.plot([r["iteration"] for r in rows], [r["eval"][g]["accuracy"] for r in rows], marker="o",
-                label=f"{g} digits" if g.isdigit() else g, linestyle=":" if g == "all" else "-")
+                label=(f"{g} digit" + "s" * (g != "1")) if g.isdigit() else g, linestyle=":" if g == "all" else "-")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("STaR iteration")
     ax.set_ylabel("held-out greedy accuracy")
     ax.set_title(title)
