@@ -1,9 +1,10 @@
 """Paired held-out difference between two ``star-hf`` runs (e.g. with and without rationalization),
 per iteration and per ``eval_by`` group, over the same greedy-answered test problems:
 
-    python scripts/star_hf_paired.py runs/star-hf/rat-s0 runs/star-hf/norat-s0 [more A B pairs ...]
+    python scripts/star_hf_paired.py runs/star-hf/rat-s0 runs/star-hf/norat-s0 [more A B pairs ...] [--plot curve.png]
 
-Reads each iteration's ``itNNN/eval.jsonl``; prints A - B accuracy in points with a 95% bootstrap CI
+``--plot``: A's and B's accuracy per iteration and group (all pairs' problems pooled), solid / dashed,
+iterations each side ran (B may run longer than A). Reads each iteration's ``itNNN/eval.jsonl``; prints A - B accuracy in points with a 95% bootstrap CI
 over problems. Several pairs (e.g. training seeds) are pooled: every (pair, problem) is one resampled
 unit, so the pooled CI treats seeds as independent draws of the same test problems.
 """
@@ -26,9 +27,41 @@ def answers(run: Path, it: int) -> dict[str, bool]:
     return {r["problem_id"]: bool(r["samples"][0]["correct"]) for r in map(json.loads, f.read_text().splitlines())}
 
 
+def plot(pairs, test, key: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for side, style in ((0, "-"), (1, "--")):
+        curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for pair in pairs:
+            for it in range(100):
+                xs = answers(pair[side], it)
+                if not xs:
+                    break
+                for k, v in xs.items():
+                    curves[str(test[k].metadata.get(key, ""))][it].append(float(v))
+        for i, g in enumerate(sorted(g for g in curves if g)):
+            its = sorted(curves[g])
+            ax.plot(its, [sum(curves[g][t]) / len(curves[g][t]) for t in its], style, marker="o", color=f"C{i}",
+                    label=f"{pairs[0][side].name.rsplit('-', 1)[0]}: {key} {g}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("held-out greedy accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="A B [A B ...]")
+    ap.add_argument("--plot", type=Path, default=None, help="write the A and B curves here (PNG)")
     a = ap.parse_args()
     if len(a.runs) % 2:
         raise SystemExit("give runs in pairs: A B [A B ...]")
@@ -36,9 +69,11 @@ def main() -> None:
     cfg = json.loads((pairs[0][0] / "config.json").read_text())
     task = get_task(cfg["task"], **cfg["task_options"])
     test = {p.id: p for p in task.problems("test", cfg["eval_problems"], seed=cfg["eval_seed"])}
+    if a.plot:
+        plot(pairs, test, cfg.get("eval_by") or "", a.plot)
     print("| iter | group | pairs | problems | A | B | A - B (points) [95% CI] |")
     print("|---|---|---|---|---|---|---|")
-    for it in range(0, 100):
+    for it in range(100):
         diffs: dict[str, list[tuple[float, float]]] = defaultdict(list)
         n_pairs = 0
         for ra, rb in pairs:
