@@ -148,8 +148,10 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
                                 progress=False)["iterations"][1]
     assert not any("Hint" in p for p in seen) and not (tmp_path / "plain" / "it001" / "rationalized.jsonl").exists()
     assert (plain["kept"], plain["kept_rationalized"]) == (len(one), 0)
-    with pytest.raises(DeliberateError, match="hint must contain"):
+    with pytest.raises(DeliberateError, match="hint must be a format string"):
         star_hf.HFStarConfig(hint="no placeholder")
+    with pytest.raises(DeliberateError, match="hint must be a format string"):
+        star_hf.HFStarConfig(hint="{answer} and {other}")
     with pytest.raises(DeliberateError, match="prompt must be a format string"):
         star_hf.HFStarConfig(prompt="What is {problem}?")
     with pytest.raises(DeliberateError, match="extract must be one of"):

@@ -44,7 +44,7 @@ from deliberate.eval.records import write_json_atomic
 from deliberate.tasks import get_task
 from deliberate.train.rest_em_hf import HELP as REST_EM_HF_HELP
 from deliberate.train.rest_em_hf import e_step, m_step
-from deliberate.train.selfimprove import IterationLog, Stopwatch, add_config_arguments, config_from_args
+from deliberate.train.selfimprove import IterationLog, Stopwatch, add_config_arguments, config_from_args, start_run
 from deliberate.train.star import HELP as STAR_HELP
 from deliberate.train.star import format_star, plot_by_group
 
@@ -89,20 +89,21 @@ class HFStarConfig:
         if not (self.epochs > 0):
             problems.append(f"epochs must be > 0 (got {self.epochs!r})")
         if self.prompt:
-            try:
-                if "{question}" not in self.prompt or self.prompt.format(question="1+1") == self.prompt:
-                    raise ValueError("no {question}")
-            except (KeyError, IndexError, ValueError) as e:
-                problems.append(f"prompt must be a format string with {{question}} only ({e!r} in {self.prompt!r})")
-        if not isinstance(self.hint, str) or "{answer}" not in self.hint:
-            problems.append(f"hint must contain {{answer}} (got {self.hint!r})")
-        else:
-            try:
-                self.hint.format(answer="0")
-            except (KeyError, IndexError, ValueError) as e:
-                problems.append(f"hint must be a format string with only {{answer}} ({e!r} in {self.hint!r})")
+            problems += _template_problems("prompt", self.prompt, "question")
+        problems += _template_problems("hint", self.hint, "answer")
         if problems:
             raise DeliberateError("star-hf: " + "; ".join(problems))
+
+
+def _template_problems(name: str, template: str, field: str) -> list[str]:
+    """What is wrong with ``template`` as a format string with exactly the ``{field}`` placeholder."""
+    try:
+        if not isinstance(template, str) or f"{{{field}}}" not in template:
+            raise ValueError(f"no {{{field}}}")
+        template.format(**{field: "0"})
+    except (KeyError, IndexError, ValueError) as e:
+        return [f"{name} must be a format string with {{{field}}} only ({e!r} in {template!r})"]
+    return []
 
 
 def hinted(prompt: str, answer: str, hint: str) -> str:
@@ -110,7 +111,7 @@ def hinted(prompt: str, answer: str, hint: str) -> str:
     return f"{prompt.rstrip()}\n{hint.format(answer=answer)}"
 
 
-def by_group(task, problems, rows, key: str) -> dict[str, Any]:
+def by_group(problems, rows, key: str) -> dict[str, Any]:
     """Greedy accuracy with a 95% bootstrap CI, over all ``problems`` (``all``) and per value of
     ``problem.metadata[key]`` (``""``: overall only)."""
     groups: dict[str, list[float]] = defaultdict(list)
@@ -126,7 +127,6 @@ def by_group(task, problems, rows, key: str) -> dict[str, Any]:
 
 def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
     from deliberate.models.hf import HFBackend, resolve_path
-    from deliberate.train.selfimprove import start_run
 
     out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
@@ -145,7 +145,7 @@ def run_star_hf(cfg: HFStarConfig, progress: bool = True) -> dict[str, Any]:
     def evaluate(backend, it: int) -> dict[str, Any]:
         rows = e_step(backend, task, test, cfg, it, out / f"it{it:03d}" / "eval.jsonl", progress, tag="star-hf-eval",
                       prompts=prompts(test), desc=f"eval {it}", **greedy)
-        return by_group(task, test, rows, cfg.eval_by)
+        return by_group(test, rows, cfg.eval_by)
 
     backend = HFBackend(path=base, chat=cfg.chat)
     n_params = sum(p.numel() for p in backend.model.parameters())
