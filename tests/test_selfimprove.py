@@ -551,10 +551,17 @@ def test_recipe_flags_come_from_config_fields():
     p = build_parser()
     a = p.parse_args(["train", "rest-em", "--k", "3", "--epochs", "1.5", "--task-arg", "max_ops=2", "--out", "x"])
     cfg = config_from_args(RestEMConfig, a)
-    assert cfg.k == 3 and cfg.finetune.epochs == 1.5 and cfg.task_options == {"max_ops": 2} and cfg.out == "x"
+    assert cfg.k == 3 and cfg.finetune.epochs == 1.5 and cfg.out == "x"
+    # --task-arg overrides one of the recipe's task options and keeps the others
+    assert cfg.task_options == {**RestEMConfig().task_options, "max_ops": 2} != RestEMConfig().task_options
     assert cfg.finetune.lr == RestEMConfig().finetune.lr  # untouched nested fields keep their defaults
     # another task without --task-arg gets its own defaults, not arith's options
     assert config_from_args(RestEMConfig, p.parse_args(["train", "rest-em", "--task", "addition"])).task_options == {}
+    assert config_from_args(RestEMConfig, p.parse_args(["train", "rest-em", "--task", "addition", "--task-arg",
+                                                        "digits=2"])).task_options == {"digits": 2}
+    from deliberate.train.star_hf import HFStarConfig
+    h = config_from_args(HFStarConfig, p.parse_args(["train", "star-hf", "--task-arg", "digits=1-4"]))
+    assert h.task_options == {"digits": "1-4", "extract": "last_number"}  # the real-model extraction stays
     a = p.parse_args(["train", "star", "--no-rationalize", "--eval-digits", "4,6", "--seed-sft-steps", "7",
                       "--model-d-model", "64"])
     s = config_from_args(StarConfig, a)

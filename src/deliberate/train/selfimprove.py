@@ -562,7 +562,8 @@ def add_config_arguments(parser, cls, helps: dict[str, str] | None = None) -> No
         parser.add_argument(_flag(dest), **kw)
     if any(f.name == "task_options" for f in dataclasses.fields(cls)):
         parser.add_argument("--task-arg", action="append", default=None, metavar="KEY=VALUE",
-                            help="task option (repeatable; default: the recipe's own task options)")
+                            help=("task option, repeatable; each overrides that one of the recipe's own task options "
+                                  "(with another --task, of that task's defaults)"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
 
@@ -585,8 +586,10 @@ def config_from_args(cls, args):
     for name, values in nested.items():
         top[name] = dataclasses.replace(getattr(default, name), **values)
     if hasattr(default, "task_options"):
+        # the recipe's task options apply to its own task only: another task starts from its own defaults
+        other_task = hasattr(default, "task") and top.get("task", default.task) != default.task
+        options = {} if other_task else dict(default.task_options)
         if getattr(args, "task_arg", None):
-            top["task_options"] = parse_kv(args.task_arg, "--task-arg")
-        elif hasattr(default, "task") and top.get("task", default.task) != default.task:
-            top["task_options"] = {}  # another task: its own defaults, not the default task's options
+            options.update(parse_kv(args.task_arg, "--task-arg"))  # each KEY=VALUE overrides one option
+        top["task_options"] = options
     return cls(**top)
