@@ -190,6 +190,7 @@ CASES = [
     ("train sft lr 0", lambda d: ["train", "sft", "--lr", "0"], ["lr", "0"]),
     ("train sft lr negative", lambda d: ["train", "sft", "--lr", "-1"], ["lr", "-1"]),
     ("train sft steps 0", lambda d: ["train", "sft", "--steps", "0"], ["steps", "0"]),
+    ("train sft threads 0", lambda d: ["train", "sft", "--threads", "0"], ["--threads", "0"]),
     ("train sft warmup negative", lambda d: ["train", "sft", "--warmup", "-1"], ["warmup", "-1"]),
     ("train sft heads do not divide", lambda d: ["train", "sft", "--d-model", "30", "--n-heads", "4"],
      ["d_model", "n_heads"]),

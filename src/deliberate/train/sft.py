@@ -193,12 +193,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--out", default=d.out)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: all cores; the thread count changes float rounding, "
+                             "so the same seed on another thread count gives a different model)")
     add_device_argument(parser)
 
 
 def main(args) -> int:
     from deliberate.models.base import parse_kv
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise DeliberateError(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
     cfg = SFTConfig(
         task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"), n_train=args.n_train,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
