@@ -40,3 +40,18 @@ def build_tiny_hf(directory, hidden_size: int, layers: int, heads: int, kv_heads
     transformers.LlamaForCausalLM(cfg).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def clean_registries():
+    """Forget what the plug-ins registered, so other tests see only the built-ins."""
+    from deliberate import plugins
+    from deliberate.rewards import base as rb
+    from deliberate.tasks import base as tb
+
+    tasks, verifiers, options, loaded = dict(tb._TASKS), dict(rb._VERIFIERS), dict(rb._OPTIONS), set(plugins._loaded)
+    yield
+    tb._TASKS.clear(), tb._TASKS.update(tasks)
+    rb._VERIFIERS.clear(), rb._VERIFIERS.update(verifiers)
+    rb._OPTIONS.clear(), rb._OPTIONS.update(options)
+    plugins._loaded.clear(), plugins._loaded.update(loaded)

@@ -248,3 +248,19 @@ def test_cli_flags_reach_the_ray_workers(tiny_ckpt, ray_local, tmp_path, capsys)
     assert meta["executor"]["name"] == "ray" and meta["rows"] == 4
     assert main_cli(sweep[:-2] + ["--workers", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--workers must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_plugin_tasks_reach_ray_workers(tiny_ckpt, ray_local, tmp_path, capsys, monkeypatch, clean_registries):
+    """The workers were started before $DELIBERATE_PLUGINS was set: they get the plug-ins from the spec."""
+    from pathlib import Path
+
+    from deliberate.cli import main_cli
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "my_tasks.py"
+    monkeypatch.setenv("DELIBERATE_PLUGINS", str(example))
+    sweep = ["sweep", "--task", "times", "--task-arg", "max_digits=2", "--model", str(tiny_ckpt), "--verifier",
+             "shortest", "--strategies", "best_of_n", "--budgets", "2", "--n-problems", "2", "--taste", "",
+             "--executor", "ray", "--workers", "1", "--worker-threads", "1", "--out", str(tmp_path / "sweep")]
+    assert main_cli(sweep) == 0, capsys.readouterr().err
+    s = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert s["compute"]["executor"]["name"] == "ray" and s["config"]["task"] == "times"

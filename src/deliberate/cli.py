@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main_cli(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # lists tasks / strategies for --help, so it imports the plug-ins
+    except DeliberateError as e:
+        print(f"deliberate: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()

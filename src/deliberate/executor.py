@@ -37,6 +37,7 @@ from typing import Any
 from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
+from deliberate.plugins import ENV as PLUGINS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class WorkerSpec:
     task_options: dict[str, Any] = field(default_factory=dict)
     verifier: str | None = None
     verifier_args: dict[str, Any] = field(default_factory=dict)  # the verifier's options (device, ...)
+    #: the driver's $DELIBERATE_PLUGINS (file paths made absolute), so workers register the same plug-in
+    #: tasks / verifiers / backends; on a cluster those files or modules must exist on the workers too
+    plugins: str = field(default_factory=lambda: os.environ.get(PLUGINS_ENV, ""))
 
 
 class Worker:
@@ -69,6 +73,8 @@ class Worker:
         from deliberate.rewards.base import get_verifier
         from deliberate.tasks.base import get_task
 
+        if spec.plugins:
+            os.environ[PLUGINS_ENV] = spec.plugins  # read by the registries' plug-in loading
         task = get_task(spec.task, **spec.task_options)
         backend = get_backend(spec.backend, **spec.backend_kwargs)
         verifier = get_verifier(spec.verifier, task=task, **spec.verifier_args) if spec.verifier else None

@@ -14,6 +14,7 @@ from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.models.sampling import SamplingParams
+from deliberate.plugins import load_plugins
 from deliberate.types import Completion
 
 
@@ -69,6 +70,7 @@ def _load_builtin() -> None:
             if not e.name or not e.name.startswith("deliberate") or e.name == f"deliberate.models.{mod}":
                 continue
             raise
+    load_plugins()  # the user's own backends ($DELIBERATE_PLUGINS, entry points)
 
 
 def backend_names() -> list[str]:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from deliberate.errors import DeliberateError
+from deliberate.plugins import load_plugins
 from deliberate.types import Problem
 
 AGGREGATIONS = ("min", "prod", "last", "mean")
@@ -122,6 +123,7 @@ def _load_builtin() -> None:
         except ModuleNotFoundError as e:  # a verifier module not written yet
             if e.name != f"deliberate.rewards.{mod}":
                 raise
+    load_plugins()  # the user's own verifiers ($DELIBERATE_PLUGINS, entry points)
 
 
 def verifier_kinds() -> list[str]:

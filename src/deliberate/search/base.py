@@ -27,6 +27,7 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
+from deliberate.plugins import load_plugins
 from deliberate.rewards.base import AGGREGATIONS, Verifier, aggregate
 from deliberate.tasks.base import Task
 from deliberate.types import Completion, Problem
@@ -347,6 +348,7 @@ def _load_builtin() -> None:
 
     for mod in ("sampling", "beam", "dvts", "mcts", "tot", "reflection"):
         importlib.import_module(f"deliberate.search.{mod}")
+    load_plugins()  # the user's own strategies ($DELIBERATE_PLUGINS, entry points)
 
 
 def strategy_names() -> list[str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from deliberate.errors import DeliberateError
+from deliberate.plugins import load_plugins
 from deliberate.types import Completion, Problem, Sample
 
 SPLITS = ("train", "test")
@@ -125,6 +126,7 @@ def _load_builtin() -> None:
             if not e.name or not e.name.startswith("deliberate") or e.name == f"deliberate.tasks.{mod}":
                 continue  # optional dependency missing: that task is simply not offered
             raise
+    load_plugins()  # the user's own tasks ($DELIBERATE_PLUGINS, entry points)
 
 
 def task_names() -> list[str]:
@@ -143,7 +145,7 @@ def get_task(name: str, **options: Any) -> Task:
         raise DeliberateError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
     try:
         return _TASKS[name](**options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an unknown option, or a plug-in task's own check of a value
         raise DeliberateError(f"bad options for task {name!r}: {e}") from None
 
 
