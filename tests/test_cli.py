@@ -41,6 +41,10 @@ def test_tasks_lists_names(capsys):
     assert code == 0
     for name in ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym:<name>"):
         assert name in out
+    # each task's --task-arg options, with their defaults, under its line
+    arith = out.splitlines()[[line.split()[0] for line in out.splitlines()].index("arith") + 1]
+    assert arith.split() == ["--task-arg", "min_ops=1", "max_ops=4", "max_operand=20"]
+    assert "path=None" in out and "dataset's own config" in out
 
 
 def _bad_jsonl(tmp_path):
