@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from deliberate import plugins
 from deliberate.cli import main_cli
 
@@ -24,6 +26,9 @@ def test_example_plugin_adds_a_task_and_a_verifier_to_the_cli(tmp_path, tiny_ckp
     monkeypatch.setenv(plugins.ENV, str(EXAMPLE))
     assert main_cli(["tasks"]) == 0
     assert "times" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main_cli(["sweep", "--help"])
+    assert "outcome, prm, shortest" in " ".join(capsys.readouterr().out.split())  # the verifier kinds listed
     out = tmp_path / "sweep"
     code = main_cli(["sweep", "--task", "times", "--task-arg", "max_digits=2", "--model", str(tiny_ckpt),
                      "--verifier", "shortest", "--strategies", "majority,best_of_n", "--budgets", "1,2",

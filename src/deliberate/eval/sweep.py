@@ -57,7 +57,14 @@ from deliberate.models.base import (
     parse_kv,
 )
 from deliberate.models.sampling import SamplingParams
-from deliberate.rewards.base import RUNTIME_OPTIONS, Verifier, aggregate, check_verifier_options, get_verifier
+from deliberate.rewards.base import (
+    RUNTIME_OPTIONS,
+    Verifier,
+    aggregate,
+    check_verifier_options,
+    get_verifier,
+    verifier_kinds,
+)
 from deliberate.search.base import (
     POOL_STRATEGIES,
     Candidate,
@@ -603,7 +610,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="test", choices=("train", "test"))
     parser.add_argument("--problem-seed", type=int, default=0, help="seed of the generated problems (default: 0)")
     parser.add_argument("--verifier", default=None,
-                        help="verifier spec: prm:DIR, orm:DIR, lprm:DIR, lorm:DIR, genrm:DIR, hf-prm:DIR, oracle, noisy:SIGMA")
+                        help=f"verifier spec KIND[:ARG], e.g. prm:DIR, lprm:DIR, hf-prm:DIR, dpo:DIR, oracle, noisy:SIGMA; "
+                             f"kinds: {', '.join(verifier_kinds())}")
     parser.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="verifier option (repeatable): device=cuda (learned verifiers; default auto), "
                              "batch_size=N, dtype=bfloat16 (hf-prm, hf-orm, genrm); hf-prm/hf-orm also "
