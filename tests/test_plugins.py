@@ -1,4 +1,4 @@
-"""Plug-ins: a user's own task / verifier, loaded from $DELIBERATE_PLUGINS or an entry point, reach the CLI."""
+"""Plug-ins (a user's own task / verifier from $DELIBERATE_PLUGINS or an entry point) and the examples/ scripts."""
 
 from __future__ import annotations
 
@@ -116,3 +116,15 @@ def test_a_broken_plugin_stops_the_command_with_its_name(tmp_path, capsys, monke
     monkeypatch.setenv(plugins.ENV, "no_such_module_here")
     assert main_cli(["tasks"]) == 2
     assert "'no_such_module_here'" in capsys.readouterr().err
+
+
+def test_python_api_example_runs(tiny_ckpt, capsys):
+    """examples/python_api.py (the README's Python API tour) runs on a real checkpoint and prints each part."""
+    import runpy
+
+    api = runpy.run_path(str(EXAMPLE.with_name("python_api.py")))
+    api["main"]([str(tiny_ckpt), "--problems", "4", "--n", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("sampling: pass@2 ") and "generated tokens" in lines[0]
+    assert lines[1].startswith("oracle step scores of one sample: [")
+    assert lines[2].startswith("best_of_n@2: ") and lines[3].startswith("beam@2: ")
