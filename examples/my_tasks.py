@@ -1,15 +1,18 @@
-"""A deliberate plug-in: one task and one verifier of your own, no changes to deliberate.
+"""A deliberate plug-in: a task, a verifier and a search strategy of your own, no changes to deliberate.
 
     DELIBERATE_PLUGINS=examples/my_tasks.py deliberate tasks              # lists `times`
     DELIBERATE_PLUGINS=examples/my_tasks.py deliberate train sft --task times --out runs/times-sft
     DELIBERATE_PLUGINS=examples/my_tasks.py deliberate sweep --task times --model runs/times-sft/model \
         --verifier shortest --strategies majority,best_of_n --budgets 4,16 --out runs/times-sweep
+    DELIBERATE_PLUGINS=examples/my_tasks.py deliberate sweep --task times --model runs/times-sft/model \
+        --verifier oracle --strategies majority,filtered_majority --budgets 4,16 --out runs/times-filtered
 """
 
 import random
 import re
 
 from deliberate.rewards.base import Verifier, register_verifier
+from deliberate.search.base import Candidate, register_strategy, vote
 from deliberate.tasks.base import Task, check_split, distinct_draws, register_task
 from deliberate.types import Problem
 
@@ -81,3 +84,19 @@ class Shortest(Verifier):
 @register_verifier("shortest", options=())
 def _shortest(arg, task=None, **_):
     return Shortest()
+
+
+@register_strategy("filtered_majority")
+def filtered_majority(problems, ctx):
+    """Majority vote among the samples the verifier passes (aggregated score >= 0.5); all of them if none pass."""
+    samples = ctx.generate([(p, "") for p in problems], ctx.settings.n, step=False)  # one batched call
+    results = []
+    for p, completions in zip(problems, samples):
+        cands = [Candidate(c.text, ctx.task.split_steps(c.text), ctx.task.extract_answer(c.text)) for c in completions]
+        scores = ctx.score([(p, c.steps) for c in cands])  # compute is counted per problem by ctx
+        cands = [Candidate(c.text, c.steps, c.answer, s) for c, s in zip(cands, scores)]
+        kept = [c for c in cands if c.score >= 0.5] or cands
+        answer = vote(ctx.task, [c.answer for c in kept])
+        chosen = next((c for c in kept if ctx.task.normalize(c.answer) == ctx.task.normalize(answer)), kept[0])
+        results.append(ctx.result(p, answer, chosen.text, cands, None, 0.0))
+    return results

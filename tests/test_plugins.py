@@ -39,6 +39,16 @@ def test_example_plugin_adds_a_task_and_a_verifier_to_the_cli(tmp_path, tiny_ckp
     assert summary["config"]["verifier"] == "shortest"
     assert {r["strategy"] for r in summary["results"]} >= {"majority", "best_of_n"}
 
+    # a plug-in strategy next to a built-in one, with a built-in verifier
+    out = tmp_path / "filtered"
+    code = main_cli(["sweep", "--task", "times", "--model", str(tiny_ckpt), "--verifier", "oracle", "--strategies",
+                     "majority,filtered_majority", "--budgets", "2", "--seeds", "0", "--n-problems", "3", "--taste=",
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    mine = [r for r in rows if r["strategy"] == "filtered_majority"]
+    assert len(mine) == 3 and all(r["generated_tokens"] > 0 and r["verifier_sequences"] == 2 for r in mine)
+
     # the task's own option checks still reach the user as one line
     assert main_cli(["eval", "--task", "times", "--task-arg", "max_digits=0", "--model", str(tiny_ckpt)]) == 2
     assert "max_digits must be >= 1" in capsys.readouterr().err
