@@ -47,10 +47,14 @@ def clean_registries():
     """Forget what the plug-ins registered, so other tests see only the built-ins."""
     from deliberate import plugins
     from deliberate.rewards import base as rb
+    from deliberate.search import base as sb
     from deliberate.tasks import base as tb
 
+    tb._load_builtin(), rb._load_builtin(), sb._load_builtin()  # built-ins first: restoring must not drop them
     tasks, verifiers, options, loaded = dict(tb._TASKS), dict(rb._VERIFIERS), dict(rb._OPTIONS), set(plugins._loaded)
+    strategies = dict(sb._STRATEGIES)
     yield
+    sb._STRATEGIES.clear(), sb._STRATEGIES.update(strategies)
     tb._TASKS.clear(), tb._TASKS.update(tasks)
     rb._VERIFIERS.clear(), rb._VERIFIERS.update(verifiers)
     rb._OPTIONS.clear(), rb._OPTIONS.update(options)

@@ -17,6 +17,7 @@ error naming it (a half-loaded plug-in would otherwise surface later as "unknown
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -35,7 +36,9 @@ _entry_points_done = False
 
 
 def _import_file(path: Path):
-    name = "deliberate_plugin_" + re.sub(r"\W", "_", path.stem)
+    # the module name carries a hash of the path: two plug-in files may share a file name
+    digest = hashlib.blake2b(str(path).encode(), digest_size=4).hexdigest()
+    name = "deliberate_plugin_" + re.sub(r"\W", "_", path.stem) + "_" + digest
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
