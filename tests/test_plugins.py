@@ -40,11 +40,15 @@ def test_example_plugin_adds_a_task_and_a_verifier_to_the_cli(tmp_path, tiny_ckp
     assert {r["strategy"] for r in summary["results"]} >= {"majority", "best_of_n"}
 
     # a plug-in strategy next to a built-in one, with a built-in verifier
+    capsys.readouterr()
     out = tmp_path / "filtered"
     code = main_cli(["sweep", "--task", "times", "--model", str(tiny_ckpt), "--verifier", "oracle", "--strategies",
                      "majority,filtered_majority", "--budgets", "2", "--seeds", "0", "--n-problems", "3", "--taste=",
                      "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    table = [line for line in printed.out.splitlines() if line.split()[:1] in (["majority"], ["filtered_majority"])]
+    assert len(table) == 2 and len({line.index(" 2 ") for line in table}) == 1  # columns aligned past a long name
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     mine = [r for r in rows if r["strategy"] == "filtered_majority"]
     assert len(mine) == 3 and all(r["generated_tokens"] > 0 and r["verifier_sequences"] == 2 for r in mine)

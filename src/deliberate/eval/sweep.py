@@ -548,14 +548,15 @@ def taste_curve(task: Task, problems, pool: dict, config: SweepConfig) -> list[d
 
 
 def format_table(summary: dict) -> str:
+    w = max([11] + [len(r["strategy"]) for r in summary["results"]])  # plug-in strategies may have long names
     lines = [f"{summary['task']} | {summary['model']} | seeds {summary['seed']} | {summary['n_problems']} problems",
-             (f"{'strategy':<11} {'N':>4} {'accuracy':>9} {'95% CI':>16} {'/pass@N':>8} {'tokens/prob':>12} "
+             (f"{'strategy':<{w}} {'N':>4} {'accuracy':>9} {'95% CI':>16} {'/pass@N':>8} {'tokens/prob':>12} "
               f"{'verif/prob':>10}")]
     P = max(1, summary["n_problems"])
     for r in summary["results"]:
         lo, hi = r["ci"]
         frac = r.get("fraction_of_ceiling")
-        lines.append(f"{r['strategy']:<11} {r['n']:>4} {r['accuracy']:>9.3f} {f'[{lo:.3f},{hi:.3f}]':>16} "
+        lines.append(f"{r['strategy']:<{w}} {r['n']:>4} {r['accuracy']:>9.3f} {f'[{lo:.3f},{hi:.3f}]':>16} "
                      f"{(f'{frac:.2f}' if frac is not None else '-'):>8} "
                      f"{r.get('generated_tokens', 0) / P:>12.1f} {r.get('verifier_sequences', 0) / P:>10.1f}")
     return "\n".join(lines)
