@@ -50,12 +50,13 @@ def clean_registries():
     from deliberate.search import base as sb
     from deliberate.tasks import base as tb
 
-    tb._load_builtin(), rb._load_builtin(), sb._load_builtin()  # built-ins first: restoring must not drop them
-    tasks, verifiers, options, loaded = dict(tb._TASKS), dict(rb._VERIFIERS), dict(rb._OPTIONS), set(plugins._loaded)
-    strategies = dict(sb._STRATEGIES)
+    for registry in (tb, rb, sb):
+        registry._load_builtin()  # the built-ins first: restoring the snapshot must not drop them
+    saved = [(d, dict(d)) for d in (tb._TASKS, rb._VERIFIERS, rb._OPTIONS, sb._STRATEGIES)]
+    loaded = set(plugins._loaded)
     yield
-    sb._STRATEGIES.clear(), sb._STRATEGIES.update(strategies)
-    tb._TASKS.clear(), tb._TASKS.update(tasks)
-    rb._VERIFIERS.clear(), rb._VERIFIERS.update(verifiers)
-    rb._OPTIONS.clear(), rb._OPTIONS.update(options)
-    plugins._loaded.clear(), plugins._loaded.update(loaded)
+    for d, before in saved:
+        d.clear()
+        d.update(before)
+    plugins._loaded.clear()
+    plugins._loaded.update(loaded)

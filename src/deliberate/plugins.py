@@ -70,18 +70,20 @@ def load_plugins() -> None:
     specs = [s.strip() for s in os.environ.get(ENV, "").split(",") if s.strip()]
     absolute = []
     for spec in specs:
-        if spec.endswith(".py") or os.sep in spec or "/" in spec:
+        if spec in _loaded:  # imported already (file paths are stored absolute, as the variable holds them now)
+            absolute.append(spec)
+        elif spec.endswith(".py") or os.sep in spec or "/" in spec:
             path = Path(spec).expanduser()
             if not path.is_file():
                 raise DeliberateError(f"plug-in file {spec!r} (from ${ENV}) does not exist "
                                       f"(relative paths are read from {Path.cwd()})")
-            absolute.append(str(path.resolve()))
-            if spec not in _loaded and absolute[-1] not in _loaded:
-                _load(absolute[-1], f"${ENV}", lambda path=path: _import_file(path.resolve()))
+            full = path.resolve()
+            absolute.append(str(full))
+            if str(full) not in _loaded:
+                _load(str(full), f"${ENV}", lambda full=full: _import_file(full))
         else:
             absolute.append(spec)
-            if spec not in _loaded:
-                _load(spec, f"${ENV}", lambda spec=spec: importlib.import_module(spec))
+            _load(spec, f"${ENV}", lambda spec=spec: importlib.import_module(spec))
     if absolute != specs:  # child processes (Ray workers, sandboxes) may start elsewhere: give them absolute paths
         os.environ[ENV] = ",".join(absolute)
     if not _entry_points_done:

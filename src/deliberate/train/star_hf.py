@@ -96,7 +96,7 @@ class HFStarConfig:
 
 
 def _template_problems(name: str, template: str, field: str) -> list[str]:
-    """What is wrong with ``template`` as a format string with exactly the ``{field}`` placeholder."""
+    """The problems of ``template`` as a format string whose one placeholder is ``{field}`` (empty: none)."""
     try:
         if not isinstance(template, str) or f"{{{field}}}" not in template:
             raise ValueError(f"no {{{field}}}")
