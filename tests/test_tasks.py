@@ -41,8 +41,23 @@ def test_registry_lists_the_tasks_and_rejects_unknown_names():
         assert n in names
     with pytest.raises(DeliberateError, match="valid tasks: .*addition.*countdown"):
         get_task("nosuchtask")
-    with pytest.raises(DeliberateError, match="bad options"):
+    with pytest.raises(DeliberateError, match="bad options.*unknown option 'nosuchoption'; its options: digits"):
         get_task("addition", nosuchoption=1)
+    with pytest.raises(DeliberateError, match="'max_opz' \\(did you mean 'max_ops'\\?\\)"):
+        get_task("arith", max_opz=3)
+
+
+def test_a_type_error_inside_a_task_constructor_is_not_called_a_bad_option(clean_registries):
+    from deliberate.tasks.arith import ArithTask
+    from deliberate.tasks.base import register_task
+
+    @register_task("broken_ctor")
+    class Broken(ArithTask):
+        def __init__(self, max_ops: int = 3):
+            len(max_ops)  # a bug: TypeError from inside the constructor, with valid option names
+
+    with pytest.raises(TypeError, match="has no len"):
+        get_task("broken_ctor", max_ops=3)
 
 
 # --- generated tasks: gold verifies, wrong rejected, determinism, disjoint splits ---------------

@@ -8,8 +8,10 @@ reasoning-gym task.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -143,10 +145,31 @@ def get_task(name: str, **options: Any) -> Task:
         return _TASKS["code"](path=name[5:], **options)
     if name not in _TASKS or name == "gym":
         raise DeliberateError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    factory = _TASKS[name]
+    _check_option_names(name, factory, options)
     try:
-        return _TASKS[name](**options)
-    except (TypeError, ValueError) as e:  # an unknown option, or a plug-in task's own check of a value
+        return factory(**options)
+    except ValueError as e:  # a task's own check of a value (built-ins raise DeliberateError themselves)
         raise DeliberateError(f"bad options for task {name!r}: {e}") from None
+
+
+def _check_option_names(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse an option ``factory`` does not take, naming the ones it does (checked against the
+    signature before the call, so a TypeError raised inside a task's constructor stays a bug report)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # no introspectable signature (some C callables): let the call decide
+        return
+    params = sig.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        said = ", ".join(f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
+        raise DeliberateError(f"bad options for task {name!r}: unknown option{'s' if len(unknown) > 1 else ''} "
+                              f"{said}; its options: {', '.join(valid) or '(none)'}")
 
 
 def check_split(split: str) -> None:
