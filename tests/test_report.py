@@ -175,6 +175,8 @@ def test_torn_last_tree_line_is_skipped(run_dir: Path, capsys) -> None:
     ("bad_config", "config.json: invalid JSON"),
     ("bad_tree_line", "trees.jsonl:2: malformed tree line"),
     ("bad_tree_parent", "trees.jsonl:1: node 1 has parent 99"),
+    ("bad_iterations", "summary.json: 'iterations' must be a list of rows"),
+    ("bad_iteration_eval", "summary.json: iterations[1].eval must be an object"),
 ])
 def test_bad_run_dir_is_one_clear_error(tmp_path: Path, capsys, case: str, needle: str) -> None:
     d = tmp_path / "run"
@@ -184,7 +186,9 @@ def test_bad_run_dir_is_one_clear_error(tmp_path: Path, capsys, case: str, needl
     elif case != "missing":
         d.mkdir()
         summary = {"no_summary": None, "bad_json": '{"task": ', "bad_results": '{"results": {}}',
-                   "bad_row": '{"results": [{"n": 1}]}'}.get(case, good)
+                   "bad_row": '{"results": [{"n": 1}]}', "bad_iterations": '{"recipe": "rest-em", "iterations": {}}',
+                   "bad_iteration_eval": '{"recipe": "grpo", "iterations": [{"eval": {}}, {"eval": [0.5]}]}'
+                   }.get(case, good)
         if summary is not None:
             (d / "summary.json").write_text(summary)
         if case == "bad_config":

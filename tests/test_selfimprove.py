@@ -210,6 +210,15 @@ def test_rest_em_runs_logs_compute_and_resumes(easy_ckpt, tmp_path):
     s3 = run_rest_em(RestEMConfig(**{**cfg.__dict__, "iterations": 3}), progress=False)["iterations"]
     assert [r["iteration"] for r in s3] == [0, 1, 2, 3]
     assert [{k: v for k, v in r.items() if "wall" not in k} for r in s3[:3]] == strip
+    # `deliberate report` on the run: one table row per iteration, its accuracies and compute, the curve embedded
+    from deliberate.eval.report import write_report
+
+    page = write_report(tmp_path / "run").read_text()
+    assert "<h1>rest-em — arith</h1>" in page and "<h2>Iterations</h2>" in page
+    table = page.split("<h2>Iterations</h2>", 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 1 + 4  # header + iterations 0-3
+    assert "maj@4 [95% CI]" in table and f"<b>{s3[3]['eval']['greedy']['accuracy']:.3f}</b>" in table
+    assert f"{s3[3]['cum_tokens_trained']:,}" in table and 'alt="curve.png"' in page
 
 
 def _planted_groups(task, problems):
@@ -541,6 +550,16 @@ def test_self_correct_pairs_and_run(easy_ckpt, tmp_path):
     for name in ("revise", "resample", "revise_untrained"):
         assert 0 <= ev[name]["fixed"] <= 1 and ev[name]["generated_tokens_per_problem"] > 0
     assert s["compute"]["tokens_trained"] > 0
+    from deliberate.eval.report import write_report
+
+    page = write_report(tmp_path / "sc").read_text()  # no iterations: every held-out accuracy, listed by path
+    assert "<h1>self-correct — arith</h1>" in page and "<h2>Results</h2>" in page
+    for name in ("revise", "resample"):
+        assert f">eval.{name}</td>" in page and f"<b>{ev[name]['accuracy']:.3f}</b>" in page
+    assert "eval.revise.fixed" in page  # the entries' other fields stay in the details table
+    compute = page.split('id="compute"', 1)[1].split("</section>", 1)[0]
+    assert ">tokens_trained<" in compute and any(f.format(s["compute"]["tokens_trained"]) in compute
+                                                 for f in ("{}<", "{:,}<"))
 
 
 def test_recipe_flags_come_from_config_fields():
@@ -801,6 +820,12 @@ def test_sos_trains_both_conditions_on_equal_tokens(tmp_path):
         {c: {k: v for k, v in x.items() if k != "train_wall_s"} for c, x in r.items()}
     with pytest.raises(DeliberateError, match="tokens"):
         SoSConfig(finetune=FinetuneSettings())
+    from deliberate.eval.report import write_report
+
+    page = write_report(tmp_path / "sos").read_text()
+    for cond in ("stream", "path"):
+        assert f">results.{cond}.eval.greedy</td>" in page
+        assert f"<b>{r[cond]['eval']['greedy']['accuracy']:.3f}</b>" in page
 
 
 def test_sos_arithmetic_facts_pretrain_the_shared_init(tmp_path):

@@ -1,4 +1,4 @@
-"""``deliberate report RUN_DIR``: one self-contained HTML page for an eval or sweep run directory.
+"""``deliberate report RUN_DIR``: one self-contained HTML page for an eval, sweep or training run directory.
 
 The page is what people look at and pass around, so it has to open anywhere: no external URLs, no
 CDN, CSS and JS inline, plots embedded as base64 PNGs. Tables (results, extra tables, config,
@@ -19,6 +19,14 @@ counts of ``records.jsonl`` / ``results.jsonl``. Big files are streamed and capp
 whole into the page: at most ``--max-trees`` trees, :data:`MAX_NODES` nodes per tree,
 :data:`MAX_TEXT` characters per node and :data:`MAX_TREE_BYTES` of tree JSON in all, each cut
 announced in the page.
+
+A training run (``deliberate train rest-em|grpo|star|vstar|self-correct|sos|mcts-ei|...``: a summary
+with a ``recipe``) gets the same page with its own first section: one row per iteration (held-out
+accuracies with CIs, samples kept, cumulative tokens sampled / trained, train FLOPs and wall time)
+for the iterative recipes, or every held-out accuracy the summary holds (``sos``' two conditions,
+``self-correct``'s revise vs resample, ...) for the others; the recipe's ``curve.png`` is embedded.
+
+    deliberate report runs/rest-em                     # writes runs/rest-em/report.html
 """
 
 from __future__ import annotations
@@ -107,6 +115,8 @@ def _validate_summary(summary: Any, path: Path) -> dict[str, Any]:
     """Check the shape the tables rely on, so a malformed file fails here with its name, not in HTML code."""
     if not isinstance(summary, dict):
         raise DeliberateError(f"{path}: must be a JSON object, got {type(summary).__name__}")
+    if "recipe" in summary:
+        return _validate_training_summary(summary, path)
     results = summary.get("results")
     if not isinstance(results, list):
         raise DeliberateError(f"{path}: 'results' must be a list of result rows "
@@ -120,6 +130,30 @@ def _validate_summary(summary: Any, path: Path) -> dict[str, Any]:
         if summary.get(key) is not None and not isinstance(summary[key], dict):
             raise DeliberateError(f"{path}: '{key}' must be an object, got {type(summary[key]).__name__}")
     return summary
+
+
+def _validate_training_summary(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A training recipe's summary: ``recipe`` names it; ``iterations`` (when there) are rows with an ``eval``."""
+    if not isinstance(summary["recipe"], str):
+        raise DeliberateError(f"{path}: 'recipe' must be a string, got {type(summary['recipe']).__name__}")
+    rows = summary.get("iterations")
+    if rows is not None:
+        if not isinstance(rows, list):
+            raise DeliberateError(f"{path}: 'iterations' must be a list of rows, got {type(rows).__name__}")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise DeliberateError(f"{path}: iterations[{i}] must be an object, got {type(row).__name__}")
+            if not isinstance(row.get("eval", {}), dict):
+                raise DeliberateError(f"{path}: iterations[{i}].eval must be an object")
+    for key in ("compute", "config"):
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise DeliberateError(f"{path}: '{key}' must be an object, got {type(summary[key]).__name__}")
+    return summary
+
+
+def is_training_run(summary: Mapping[str, Any]) -> bool:
+    """Whether a (validated) summary is a training recipe's rather than an eval's or a sweep's."""
+    return "recipe" in summary
 
 
 def _count_lines(path: Path) -> int:
@@ -265,10 +299,10 @@ def load_run(run_dir: str | Path, max_trees: int = MAX_TREES) -> RunData:
     if not run_dir.exists():
         raise DeliberateError(f"run directory {run_dir} does not exist")
     if not run_dir.is_dir():
-        raise DeliberateError(f"{run_dir} is not a directory (expected an eval or sweep run directory)")
+        raise DeliberateError(f"{run_dir} is not a directory (expected an eval, sweep or training run directory)")
     spath = run_dir / SUMMARY_FILE
     if not spath.is_file():
-        raise DeliberateError(f"{spath} not found: is {run_dir} an eval or sweep run directory "
+        raise DeliberateError(f"{spath} not found: is {run_dir} an eval, sweep or training run directory "
                               f"(has the run finished)?")
     summary = _validate_summary(_load_json(spath), spath)
     cpath = run_dir / CONFIG_FILE
@@ -324,7 +358,7 @@ def _td(v: Any, kind: str = "auto") -> str:
 def _accuracy_cell(row: Mapping[str, Any]) -> str:
     """Accuracy as a number plus a small bar with the CI as a whisker: the scaling pattern at a glance."""
     acc = _num_or_none(row.get("accuracy"))
-    ci = row.get("ci")
+    ci = row.get("ci", row.get("accuracy_ci"))  # self-correct's entries name it accuracy_ci
     lo = hi = None
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_num_or_none(x) is not None for x in ci):
         lo, hi = float(ci[0]), float(ci[1])
@@ -409,6 +443,122 @@ def kv_table(d: Mapping[str, Any]) -> str:
     return f'<table class="kv"><tbody>{body}</tbody></table>'
 
 
+# --- training runs -------------------------------------------------------------------------------
+
+def _is_accuracy_entry(v: Any) -> bool:
+    return isinstance(v, dict) and _num_or_none(v.get("accuracy")) is not None
+
+
+def _cum(row: Mapping[str, Any], key: str) -> Any:
+    """A row's running total of ``key`` (``cum_*``, what the recipes' iteration logs add), else its own value."""
+    return row.get(f"cum_{key}", row.get(key))
+
+
+def training_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per iteration: held-out accuracies (CI bars), kept samples, cumulative train compute."""
+    if not rows:
+        return '<p class="empty">No iterations recorded yet.</p>'
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k, v in (r.get("eval") or {}).items() if _is_accuracy_entry(v) and k not in keys]
+    present = {k for r in rows for k in r}
+    cols = [("step", "step", "int")] if "step" in present else []
+    cols += [(k, h, kind) for k, h, kind in (("kept", "kept", "int"), ("tokens_sampled", "tokens sampled", "count"),
+                                            ("tokens_trained", "tokens trained", "count"),
+                                            ("flops", "train TFLOPs", "tflops"), ("wall_s", "wall", "seconds"))
+             if k in present or f"cum_{k}" in present]
+    cumulative = {"tokens_sampled", "tokens_trained", "flops", "wall_s"}
+    head = ("<th class=num>iteration</th>" + "".join(f'<th class="num">{_esc(h)}</th>' for k, h, _ in cols[:1]
+                                                     if k == "step")
+            + "".join(f'<th class="num" colspan="2">{_esc(k)} [95% CI]</th>' for k in keys)
+            + "".join(f'<th class="num">{_esc(h)}{" (cum.)" if k in cumulative else ""}</th>'
+                      for k, h, _ in cols if k != "step"))
+    body = []
+    for r in rows:
+        ev = r.get("eval") or {}
+        cells = [_td(r.get("iteration"))]
+        cells += [_td(r.get("step"), "int") for k, _, _ in cols if k == "step"]
+        cells += [_accuracy_cell(ev[k]) if _is_accuracy_entry(ev.get(k)) else '<td class="num">—</td><td></td>'
+                  for k in keys]
+        for k, _, kind in cols:
+            if k == "step":
+                continue
+            v = _cum(r, k) if k in cumulative else r.get(k)
+            if kind == "tflops":
+                cells.append(f'<td class="num">{_esc(_fmt(v / 1e12 if _num_or_none(v) is not None else None, "frac"))}</td>')
+            else:
+                cells.append(_td(v, kind))
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def accuracy_entries(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every ``{"accuracy": ..., "ci": ...}`` entry nested in ``d``, by dotted path (e.g. ``results.stream.eval.greedy``)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if _is_accuracy_entry(v):
+            out.append((key, v))
+        elif isinstance(v, dict):
+            out += accuracy_entries(v, key + ".")
+    return out
+
+
+_ENTRY_SHOWN = {"accuracy", "ci", "accuracy_ci", "n"}
+
+
+def _without_accuracy_entries(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` less what :func:`accuracy_list` shows (an entry's other fields, e.g. ``fixed``, stay)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = {f: x for f, x in v.items() if f not in _ENTRY_SHOWN} if _is_accuracy_entry(v) else v
+            v = _without_accuracy_entries(v)
+            if v:
+                out[k] = v
+        else:
+            out[k] = v
+    return out
+
+
+def accuracy_list(entries: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    if not entries:
+        return '<p class="empty">No held-out accuracy in summary.json.</p>'
+    body = "".join(f'<tr><td class="txt strategy">{_esc(name)}</td>{_accuracy_cell(e)}{_td(e.get("n"), "int")}</tr>'
+                   for name, e in entries)
+    return ('<div class="table-wrap"><table class="results"><thead><tr><th>measured</th>'
+            '<th class=num colspan="2">accuracy [95% CI]</th><th class=num>n</th></tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')
+
+
+#: Top-level keys of a training summary shown elsewhere on the page (or too long for a key/value table).
+_TRAINING_SHOWN = {"recipe", "config", "iterations", "compute", "trl_log_history"}
+
+
+def _training_sections(s: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(first section's HTML, its nav title, the compute totals) for a training summary."""
+    rows = s.get("iterations")
+    details = {k: v for k, v in s.items() if k not in _TRAINING_SHOWN and not isinstance(v, list)}
+    if rows is not None:
+        body = training_table(rows) + ('<p class="hint">Held-out accuracy after each iteration (iteration 0: the '
+                                       'starting model); compute columns are running totals.</p>')
+        last = rows[-1] if rows else {}
+        compute = {k: _cum(last, k) for k in ("tokens_sampled", "tokens_trained", "flops", "wall_s")
+                   if _cum(last, k) is not None}
+        compute.update({k: s[k] for k in ("n_params", "device") if k in s})
+        title = "Iterations"
+        details = {k: v for k, v in details.items() if k not in compute}
+    else:
+        body = accuracy_list(accuracy_entries({k: v for k, v in s.items() if k not in ("config", "compute")}))
+        compute = dict(s.get("compute") or {})
+        title = "Results"
+        details = _without_accuracy_entries(details)
+    if details:
+        body += f"<h3>Details</h3>{kv_table(details)}"
+    return f'<section id="results"><h2>{title}</h2>{body}</section>', title, compute
+
+
 # --- the page -----------------------------------------------------------------------------------
 
 def _script_json(obj: Any) -> str:
@@ -421,20 +571,32 @@ def render_html(run: RunData, generated: str | None = None) -> str:
     """The full report page as a string (no I/O), from :func:`load_run`'s data."""
     s = run.summary
     generated = generated or _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    title = f"{s.get('task', '?')} — {s.get('model', '?')}"
-    meta = [("task", s.get("task")), ("model", s.get("model")), ("seed", s.get("seed")),
-            ("run date", run.date), ("run directory", str(run.run_dir))]
+    training = is_training_run(s)
+    if training:
+        cfg = run.config
+        task = cfg.get("task") or s.get("task")
+        start = cfg.get("init") or cfg.get("model") or s.get("model")
+        title = f"{s['recipe']} — {task or '?'}"
+        meta = [("recipe", s["recipe"]), ("task", task), ("from", start), ("seed", cfg.get("seed")),
+                ("run date", run.date), ("run directory", str(run.run_dir))]
+        first, first_title, compute = _training_sections(s)
+    else:
+        title = f"{s.get('task', '?')} — {s.get('model', '?')}"
+        meta = [("task", s.get("task")), ("model", s.get("model")), ("seed", s.get("seed")),
+                ("run date", run.date), ("run directory", str(run.run_dir))]
+        first, first_title, compute = (f'<section id="results"><h2>Results</h2>{results_table(s["results"])}'
+                                       '<p class="hint">Accuracy bars show the 95% confidence interval as a '
+                                       'whisker.</p></section>', "Results", s.get("compute") or {})
     meta_html = "".join(f'<div class="meta-item"><span class="meta-k">{_esc(k)}</span>'
                         f'<span class="meta-v">{_esc(_fmt(v))}</span></div>' for k, v in meta if v is not None)
-    nav = [("results", "Results"), ("plots", "Plots"), ("trees", "Search trees"), ("config", "Config"),
+    nav = [("results", first_title), ("plots", "Plots"), ("trees", "Search trees"), ("config", "Config"),
            ("compute", "Compute"), ("files", "Files")]
-    extra = s.get("extra") or {}
+    extra = {} if training else s.get("extra") or {}
     if extra:
         nav.insert(1, ("extra", "Tables"))
     nav_html = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in nav)
 
-    sections = [f'<section id="results"><h2>Results</h2>{results_table(s["results"])}'
-                '<p class="hint">Accuracy bars show the 95% confidence interval as a whisker.</p></section>']
+    sections = [first]
     if extra:
         parts = []
         for name, rows in extra.items():
@@ -468,8 +630,12 @@ def render_html(run: RunData, generated: str | None = None) -> str:
 </div></div></section>""")
     sections.append(f'<section id="config"><h2>Config</h2><p class="hint">from {_esc(run.config_source)}</p>'
                     f'{kv_table(run.config)}</section>')
-    sections.append(f'<section id="compute"><h2>Compute</h2>{kv_table(s.get("compute") or {})}</section>')
-    files = [(SUMMARY_FILE, f"{len(s['results'])} result rows")]
+    sections.append(f'<section id="compute"><h2>Compute</h2>{kv_table(compute)}</section>')
+    if training:
+        rows = s.get("iterations")
+        files = [(SUMMARY_FILE, f"{len(rows)} iteration rows" if rows is not None else f"{s['recipe']} summary")]
+    else:
+        files = [(SUMMARY_FILE, f"{len(s['results'])} result rows")]
     files += [(name, f"{n:,} rows (not embedded)") for name, n in run.row_counts.items()]
     if run.trees.total:
         files.append((TREES_FILE, f"{run.trees.total:,} trees ({len(run.trees.trees)} embedded)"))
@@ -770,7 +936,7 @@ _JS = r"""
 
 def add_arguments(parser) -> None:
     """Flags of ``deliberate report``."""
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="an eval or sweep run directory (holds summary.json)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="an eval, sweep or training run directory (holds summary.json)")
     parser.add_argument("--out", default=None, help=f"output HTML file (default: RUN_DIR/{REPORT_FILE})")
     parser.add_argument("--max-trees", type=int, default=MAX_TREES,
                         help="search trees from trees.jsonl to embed (default: %(default)s)")

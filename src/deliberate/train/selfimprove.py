@@ -488,13 +488,13 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: Path, title: str, keys: Seq
         pts = [(r["cum_flops"], r["eval"][key]) for r in rows if key in r.get("eval", {})]
         if not pts:
             continue
-        xs = [max(x, 1.0) for x, _ in pts]
+        xs = [x / 1e12 for x, _ in pts]
         ys = [e["accuracy"] for _, e in pts]
         lo = [e["accuracy"] - e["ci"][0] for _, e in pts]
         hi = [e["ci"][1] - e["accuracy"] for _, e in pts]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=key)
-    ax.set_xscale("symlog")
-    ax.set_xlabel("cumulative train FLOPs (6ND train + 2ND sample)")
+    # linear: a run's compute grows about linearly per iteration (a log axis crowds every point but the start)
+    ax.set_xlabel("cumulative train TFLOPs (6ND train + 2ND sample)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(title)
     ax.legend()
