@@ -177,6 +177,7 @@ def test_torn_last_tree_line_is_skipped(run_dir: Path, capsys) -> None:
     ("bad_tree_parent", "trees.jsonl:1: node 1 has parent 99"),
     ("bad_iterations", "summary.json: 'iterations' must be a list of rows"),
     ("bad_iteration_eval", "summary.json: iterations[1].eval must be an object"),
+    ("suspects", "a `deliberate suspects` run; it writes its own page"),
 ])
 def test_bad_run_dir_is_one_clear_error(tmp_path: Path, capsys, case: str, needle: str) -> None:
     d = tmp_path / "run"
@@ -187,7 +188,8 @@ def test_bad_run_dir_is_one_clear_error(tmp_path: Path, capsys, case: str, needl
         d.mkdir()
         summary = {"no_summary": None, "bad_json": '{"task": ', "bad_results": '{"results": {}}',
                    "bad_row": '{"results": [{"n": 1}]}', "bad_iterations": '{"recipe": "rest-em", "iterations": {}}',
-                   "bad_iteration_eval": '{"recipe": "grpo", "iterations": [{"eval": {}}, {"eval": [0.5]}]}'
+                   "bad_iteration_eval": '{"recipe": "grpo", "iterations": [{"eval": {}}, {"eval": [0.5]}]}',
+                   "suspects": '{"suspects": {}, "budget_flops": 1}'
                    }.get(case, good)
         if summary is not None:
             (d / "summary.json").write_text(summary)

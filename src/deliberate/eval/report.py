@@ -117,6 +117,9 @@ def _validate_summary(summary: Any, path: Path) -> dict[str, Any]:
         raise DeliberateError(f"{path}: must be a JSON object, got {type(summary).__name__}")
     if "recipe" in summary:
         return _validate_training_summary(summary, path)
+    if "suspects" in summary:
+        raise DeliberateError(f"{path}: a `deliberate suspects` run; it writes its own page, "
+                              f"{path.parent / REPORT_FILE}")
     results = summary.get("results")
     if not isinstance(results, list):
         raise DeliberateError(f"{path}: 'results' must be a list of result rows "
