@@ -268,6 +268,23 @@ def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeyp
                     progress=False)
 
 
+def test_a_refused_start_does_not_block_the_corrected_command(easy_ckpt, tmp_path):
+    """A check that fails after the output directory was made leaves only config.json: no work to protect."""
+    out = tmp_path / "gsm"
+    with pytest.raises(DeliberateError, match="needs a task with a step checker"):
+        run_rest_em(RestEMConfig(init=str(easy_ckpt), task="gsm8k", task_options={}, keep="process", out=str(out)),
+                    progress=False)
+    assert [f.name for f in out.iterdir()] == ["config.json"]
+    cfg = RestEMConfig(init=str(easy_ckpt), task="gsm8k", task_options={}, keep="outcome", out=str(out))
+    from deliberate.train.selfimprove import start_run
+
+    start_run(cfg)  # the corrected config takes the directory over
+    assert json.loads((out / "config.json").read_text())["keep"] == "outcome"
+    (out / "it000").mkdir()  # once work is there, a different config is refused as before
+    with pytest.raises(DeliberateError, match="different config"):
+        start_run(RestEMConfig(**{**cfg.__dict__, "k": 2}))
+
+
 def test_split_minibatches_partitions_in_a_seeded_order():
     assert grpo_mod.split_minibatches(5, 1, 0, 3) == [[0, 1, 2, 3, 4]]
     mbs = grpo_mod.split_minibatches(10, 3, 0, 3)
@@ -768,6 +785,7 @@ def test_run_written_before_a_field_was_added_still_resumes(easy_ckpt, tmp_path)
 
     cfg = VStarConfig(init=str(easy_ckpt), out=str(tmp_path / "old"))
     start_run(cfg)
+    (tmp_path / "old" / "samples.jsonl").write_text("")  # work of the old run (a config alone is taken over)
     p = tmp_path / "old" / "config.json"
     old = json.loads(p.read_text())
     del old["verifier_init"], old["dpo"]["warmup"]  # as written before these fields existed

@@ -232,7 +232,11 @@ def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict
     def fixed(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k not in extendable}
 
-    if p.exists() and fixed(with_new_defaults(json.loads(p.read_text()), cfg_dict, type(cfg))) != fixed(cfg_dict):
+    # a directory holding nothing but the config (a run refused by a check right after this, e.g. a --keep the
+    # task cannot check) has no work to protect: the corrected command takes it over
+    nothing_else = all(f.name == p.name for f in out.iterdir())
+    if p.exists() and not nothing_else and \
+            fixed(with_new_defaults(json.loads(p.read_text()), cfg_dict, type(cfg))) != fixed(cfg_dict):
         raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
     write_json_atomic(p, cfg_dict)
     return out, cfg_dict
