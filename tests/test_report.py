@@ -200,7 +200,7 @@ def test_bad_run_dir_is_one_clear_error(tmp_path: Path, capsys, case: str, needl
         if case == "bad_tree_parent":
             (d / "trees.jsonl").write_text(json.dumps({"nodes": [{"id": 0, "parent": None},
                                                                  {"id": 1, "parent": 99}]}) + "\n")
-    code, out, err = _report([str(d)], capsys)
+    code, _, err = _report([str(d)], capsys)
     assert code == 2
     assert needle in err and err.startswith("deliberate: error:") and err.count("\n") == 1
     assert not (d / "report.html").exists() if d.is_dir() else True
@@ -398,3 +398,73 @@ def test_report_without_trees_in_chromium(tmp_path: Path, browser: Browser, caps
     browser.open((d / "report.html").resolve().as_uri())
     assert browser.js_errors() == []
     assert browser.js(_visible("#tree-empty")) and not browser.js(_visible("#tree-ui"))
+
+
+# --- several runs on one page ------------------------------------------------------------------------
+
+def _training_run(root: Path, name: str, recipe: str, greedy: list[float], n_params: int = 1000) -> Path:
+    """A training run written the way the recipes write theirs (IterationLog rows, cumulative summary)."""
+    from deliberate.train.selfimprove import IterationLog
+
+    d = root / name
+    log = IterationLog(d, n_params)
+    for it, acc in enumerate(greedy):
+        ev = {"greedy": {"accuracy": acc, "ci": [acc - 0.05, acc + 0.05]},
+              "maj@4": {"accuracy": acc + 0.01, "ci": [acc - 0.04, acc + 0.06]}}
+        log.write(it, {"tokens_sampled": 100 * it, "tokens_trained": 1000 * it, "wall_s": 10.0 * it, "eval": ev,
+                       **({"step": 50 * it} if recipe == "grpo" else {})})
+    (d / "summary.json").write_text(json.dumps({"recipe": recipe, "config": {"init": "seed/model", "task": "arith"},
+                                                "iterations": log.cumulative()}))
+    return d
+
+
+def test_several_training_runs_on_one_page(tmp_path: Path, capsys) -> None:
+    a = _training_run(tmp_path / "x", "run", "rest-em", [0.3, 0.45, 0.5])
+    b = _training_run(tmp_path / "y", "run", "grpo", [0.3, 0.32])  # same dir name: labels take the parent too
+    out = tmp_path / "cmp.html"
+    code, stdout, err = _report([str(a), str(b), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert stdout.strip() == f"wrote {out}"
+    page = out.read_text()
+    table = page.split("<h2>Side by side</h2>", 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 1 + 2 and ">x/run<" in table and ">y/run<" in table
+    assert "+20.0" in table and "+2.0" in table  # greedy change, end minus start, in points
+    assert "1 (step 50)" in table  # a GRPO run's last evaluation is named by its step as well
+    assert page.count('src="data:image/png;base64,') == 1 and "https://" not in page
+    _, _, err = _report([str(a), str(make_run_dir(tmp_path)), "--out", str(out)], capsys)
+    assert "cannot compare training runs with eval/sweep runs" in err
+
+
+def test_several_eval_runs_on_one_page(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = make_run_dir(tmp_path / "a")
+    b = make_run_dir(tmp_path / "b")
+    code, _, err = _report([str(a), str(b), "--out", str(tmp_path / "c.html")], capsys)
+    assert code == 0, err
+    page = (tmp_path / "c.html").read_text()
+    table = page.split("<h2>Side by side</h2>", 1)[1].split("</table>", 1)[0]
+    assert table.count(">a/sweep<") == 2 and table.count(">b/sweep<") == 2  # every row of each run
+    assert "<b>0.620</b>" in table and "arith&lt;&amp;&gt;" in page  # the task name is escaped
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("twice", "the same run directory is given twice"),
+    ("no_iterations", "has no iterations to compare"),
+    ("no_shared_metric", "share no held-out metric"),
+])
+def test_comparison_refusals(tmp_path: Path, capsys, case: str, needle: str) -> None:
+    a = _training_run(tmp_path, "a", "rest-em", [0.3, 0.4])
+    if case == "twice":
+        b = a
+    elif case == "no_iterations":
+        b = tmp_path / "sos"
+        b.mkdir()
+        (b / "summary.json").write_text(json.dumps({"recipe": "sos", "results": {}}))
+    else:
+        b = tmp_path / "b"
+        b.mkdir()
+        (b / "summary.json").write_text(json.dumps({"recipe": "star", "iterations": [
+            {"iteration": 0, "eval": {"3": {"accuracy": 0.1, "ci": [0, 0.2]}}}]}))
+    code, _, err = _report([str(a), str(b), "--out", str(tmp_path / "c.html")], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1

@@ -27,6 +27,8 @@ for the iterative recipes, or every held-out accuracy the summary holds (``sos``
 ``self-correct``'s revise vs resample, ...) for the others; the recipe's ``curve.png`` is embedded.
 
     deliberate report runs/rest-em                     # writes runs/rest-em/report.html
+
+Several directories make one comparison page instead (:mod:`deliberate.eval.compare`).
 """
 
 from __future__ import annotations
@@ -587,9 +589,9 @@ def render_html(run: RunData, generated: str | None = None) -> str:
         title = f"{s.get('task', '?')} — {s.get('model', '?')}"
         meta = [("task", s.get("task")), ("model", s.get("model")), ("seed", s.get("seed")),
                 ("run date", run.date), ("run directory", str(run.run_dir))]
-        first, first_title, compute = (f'<section id="results"><h2>Results</h2>{results_table(s["results"])}'
-                                       '<p class="hint">Accuracy bars show the 95% confidence interval as a '
-                                       'whisker.</p></section>', "Results", s.get("compute") or {})
+        first = (f'<section id="results"><h2>Results</h2>{results_table(s["results"])}'
+                 '<p class="hint">Accuracy bars show the 95% confidence interval as a whisker.</p></section>')
+        first_title, compute = "Results", s.get("compute") or {}
     meta_html = "".join(f'<div class="meta-item"><span class="meta-k">{_esc(k)}</span>'
                         f'<span class="meta-v">{_esc(_fmt(v))}</span></div>' for k, v in meta if v is not None)
     nav = [("results", first_title), ("plots", "Plots"), ("trees", "Search trees"), ("config", "Config"),
@@ -732,6 +734,7 @@ table.kv th.key{font-family:var(--mono);font-weight:500;color:var(--muted);white
 text-transform:none;letter-spacing:0;font-size:12.5px}
 table.kv td.val{font-family:var(--mono);font-size:12.5px;word-break:break-word}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:16px}
+.plots figure.wide{grid-column:1/-1}
 figure{margin:0;border:1px solid var(--line);border-radius:8px;padding:10px;background:#fff}
 figure img{width:100%;height:auto;display:block}
 figcaption{font-family:var(--mono);font-size:12px;color:var(--muted);margin-top:6px;text-align:center}
@@ -939,8 +942,12 @@ _JS = r"""
 
 def add_arguments(parser) -> None:
     """Flags of ``deliberate report``."""
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="an eval, sweep or training run directory (holds summary.json)")
-    parser.add_argument("--out", default=None, help=f"output HTML file (default: RUN_DIR/{REPORT_FILE})")
+    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
+                        help="an eval, sweep or training run directory (holds summary.json); several: one page "
+                             "comparing them (training runs: accuracy vs train compute; eval/sweep runs: accuracy "
+                             "vs samples)")
+    parser.add_argument("--out", default=None, help=f"output HTML file (default: RUN_DIR/{REPORT_FILE}; for several "
+                                                    f"runs ./compare.html)")
     parser.add_argument("--max-trees", type=int, default=MAX_TREES,
                         help="search trees from trees.jsonl to embed (default: %(default)s)")
 
@@ -949,6 +956,11 @@ def main(args) -> int:
     """Run ``deliberate report`` from parsed :func:`add_arguments` flags; print where the page went."""
     if args.max_trees < 0:
         raise DeliberateError(f"--max-trees must be >= 0 (got {args.max_trees})")
-    path = write_report(args.run_dir, args.out, max_trees=args.max_trees)
+    if len(args.run_dir) > 1:
+        from deliberate.eval.compare import write_comparison
+
+        path = write_comparison(args.run_dir, args.out)
+    else:
+        path = write_report(args.run_dir[0], args.out, max_trees=args.max_trees)
     print(f"wrote {path}")
     return 0

@@ -1,0 +1,257 @@
+"""``deliberate report RUN_DIR RUN_DIR ...``: several runs on one self-contained page.
+
+Two kinds of comparison, by what the directories hold:
+
+- **training runs** (recipes with iterations: ``rest-em``, ``grpo``, ``star``, ``mcts-ei``, the ``-hf``
+  recipes): each held-out metric the runs share (greedy, maj@n, pass@n ...) against cumulative train
+  TFLOPs, one line per run with its 95% CI, and a table of where each run started and ended;
+- **eval / sweep runs**: accuracy against samples per problem, one line per (run, strategy), and the
+  rows of every run in one table.
+
+    deliberate report runs/si/rest-em-m0 runs/si/grpo-mb-s0 --out rest-em-vs-grpo.html
+    deliberate report runs/sweep-oracle runs/sweep-prm --out verifiers.html
+
+The page uses the single-run report's layout and is as self-contained (plots embedded as PNG).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deliberate.errors import DeliberateError
+from deliberate.eval.report import (
+    _CSS,
+    _TEMPLATE,
+    RunData,
+    _accuracy_cell,
+    _cum,
+    _esc,
+    _fmt,
+    _is_accuracy_entry,
+    _script_json,
+    _td,
+    is_training_run,
+    kv_table,
+    load_run,
+)
+
+COMPARE_FILE = "compare.html"
+MAX_METRIC_PANELS = 3  # greedy, one maj@n, one pass@n: more panels stop being readable side by side
+
+
+def labels_for(dirs: Sequence[Path]) -> list[str]:
+    """Short distinct names for the runs: their directory names, or as much of the path as tells them apart."""
+    paths = [Path(d).resolve() for d in dirs]
+    if len(set(paths)) < len(paths):
+        raise DeliberateError("the same run directory is given twice")
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def _kind(run: RunData) -> str:
+    if not is_training_run(run.summary):
+        return "eval"
+    if run.summary.get("iterations") is None:
+        raise DeliberateError(f"{run.run_dir}: a {run.summary['recipe']} run has no iterations to compare; "
+                              f"`deliberate report {run.run_dir}` shows it alone")
+    return "training"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _figure(panels: int, width: float = 5.2):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * panels, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+
+
+def shared_metrics(rows_by_run: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Held-out metrics every run evaluated at every iteration it has, greedy first, then maj@ and pass@."""
+    common: set[str] | None = None
+    for rows in rows_by_run:
+        for r in rows:
+            keys = {k for k, v in (r.get("eval") or {}).items() if _is_accuracy_entry(v)}
+            common = keys if common is None else common & keys
+    common = common or set()
+
+    def order(k: str) -> tuple[int, str]:
+        return (0 if k == "greedy" else 1 if k.startswith("maj@") else 2 if k.startswith("pass@") else 3, k)
+
+    return sorted(common, key=order)
+
+
+def training_plot(labels: Sequence[str], rows_by_run: Sequence[Sequence[Mapping[str, Any]]],
+                  metrics: Sequence[str]) -> bytes:
+    """PNG: one panel per metric, held-out accuracy (95% CI bars) against cumulative train TFLOPs."""
+    fig, axes = _figure(len(metrics))
+    for ax, key in zip(axes, metrics):
+        for label, rows in zip(labels, rows_by_run):
+            pts = [(_cum(r, "flops") or 0.0, r["eval"][key]) for r in rows]
+            ys = [e["accuracy"] for _, e in pts]
+            cis = [e.get("ci") for _, e in pts]
+            err = None
+            if all(isinstance(c, (list, tuple)) and len(c) == 2 for c in cis):
+                err = [[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]]
+            ax.errorbar([x / 1e12 for x, _ in pts], ys, yerr=err, marker="o", markersize=4, capsize=2, label=label)
+        ax.set_title(f"held-out {key}")
+        ax.set_xlabel("cumulative train TFLOPs (6ND train + 2ND sample)")
+        ax.set_ylabel("accuracy")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def training_summary_table(labels: Sequence[str], runs: Sequence[RunData], metrics: Sequence[str]) -> str:
+    """One row per run: recipe, start, iterations, each metric at the start and at the end (change in points)."""
+    head = ("<th>run</th><th>recipe</th><th>from</th><th class=num>iterations</th>"
+            + "".join(f'<th class="num">{_esc(k)} at start</th><th class="num" colspan="2">{_esc(k)} at end '
+                      f'[95% CI]</th><th class="num">change</th>' for k in metrics)
+            + '<th class="num">train TFLOPs</th><th class="num">wall</th>')
+    body = []
+    for label, run in zip(labels, runs):
+        rows = run.summary["iterations"]
+        first, last = (rows[0], rows[-1]) if rows else ({}, {})
+        cfg = run.config
+        cells = [f'<td class="txt strategy">{_esc(label)}</td>', _td(run.summary["recipe"]),
+                 _td(cfg.get("init") or cfg.get("model") or run.summary.get("model")),
+                 _td(last.get("iteration") if last.get("step") is None
+                     else f"{last.get('iteration')} (step {last['step']})")]
+        for k in metrics:
+            a = (first.get("eval") or {}).get(k)
+            b = (last.get("eval") or {}).get(k)
+            cells.append(_td(a["accuracy"] if a else None, "frac"))
+            cells.append(_accuracy_cell(b) if b else '<td class="num">—</td><td></td>')
+            change = f"{100 * (b['accuracy'] - a['accuracy']):+.1f}" if a and b else None
+            cells.append(f'<td class="num">{_esc(_fmt(change))}</td>')
+        flops = _cum(last, "flops")
+        cells.append(_td(flops / 1e12 if flops is not None else None, "frac"))
+        cells.append(_td(_cum(last, "wall_s"), "seconds"))
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>'
+            '<p class="hint">change: end minus start, in accuracy points. Start = iteration 0 (the model the run '
+            'started from).</p>')
+
+
+def eval_plot(labels: Sequence[str], runs: Sequence[RunData]) -> bytes:
+    """PNG: accuracy against samples per problem (log2 axis), one line (+ CI band) per (run, strategy)."""
+    fig, (ax,) = _figure(1, width=9.0)
+    colors: dict[str, str] = {}  # one colour per strategy, one line style and marker per run
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+    for j, (label, run) in enumerate(zip(labels, runs)):
+        by_strategy: dict[str, list[Mapping[str, Any]]] = {}
+        for r in run.summary["results"]:
+            if isinstance(r.get("n"), int) and _is_accuracy_entry(r):
+                by_strategy.setdefault(str(r["strategy"]), []).append(r)
+        for strategy, rows in by_strategy.items():
+            rows = sorted(rows, key=lambda r: r["n"])
+            xs = [r["n"] for r in rows]
+            color = colors.setdefault(strategy, f"C{len(colors) % 10}")
+            style, marker = styles[j % len(styles)]
+            ax.plot(xs, [r["accuracy"] for r in rows], linestyle=style, marker=marker, markersize=4, color=color,
+                    label=f"{label}: {strategy}")
+            cis = [r.get("ci") for r in rows]
+            if len(rows) > 1 and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in cis):
+                ax.fill_between(xs, [c[0] for c in cis], [c[1] for c in cis], color=color, alpha=0.07)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("samples per problem (n)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="x-small")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def eval_rows_table(labels: Sequence[str], runs: Sequence[RunData]) -> str:
+    head = ("<th>run</th><th>strategy</th><th class=num>n</th><th class=num colspan=2>accuracy [95% CI]</th>"
+            "<th class=num>pass@n</th><th class=num>gen. tokens</th>")
+    body = []
+    for label, run in zip(labels, runs):
+        for i, r in enumerate(run.summary["results"]):
+            cells = [f'<td class="txt strategy">{_esc(label)}</td>', _td(r.get("strategy")), _td(r.get("n")),
+                     _accuracy_cell(r), _td(r.get("pass_at_n"), "frac"), _td(r.get("generated_tokens"), "count")]
+            body.append(f'<tr{" class=group" if i == 0 and body else ""}>' + "".join(cells) + "</tr>")
+    return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def render_comparison(run_dirs: Sequence[str | Path], generated: str | None = None) -> str:
+    """The comparison page as a string, from two or more run directories of one kind."""
+    if len(run_dirs) < 2:
+        raise DeliberateError("a comparison needs at least two run directories")
+    runs = [load_run(d, max_trees=0) for d in run_dirs]
+    kinds = {_kind(r) for r in runs}
+    if len(kinds) > 1:
+        raise DeliberateError("cannot compare training runs with eval/sweep runs on one page; "
+                              "give directories of one kind")
+    kind = kinds.pop()
+    labels = labels_for([r.run_dir for r in runs])
+    generated = generated or _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    if kind == "training":
+        rows_by_run = [r.summary["iterations"] for r in runs]
+        metrics = shared_metrics(rows_by_run)
+        if not metrics:
+            raise DeliberateError("the runs share no held-out metric (e.g. greedy) to compare")
+        panels = [m for m in metrics if m == "greedy"][:1]
+        panels += [m for m in metrics if m.startswith("maj@")][:1] + [m for m in metrics if m.startswith("pass@")][:1]
+        panels = panels or metrics[:MAX_METRIC_PANELS]
+        png = training_plot(labels, rows_by_run, panels)
+        table = training_summary_table(labels, runs, metrics)
+        title = f"{len(runs)} training runs: {', '.join(sorted({r.summary['recipe'] for r in runs}))}"
+        caption = "held-out accuracy against cumulative train compute"
+    else:
+        png = eval_plot(labels, runs)
+        table = eval_rows_table(labels, runs)
+        tasks = sorted({str(r.summary.get("task", "?")) for r in runs})
+        title = f"{len(runs)} runs on {', '.join(tasks)}"
+        caption = "accuracy against samples per problem"
+    img = base64.b64encode(png).decode("ascii")
+    sections = [
+        f'<section id="results"><h2>Side by side</h2>{table}</section>',
+        (f'<section id="plots"><h2>Plots</h2><div class="plots"><figure class="wide"><img alt="comparison" '
+         f'src="data:image/png;base64,{img}"><figcaption>{_esc(caption)}</figcaption></figure></div></section>'),
+        '<section id="config"><h2>Config</h2>' + "".join(
+            f"<h3>{_esc(label)}</h3><p class=\"hint\">{_esc(str(run.run_dir))}</p>{kv_table(run.config)}"
+            for label, run in zip(labels, runs)) + "</section>",
+    ]
+    meta = "".join(f'<div class="meta-item"><span class="meta-k">{_esc(label)}</span>'
+                   f'<span class="meta-v">{_esc(run.date)}</span></div>' for label, run in zip(labels, runs))
+    nav = '<a href="#results">Side by side</a><a href="#plots">Plots</a><a href="#config">Config</a>'
+    fills = {"TITLE": _esc(title), "CSS": _CSS, "JS": "", "META": meta, "NAV": nav, "GENERATED": _esc(generated),
+             "SECTIONS": "\n".join(sections),
+             "RUN_JSON": _script_json({"runs": [{"label": label, "dir": str(run.run_dir)}
+                                                for label, run in zip(labels, runs)]}),
+             "TREE_JSON": "[]"}
+    return re.sub(r"%%([A-Z_]+)%%", lambda m: fills[m.group(1)], _TEMPLATE)
+
+
+def write_comparison(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Render the comparison of ``run_dirs`` to ``out`` (default ``./compare.html``); returns the path written."""
+    page = render_comparison(run_dirs)
+    path = Path(out) if out is not None else Path(COMPARE_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["COMPARE_FILE", "labels_for", "render_comparison", "shared_metrics", "write_comparison"]
