@@ -468,3 +468,17 @@ def test_comparison_refusals(tmp_path: Path, capsys, case: str, needle: str) -> 
             {"iteration": 0, "eval": {"3": {"accuracy": 0.1, "ci": [0, 0.2]}}}]}))
     code, _, err = _report([str(a), str(b), "--out", str(tmp_path / "c.html")], capsys)
     assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_training_and_comparison_pages_in_chromium(tmp_path: Path, browser: Browser, capsys) -> None:
+    a = _training_run(tmp_path, "a", "rest-em", [0.3, 0.45, 0.5])
+    b = _training_run(tmp_path, "b", "grpo", [0.3, 0.35])
+    _png(a / "curve.png")
+    for argv, page in (([str(a)], a / "report.html"), ([str(a), str(b), "--out", str(tmp_path / "c.html")],
+                                                       tmp_path / "c.html")):
+        assert _report(argv, capsys)[0] == 0
+        browser.open(page.resolve().as_uri())
+        assert browser.js_errors() == []
+        # every embedded plot decoded to a real image
+        assert browser.js("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert browser.js("document.images.length") == 1
