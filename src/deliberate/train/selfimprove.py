@@ -328,8 +328,8 @@ def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path
 def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, Any], *, n_problems: int, n: int,
                     seed: int, out_dir: str | Path, progress: bool = False,
                     max_tokens: int | None = None) -> dict[str, Any]:
-    """Greedy, maj@n and pass@n (with 95% CIs) on held-out ``test`` problems (``max_tokens``: None
-    for the task's default)."""
+    """Greedy, pass@1 (the mean over the n samples), maj@n and pass@n (with 95% CIs) on held-out ``test``
+    problems (``max_tokens``: None for the task's default); the keys the HF recipes use too."""
     from deliberate.eval.evaluate import EvalConfig, run_eval
 
     cfg = EvalConfig(task=task, task_options=task_options, n_problems=n_problems, n=n, temperature=1.0, seed=seed,
@@ -341,8 +341,8 @@ def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, An
         backend.close()
     res: dict[str, Any] = {}
     for r in summary["results"]:
-        key = "greedy" if r["strategy"] == "greedy" else f"{r['strategy'].replace('@k', '')}@{r['n']}"
-        if r["strategy"] == "greedy" or r["n"] == n:
+        key = {"greedy": "greedy", "sample": "pass@1"}.get(r["strategy"], f"{r['strategy'].replace('@k', '')}@{r['n']}")
+        if r["strategy"] in ("greedy", "sample") or r["n"] == n:
             res[key] = {"accuracy": r["accuracy"], "ci": r["ci"]}
     return res
 
