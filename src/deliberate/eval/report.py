@@ -467,32 +467,26 @@ def training_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         keys += [k for k, v in (r.get("eval") or {}).items() if _is_accuracy_entry(v) and k not in keys]
     present = {k for r in rows for k in r}
-    cols = [("step", "step", "int")] if "step" in present else []
-    cols += [(k, h, kind) for k, h, kind in (("kept", "kept", "int"), ("tokens_sampled", "tokens sampled", "count"),
-                                            ("tokens_trained", "tokens trained", "count"),
-                                            ("flops", "train TFLOPs", "tflops"), ("wall_s", "wall", "seconds"))
-             if k in present or f"cum_{k}" in present]
+    has_step = "step" in present  # GRPO evaluates every --eval-every steps
     cumulative = {"tokens_sampled", "tokens_trained", "flops", "wall_s"}
-    head = ("<th class=num>iteration</th>" + "".join(f'<th class="num">{_esc(h)}</th>' for k, h, _ in cols[:1]
-                                                     if k == "step")
+    cols = [(k, h, kind) for k, h, kind in (("kept", "kept", "int"), ("tokens_sampled", "tokens sampled", "count"),
+                                           ("tokens_trained", "tokens trained", "count"),
+                                           ("flops", "train TFLOPs", "frac"), ("wall_s", "wall", "seconds"))
+            if k in present or f"cum_{k}" in present]
+    head = ("<th class=num>iteration</th>" + ("<th class=num>step</th>" if has_step else "")
             + "".join(f'<th class="num" colspan="2">{_esc(k)} [95% CI]</th>' for k in keys)
-            + "".join(f'<th class="num">{_esc(h)}{" (cum.)" if k in cumulative else ""}</th>'
-                      for k, h, _ in cols if k != "step"))
+            + "".join(f'<th class="num">{_esc(h)}{" (cum.)" if k in cumulative else ""}</th>' for k, h, _ in cols))
     body = []
     for r in rows:
         ev = r.get("eval") or {}
-        cells = [_td(r.get("iteration"))]
-        cells += [_td(r.get("step"), "int") for k, _, _ in cols if k == "step"]
+        cells = [_td(r.get("iteration"))] + ([_td(r.get("step"), "int")] if has_step else [])
         cells += [_accuracy_cell(ev[k]) if _is_accuracy_entry(ev.get(k)) else '<td class="num">—</td><td></td>'
                   for k in keys]
         for k, _, kind in cols:
-            if k == "step":
-                continue
             v = _cum(r, k) if k in cumulative else r.get(k)
-            if kind == "tflops":
-                cells.append(f'<td class="num">{_esc(_fmt(v / 1e12 if _num_or_none(v) is not None else None, "frac"))}</td>')
-            else:
-                cells.append(_td(v, kind))
+            if k == "flops" and _num_or_none(v) is not None:
+                v = v / 1e12
+            cells.append(_td(v, kind))
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -538,7 +532,7 @@ def accuracy_list(entries: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
 
 
 #: Top-level keys of a training summary shown elsewhere on the page (or too long for a key/value table).
-_TRAINING_SHOWN = {"recipe", "config", "iterations", "compute", "trl_log_history"}
+_TRAINING_SHOWN = {"recipe", "config", "iterations", "compute", "trl_log_history", "before", "after"}
 
 
 def _training_sections(s: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
