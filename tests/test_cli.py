@@ -116,6 +116,17 @@ def test_quickstart_smoke(tmp_path, capsys):
     strategies = {(r["strategy"], r["n"]) for r in s["results"]}
     assert ("greedy", 1) in strategies and any(st.startswith("maj") for st, _ in strategies)
     assert (tmp_path / "eval" / "accuracy_vs_n.png").exists()
+    # the "next:" commands it prints are valid command lines (parsed by the real parser), and the first runs
+    import shlex
+
+    from deliberate.cli import build_parser
+
+    hint = o.split("\nnext:\n", 1)[1].replace("\\\n", " ")
+    commands = [shlex.split(line.split("#", 1)[0]) for line in hint.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["deliberate", "report"], ["deliberate", "sweep"], ["deliberate", "train"]]
+    for argv in commands:
+        build_parser().parse_args(argv[1:])
+    assert run(commands[0][1:], capsys)[0] == 0 and (tmp_path / "eval" / "report.html").exists()
 
 
 def test_commands_that_cannot_run_data_parallel_are_refused_under_a_launcher(monkeypatch, capsys):

@@ -58,4 +58,12 @@ def main(args) -> int:
     print(format_table(summary))
     print(f"\nwall time {time.perf_counter() - t0:.0f}s (train {t1 - t0:.0f}s, eval {time.perf_counter() - t1:.0f}s)")
     print(f"summary: {out / 'eval' / 'summary.json'}   plot: {out / 'eval' / 'accuracy_vs_n.png'}")
+    policy = out / "sft" / "model"
+    task = " ".join(f"--task-arg {k}={v}" for k, v in DEFAULT_TASK_OPTIONS.items())
+    print("\nnext:\n"
+          f"  deliberate report {out / 'eval'}     # the table and plots as one HTML page\n"
+          f"  deliberate sweep --task arith {task} --model {policy} \\\n"
+          f"      --verifier oracle --strategies majority,best_of_n,beam --budgets 4,16 --out runs/sweep"
+          f"   # search with a verifier\n"
+          f"  deliberate train rest-em --init {policy} --out runs/rest-em   # self-improvement (~1 h on 2 cores)")
     return 0
