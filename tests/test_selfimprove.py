@@ -270,12 +270,13 @@ def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeyp
 
 def test_a_refused_start_does_not_block_the_corrected_command(easy_ckpt, tmp_path):
     """A check that fails after the output directory was made leaves only config.json: no work to protect."""
-    out = tmp_path / "gsm"
+    pytest.importorskip("reasoning_gym")
+    out = tmp_path / "gym"  # a generated task without a step checker (no data files needed)
     with pytest.raises(DeliberateError, match="needs a task with a step checker"):
-        run_rest_em(RestEMConfig(init=str(easy_ckpt), task="gsm8k", task_options={}, keep="process", out=str(out)),
-                    progress=False)
+        run_rest_em(RestEMConfig(init=str(easy_ckpt), task="gym:chain_sum", task_options={}, keep="process",
+                                 out=str(out)), progress=False)
     assert [f.name for f in out.iterdir()] == ["config.json"]
-    cfg = RestEMConfig(init=str(easy_ckpt), task="gsm8k", task_options={}, keep="outcome", out=str(out))
+    cfg = RestEMConfig(init=str(easy_ckpt), task="gym:chain_sum", task_options={}, keep="outcome", out=str(out))
     from deliberate.train.selfimprove import start_run
 
     start_run(cfg)  # the corrected config takes the directory over
