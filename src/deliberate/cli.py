@@ -31,7 +31,8 @@ COMMANDS = {
     "label": ("deliberate.rewards.mc_labels", "step labels for PRMs: Monte-Carlo rollouts, PRM800K import/export"),
     "suspects": ("deliberate.suspects", ("the suspects (ReST-EM, PRM-guided ReST-EM, MCTS expert "
                                          "iteration, self-correction) and GRPO from one seed, one train budget")),
-    "report": ("deliberate.eval.report", "self-contained HTML report of a run dir: tables, plots, search-tree viewer"),
+    "report": ("deliberate.eval.report", "self-contained HTML report of a run dir (eval, sweep or training: "
+                                         "tables, plots, search trees), or of several side by side"),
 }
 TRAIN_RECIPES = {
     "sft": ("deliberate.train.sft", "supervised fine-tuning on a task's gold rationales"),
