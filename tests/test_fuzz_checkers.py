@@ -8,21 +8,17 @@ grammar generator driven by a hypothesis-chosen seed.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from script_loader import SCRIPTS, load_script
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_checkers.py"
-_spec = importlib.util.spec_from_file_location("fuzz_checkers", _SCRIPT)
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+fuzz = load_script("fuzz_checkers")
 
 TEMPLATES = ["{}", "\\boxed{{{}}}", "$\\boxed{{{}}}$", "Answer: {}", "#### {}", "The answer is {}.", "\\boxed{{{}",
              "{} \\boxed{{{}}}", "Answer: {}\nAnswer: {}", "\\boxed{{{}}} or \\boxed{{{}}}"]
@@ -70,7 +66,7 @@ def test_the_generator_reaches_the_traps():
 
 
 def test_script_runs_and_reports():
-    proc = subprocess.run([sys.executable, str(_SCRIPT), "--examples", "30", "--checkers", "boxed,countdown"],
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "fuzz_checkers.py"), "--examples", "30", "--checkers", "boxed,countdown"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
