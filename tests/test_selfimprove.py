@@ -641,6 +641,11 @@ def test_star_hinted_long_seed_and_sampled_rationalization(tmp_path, monkeypatch
     assert row["kept"] == row["kept_direct"] + row["kept_rationalized"]
     if row["kept"]:
         assert all("(hint:" not in q for q, _ in seen["fine-tune 1"])  # hints are removed for training
+    from deliberate.eval.report import write_report
+
+    page = write_report(tmp_path / "r").read_text()  # one accuracy column per evaluated digit count
+    digits = list(s["iterations"][0]["eval"])
+    assert "<h1>star — addition</h1>" in page and all(f">{d} [95% CI]<" in page for d in digits)
     with pytest.raises(DeliberateError, match="rationalize_samples"):
         star_mod.StarConfig(rationalize_samples=0)
     with pytest.raises(DeliberateError, match="seed_long_hint_fraction"):
@@ -674,6 +679,11 @@ def test_vstar_generator_and_dpo_verifier(easy_ckpt, tmp_path):
     assert any(abs(x - 0.5) > 1e-6 for x in sc)
     with pytest.raises(DeliberateError, match="not a DPO verifier"):
         get_verifier(f"dpo:{tmp_path}", task=task)
+    from deliberate.eval.report import write_report
+
+    page = write_report(tmp_path / "vs").read_text()  # no held-out accuracy of its own: says so, shows the rest
+    assert "<h1>vstar — arith</h1>" in page and "No held-out accuracy in summary.json." in page
+    assert "verifier_meta.train_pair_accuracy" in page
 
 
 def test_vstar_pair_accuracy_script_reproduces_the_recorded_value(easy_ckpt, tmp_path, monkeypatch, capsys):
@@ -935,6 +945,10 @@ def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
     assert strip(again) == strip(rows)
     table = format_iterations(rows, 2, 2).splitlines()
     assert len(table) == 4 and "mcts@2" in table[0] and table[2].split()[0] == "1"
+    from deliberate.eval.report import write_report
+
+    page = write_report(tmp_path / "run").read_text()  # the search metric is a column like the others
+    assert "<h1>mcts-ei — arith</h1>" in page and "mcts@2 [95% CI]" in page
     with pytest.raises(DeliberateError, match="value must be"):
         MCTSEIConfig(value="oracle")
 
