@@ -5,8 +5,8 @@ Two kinds of comparison, by what the directories hold:
 - **training runs** (recipes with iterations: ``rest-em``, ``grpo``, ``star``, ``mcts-ei``, the ``-hf``
   recipes): each held-out metric the runs share (greedy, maj@n, pass@n ...) against cumulative train
   TFLOPs, one line per run with its 95% CI, and a table of where each run started and ended;
-- **eval / sweep runs**: accuracy against samples per problem, one line per (run, strategy), and the
-  rows of every run in one table.
+- **eval / sweep runs**: accuracy against samples per problem and against generated tokens per problem
+  (the compute-matched view), one line per (run, strategy), and the rows of every run in one table.
 
     deliberate report runs/si/rest-em-m0 runs/si/grpo-mb-s0 --out rest-em-vs-grpo.html
     deliberate report runs/sweep-oracle runs/sweep-prm --out verifiers.html
@@ -150,9 +150,18 @@ def training_summary_table(labels: Sequence[str], runs: Sequence[RunData], metri
             'started from).</p>')
 
 
+def _tokens_per_problem(row: Mapping[str, Any]) -> float | None:
+    """Generated tokens per problem of a result row (rows carry the total over their ``n_problems``)."""
+    tokens, problems = row.get("generated_tokens"), row.get("n_problems")
+    if isinstance(tokens, (int, float)) and isinstance(problems, int) and problems > 0 and tokens > 0:
+        return tokens / problems
+    return None
+
+
 def eval_plot(labels: Sequence[str], runs: Sequence[RunData]) -> bytes:
-    """PNG: accuracy against samples per problem (log2 axis), one line (+ CI band) per (run, strategy)."""
-    fig, (ax,) = _figure(1, width=9.0)
+    """PNG, two panels: accuracy against samples per problem (log2 axis) and against generated tokens per
+    problem (log axis: the compute-matched view), one line (+ CI band) per (run, strategy)."""
+    fig, (by_n, by_tokens) = _figure(2, width=6.0)
     colors: dict[str, str] = {}  # one colour per strategy, one line style and marker per run
     styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
     for j, (label, run) in enumerate(zip(labels, runs)):
@@ -162,20 +171,27 @@ def eval_plot(labels: Sequence[str], runs: Sequence[RunData]) -> bytes:
                 by_strategy.setdefault(str(r["strategy"]), []).append(r)
         for strategy, rows in by_strategy.items():
             rows = sorted(rows, key=lambda r: r["n"])
-            xs = [r["n"] for r in rows]
             color = colors.setdefault(strategy, f"C{len(colors) % 10}")
             style, marker = styles[j % len(styles)]
-            ax.plot(xs, [r["accuracy"] for r in rows], linestyle=style, marker=marker, markersize=4, color=color,
-                    label=f"{label}: {strategy}")
+            line = {"linestyle": style, "marker": marker, "markersize": 4, "color": color}
+            by_n.plot([r["n"] for r in rows], [r["accuracy"] for r in rows], label=f"{label}: {strategy}", **line)
             cis = [r.get("ci") for r in rows]
             if len(rows) > 1 and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in cis):
-                ax.fill_between(xs, [c[0] for c in cis], [c[1] for c in cis], color=color, alpha=0.07)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("samples per problem (n)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="x-small")
+                by_n.fill_between([r["n"] for r in rows], [c[0] for c in cis], [c[1] for c in cis], color=color,
+                                  alpha=0.07)
+            pts = sorted((t, r["accuracy"]) for r in rows if (t := _tokens_per_problem(r)) is not None)
+            if pts:
+                by_tokens.plot([t for t, _ in pts], [a for _, a in pts], **line)
+    by_n.set_xscale("log", base=2)
+    by_n.set_xlabel("samples per problem (n)")
+    by_tokens.set_xscale("log")
+    by_tokens.set_xlabel("generated tokens per problem")
+    for ax in (by_n, by_tokens):
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+    by_tokens.legend(*by_n.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.01, 0.5),
+                     fontsize="x-small")
     fig.tight_layout()
     return _png(fig)
 
@@ -222,7 +238,7 @@ def render_comparison(run_dirs: Sequence[str | Path], generated: str | None = No
         table = eval_rows_table(labels, runs)
         tasks = sorted({str(r.summary.get("task", "?")) for r in runs})
         title = f"{len(runs)} runs on {', '.join(tasks)}"
-        caption = "accuracy against samples per problem"
+        caption = "accuracy against samples per problem and against generated tokens per problem"
     img = base64.b64encode(png).decode("ascii")
     sections = [
         f'<section id="results"><h2>Side by side</h2>{table}</section>',
