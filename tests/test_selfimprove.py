@@ -179,6 +179,25 @@ def test_finetune_learns_and_is_deterministic(tiny_ckpt, tmp_path):
         finetune(tiny_ckpt, [], tmp_path / "c", s, progress=False)
 
 
+def test_finetune_bf16_autocast_trains_float32_weights(tiny_ckpt, tmp_path):
+    """--bf16: the same batches and steps under bfloat16 autocast; weights stay float32, rounding differs."""
+    task = get_task("arith", **SMALL_ARITH)
+    pairs = [(task.prompt(p), task.rationale(p)) for p in task.problems("train", 32, seed=1)]
+    s = FinetuneSettings(steps=6, batch_size=16, lr=3e-3, warmup=2)
+    d32, n32 = finetune(tiny_ckpt, pairs, tmp_path / "f32", s, seed=3, progress=False)
+    d16, n16 = finetune(tiny_ckpt, pairs, tmp_path / "bf16", dataclasses.replace(s, bf16=True), seed=3,
+                        progress=False)
+    assert n16 == n32 > 0  # same batches
+    assert json.loads((tmp_path / "bf16" / "finetune.json").read_text())["bf16"] is True
+    m32, _ = load_tiny(d32)
+    m16, _ = load_tiny(d16)
+    m0, _ = load_tiny(tiny_ckpt)
+    assert all(p.dtype == torch.float32 for p in m16.parameters())
+    w32, w16, w0 = (torch.cat([p.flatten() for p in m.parameters()]) for m in (m32, m16, m0))
+    assert not torch.equal(w16, w32)  # bf16 matmuls round differently ...
+    assert (w16 - w32).norm() < 0.5 * (w32 - w0).norm()  # ... but take nearly the same steps
+
+
 def _rest_cfg(ckpt, out):
     return RestEMConfig(init=str(ckpt), task_options=SMALL_ARITH, iterations=2, n_train=24, k=4, keep="outcome",
                         finetune=FinetuneSettings(steps=4, batch_size=8), eval_problems=12, eval_n=4, out=str(out))

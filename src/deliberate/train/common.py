@@ -260,19 +260,26 @@ def label_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 
 def supervised_step(model, opt, batch: dict[str, torch.Tensor], lr: float, grad_clip: float | None,
-                    dist=None, n_items: int | None = None) -> torch.Tensor:
+                    dist=None, n_items: int | None = None, bf16: bool = False) -> torch.Tensor:
     """One optimizer step on next-token cross-entropy of ``batch`` (from :func:`collate`); returns the loss.
 
     Data-parallel (``dist`` from :mod:`deliberate.train.distributed` under a launcher): ``batch`` is
     this rank's share of the global batch and ``n_items`` the global number of loss tokens
     (:func:`label_tokens` summed over ranks). Each rank's loss is its token-loss sum scaled by
     ``world_size / n_items``, so DDP's gradient average is the gradient of the global batch's mean
-    loss (the single-process math, up to reduction order); the returned loss is that global mean."""
+    loss (the single-process math, up to reduction order); the returned loss is that global mean.
+
+    ``bf16``: the forward pass (and so its backward) runs under bfloat16 autocast on the batch's device;
+    weights, gradients and optimizer state stay float32 (single-process path only)."""
     if dist is not None and dist.parallel:
+        if bf16:
+            raise DeliberateError("supervised_step: bf16 autocast is not supported data-parallel")
         return _parallel_supervised_step(model, opt, batch, lr, grad_clip, dist, n_items)
     for g in opt.param_groups:
         g["lr"] = lr
-    loss = model(**batch).loss
+    device_type = next(iter(batch.values())).device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:

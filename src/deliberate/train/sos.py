@@ -189,7 +189,7 @@ def run_sos(cfg: SoSConfig, progress: bool = True) -> dict[str, Any]:
         clock = Stopwatch()
         facts = arithmetic_facts(cfg, max(1000, cfg.pretrain_tokens // (cfg.facts_per_example * 8)))
         settings = FinetuneSettings(lr=cfg.finetune.lr, warmup=cfg.finetune.warmup, batch_size=cfg.finetune.batch_size,
-                                    tokens=cfg.pretrain_tokens)
+                                    tokens=cfg.pretrain_tokens, bf16=cfg.finetune.bf16)
         init, trained = finetune(init, facts, out / "pretrain", settings, seed=cfg.seed, progress=progress,
                                  desc="pre-train on arithmetic facts")
         pretrain = {"model": str(init), "examples": len(facts), "tokens_trained": trained,
