@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Stream of Search at the GPU probe's scale on this 2-core CPU, one training seed per call: the same
-# comparison as scripts/sos_gpu.sh (4-number countdown, numbers 1..9, targets 10..50; d=384, 6 layers,
-# 10.9M parameters; 15M training tokens per condition; 80,000 training problems), trained under bfloat16
-# autocast (--bf16: 2.3x the float32 speed at this size, docs/BENCHMARKS.md "Training throughput").
+# Stream of Search at the GPU probe's scale on a CPU, one training seed per call: the same comparison as
+# scripts/sos_gpu.sh (4-number countdown, numbers 1..9, targets 10..50; d=384, 6 layers, 10.9M parameters;
+# 15M training tokens per condition; 80,000 training problems), trained under bfloat16 autocast (--bf16:
+# 2.3x the float32 speed at this size on dense batches, docs/BENCHMARKS.md "Training throughput").
 #
 #   bash scripts/sos_cpu.sh OUT_DIR SEED [MAX_STATES]
 #
 # MAX_STATES: the longest search written as a training stream (default 128, context 2048, batch 64; 24:
-# context 512, batch 256, the H200 probe's setting). Estimated from the benchmark: ~0.8 h of training per
-# condition (stream, then path), plus data generation and the two held-out evaluations. The run is
-# resumable per condition: rerun the same call to continue after a stop.
+# context 512, batch 256, the H200 probe's setting). Measured on the 2-core VM (2 threads): 50 s per step at
+# 128 states (829 steps per condition, ~11.5 h), 39 s per step at 24 states (680 steps, ~7.4 h): batches are
+# padded to their longest stream, so this is a job for a many-core CPU or a long unattended run. The run is
+# resumable per condition (stream, then path): rerun the same call to continue after a stop.
 set -u -o pipefail
 out=${1:?usage: sos_cpu.sh OUT_DIR SEED [MAX_STATES]}
 seed=${2:?usage: sos_cpu.sh OUT_DIR SEED [MAX_STATES]}
