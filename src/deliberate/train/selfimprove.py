@@ -265,7 +265,7 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     tokens: int | None = None  # train on this many tokens instead (equal-token comparisons); overrides steps
-    bf16: bool = False  # bfloat16 autocast (float32 weights): ~2.3x faster on a CPU with AVX512-BF16; other rounding
+    bf16: bool = False  # bfloat16 autocast (float32 weights): faster matmuls (BENCHMARKS), other float rounding
 
     def n_steps(self, n_examples: int, mean_len: float | None = None) -> int:
         """Optimizer steps: ``steps``; else for a ``tokens`` budget (given the examples' mean length in
@@ -543,8 +543,9 @@ def _parse_ints(text: str) -> tuple[int, ...]:
 
 #: Help of flags many recipes share (a recipe's own ``helps`` override these).
 COMMON_HELP = {
-    "bf16": "bfloat16 autocast in every fine-tune (float32 weights and optimizer): ~2.3x faster on a CPU with "
-            "AVX512-BF16 or AMX (docs/BENCHMARKS.md); float rounding, so the samples, differ from a float32 run",
+    "bf16": "bfloat16 autocast in every fine-tune (float32 weights and optimizer): up to ~2.3x faster on a CPU "
+            "with AVX512-BF16 (10.9M parameters, dense batches; docs/BENCHMARKS.md); float rounding, so the samples, "
+            "differ from a float32 run",
 }
 
 
