@@ -96,14 +96,17 @@ class HFStarConfig:
 
 
 def _template_problems(name: str, template: str, field: str) -> list[str]:
-    """The problems of ``template`` as a format string whose one placeholder is ``{field}`` (empty: none)."""
-    try:
-        if not isinstance(template, str) or f"{{{field}}}" not in template:
-            raise ValueError(f"no {{{field}}}")
-        template.format(**{field: "0"})
-    except (KeyError, IndexError, ValueError) as e:
-        return [f"{name} must be a format string with {{{field}}} only ({e!r} in {template!r})"]
-    return []
+    """Why ``template`` is not a format string whose only placeholder is ``{field}``: one message, or an
+    empty list when it is such a string."""
+    if not isinstance(template, str) or f"{{{field}}}" not in template:
+        why = f"no {{{field}}}"
+    else:
+        try:
+            template.format(**{field: "0"})
+            return []
+        except (KeyError, IndexError, ValueError) as e:  # another placeholder, or a stray brace
+            why = repr(e)
+    return [f"{name} must be a format string with {{{field}}} only ({why} in {template!r})"]
 
 
 def hinted(prompt: str, answer: str, hint: str) -> str:
