@@ -19,26 +19,24 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.report import (
-    _CSS,
-    _TEMPLATE,
     RunData,
     _accuracy_cell,
     _cum,
     _esc,
     _fmt,
     _is_accuracy_entry,
-    _script_json,
     _td,
+    fill_page,
     is_training_run,
     kv_table,
     load_run,
+    write_page,
 )
 
 COMPARE_FILE = "compare.html"
@@ -251,23 +249,13 @@ def render_comparison(run_dirs: Sequence[str | Path], generated: str | None = No
     meta = "".join(f'<div class="meta-item"><span class="meta-k">{_esc(label)}</span>'
                    f'<span class="meta-v">{_esc(run.date)}</span></div>' for label, run in zip(labels, runs))
     nav = '<a href="#results">Side by side</a><a href="#plots">Plots</a><a href="#config">Config</a>'
-    fills = {"TITLE": _esc(title), "CSS": _CSS, "JS": "", "META": meta, "NAV": nav, "GENERATED": _esc(generated),
-             "SECTIONS": "\n".join(sections),
-             "RUN_JSON": _script_json({"runs": [{"label": label, "dir": str(run.run_dir)}
-                                                for label, run in zip(labels, runs)]}),
-             "TREE_JSON": "[]"}
-    return re.sub(r"%%([A-Z_]+)%%", lambda m: fills[m.group(1)], _TEMPLATE)
+    return fill_page(title=title, meta_html=meta, nav_html=nav, generated=generated, sections=sections,
+                     run_json={"runs": [{"label": label, "dir": str(run.run_dir)} for label, run in zip(labels, runs)]})
 
 
 def write_comparison(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
     """Render the comparison of ``run_dirs`` to ``out`` (default ``./compare.html``); returns the path written."""
-    page = render_comparison(run_dirs)
-    path = Path(out) if out is not None else Path(COMPARE_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_page(Path(out) if out is not None else Path(COMPARE_FILE), render_comparison(run_dirs))
 
 
 __all__ = ["COMPARE_FILE", "labels_for", "render_comparison", "shared_metrics", "write_comparison"]

@@ -642,22 +642,33 @@ def render_html(run: RunData, generated: str | None = None) -> str:
     sections.append(f'<section id="files"><h2>Files</h2>{kv_table(dict(files))}</section>')
 
     data = {"summary": {k: v for k, v in s.items() if k != "config"}, "config": run.config}
-    fills = {"TITLE": _esc(title), "CSS": _CSS, "JS": _JS, "META": meta_html, "NAV": nav_html,
-             "GENERATED": _esc(generated), "SECTIONS": "\n".join(sections), "RUN_JSON": _script_json(data),
-             "TREE_JSON": _script_json(run.trees.trees)}
+    return fill_page(title=title, meta_html=meta_html, nav_html=nav_html, generated=generated, sections=sections,
+                     run_json=data, trees=run.trees.trees, js=_JS)
+
+
+def fill_page(*, title: str, meta_html: str, nav_html: str, generated: str, sections: Sequence[str],
+              run_json: Any, trees: Sequence[Any] = (), js: str = "") -> str:
+    """The page template with its parts filled in (``title`` and ``generated`` are escaped here)."""
+    fills = {"TITLE": _esc(title), "CSS": _CSS, "JS": js, "META": meta_html, "NAV": nav_html,
+             "GENERATED": _esc(generated), "SECTIONS": "\n".join(sections), "RUN_JSON": _script_json(run_json),
+             "TREE_JSON": _script_json(list(trees))}
     # one pass, so a placeholder-looking string inside the data is never substituted itself
     return re.sub(r"%%([A-Z_]+)%%", lambda m: fills[m.group(1)], _TEMPLATE)
+
+
+def write_page(path: Path, page: str) -> Path:
+    """Write ``page`` to ``path`` atomically: a browser refreshing mid-write sees the old page or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, max_trees: int = MAX_TREES) -> Path:
     """Render ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns the path written."""
     run = load_run(run_dir, max_trees=max_trees)
-    path = Path(out) if out is not None else run.run_dir / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(run), encoding="utf-8")
-    tmp.replace(path)  # a browser refreshing mid-write sees the old page or the new one
-    return path
+    return write_page(Path(out) if out is not None else run.run_dir / REPORT_FILE, render_html(run))
 
 
 _TEMPLATE = """<!DOCTYPE html>

@@ -66,6 +66,7 @@ from deliberate.train.selfimprove import (
     Stopwatch,
     add_config_arguments,
     config_from_args,
+    eval_entries,
     iteration_table,
     plot_curve,
 )
@@ -305,15 +306,6 @@ def grpo_train(base: Path, task: Task, problems: Sequence[Problem], out: Path, c
     return record
 
 
-def _eval_row(summary: dict[str, Any], n: int) -> dict[str, Any]:
-    res = {}
-    for r in summary["results"]:
-        if r["strategy"] == "greedy" or r["n"] == n or r["strategy"] == "sample":
-            key = {"greedy": "greedy", "sample": "pass@1"}.get(r["strategy"], f"{r['strategy'].replace('@k', '')}@{r['n']}")
-            res[key] = {"accuracy": r["accuracy"], "ci": r["ci"]}
-    return res
-
-
 def run_grpo_hf(cfg: HFGRPOConfig, progress: bool = True,
                 reward: Callable[..., list[float]] | None = None) -> dict[str, Any]:
     from deliberate.eval.evaluate import EvalConfig, run_eval
@@ -332,7 +324,7 @@ def run_grpo_hf(cfg: HFGRPOConfig, progress: bool = True,
                             temperature=cfg.eval_temperature, max_tokens=cfg.max_completion_length,
                             seed=cfg.eval_seed, prompt_style=cfg.prompt_style, batch_size=16,
                             out_dir=str(out / f"it{it:03d}" / "eval"))
-            return _eval_row(run_eval(ec, backend, task=task, progress=progress), cfg.eval_n)
+            return eval_entries(run_eval(ec, backend, task=task, progress=progress), cfg.eval_n)
         finally:
             backend.close()
 

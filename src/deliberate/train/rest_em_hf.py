@@ -44,6 +44,7 @@ from deliberate.train.selfimprove import (
     add_config_arguments,
     config_from_args,
     derived_seed,
+    eval_entries,
     iteration_table,
     plot_curve,
 )
@@ -193,13 +194,7 @@ def run_rest_em_hf(cfg: HFRestEMConfig, progress: bool = True) -> dict[str, Any]
                         prompt_style=cfg.prompt_style, batch_size=cfg.batch_problems,
                         out_dir=str(out / f"it{it:03d}" / "eval"))
         s = run_eval(ec, backend, task=task, progress=progress)
-        res = {}
-        for r in s["results"]:
-            if r["strategy"] == "greedy" or r["n"] == cfg.eval_n or r["strategy"] == "sample":
-                key = {"greedy": "greedy", "sample": "pass@1"}.get(r["strategy"],
-                                                                   f"{r['strategy'].replace('@k', '')}@{r['n']}")
-                res[key] = {"accuracy": r["accuracy"], "ci": r["ci"]}
-        return res
+        return eval_entries(s, cfg.eval_n)
 
     backend = load(base)
     n_params = sum(p.numel() for p in backend.model.parameters())

@@ -340,6 +340,12 @@ def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, An
         summary = run_eval(cfg, backend, progress=progress)
     finally:
         backend.close()
+    return eval_entries(summary, n)
+
+
+def eval_entries(summary: dict[str, Any], n: int) -> dict[str, Any]:
+    """A ``run_eval`` summary as the recipes' per-iteration ``eval``: ``greedy``, ``pass@1`` (the mean over the
+    samples), and ``maj@n`` / ``pass@n`` at ``n``, each ``{"accuracy", "ci"}``."""
     res: dict[str, Any] = {}
     for r in summary["results"]:
         key = {"greedy": "greedy", "sample": "pass@1"}.get(r["strategy"], f"{r['strategy'].replace('@k', '')}@{r['n']}")
