@@ -26,16 +26,16 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.eval.report import (
     RunData,
-    _accuracy_cell,
-    _cum,
-    _esc,
-    _fmt,
-    _is_accuracy_entry,
-    _td,
+    accuracy_cell,
+    escape,
     fill_page,
+    format_cell,
+    is_accuracy_entry,
     is_training_run,
     kv_table,
     load_run,
+    running_total,
+    table_cell,
     write_page,
 )
 
@@ -84,7 +84,7 @@ def shared_metrics(rows_by_run: Sequence[Sequence[Mapping[str, Any]]]) -> list[s
     common: set[str] | None = None
     for rows in rows_by_run:
         for r in rows:
-            keys = {k for k, v in (r.get("eval") or {}).items() if _is_accuracy_entry(v)}
+            keys = {k for k, v in (r.get("eval") or {}).items() if is_accuracy_entry(v)}
             common = keys if common is None else common & keys
     common = common or set()
 
@@ -100,7 +100,7 @@ def training_plot(labels: Sequence[str], rows_by_run: Sequence[Sequence[Mapping[
     fig, axes = _figure(len(metrics))
     for ax, key in zip(axes, metrics):
         for label, rows in zip(labels, rows_by_run):
-            pts = [(_cum(r, "flops") or 0.0, r["eval"][key]) for r in rows]
+            pts = [(running_total(r, "flops") or 0.0, r["eval"][key]) for r in rows]
             ys = [e["accuracy"] for _, e in pts]
             cis = [e.get("ci") for _, e in pts]
             err = None
@@ -119,7 +119,7 @@ def training_plot(labels: Sequence[str], rows_by_run: Sequence[Sequence[Mapping[
 def training_summary_table(labels: Sequence[str], runs: Sequence[RunData], metrics: Sequence[str]) -> str:
     """One row per run: recipe, start, iterations, each metric at the start and at the end (change in points)."""
     head = ("<th>run</th><th>recipe</th><th>from</th><th class=num>iterations</th>"
-            + "".join(f'<th class="num">{_esc(k)} at start</th><th class="num" colspan="2">{_esc(k)} at end '
+            + "".join(f'<th class="num">{escape(k)} at start</th><th class="num" colspan="2">{escape(k)} at end '
                       f'[95% CI]</th><th class="num">change</th>' for k in metrics)
             + '<th class="num">train TFLOPs</th><th class="num">wall</th>')
     body = []
@@ -127,20 +127,20 @@ def training_summary_table(labels: Sequence[str], runs: Sequence[RunData], metri
         rows = run.summary["iterations"]
         first, last = (rows[0], rows[-1]) if rows else ({}, {})
         cfg = run.config
-        cells = [f'<td class="txt strategy">{_esc(label)}</td>', _td(run.summary["recipe"]),
-                 _td(cfg.get("init") or cfg.get("model") or run.summary.get("model")),
-                 _td(last.get("iteration") if last.get("step") is None
+        cells = [f'<td class="txt strategy">{escape(label)}</td>', table_cell(run.summary["recipe"]),
+                 table_cell(cfg.get("init") or cfg.get("model") or run.summary.get("model")),
+                 table_cell(last.get("iteration") if last.get("step") is None
                      else f"{last.get('iteration')} (step {last['step']})")]
         for k in metrics:
             a = (first.get("eval") or {}).get(k)
             b = (last.get("eval") or {}).get(k)
-            cells.append(_td(a["accuracy"] if a else None, "frac"))
-            cells.append(_accuracy_cell(b) if b else '<td class="num">—</td><td></td>')
+            cells.append(table_cell(a["accuracy"] if a else None, "frac"))
+            cells.append(accuracy_cell(b) if b else '<td class="num">—</td><td></td>')
             change = f"{100 * (b['accuracy'] - a['accuracy']):+.1f}" if a and b else None
-            cells.append(f'<td class="num">{_esc(_fmt(change))}</td>')
-        flops = _cum(last, "flops")
-        cells.append(_td(flops / 1e12 if flops is not None else None, "frac"))
-        cells.append(_td(_cum(last, "wall_s"), "seconds"))
+            cells.append(f'<td class="num">{escape(format_cell(change))}</td>')
+        flops = running_total(last, "flops")
+        cells.append(table_cell(flops / 1e12 if flops is not None else None, "frac"))
+        cells.append(table_cell(running_total(last, "wall_s"), "seconds"))
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>'
@@ -165,7 +165,7 @@ def eval_plot(labels: Sequence[str], runs: Sequence[RunData]) -> bytes:
     for j, (label, run) in enumerate(zip(labels, runs)):
         by_strategy: dict[str, list[Mapping[str, Any]]] = {}
         for r in run.summary["results"]:
-            if isinstance(r.get("n"), int) and _is_accuracy_entry(r):
+            if isinstance(r.get("n"), int) and is_accuracy_entry(r):
                 by_strategy.setdefault(str(r["strategy"]), []).append(r)
         for strategy, rows in by_strategy.items():
             rows = sorted(rows, key=lambda r: r["n"])
@@ -200,8 +200,8 @@ def eval_rows_table(labels: Sequence[str], runs: Sequence[RunData]) -> str:
     body = []
     for label, run in zip(labels, runs):
         for i, r in enumerate(run.summary["results"]):
-            cells = [f'<td class="txt strategy">{_esc(label)}</td>', _td(r.get("strategy")), _td(r.get("n")),
-                     _accuracy_cell(r), _td(r.get("pass_at_n"), "frac"), _td(r.get("generated_tokens"), "count")]
+            cells = [f'<td class="txt strategy">{escape(label)}</td>', table_cell(r.get("strategy")), table_cell(r.get("n")),
+                     accuracy_cell(r), table_cell(r.get("pass_at_n"), "frac"), table_cell(r.get("generated_tokens"), "count")]
             body.append(f'<tr{" class=group" if i == 0 and body else ""}>' + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -241,13 +241,13 @@ def render_comparison(run_dirs: Sequence[str | Path], generated: str | None = No
     sections = [
         f'<section id="results"><h2>Side by side</h2>{table}</section>',
         (f'<section id="plots"><h2>Plots</h2><div class="plots"><figure class="wide"><img alt="comparison" '
-         f'src="data:image/png;base64,{img}"><figcaption>{_esc(caption)}</figcaption></figure></div></section>'),
+         f'src="data:image/png;base64,{img}"><figcaption>{escape(caption)}</figcaption></figure></div></section>'),
         '<section id="config"><h2>Config</h2>' + "".join(
-            f"<h3>{_esc(label)}</h3><p class=\"hint\">{_esc(str(run.run_dir))}</p>{kv_table(run.config)}"
+            f"<h3>{escape(label)}</h3><p class=\"hint\">{escape(str(run.run_dir))}</p>{kv_table(run.config)}"
             for label, run in zip(labels, runs)) + "</section>",
     ]
-    meta = "".join(f'<div class="meta-item"><span class="meta-k">{_esc(label)}</span>'
-                   f'<span class="meta-v">{_esc(run.date)}</span></div>' for label, run in zip(labels, runs))
+    meta = "".join(f'<div class="meta-item"><span class="meta-k">{escape(label)}</span>'
+                   f'<span class="meta-v">{escape(run.date)}</span></div>' for label, run in zip(labels, runs))
     nav = '<a href="#results">Side by side</a><a href="#plots">Plots</a><a href="#config">Config</a>'
     return fill_page(title=title, meta_html=meta, nav_html=nav, generated=generated, sections=sections,
                      run_json={"runs": [{"label": label, "dir": str(run.run_dir)} for label, run in zip(labels, runs)]})

@@ -256,7 +256,7 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
 # --- scoring ------------------------------------------------------------------------------------
 
 def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Sequence[Problem], task: Task,
-              model: str, compute: Compute = Compute()) -> dict:
+              model: str, compute: Compute | None = None) -> dict:
     """The summary of :func:`run_eval` from records (extra records, e.g. of a larger earlier run, are ignored)."""
     by_key = {r.key: r for r in records}
     n, P = config.n, len(problems)
@@ -292,7 +292,7 @@ def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Seq
         vals = [maj_at_k(answers[i], correct[i].tolist(), k, seed=config.seed * 1_000_003 + i) for i in range(P)]
         results.append(row("maj@k", k, vals, k * mean_tokens, sample_wall * k / n))
     return {"task": config.task, "model": model, "seed": config.seed, "results": results,
-            "compute": compute.to_dict(), "config": config.to_dict()}
+            "compute": (compute or Compute()).to_dict(), "config": config.to_dict()}
 
 
 def format_table(summary: Mapping[str, Any]) -> str:

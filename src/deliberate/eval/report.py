@@ -328,11 +328,11 @@ def load_run(run_dir: str | Path, max_trees: int = MAX_TREES) -> RunData:
 
 # --- formatting ---------------------------------------------------------------------------------
 
-def _esc(v: Any) -> str:
+def escape(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
-def _fmt(v: Any, kind: str = "auto") -> str:
+def format_cell(v: Any, kind: str = "auto") -> str:
     """A cell's text: counts with thousands separators, fractions to 3 decimals, seconds with a unit."""
     if v is None:
         return "—"
@@ -355,12 +355,12 @@ def _fmt(v: Any, kind: str = "auto") -> str:
     return str(v)
 
 
-def _td(v: Any, kind: str = "auto") -> str:
+def table_cell(v: Any, kind: str = "auto") -> str:
     numeric = (isinstance(v, (int, float)) and not isinstance(v, bool)) or (v is None and kind != "auto")
-    return f'<td class="{"num" if numeric else "txt"}">{_esc(_fmt(v, kind))}</td>'
+    return f'<td class="{"num" if numeric else "txt"}">{escape(format_cell(v, kind))}</td>'
 
 
-def _accuracy_cell(row: Mapping[str, Any]) -> str:
+def accuracy_cell(row: Mapping[str, Any]) -> str:
     """Accuracy as a number plus a small bar with the CI as a whisker: the scaling pattern at a glance."""
     acc = _num_or_none(row.get("accuracy"))
     ci = row.get("ci", row.get("accuracy_ci"))  # self-correct's entries name it accuracy_ci
@@ -389,15 +389,15 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     known = _CORE_KEYS | {c[0] for c in RESULT_COLUMNS}
     others = sorted(k for k in present - known if all(not isinstance(r.get(k), (dict, list)) for r in rows))
     head = ("<th>strategy</th><th class=num>n</th><th class=num>accuracy [95% CI]</th><th></th>"
-            + "".join(f'<th class="num">{_esc(h)}</th>' for _, h, _ in cols)
-            + "".join(f"<th>{_esc(k)}</th>" for k in others))
+            + "".join(f'<th class="num">{escape(h)}</th>' for _, h, _ in cols)
+            + "".join(f"<th>{escape(k)}</th>" for k in others))
     body = []
     for i, r in enumerate(rows):
         new_group = i > 0 and r.get("strategy") != rows[i - 1].get("strategy")
-        cells = [f'<td class="txt strategy">{_esc(r.get("strategy"))}</td>', _td(r.get("n"))]
-        cells.append(_accuracy_cell(r))
-        cells += [_td(r.get(k), kind) for k, _, kind in cols]
-        cells += [_td(r.get(k)) for k in others]
+        cells = [f'<td class="txt strategy">{escape(r.get("strategy"))}</td>', table_cell(r.get("n"))]
+        cells.append(accuracy_cell(r))
+        cells += [table_cell(r.get(k), kind) for k, _, kind in cols]
+        cells += [table_cell(r.get(k)) for k in others]
         body.append(f'<tr{" class=group" if new_group else ""}>' + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -408,14 +408,14 @@ def generic_table(rows: Sequence[Any]) -> str:
     if not rows:
         return '<p class="empty">(empty)</p>'
     if not all(isinstance(r, dict) for r in rows):
-        return f"<pre>{_esc(json.dumps(_clean(list(rows)), indent=2, ensure_ascii=False))}</pre>"
+        return f"<pre>{escape(json.dumps(_clean(list(rows)), indent=2, ensure_ascii=False))}</pre>"
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
     numeric = {k for k in keys if all(r.get(k) is None or (isinstance(r.get(k), (int, float))
                                                            and not isinstance(r.get(k), bool)) for r in rows)}
-    head = "".join(f'<th{" class=num" if k in numeric else ""}>{_esc(k)}</th>' for k in keys)
-    body = "".join("<tr>" + "".join(_td(r.get(k)) for k in keys) + "</tr>" for r in rows)
+    head = "".join(f'<th{" class=num" if k in numeric else ""}>{escape(k)}</th>' for k in keys)
+    body = "".join("<tr>" + "".join(table_cell(r.get(k)) for k in keys) + "</tr>" for r in rows)
     return f'<div class="table-wrap"><table class="generic"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -443,18 +443,18 @@ def kv_table(d: Mapping[str, Any]) -> str:
     items = list(_flatten(d))
     if not items:
         return '<p class="empty">(none recorded)</p>'
-    body = "".join(f'<tr><th class="key">{_esc(k)}</th><td class="val">{_esc(_fmt(v, _kind_of(k)))}</td></tr>'
+    body = "".join(f'<tr><th class="key">{escape(k)}</th><td class="val">{escape(format_cell(v, _kind_of(k)))}</td></tr>'
                    for k, v in items)
     return f'<table class="kv"><tbody>{body}</tbody></table>'
 
 
 # --- training runs -------------------------------------------------------------------------------
 
-def _is_accuracy_entry(v: Any) -> bool:
+def is_accuracy_entry(v: Any) -> bool:
     return isinstance(v, dict) and _num_or_none(v.get("accuracy")) is not None
 
 
-def _cum(row: Mapping[str, Any], key: str) -> Any:
+def running_total(row: Mapping[str, Any], key: str) -> Any:
     """A row's running total of ``key`` (``cum_*``, what the recipes' iteration logs add), else its own value."""
     return row.get(f"cum_{key}", row.get(key))
 
@@ -465,7 +465,7 @@ def training_table(rows: Sequence[Mapping[str, Any]]) -> str:
         return '<p class="empty">No iterations recorded yet.</p>'
     keys: list[str] = []
     for r in rows:
-        keys += [k for k, v in (r.get("eval") or {}).items() if _is_accuracy_entry(v) and k not in keys]
+        keys += [k for k, v in (r.get("eval") or {}).items() if is_accuracy_entry(v) and k not in keys]
     present = {k for r in rows for k in r}
     has_step = "step" in present  # GRPO evaluates every --eval-every steps
     cumulative = {"tokens_sampled", "tokens_trained", "flops", "wall_s"}
@@ -474,19 +474,19 @@ def training_table(rows: Sequence[Mapping[str, Any]]) -> str:
                                            ("flops", "train TFLOPs", "frac"), ("wall_s", "wall", "seconds"))
             if k in present or f"cum_{k}" in present]
     head = ("<th class=num>iteration</th>" + ("<th class=num>step</th>" if has_step else "")
-            + "".join(f'<th class="num" colspan="2">{_esc(k)} [95% CI]</th>' for k in keys)
-            + "".join(f'<th class="num">{_esc(h)}{" (cum.)" if k in cumulative else ""}</th>' for k, h, _ in cols))
+            + "".join(f'<th class="num" colspan="2">{escape(k)} [95% CI]</th>' for k in keys)
+            + "".join(f'<th class="num">{escape(h)}{" (cum.)" if k in cumulative else ""}</th>' for k, h, _ in cols))
     body = []
     for r in rows:
         ev = r.get("eval") or {}
-        cells = [_td(r.get("iteration"))] + ([_td(r.get("step"), "int")] if has_step else [])
-        cells += [_accuracy_cell(ev[k]) if _is_accuracy_entry(ev.get(k)) else '<td class="num">—</td><td></td>'
+        cells = [table_cell(r.get("iteration"))] + ([table_cell(r.get("step"), "int")] if has_step else [])
+        cells += [accuracy_cell(ev[k]) if is_accuracy_entry(ev.get(k)) else '<td class="num">—</td><td></td>'
                   for k in keys]
         for k, _, kind in cols:
-            v = _cum(r, k) if k in cumulative else r.get(k)
+            v = running_total(r, k) if k in cumulative else r.get(k)
             if k == "flops" and _num_or_none(v) is not None:
                 v = v / 1e12
-            cells.append(_td(v, kind))
+            cells.append(table_cell(v, kind))
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -497,7 +497,7 @@ def accuracy_entries(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
     out: list[tuple[str, dict[str, Any]]] = []
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if _is_accuracy_entry(v):
+        if is_accuracy_entry(v):
             out.append((key, v))
         elif isinstance(v, dict):
             out += accuracy_entries(v, key + ".")
@@ -512,7 +512,7 @@ def _without_accuracy_entries(d: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            v = {f: x for f, x in v.items() if f not in _ENTRY_SHOWN} if _is_accuracy_entry(v) else v
+            v = {f: x for f, x in v.items() if f not in _ENTRY_SHOWN} if is_accuracy_entry(v) else v
             v = _without_accuracy_entries(v)
             if v:
                 out[k] = v
@@ -524,7 +524,7 @@ def _without_accuracy_entries(d: Mapping[str, Any]) -> dict[str, Any]:
 def accuracy_list(entries: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     if not entries:
         return '<p class="empty">No held-out accuracy in summary.json.</p>'
-    body = "".join(f'<tr><td class="txt strategy">{_esc(name)}</td>{_accuracy_cell(e)}{_td(e.get("n"), "int")}</tr>'
+    body = "".join(f'<tr><td class="txt strategy">{escape(name)}</td>{accuracy_cell(e)}{table_cell(e.get("n"), "int")}</tr>'
                    for name, e in entries)
     return ('<div class="table-wrap"><table class="results"><thead><tr><th>measured</th>'
             '<th class=num colspan="2">accuracy [95% CI]</th><th class=num>n</th></tr></thead>'
@@ -543,8 +543,8 @@ def _training_sections(s: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
         body = training_table(rows) + ('<p class="hint">Held-out accuracy after each iteration (iteration 0: the '
                                        'starting model); compute columns are running totals.</p>')
         last = rows[-1] if rows else {}
-        compute = {k: _cum(last, k) for k in ("tokens_sampled", "tokens_trained", "flops", "wall_s")
-                   if _cum(last, k) is not None}
+        compute = {k: running_total(last, k) for k in ("tokens_sampled", "tokens_trained", "flops", "wall_s")
+                   if running_total(last, k) is not None}
         compute.update({k: s[k] for k in ("n_params", "device") if k in s})
         title = "Iterations"
         details = {k: v for k, v in details.items() if k not in compute}
@@ -586,32 +586,32 @@ def render_html(run: RunData, generated: str | None = None) -> str:
         first = (f'<section id="results"><h2>Results</h2>{results_table(s["results"])}'
                  '<p class="hint">Accuracy bars show the 95% confidence interval as a whisker.</p></section>')
         first_title, compute = "Results", s.get("compute") or {}
-    meta_html = "".join(f'<div class="meta-item"><span class="meta-k">{_esc(k)}</span>'
-                        f'<span class="meta-v">{_esc(_fmt(v))}</span></div>' for k, v in meta if v is not None)
+    meta_html = "".join(f'<div class="meta-item"><span class="meta-k">{escape(k)}</span>'
+                        f'<span class="meta-v">{escape(format_cell(v))}</span></div>' for k, v in meta if v is not None)
     nav = [("results", first_title), ("plots", "Plots"), ("trees", "Search trees"), ("config", "Config"),
            ("compute", "Compute"), ("files", "Files")]
     extra = {} if training else s.get("extra") or {}
     if extra:
         nav.insert(1, ("extra", "Tables"))
-    nav_html = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in nav)
+    nav_html = "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in nav)
 
     sections = [first]
     if extra:
         parts = []
         for name, rows in extra.items():
             body = generic_table(rows) if isinstance(rows, list) else kv_table(rows) if isinstance(rows, dict) \
-                else f"<p>{_esc(_fmt(rows))}</p>"
-            parts.append(f"<h3>{_esc(name)}</h3>{body}")
+                else f"<p>{escape(format_cell(rows))}</p>"
+            parts.append(f"<h3>{escape(name)}</h3>{body}")
         sections.append(f'<section id="extra"><h2>Tables</h2>{"".join(parts)}</section>')
     if run.plots:
-        figs = "".join(f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,'
-                       f'{base64.b64encode(data).decode("ascii")}"><figcaption>{_esc(name)}</figcaption></figure>'
+        figs = "".join(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,'
+                       f'{base64.b64encode(data).decode("ascii")}"><figcaption>{escape(name)}</figcaption></figure>'
                        for name, data in run.plots)
         sections.append(f'<section id="plots"><h2>Plots</h2><div class="plots">{figs}</div></section>')
     else:
         sections.append('<section id="plots"><h2>Plots</h2><p class="empty">No PNG plots in this run directory.'
                         '</p></section>')
-    notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in run.trees.notes)
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in run.trees.notes)
     sections.append(f"""<section id="trees"><h2>Search trees</h2>{notes}
 <div id="tree-app"><p class="empty" id="tree-empty">No search trees in this run ({TREES_FILE} is absent or empty).</p>
 <div id="tree-ui" hidden>
@@ -627,7 +627,7 @@ def render_html(run: RunData, generated: str | None = None) -> str:
     <span class="mark bad">✗</span>wrong <span class="tag term">terminal</span>final step</div>
   <ul id="tree-view" class="tree" role="tree"></ul>
 </div></div></section>""")
-    sections.append(f'<section id="config"><h2>Config</h2><p class="hint">from {_esc(run.config_source)}</p>'
+    sections.append(f'<section id="config"><h2>Config</h2><p class="hint">from {escape(run.config_source)}</p>'
                     f'{kv_table(run.config)}</section>')
     sections.append(f'<section id="compute"><h2>Compute</h2>{kv_table(compute)}</section>')
     if training:
@@ -649,8 +649,8 @@ def render_html(run: RunData, generated: str | None = None) -> str:
 def fill_page(*, title: str, meta_html: str, nav_html: str, generated: str, sections: Sequence[str],
               run_json: Any, trees: Sequence[Any] = (), js: str = "") -> str:
     """The page template with its parts filled in (``title`` and ``generated`` are escaped here)."""
-    fills = {"TITLE": _esc(title), "CSS": _CSS, "JS": js, "META": meta_html, "NAV": nav_html,
-             "GENERATED": _esc(generated), "SECTIONS": "\n".join(sections), "RUN_JSON": _script_json(run_json),
+    fills = {"TITLE": escape(title), "CSS": _CSS, "JS": js, "META": meta_html, "NAV": nav_html,
+             "GENERATED": escape(generated), "SECTIONS": "\n".join(sections), "RUN_JSON": _script_json(run_json),
              "TREE_JSON": _script_json(list(trees))}
     # one pass, so a placeholder-looking string inside the data is never substituted itself
     return re.sub(r"%%([A-Z_]+)%%", lambda m: fills[m.group(1)], _TEMPLATE)

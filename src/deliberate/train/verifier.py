@@ -357,7 +357,7 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str 
         raise DeliberateError(f"train {cfg.kind}: no training example (every labelled solution is empty "
                               f"or longer than the model's {max_len} positions)")
     sft_ex = []
-    n_sft = int(round(cfg.batch_size * cfg.sft_mix))
+    n_sft = round(cfg.batch_size * cfg.sft_mix)
     if n_sft:
         for p in task.problems("train", 5000, seed=cfg.seed):
             r = task.rationale(p)
