@@ -173,6 +173,56 @@ def test_summary_shape_and_numbers(tmp_path):
     assert "maj@k" in table and "95% CI" in table and len(table.splitlines()) == 2 + len(summary["results"])
 
 
+class StepPlusTask(PlusTask):
+    """PlusTask whose completions show their sum as a step ``a+b=c``, checked by ``step_correct``."""
+
+    name = "stepplus"
+
+    def step_correct(self, problem, steps):
+        a, b = map(int, re.search(r"what is (\d+)\+(\d+)", problem.question).groups())
+        out, ok = [], True
+        for line in steps:
+            m = re.fullmatch(r"(\d+)\+(\d+)=(\d+)", line)
+            ok = ok and (bool(m) and (int(m[1]), int(m[2]), int(m[3])) == (a, b, a + b)
+                         or line == f"answer: {problem.answer}")
+            out.append(ok)
+        return out
+
+
+def step_plus_script(prompt, rng):
+    """Right steps and answer, a wrong step then the right answer anyway (lucky), or wrong throughout."""
+    a, b = map(int, re.search(r"what is (\d+)\+(\d+)", prompt).groups())
+    u = rng.random()
+    if u < 0.3:
+        return f" {a}+{b}={a + b}\nanswer: {a + b}\n\n"
+    if u < 0.6:
+        return f" {a}+{b}={a + b + 1}\nanswer: {a + b}\n\n"
+    return f" {a}+{b}={a + b + 1}\nanswer: {a + b + 1}\n\n"
+
+
+def test_process_pass_counts_right_answers_through_right_steps_only(tmp_path):
+    task = StepPlusTask()
+    summary = run_eval(config(tmp_path, task="stepplus"), FakeBackend(step_plus_script), task=task, progress=False)
+    res = {(r["strategy"], r["n"]): r for r in summary["results"]}
+    assert [k for (s, k) in res if s == "process-pass@k"] == [1, 2, 4, 8]
+    by = {r.key: r for r in load_records(tmp_path / "records.jsonl")}
+    probs = task.problems("test", 12, 3)
+    rows_ = [[by[(p.id, "sample", j)] for j in range(8)] for p in probs]
+    lucky = sum(r.correct and "=" in r.text and not task.step_correct(p, task.split_steps(r.text))[0]
+                for p, row in zip(probs, rows_) for r in row)
+    assert lucky > 0
+    right_steps = [[r.correct and all(task.step_correct(p, task.split_steps(r.text))) for r in row]
+                   for p, row in zip(probs, rows_)]
+    assert res[("process-pass@k", 1)]["accuracy"] == pytest.approx(sum(map(sum, right_steps)) / (12 * 8))
+    assert res[("process-pass@k", 8)]["accuracy"] == pytest.approx(sum(map(any, right_steps)) / 12)
+    assert res[("process-pass@k", 1)]["accuracy"] < res[("pass@k", 1)]["accuracy"]
+    for k in (1, 2, 4, 8):
+        assert res[("process-pass@k", k)]["accuracy"] <= res[("pass@k", k)]["accuracy"] + 1e-12
+    table = format_table(summary)
+    assert all(len(line.split()) >= 5 for line in table.splitlines()[2:])
+    assert len({line.index(" [") for line in table.splitlines()[2:]}) == 1  # columns stay aligned
+
+
 def test_same_seed_same_records_and_summary(tmp_path):
     a = run_eval(config(tmp_path / "a"), FakeBackend(plus_script), task=PlusTask(), progress=False)
     b = run_eval(config(tmp_path / "b", batch_size=2), FakeBackend(plus_script), task=PlusTask(), progress=False)

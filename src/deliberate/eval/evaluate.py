@@ -1,7 +1,8 @@
 """The ``eval`` job: sample n completions per problem, then report pass@k, maj@k and greedy accuracy.
 
 One sampling pass gives the whole inference-scaling curve: for every k in ``ns`` the unbiased
-pass@k and maj@k estimators (``deliberate.eval.metrics``) are computed from the same n samples,
+pass@k and maj@k estimators (``deliberate.eval.metrics``) are computed from the same n samples
+(and, for tasks with a step checker, process-pass@k: pass@k over right answers reached through right steps),
 with 95% bootstrap intervals over problems, and each row carries the compute it stands for.
 Every sample is written to ``<out>/records.jsonl`` the moment it exists, so a killed run resumes
 where it stopped (the seeding contract regenerates identical samples).
@@ -192,7 +193,9 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
     ``{"strategy", "n", "accuracy", "ci", "generated_tokens", "wall_s", "n_problems"}`` for
     "greedy" (n=1), "sample" (mean single-sample accuracy, n=1), and "pass@k" and "maj@k" for each
     k in ``config.ns`` (mean over problems of the unbiased per-problem estimator; ``ci`` is the 95%
-    bootstrap interval over problems). Row compute is computed from the records, so a resumed run
+    bootstrap interval over problems); for a task with a step checker also "process-pass@k", pass@k
+    counting only right answers whose every step passes the checker (the ceiling of any process
+    verifier's selection: right answers after wrong steps are lucky). Row compute is computed from the records, so a resumed run
     reports the same numbers as an uninterrupted one: ``generated_tokens`` is the expected tokens
     the strategy generates over all problems (k x the problem's mean tokens per sample, summed;
     greedy: its actual tokens); ``wall_s`` is the measured time of the greedy calls, and for sampled
@@ -288,6 +291,12 @@ def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Seq
     c = correct.sum(axis=1)
     for k in config.ns:
         results.append(row("pass@k", k, [pass_at_k(n, int(ci), k) for ci in c], k * mean_tokens, sample_wall * k / n))
+    process = _process_correct(task, problems, samples, correct)
+    if process is not None:  # the ceiling of process-verified selection: right answers through right steps only
+        cp = process.sum(axis=1)
+        for k in config.ns:
+            results.append(row("process-pass@k", k, [pass_at_k(n, int(ci), k) for ci in cp], k * mean_tokens,
+                               sample_wall * k / n))
     for k in config.ns:
         vals = [maj_at_k(answers[i], correct[i].tolist(), k, seed=config.seed * 1_000_003 + i) for i in range(P)]
         results.append(row("maj@k", k, vals, k * mean_tokens, sample_wall * k / n))
@@ -295,13 +304,23 @@ def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Seq
             "compute": (compute or Compute()).to_dict(), "config": config.to_dict()}
 
 
+def _process_correct(task: Task, problems: Sequence[Problem], samples: Sequence[Sequence[SampleRecord]],
+                     correct: np.ndarray) -> np.ndarray | None:
+    """(P, n) bool: right answer *and* every step passes the task's step checker; None when the task has none."""
+    if not problems or task.steps_all_correct(problems[0], samples[0][0].text) is None:
+        return None
+    return np.array([[bool(correct[i, j]) and bool(task.steps_all_correct(p, r.text)) for j, r in enumerate(row)]
+                     for i, (p, row) in enumerate(zip(problems, samples))], dtype=bool)
+
+
 def format_table(summary: Mapping[str, Any]) -> str:
     """A fixed-width text table of the summary's rows: strategy, n, accuracy, 95% CI, tokens."""
+    w = max([10] + [len(str(r["strategy"])) for r in summary["results"]])
     lines = [f"{summary.get('task')} | {summary.get('model')} | seed {summary.get('seed')}",
-             f"{'strategy':<10} {'n':>4} {'accuracy':>9} {'95% CI':>17} {'tokens':>12}"]
+             f"{'strategy':<{w}} {'n':>4} {'accuracy':>9} {'95% CI':>17} {'tokens':>12}"]
     for r in summary["results"]:
         lo, hi = r["ci"]
-        lines.append(f"{r['strategy']:<10} {r['n']:>4} {r['accuracy']:>9.3f} {f'[{lo:.3f}, {hi:.3f}]':>17} "
+        lines.append(f"{r['strategy']:<{w}} {r['n']:>4} {r['accuracy']:>9.3f} {f'[{lo:.3f}, {hi:.3f}]':>17} "
                      f"{r['generated_tokens']:>12.0f}")
     return "\n".join(lines)
 

@@ -83,6 +83,13 @@ class Task(ABC):
         """Ground-truth correctness of each step prefix, when the task can check steps (else None)."""
         return None
 
+    def steps_all_correct(self, problem: Problem, text: str) -> bool | None:
+        """Whether every step of ``text`` passes :meth:`step_correct` (None when the task has no step checker).
+
+        A right answer with this False is a *lucky* one: no process verifier should rank it first."""
+        flags = self.step_correct(problem, self.split_steps(text))
+        return None if flags is None else bool(flags) and all(flags)
+
     def normalize(self, answer: str | None) -> str | None:
         """Canonical form used to group answers for majority vote."""
         return None if answer is None else answer.strip()

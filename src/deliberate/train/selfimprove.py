@@ -181,7 +181,7 @@ def check_verified_mode(task: Task, mode: str, what: str) -> None:
 def verified(task: Task, problem: Problem, text: str, correct: bool, mode: str) -> bool:
     """Whether a sample counts as verified: ``"outcome"`` — its answer is right (``correct``); ``"process"``
     — also every step passes the task's step checker, so right answers after wrong steps do not count."""
-    return correct and (mode == "outcome" or all(task.step_correct(problem, task.split_steps(text))))
+    return correct and (mode == "outcome" or bool(task.steps_all_correct(problem, text)))
 
 
 def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
