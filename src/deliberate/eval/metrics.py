@@ -164,3 +164,42 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, alpha: float = 0.0
         means[start:start + m] = v[rng.integers(0, v.size, size=(m, v.size))].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def bootstrap_ratio_ci(numerator: Sequence[float], denominator: Sequence[float], n_boot: int = 2000,
+                       alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``mean(numerator) / mean(denominator)`` (one pair per problem).
+
+    Problems are resampled jointly, so the interval of e.g. best-of-N accuracy as a fraction of pass@N
+    accounts for both being measured on the same problems. Resamples whose denominator mean is 0 are
+    dropped (a ratio of nothing); every resample being such is an error.
+
+    >>> bootstrap_ratio_ci([1.0, 0.0], [1.0, 1.0], n_boot=1)[0] in (0.0, 0.5, 1.0)
+    True
+    >>> bootstrap_ratio_ci([0.5] * 10, [1.0] * 10)
+    (0.5, 0.5)
+    """
+    num = np.asarray(numerator, dtype=np.float64).ravel()
+    den = np.asarray(denominator, dtype=np.float64).ravel()
+    if num.size == 0 or num.size != den.size:
+        raise DeliberateError(f"bootstrap_ratio_ci needs two equal-length, non-empty sequences "
+                              f"(got {num.size} and {den.size} values)")
+    if not (np.all(np.isfinite(num)) and np.all(np.isfinite(den))):
+        raise DeliberateError("bootstrap_ratio_ci: values must be finite")
+    if not isinstance(n_boot, int) or n_boot < 1:
+        raise DeliberateError(f"n_boot must be an integer >= 1 (got {n_boot!r})")
+    if not 0 < alpha < 1:
+        raise DeliberateError(f"alpha must be in (0, 1) (got {alpha!r})")
+    rng = np.random.default_rng(seed)
+    ratios = []
+    chunk = max(1, 4_000_000 // num.size)
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, num.size, size=(min(chunk, n_boot - start), num.size))
+        d = den[idx].mean(axis=1)
+        ok = d != 0
+        ratios.append(num[idx][ok].mean(axis=1) / d[ok])
+    r = np.concatenate(ratios)
+    if r.size == 0:
+        raise DeliberateError("bootstrap_ratio_ci: the denominator is 0 in every resample")
+    lo, hi = np.quantile(r, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
