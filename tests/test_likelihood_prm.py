@@ -166,3 +166,60 @@ def test_sweep_warns_when_an_outcome_verifier_is_not_read_at_the_last_step(tiny_
     with caplog.at_level("WARNING", logger="deliberate.eval.sweep"):
         assert main_cli(sweep + ["--setting", "aggregation=last", "--out", str(tmp_path / "last")]) == 0
     assert "outcome verifier" not in caplog.text
+
+
+def test_engine_tail_logprobs_match_a_plain_forward_cold_and_from_the_prefix_cache(tiny_ckpt):
+    from deliberate.models.engine import Engine
+
+    model, tok = load_tiny(tiny_ckpt)
+    eng = Engine(model, tok)
+    prompt = "Q: Eva has 12 books. She gives 8 away.\nA:\n"
+    parent, child = prompt + "12-8=4", prompt + "12-8=4\nAnswer: 4"
+    direct = _direct_logprobs(model, tok, prompt, "12-8=4\nAnswer: 4")
+    cold = eng.tail_logprobs([parent], [6])[0]
+    assert cold.tolist() == pytest.approx(direct[:6], abs=1e-4)
+    assert eng.stats.cached_tokens == 0
+    warm = eng.tail_logprobs([child, parent], [9, 3])  # the child extends the cached parent
+    assert warm[0].tolist() == pytest.approx(direct[-9:], abs=1e-4)
+    assert warm[1].tolist() == pytest.approx(direct[3:6], abs=1e-4)
+    assert eng.stats.cached_tokens > 0  # only the new tokens ran
+    with pytest.raises(DeliberateError, match="tail"):
+        eng.tail_logprobs([parent], [0])
+    with pytest.raises(DeliberateError, match="tail"):
+        eng.tail_logprobs([parent], [1 + len(parent)])
+    with pytest.raises(DeliberateError, match="tail lengths"):
+        eng.tail_logprobs([parent, child], [1])
+
+
+def test_search_style_scoring_runs_only_new_steps_and_matches_the_full_forward(tiny_ckpt, tmp_path):
+    """A search scores parent prefixes, then children one step longer: the incremental path (memoised
+    features + the engine's prefix cache) must give the scores of a from-scratch forward."""
+    from deliberate.rewards.likelihood import CALIBRATION, LikelihoodPRM
+
+    model, tok = load_tiny(tiny_ckpt)
+    cal = {"features": list(FEATURES), "mu": [-3.0, -1.5, -4.0], "sd": [2.0, 1.0, 2.5], "w": [0.8, 0.5, 1.1],
+           "b": -0.2, "target": "step"}
+    (tmp_path / CALIBRATION).write_text(json.dumps(cal))
+    task = get_task("arith", min_ops=2, max_ops=3, max_operand=9)
+    problems = task.problems("test", 6, seed=0)
+    sols = [list(task.split_steps(task.rationale(p))) for p in problems]
+    sols += [[s.replace("=", "=1", 1) for s in sol] for sol in sols]  # wrong variants share the prompts
+    problems = problems * 2
+    search = LikelihoodPRM(model, tok, cal, task=task)
+    full = LikelihoodPRM(model, tok, cal, task=task)
+    full._eng = False  # the from-scratch path only
+    got, nodes = {}, []
+    for k in range(1, max(map(len, sols)) + 1):  # round k: every node one step longer
+        batch = [(p, s[:k]) for p, s in zip(problems, sols) if len(s) >= k]
+        nodes += batch
+        for (p, s), sc in zip(batch, search.score_batch(batch)):
+            got[(p.id, tuple(s))] = sc
+    ref = full.score_batch(nodes)
+    for (p, s), r in zip(nodes, ref):
+        assert got[(p.id, tuple(s))] == pytest.approx(r, abs=1e-5)
+    assert search.stats.sequences == len(nodes) > len(sols)
+    assert search._eng.stats.cached_tokens > search._eng.stats.prefill_tokens  # most of each prefix was reused
+    assert search.stats.tokens < full.stats.tokens / 2  # rescoring every node from scratch runs > 2x the tokens
+    calls = search.stats.calls
+    again = search.score_batch([(problems[0], sols[0])])  # all known: no model call
+    assert again[0] == got[(problems[0].id, tuple(sols[0]))] and search.stats.calls == calls

@@ -339,8 +339,10 @@ class _LlamaRunner:
         return 2 * self.n_layers * self.n_kv * self.head_dim * next(self.model.parameters()).element_size()
 
     def start(self, ids: torch.Tensor, pad: torch.Tensor, total_len: int,
-              reuse: Sequence[tuple[torch.Tensor, torch.Tensor, int] | None] | None = None) -> torch.Tensor:
-        """Prefill ``ids`` [B, P] (left-padded by ``pad`` [B]); returns last-position logits [B, V].
+              reuse: Sequence[tuple[torch.Tensor, torch.Tensor, int] | None] | None = None,
+              all_logits: bool = False) -> torch.Tensor:
+        """Prefill ``ids`` [B, P] (left-padded by ``pad`` [B]); returns last-position logits [B, V], or with
+        ``all_logits`` the logits of every computed position, packed row by row in slot order [N, V].
 
         ``reuse[b] = (K, V, m)`` gives row ``b``'s first ``m`` real tokens' KV (``[n_layers, n_kv, >=m,
         head_dim]``, from the prefix cache): those slots are copied, not computed, and only the rest
@@ -391,7 +393,7 @@ class _LlamaRunner:
         mask = causal[None, None] & valid[:, None, None, :]  # [B, 1, Lq, P]
         # padded query rows see nothing valid; let them attend to themselves to avoid NaNs
         mask = mask | (qslots[:, None] == kslots[None, :])[None, None]
-        return self._prefill(ids[:, q0:], pos, q0, mask, compute)
+        return self._prefill(ids[:, q0:], pos, q0, mask, compute, all_logits)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row [B]; returns next-token logits [B, V]."""
@@ -447,7 +449,7 @@ class _LlamaRunner:
         return k.transpose(-1, -2).contiguous(), v
 
     def _prefill(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor,
-                 keep: torch.Tensor) -> torch.Tensor:
+                 keep: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         """Run the ``keep`` tokens of ``ids`` [B, L] (slots ``start..start+L``) and write their KV.
 
         The per-token work (norms, projections, MLP) runs on those tokens only, packed; attention
@@ -495,6 +497,8 @@ class _LlamaRunner:
             x = x + layer.self_attn.o_proj(o)
             x = x + self._mlp(i, layer, layer.post_attention_layernorm(x))
         self.len = end
+        if all_logits:
+            return self.head(self.inner.norm(x)).float()
         last = keep.sum(dim=1).cumsum(0) - 1  # each row's last real token (the last slot) in the packing
         x = self.inner.norm(x.index_select(0, last))
         return self.head(x).float()
@@ -875,9 +879,30 @@ class Engine:
         filling the prefix cache: scoring a partial solution that extends an already-scored one runs
         only its new tokens. This is how a reward model (``LlamaForTokenClassification``) scores the
         newest step of each search node incrementally."""
-        if self.runner_cls is not _LlamaRunner:
-            raise DeliberateError("last_logits needs a Llama-style model")
+        out = self._cached_prefill([self.encode_prompt(p) for p in prompts], None)
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+    @torch.inference_mode()
+    def tail_logprobs(self, prompts: Sequence[str], tails: Sequence[int]) -> list[torch.Tensor]:
+        """Log-probability of each of the last ``tails[i]`` tokens of ``prompts[i]`` given everything before
+        it (a float32 CPU tensor of ``tails[i]`` values per prompt), using and filling the prefix cache like
+        :meth:`last_logits`: a text extending an already-run one runs only its new tokens. This is how a
+        likelihood verifier (``rewards/likelihood.py``) scores the newest step of each search node."""
         encoded = [self.encode_prompt(p) for p in prompts]
+        if len(tails) != len(encoded):
+            raise DeliberateError(f"tail_logprobs: {len(encoded)} prompts but {len(tails)} tail lengths")
+        for e, n in zip(encoded, tails):
+            if not 1 <= n < len(e):
+                raise DeliberateError(f"tail_logprobs: a tail of {n} tokens needs 1 <= tail < the sequence's "
+                                      f"{len(e)} tokens (the first token has no prediction)")
+        return self._cached_prefill(encoded, list(tails))
+
+    def _cached_prefill(self, encoded: list[list[int]], tails: list[int] | None) -> list[torch.Tensor]:
+        """One prefill per chunk of rows, reusing and filling the prefix cache. ``tails is None``: each
+        chunk's last-position logits [rows, V]; else one tensor per row, the log-probs of its last
+        ``tails[i]`` tokens (the cached prefix is cut so that every position predicting them is computed)."""
+        if self.runner_cls is not _LlamaRunner:
+            raise DeliberateError("last_logits / tail_logprobs need a Llama-style model")
         if self.prefix_cache is not None:
             self._check_weights()
         out: list[torch.Tensor] = []
@@ -885,6 +910,7 @@ class Engine:
         size = self.rows_per_chunk(max((len(e) for e in encoded), default=0))
         for c in range(0, len(encoded), size):
             chunk = encoded[c:c + size]
+            keep_last = [1] * len(chunk) if tails is None else [n + 1 for n in tails[c:c + size]]
             P = max(len(e) for e in chunk)
             if self.max_positions and P > self.max_positions:
                 raise DeliberateError(f"sequence of {P} tokens does not fit the model's context of "
@@ -897,15 +923,16 @@ class Engine:
             runner = _LlamaRunner(self.model)
             cache = self.prefix_cache
             reuse = None
-            reused = 0
+            ms = [0] * len(chunk)
             if cache is not None:
                 reuse = []
-                for e in chunk:
+                for k, e in enumerate(chunk):
                     entry, m = cache.lookup(e)
-                    m = min(m, len(e) - 1)
+                    m = min(m, len(e) - keep_last[k])  # the positions whose logits are asked must run
                     reuse.append((entry.k, entry.v, m) if entry is not None and m > 0 else None)
-                reused = sum(r[2] for r in reuse if r is not None)
-            logits = runner.start(ids.to(dev), pad.to(dev), P, reuse=reuse)
+                    ms[k] = m if entry is not None and m > 0 else 0
+            reused = sum(ms)
+            logits = runner.start(ids.to(dev), pad.to(dev), P, reuse=reuse, all_logits=tails is not None)
             del reuse
             self.stats.prefill_tokens += sum(len(e) for e in chunk) - reused
             self.stats.cached_tokens += reused
@@ -914,8 +941,16 @@ class Engine:
                 per_tok = runner.kv_bytes_per_token
                 for b, e in enumerate(chunk):
                     cache.insert(e, per_tok * len(e), partial(runner.row_kv, b))
-            out.append(logits)
-        return torch.cat(out) if out else torch.zeros(0, device=dev)
+            if tails is None:
+                out.append(logits)
+                continue
+            rows = torch.split(logits, [len(e) - m for e, m in zip(chunk, ms)])
+            for e, n, lg in zip(chunk, keep_last, rows):
+                n -= 1  # tail tokens; logits at the n positions before each of them predict them
+                target = torch.tensor(e[len(e) - n:], dtype=torch.long, device=lg.device)
+                lp = lg[-(n + 1):-1].log_softmax(-1).gather(-1, target[:, None])[:, 0]
+                out.append(lp.cpu())
+        return out
 
     def _run_chunk(self, chunk, prompts, encoded, params: SamplingParams) -> list[_Row]:
         dev = self.device

@@ -137,16 +137,74 @@ class LikelihoodPRM(Verifier):
         self._mu, self._sd = torch.tensor(calibration["mu"]), torch.tensor(calibration["sd"])
         self._w, self._b = torch.tensor(calibration["w"]), float(calibration["b"])
 
+    def _scores(self, feats: Sequence[Sequence[float]]) -> list[float]:
+        z = ((torch.tensor(feats, dtype=torch.float32) - self._mu) / self._sd) @ self._w + self._b
+        return torch.sigmoid(z).tolist()
+
+    # --- incremental scoring for search ------------------------------------------------------
+    # A search scores a child = parent prefix + one new step. The features of every earlier step are the
+    # parent's (remembered in `_memo`); the new step's are its characters' log-probs, which an Engine over
+    # the LM computes from the parent's cached KV (`Engine.tail_logprobs`): only the new step's tokens run.
+    # Cold candidates whose earlier steps are unknown, and sequences too long for the LM's context, take
+    # the full batched forward (`step_features`). Both give the same scores up to float noise (tested).
+    _MEMO_MAX = 500_000
+
+    def _engine(self):
+        if getattr(self, "_eng", None) is None:
+            from deliberate.models.engine import Engine, _is_llama_like
+
+            self._eng = Engine(self.model, self.tokenizer, max_batch_size=self.batch_size) \
+                if _is_llama_like(self.model) else False
+            self._memo: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+            self._max_len = int(getattr(self.model.config, "max_position_embeddings", 512))
+        return self._eng
+
+    def _remember(self, prompt: str, steps: Sequence[str], feats: Sequence[Sequence[float]]) -> None:
+        if len(self._memo) > self._MEMO_MAX:
+            self._memo.clear()
+        for k, f in enumerate(feats):
+            self._memo[(prompt, tuple(steps[:k + 1]))] = list(f)
+
+    @torch.inference_mode()
     def score_batch(self, items):
-        todo = [(i, problem_prompt(self.task, p), list(s)) for i, (p, s) in enumerate(items) if len(s)]
         out: list[list[float]] = [[] for _ in items]
-        feats, n_tokens = step_features(self.model, self.tokenizer, [(p, s) for _, p, s in todo], self.batch_size)
-        for (i, _, _), f in zip(todo, feats):
-            z = ((torch.tensor(f) - self._mu) / self._sd) @ self._w + self._b
-            out[i] = torch.sigmoid(z).tolist()
-        self.stats.tokens += n_tokens
-        self.stats.sequences += len(todo)
-        self.stats.calls += -(-len(todo) // self.batch_size)
+        eng = self._engine()
+        inc, full = [], []
+        for i, (p, steps) in enumerate(items):
+            steps = list(steps)
+            if not steps:
+                continue
+            prompt = problem_prompt(self.task, p)
+            known = [self._memo.get((prompt, tuple(steps[:k + 1]))) for k in range(len(steps))] if eng else []
+            if eng and all(f is not None for f in known):
+                out[i] = self._scores(known)
+            elif (eng and all(f is not None for f in known[:-1]) and steps[-1]
+                  and 1 + len(prompt) + len("\n".join(steps)) < self._max_len):
+                inc.append((i, prompt, steps, known[:-1]))
+            else:
+                full.append((i, prompt, steps))
+        if inc:
+            before = eng.stats.prefill_tokens
+            lps = eng.tail_logprobs([prompt + "\n".join(steps) for _, prompt, steps, _ in inc],
+                                    [len(steps[-1]) for _, _, steps, _ in inc])
+            self.stats.calls += 1
+            self.stats.sequences += len(inc)
+            self.stats.tokens += eng.stats.prefill_tokens - before
+            for (i, prompt, steps, known), lp in zip(inc, lps):
+                seg = lp.tolist()
+                run_min = min(0.0, *(f[0] for f in known), sum(seg))
+                feats = [*known, [sum(seg), min(seg), run_min]]
+                self._remember(prompt, steps, feats)
+                out[i] = self._scores(feats)
+        if full:
+            feats, n_tokens = step_features(self.model, self.tokenizer, [(p, s) for _, p, s in full], self.batch_size)
+            for (i, prompt, steps), f in zip(full, feats):
+                out[i] = self._scores(f)
+                if eng and 1 + len(prompt) + len("\n".join(steps)) < self._max_len:
+                    self._remember(prompt, steps, f)
+            self.stats.tokens += n_tokens
+            self.stats.sequences += len(full)
+            self.stats.calls += -(-len(full) // self.batch_size)
         return out
 
     def describe(self):
