@@ -42,7 +42,8 @@ def fraction(rows: list[dict], strategy: str, n: int) -> dict | None:
         return None
     return {"n": n, "problems": len(pids), "accuracy": sum(a) / len(a), "pass": sum(c) / len(c),
             "fraction": sum(a) / sum(c), "ci": list(bootstrap_ratio_ci(a, c)),
-            "per_seed": {s: sum(x for x, _ in v) / max(1e-12, sum(y for _, y in v)) for s, v in sorted(per_seed.items())}}
+            "per_seed": {s: sum(x for x, _ in v) / max(1e-12, sum(y for _, y in v))
+                         for s, v in sorted(per_seed.items())}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,9 +195,9 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
     k in ``config.ns`` (mean over problems of the unbiased per-problem estimator; ``ci`` is the 95%
     bootstrap interval over problems); for a task with a step checker also "process-pass@k", pass@k
     counting only right answers whose every step passes the checker (the ceiling of any process
-    verifier's selection: right answers after wrong steps are lucky). Row compute is computed from the records, so a resumed run
-    reports the same numbers as an uninterrupted one: ``generated_tokens`` is the expected tokens
-    the strategy generates over all problems (k x the problem's mean tokens per sample, summed;
+    verifier's selection: right answers after wrong steps are lucky). Row compute is computed from the
+    records, so a resumed run reports the same numbers as an uninterrupted one: ``generated_tokens``
+    is the expected tokens the strategy generates over all problems (k x the problem's mean tokens per sample, summed;
     greedy: its actual tokens); ``wall_s`` is the measured time of the greedy calls, and for sampled
     strategies the sampling time prorated by k/n (each sample is charged an equal share of its
     call's time). ``compute`` is what *this* invocation spent (backend calls, tokens, wall time),
