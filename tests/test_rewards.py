@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -384,6 +385,22 @@ def test_hf_verifier_bad_path(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # GenRM
 # ---------------------------------------------------------------------------------------------
+
+def test_genrm_smollm2_alias_resolves_like_the_hf_backend(tiny_ckpt, task, monkeypatch):
+    """`genrm:smollm2` loads the converted SmolLM2 checkpoint, as `--model smollm2` does (the conversion is
+    replaced here by a tiny checkpoint); an unknown name is still one clear error."""
+    import deliberate.models.smollm2 as smollm2
+
+    asked = []
+    monkeypatch.setattr(smollm2, "smollm2_checkpoint", lambda cache_dir=None, **kw: asked.append(cache_dir) or
+                        Path(tiny_ckpt))
+    v = get_verifier("genrm:smollm2", task=task)
+    p = task.problems("test", 1, seed=0)[0]
+    scores = v.score_batch([(p, list(task.split_steps(task.rationale(p))))])[0]
+    assert asked == [None] and scores and all(0 < x < 1 for x in scores)
+    with pytest.raises(DeliberateError, match="genrm:smollm2"):
+        get_verifier("genrm:no-such-model", task=task)
+
 
 def test_genrm_scores_and_training(tiny_ckpt, labels_file, tmp_path, task):
     from deliberate.train.verifier import VerifierTrainConfig, train_verifier

@@ -124,15 +124,20 @@ class GenerativeVerifier(Verifier):
 
 
 def load_genrm(path: str | Path, task=None, device: str = "auto", dtype: str = "auto", **kw: Any) -> GenerativeVerifier:
-    """A tiny checkpoint (has ``char_tokenizer.json``) or an HF causal LM directory, on ``device`` (``auto``: a
+    """A tiny checkpoint (has ``char_tokenizer.json``), an HF causal LM directory, or ``smollm2`` (the built-in
+    SmolLM2-135M-Instruct, converted once and cached as for ``--model smollm2``), on ``device`` (``auto``: a
     CUDA GPU when there is one, else the CPU); ``dtype`` ``auto`` is float32 for a tiny checkpoint and, for an HF
     one, bfloat16 on Ampere+ GPUs, else float32."""
     from deliberate.models.engine import resolve_device, resolve_dtype
+    from deliberate.models.hf import ALIASES, resolve_path
 
     dev = resolve_device(device, what="genrm")
     d = Path(path)
+    if not d.is_dir() and str(path).strip().lower() in ALIASES:  # genrm:smollm2, as --model smollm2
+        d = resolve_path(path)[0]
     if not d.is_dir():
-        raise DeliberateError(f"genrm: checkpoint {str(d)!r} not found (train one with `deliberate train genrm`)")
+        raise DeliberateError(f"genrm: checkpoint {str(d)!r} not found (train one with `deliberate train genrm`, "
+                              "or use genrm:smollm2 for the built-in SmolLM2-135M-Instruct)")
     own = ("char_tokenizer.json", "tokenizer.json", "tokenizer_config.json")
     if not any((d / f).exists() for f in own) and (d / "model" / "config.json").exists():
         d = d / "model"  # a `train genrm` output directory (its config.json is the training config)
