@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -150,12 +151,7 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, alpha: float = 0.0
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
         raise DeliberateError("bootstrap_ci needs at least one value")
-    if not np.all(np.isfinite(v)):
-        raise DeliberateError("bootstrap_ci: values must be finite")
-    if not isinstance(n_boot, int) or n_boot < 1:
-        raise DeliberateError(f"n_boot must be an integer >= 1 (got {n_boot!r})")
-    if not 0 < alpha < 1:
-        raise DeliberateError(f"alpha must be in (0, 1) (got {alpha!r})")
+    _check_bootstrap("bootstrap_ci", [v], n_boot, alpha)
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     chunk = max(1, 4_000_000 // v.size)  # bound memory at ~32 MB of indices per chunk
@@ -184,12 +180,7 @@ def bootstrap_ratio_ci(numerator: Sequence[float], denominator: Sequence[float],
     if num.size == 0 or num.size != den.size:
         raise DeliberateError(f"bootstrap_ratio_ci needs two equal-length, non-empty sequences "
                               f"(got {num.size} and {den.size} values)")
-    if not (np.all(np.isfinite(num)) and np.all(np.isfinite(den))):
-        raise DeliberateError("bootstrap_ratio_ci: values must be finite")
-    if not isinstance(n_boot, int) or n_boot < 1:
-        raise DeliberateError(f"n_boot must be an integer >= 1 (got {n_boot!r})")
-    if not 0 < alpha < 1:
-        raise DeliberateError(f"alpha must be in (0, 1) (got {alpha!r})")
+    _check_bootstrap("bootstrap_ratio_ci", [num, den], n_boot, alpha)
     rng = np.random.default_rng(seed)
     ratios = []
     chunk = max(1, 4_000_000 // num.size)
@@ -203,3 +194,12 @@ def bootstrap_ratio_ci(numerator: Sequence[float], denominator: Sequence[float],
         raise DeliberateError("bootstrap_ratio_ci: the denominator is 0 in every resample")
     lo, hi = np.quantile(r, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def _check_bootstrap(what: str, arrays: Sequence[np.ndarray], n_boot: Any, alpha: Any) -> None:
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise DeliberateError(f"{what}: values must be finite")
+    if not isinstance(n_boot, int) or n_boot < 1:
+        raise DeliberateError(f"n_boot must be an integer >= 1 (got {n_boot!r})")
+    if not 0 < alpha < 1:
+        raise DeliberateError(f"alpha must be in (0, 1) (got {alpha!r})")
