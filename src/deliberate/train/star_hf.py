@@ -89,22 +89,22 @@ class HFStarConfig:
         if not (self.epochs > 0):
             problems.append(f"epochs must be > 0 (got {self.epochs!r})")
         if self.prompt:
-            problems += _template_problems("prompt", self.prompt, "question")
-        problems += _template_problems("hint", self.hint, "answer")
+            problems += _template_errors("prompt", self.prompt, "question")
+        problems += _template_errors("hint", self.hint, "answer")
         if problems:
             raise DeliberateError("star-hf: " + "; ".join(problems))
 
 
-def _template_problems(name: str, template: str, field: str) -> list[str]:
-    """Why ``template`` is not a format string whose only placeholder is ``{field}``: one message, or an
-    empty list when it is such a string."""
+def _template_errors(name: str, template: str, field: str) -> list[str]:
+    """The error message for a ``template`` that is not a format string whose only placeholder is ``{field}``
+    (a one-item list), or an empty list for a valid template."""
     if not isinstance(template, str) or f"{{{field}}}" not in template:
         why = f"no {{{field}}}"
     else:
         try:
             template.format(**{field: "0"})
             return []
-        except (KeyError, IndexError, ValueError) as e:  # another placeholder, or a stray brace
+        except (KeyError, IndexError, ValueError) as e:  # format() rejects other placeholders and stray braces
             why = repr(e)
     return [f"{name} must be a format string with {{{field}}} only ({why} in {template!r})"]
 
