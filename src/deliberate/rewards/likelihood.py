@@ -175,14 +175,14 @@ class LikelihoodPRM(Verifier):
             if not steps:
                 continue
             prompt = problem_prompt(self.task, p)
+            fits = bool(eng) and 1 + len(prompt) + len("\n".join(steps)) < self._max_len  # not truncated
             known = [self._memo.get((prompt, tuple(steps[:k + 1]))) for k in range(len(steps))] if eng else []
             if eng and all(f is not None for f in known):
                 out[i] = self._scores(known)
-            elif (eng and all(f is not None for f in known[:-1]) and steps[-1]
-                  and 1 + len(prompt) + len("\n".join(steps)) < self._max_len):
+            elif fits and all(f is not None for f in known[:-1]) and steps[-1]:
                 inc.append((i, prompt, steps, known[:-1]))
             else:
-                full.append((i, prompt, steps))
+                full.append((i, prompt, steps, fits))
         if inc:
             before = eng.stats.prefill_tokens
             lps = eng.tail_logprobs([prompt + "\n".join(steps) for _, prompt, steps, _ in inc],
@@ -197,10 +197,11 @@ class LikelihoodPRM(Verifier):
                 self._remember(prompt, steps, feats)
                 out[i] = self._scores(feats)
         if full:
-            feats, n_tokens = step_features(self.model, self.tokenizer, [(p, s) for _, p, s in full], self.batch_size)
-            for (i, prompt, steps), f in zip(full, feats):
+            feats, n_tokens = step_features(self.model, self.tokenizer, [(p, s) for _, p, s, _ in full],
+                                            self.batch_size)
+            for (i, prompt, steps, fits), f in zip(full, feats):
                 out[i] = self._scores(f)
-                if eng and 1 + len(prompt) + len("\n".join(steps)) < self._max_len:
+                if fits:
                     self._remember(prompt, steps, f)
             self.stats.tokens += n_tokens
             self.stats.sequences += len(full)
