@@ -923,14 +923,13 @@ class Engine:
             runner = _LlamaRunner(self.model)
             cache = self.prefix_cache
             reuse = None
-            ms = [0] * len(chunk)
             if cache is not None:
                 reuse = []
                 for k, e in enumerate(chunk):
                     entry, m = cache.lookup(e)
                     m = min(m, len(e) - keep_last[k])  # the positions whose logits are asked must run
                     reuse.append((entry.k, entry.v, m) if entry is not None and m > 0 else None)
-                    ms[k] = m if entry is not None and m > 0 else 0
+            ms = [0 if r is None else r[2] for r in reuse or [None] * len(chunk)]  # cached tokens per row
             reused = sum(ms)
             logits = runner.start(ids.to(dev), pad.to(dev), P, reuse=reuse, all_logits=tails is not None)
             del reuse
@@ -944,9 +943,9 @@ class Engine:
             if tails is None:
                 out.append(logits)
                 continue
-            rows = torch.split(logits, [len(e) - m for e, m in zip(chunk, ms)])
-            for e, n, lg in zip(chunk, keep_last, rows):
-                n -= 1  # tail tokens; logits at the n positions before each of them predict them
+            rows = torch.split(logits, [len(e) - m for e, m in zip(chunk, ms)])  # computed positions per row
+            for e, n, lg in zip(chunk, tails[c:c + size], rows):
+                # the n tail tokens are predicted by the logits at the n positions before each of them
                 target = torch.tensor(e[len(e) - n:], dtype=torch.long, device=lg.device)
                 lp = lg[-(n + 1):-1].log_softmax(-1).gather(-1, target[:, None])[:, 0]
                 out.append(lp.cpu())
