@@ -89,7 +89,6 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return (a.index if a.index is not None else cur) == (b.index if b.index is not None else cur)
 
 
-
 def count_parameters(model: torch.nn.Module) -> int:
     """All parameters of ``model``; size-dependent choices (fusing small models' weights) and run logs use it."""
     return sum(p.numel() for p in model.parameters())

@@ -424,4 +424,3 @@ def _sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor | None
             if tok.device.type != "cpu" or bad.any():
                 tok = torch.where(bad, probs.argmax(dim=-1), tok)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
-

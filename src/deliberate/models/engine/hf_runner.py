@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+
 class HFRunner:
     """Fallback for any transformers causal LM: its own forward with a DynamicCache."""
 
@@ -54,4 +55,3 @@ class HFRunner:
         for layer in self.cache.layers:  # transformers >= 4.56 cache layout
             layer.keys = layer.keys.index_select(0, rows)
             layer.values = layer.values.index_select(0, rows)
-

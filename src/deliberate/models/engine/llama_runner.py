@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from deliberate.errors import DeliberateError
 from deliberate.models.engine.device import count_parameters
 
+
 def is_llama_like(model: torch.nn.Module) -> bool:
     """Models whose layers look exactly like HF Llama (q/k/v/o proj, RMSNorms, gated MLP, RoPE)."""
     cfg = getattr(model, "config", None)

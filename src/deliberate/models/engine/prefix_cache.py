@@ -154,4 +154,3 @@ class PrefixCache:
         ids.discard(eid)
         if not ids:
             del self._by_end[e.end]
-
