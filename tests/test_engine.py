@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deliberate.errors import DeliberateError
-from deliberate.models.engine import Engine, _HFRunner, _LlamaRunner
+from deliberate.models.engine import Engine, HFRunner, LlamaRunner
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 
@@ -29,7 +29,7 @@ def _left_pad(enc, pad_id=0):
     return ids, padn
 
 
-@pytest.mark.parametrize("runner", [_LlamaRunner, _HFRunner])
+@pytest.mark.parametrize("runner", [LlamaRunner, HFRunner])
 def test_runner_logits_match_transformers_forward(model_tok, runner):
     model, tok = model_tok
     enc = [[tok.bos_token_id] + tok.encode(p) for p in PROMPTS]
@@ -55,7 +55,7 @@ def test_shared_prompt_decode_matches_copied_prompts(model_tok):
     ids, pad = _left_pad(enc)
     expand = torch.tensor([0, 0, 0, 1, 2, 2])
     with torch.no_grad():
-        a, b = _LlamaRunner(model), _LlamaRunner(model)
+        a, b = LlamaRunner(model), LlamaRunner(model)
         a.start(ids, pad, ids.shape[1] + 6)
         b.start(ids, pad, ids.shape[1] + 6)
         a.share(expand)
@@ -168,7 +168,7 @@ def test_generic_runner_on_non_llama_model():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)).eval()
     eng = Engine(model, tok)
-    assert eng.runner_cls is _HFRunner
+    assert eng.runner_cls is HFRunner
     out = eng.generate(PROMPTS[:2], SamplingParams(temperature=0, max_tokens=8))
     for p, c in zip(PROMPTS, out):
         ids = torch.tensor([[tok.bos_token_id] + tok.encode(p)])

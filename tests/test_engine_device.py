@@ -18,7 +18,7 @@ from deliberate.models.base import get_backend, parse_kv
 from deliberate.models.engine import (
     DEFAULT_MAX_BATCH,
     Engine,
-    _LlamaRunner,
+    LlamaRunner,
     default_max_batch_size,
     resolve_device,
     resolve_dtype,
@@ -288,7 +288,7 @@ def test_hf_backend_device_and_dtype_args():
 def test_bf16_on_cpu_valid_completions_exact_counts():
     m, tok = _model()
     b = TinyBackend(model=m, tokenizer=NoEOS(tok), device="cpu", dtype="bfloat16")
-    r = _LlamaRunner(b.model)
+    r = LlamaRunner(b.model)
     assert r.kv_bytes_per_token == 2 * 2 * 2 * 8 * 2  # bf16 KV cache: 2 bytes per value
     for params in (SamplingParams(n=4, temperature=1.0, max_tokens=13, seed=1, logprobs=True),
                    SamplingParams(temperature=0, max_tokens=9, logprobs=True),
@@ -322,15 +322,15 @@ def test_bf16_logits_are_float32_and_close_to_float32_model():
     enc = [[tok.bos_token_id] + tok.encode(x) for x in PROMPTS]
     ids, pad, P = _left_padded(enc)
     with torch.no_grad():
-        ref = _LlamaRunner(m).start(ids, pad, P + 2)
+        ref = LlamaRunner(m).start(ids, pad, P + 2)
         mb = build_tiny_model(TinyConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2), tok, seed=4)
-        rb = _LlamaRunner(mb.to(torch.bfloat16).eval())
+        rb = LlamaRunner(mb.to(torch.bfloat16).eval())
         got = rb.start(ids, pad, P + 2)
         assert got.dtype == torch.float32 and rb.k.dtype == torch.bfloat16
         assert torch.allclose(got, ref, atol=0.05 * float(ref.abs().max()))
 
 
-class _CudaKernelsRunner(_LlamaRunner):
+class _CudaKernelsRunner(LlamaRunner):
     """The Llama runner with the kernel choices it makes on CUDA (SDPA prefill, one row group)."""
 
     def __init__(self, model):
@@ -344,7 +344,7 @@ def test_cuda_kernel_choices_match_the_cpu_path_on_cpu():
     enc = sorted(([tok.bos_token_id] + tok.encode(x) for x in prompts), key=len, reverse=True)
     ids, pad, P = _left_padded(enc)
     with torch.no_grad():
-        a, b = _LlamaRunner(m), _CudaKernelsRunner(m)
+        a, b = LlamaRunner(m), _CudaKernelsRunner(m)
         assert torch.allclose(a.start(ids, pad, P + 3), b.start(ids, pad, P + 3), atol=1e-5)
         t = torch.arange(len(enc)) % 40 + 4
         assert torch.allclose(a.step(t), b.step(t), atol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deliberate.errors import DeliberateError
-from deliberate.models.engine import Engine, PrefixCache, _HFRunner, _LlamaRunner
+from deliberate.models.engine import Engine, PrefixCache, HFRunner, LlamaRunner
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 
@@ -86,20 +86,20 @@ def test_cached_prefill_logits_match_full_prefill(model_tok):
         ids[i, P - len(e):] = torch.tensor(e)
         pad[i] = P - len(e)
     with torch.inference_mode():
-        ref_r = _LlamaRunner(model)
+        ref_r = LlamaRunner(model)
         ref = ref_r.start(ids, pad, P + 3)
         ref2 = ref_r.step(torch.tensor([5, 6, 7]))
         kv = [ref_r.row_kv(b) for b in range(len(full))]
         # rows reuse different amounts: none, part, all but the last token
         ms = [0, 20, len(full[2]) - 1]
-        r = _LlamaRunner(model)
+        r = LlamaRunner(model)
         got = r.start(ids, pad, P + 3, reuse=[None if m == 0 else (k, v, m) for (k, v), m in zip(kv, ms)])
         got2 = r.step(torch.tensor([5, 6, 7]))
         hf = torch.stack([model(torch.tensor([e])).logits[0, -1] for e in full])
     assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(got, hf, atol=1e-4)
     assert torch.allclose(got2, ref2, atol=1e-5)
     with pytest.raises(DeliberateError, match="leave a token"):
-        _LlamaRunner(model).start(ids, pad, P + 3, reuse=[None, None, (kv[2][0], kv[2][1], len(full[2]))])
+        LlamaRunner(model).start(ids, pad, P + 3, reuse=[None, None, (kv[2][0], kv[2][1], len(full[2]))])
 
 
 def test_shared_question_reused_across_different_partial_solutions(model_tok):
@@ -145,7 +145,7 @@ def test_cache_smaller_than_one_entry_stores_nothing(model_tok):
 
 def test_lru_eviction_respects_byte_budget(model_tok):
     model, tok = model_tok
-    per_tok = _LlamaRunner(model).kv_bytes_per_token
+    per_tok = LlamaRunner(model).kv_bytes_per_token
     budget = per_tok * 100  # room for two of the ~40-token entries below
     eng = Engine(model, tok, prefix_cache_bytes=budget)
     params = SamplingParams(temperature=0, max_tokens=3)
@@ -232,7 +232,7 @@ def test_generic_runner_does_full_prefill_and_counts_it():
     cfg = GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=256)
     model = GPT2LMHeadModel(cfg).eval()
     eng = Engine(model, tok)
-    assert eng.runner_cls is _HFRunner and eng.prefix_cache is None
+    assert eng.runner_cls is HFRunner and eng.prefix_cache is None
     params = SamplingParams(temperature=0, max_tokens=4)
     eng.generate(QUESTIONS, params)
     eng.generate(QUESTIONS, params)

@@ -151,10 +151,10 @@ class LikelihoodPRM(Verifier):
 
     def _engine(self):
         if getattr(self, "_eng", None) is None:
-            from deliberate.models.engine import Engine, _is_llama_like
+            from deliberate.models.engine import Engine, is_llama_like
 
             self._eng = Engine(self.model, self.tokenizer, max_batch_size=self.batch_size) \
-                if _is_llama_like(self.model) else False
+                if is_llama_like(self.model) else False
             self._memo: dict[tuple[str, tuple[str, ...]], list[float]] = {}
             self._max_len = int(getattr(self.model.config, "max_position_embeddings", 512))
         return self._eng
