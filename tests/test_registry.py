@@ -169,8 +169,10 @@ def test_any_callable_is_a_factory_and_names_may_take_an_argument():
 
 @pytest.mark.parametrize("registry,lookup,name,summary", [
     (TASKS, lambda: get_task("plug_task", max_ops=2), "plug_task", "Arithmetic, from a plug-in."),
-    (BACKENDS, lambda: get_backend("plug_backend", reply="hi"), "plug_backend", "Always answers the same, from a plug-in."),
-    (VERIFIERS, lambda: get_verifier("plug_verifier:x", task=get_task("arith"), level=0.9), "plug_verifier", "The oracle, from a plug-in."),
+    (BACKENDS, lambda: get_backend("plug_backend", reply="hi"), "plug_backend",
+     "Always answers the same, from a plug-in."),
+    (VERIFIERS, lambda: get_verifier("plug_verifier:x", task=get_task("arith"), level=0.9), "plug_verifier",
+     "The oracle, from a plug-in."),
     (STRATEGIES, lambda: get_strategy("plug_strategy"), "plug_strategy", "Gives up at once, from a plug-in."),
 ], ids=["task", "backend", "verifier", "search strategy"])
 def test_a_plugin_from_the_environment_registers_each_kind(registry, lookup, name, summary, tmp_path, monkeypatch,

@@ -113,16 +113,19 @@ class Registry:
         if not self._builtins_loaded:
             self._builtins_loaded = True  # before importing: a module that looks a name up must not re-enter
             # Imported here, not at the top of the module that holds the registry: each built-in
-            # module imports that one (a cycle otherwise), and some pull heavy libraries
-            # (transformers for the hf backend and verifiers, reasoning_gym for gym tasks) that a
-            # command which never asks this registry should not pay for.
-            for module in self.builtins:
-                try:
-                    importlib.import_module(module)
-                except ModuleNotFoundError as e:
-                    if not e.name or e.name.split(".")[0] == "deliberate":
-                        raise
-                    # a third-party package this built-in needs is not installed: it is not offered
+            # module imports that one (a cycle otherwise), and some pull torch (the tiny backend, the
+            # learned verifiers: seconds to import) that `import deliberate.tasks` should not pay for.
+            try:
+                for module in self.builtins:
+                    try:
+                        importlib.import_module(module)
+                    except ModuleNotFoundError as e:
+                        if not e.name or e.name.split(".")[0] == "deliberate":
+                            raise
+                        # a third-party package this built-in needs is not installed: it is not offered
+            except BaseException:
+                self._builtins_loaded = False  # the next lookup tries again and fails the same way
+                raise
         load_plugins()  # the user's own entries ($DELIBERATE_PLUGINS, entry points)
 
     # --- lookup -----------------------------------------------------------------------------
@@ -194,7 +197,8 @@ class Registry:
             hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
             said = ", ".join(f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
             raise DeliberateError(f"bad options for {self.kind} {entry.name!r}: unknown option"
-                                  f"{'s' if len(unknown) > 1 else ''} {said}; its options: {', '.join(valid) or '(none)'}")
+                                  f"{'s' if len(unknown) > 1 else ''} {said}; "
+                                  f"its options: {', '.join(valid) or '(none)'}")
 
     def describe(self, name: str) -> Description:
         """First docstring line and options of ``name``, for listings."""

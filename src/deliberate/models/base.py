@@ -51,8 +51,9 @@ class Backend(ABC):
 BACKENDS = Registry("backend", builtins=[f"deliberate.models.{m}" for m in ("tiny", "hf", "openai")])
 
 
-def register_backend(name: str, *, override: bool = False) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
-    """Register a backend factory (usually the Backend subclass) under ``name``; see :class:`~deliberate.registry.Registry`."""
+def register_backend(name: str, *, override: bool = False
+                     ) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    """Register a backend factory (usually the Backend subclass) under ``name`` (see :mod:`deliberate.registry`)."""
     return BACKENDS.register(name, override=override)
 
 

@@ -17,5 +17,5 @@ from deliberate.search.base import (
                                     strategy_names,
 )
 
-__all__ = ["POOL_STRATEGIES", "STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings", "get_strategy",
-           "run_search", "strategy_names"]
+__all__ = ["POOL_STRATEGIES", "STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings",
+           "get_strategy", "run_search", "strategy_names"]

@@ -339,7 +339,7 @@ NEEDS_VERIFIER = ("best_of_n", "weighted", "beam", "dvts")
 
 
 def register_strategy(name: str, *, override: bool = False) -> Callable[[Strategy], Strategy]:
-    """Register ``run(problems, ctx) -> list[SearchResult]`` under ``name``; see :class:`~deliberate.registry.Registry`."""
+    """Register ``run(problems, ctx) -> list[SearchResult]`` under ``name`` (see :mod:`deliberate.registry`)."""
     return STRATEGIES.register(name, override=override)
 
 

@@ -119,7 +119,7 @@ TASKS = Registry("task", builtins=[f"deliberate.tasks.{m}" for m in
 
 def register_task(name: str, *, argument: str | None = None, metavar: str | None = None,
                   override: bool = False) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    """Register a task factory (usually the Task subclass) under ``name``; see :class:`~deliberate.registry.Registry`."""
+    """Register a task factory (usually the Task subclass) under ``name`` (see :mod:`deliberate.registry`)."""
     return TASKS.register(name, argument=argument, metavar=metavar, override=override)
 
 
