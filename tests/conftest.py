@@ -44,19 +44,20 @@ def build_tiny_hf(directory, hidden_size: int, layers: int, heads: int, kv_heads
 
 @pytest.fixture
 def clean_registries():
-    """Forget what the plug-ins registered, so other tests see only the built-ins."""
+    """Forget what the plug-ins (and the test) registered, so other tests see only the built-ins."""
     from deliberate import plugins
-    from deliberate.rewards import base as rb
-    from deliberate.search import base as sb
-    from deliberate.tasks import base as tb
+    from deliberate.models.base import BACKENDS
+    from deliberate.rewards.base import VERIFIERS
+    from deliberate.search.base import STRATEGIES
+    from deliberate.tasks.base import TASKS
 
-    for registry in (tb, rb, sb):
-        registry._load_builtin()  # the built-ins first: restoring the snapshot must not drop them
-    saved = [(d, dict(d)) for d in (tb._TASKS, rb._VERIFIERS, rb._OPTIONS, sb._STRATEGIES)]
+    registries = (TASKS, BACKENDS, VERIFIERS, STRATEGIES)
+    for registry in registries:
+        registry.load()  # the built-ins first: restoring the snapshot must not drop them
+    saved = [(r, r.snapshot()) for r in registries]
     loaded = set(plugins._loaded)
     yield
-    for d, before in saved:
-        d.clear()
-        d.update(before)
+    for registry, before in saved:
+        registry.restore(before)
     plugins._loaded.clear()
     plugins._loaded.update(loaded)

@@ -146,7 +146,7 @@ def test_same_seed_same_search_and_seed_changes_it(ctx_factory):
 
 
 def test_bad_strategy_settings_and_missing_verifier_are_clear_errors():
-    with pytest.raises(DeliberateError, match="unknown search strategy 'nope'; valid: beam"):
+    with pytest.raises(DeliberateError, match="unknown search strategy 'nope'; valid search strategies: beam"):
         run_search("nope", PROBLEMS, SearchContext(FakeBackend(noisy_solver), TASK, SearchSettings()))
     with pytest.raises(DeliberateError, match="needs a verifier"):
         run_search("beam", PROBLEMS, SearchContext(FakeBackend(noisy_solver), TASK, SearchSettings()))
@@ -224,7 +224,7 @@ def test_sweep_verifier_args_reach_the_verifier_and_only_scoring_ones_pin_a_resu
     meta = {**old, "verifier_args": {"positive_label": 0}}
     with pytest.raises(DeliberateError, match="verifier_args: \\{\\} on disk vs \\{'positive_label': 0\\} now"):
         sw._check_resume(out, meta)
-    with pytest.raises(DeliberateError, match="verifier 'oracle' takes no option 'device'"):
+    with pytest.raises(DeliberateError, match="bad options for verifier 'oracle': unknown option 'device'"):
         SweepConfig(**{**base, "verifier": "oracle"}, verifier_args={"device": "cpu"})
     with pytest.raises(DeliberateError, match="--verifier-arg needs --verifier"):
         SweepConfig(**{**base, "verifier": None}, verifier_args={"device": "cpu"})

@@ -13,8 +13,8 @@ import pytest
 from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
-from deliberate.models import base as base_mod
 from deliberate.models import server as server_mod
+from deliberate.models.base import register_backend
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.server import make_server, serve_in_thread
 
@@ -194,14 +194,14 @@ def test_make_server_rejects_non_backend():
         make_server(object())
 
 
-def test_cli_main_builds_backend_and_serves(monkeypatch, capsys):
+def test_cli_main_builds_backend_and_serves(monkeypatch, capsys, clean_registries):
     seen = {}
 
     def _factory(**kwargs):
         seen.update(kwargs)
         return FakeBackend(lambda p, rng: "served")
 
-    monkeypatch.setitem(base_mod._BACKENDS, "fake-for-serve-test", _factory)  # not left in the registry
+    register_backend("fake-for-serve-test")(_factory)  # clean_registries removes it again
 
     made = []
     real_make = server_mod.make_server

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from deliberate import __version__
 from deliberate.errors import DeliberateError
+from deliberate.tasks.base import TASKS
 
 COMMANDS = {
     "quickstart": ("deliberate.quickstart", "train the tiny model on arith, evaluate greedy/maj@n/pass@n, plot"),
@@ -58,33 +59,13 @@ def add_arguments(parser) -> None:  # `deliberate tasks`
 
 
 def main(args) -> int:  # `deliberate tasks`
-    from deliberate.tasks.base import _TASKS, task_names
-
-    for name in task_names():
-        factory = _TASKS.get(name.split(":")[0], None) or _TASKS.get("gym")
-        doc = (factory.__doc__ or "").strip().splitlines()
-        print(f"{name:12s} {doc[0] if doc else ''}")
-        options = _task_options(factory)
-        if options:
-            print(f"{'':12s}   --task-arg {options}")
+    for name in TASKS.names():
+        d = TASKS.describe(name)
+        print(f"{d.name:12s} {d.summary}")
+        options = " ".join(d.options) + (" (and any option of the dataset's own config)" if d.any_option else "")
+        if options.strip():
+            print(f"{'':12s}   --task-arg {options.strip()}")
     return 0
-
-
-def _task_options(factory) -> str:
-    """``KEY=DEFAULT`` for each option a task factory takes (what ``--task-arg`` accepts)."""
-    import inspect
-
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return ""
-    out = []
-    for p in params:
-        if p.kind is p.VAR_KEYWORD:
-            out.append("(and any option of the dataset's own config)")
-        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "dataset":
-            out.append(p.name if p.default is p.empty else f"{p.name}={p.default}")
-    return " ".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,10 @@
 A plug-in is a Python module that registers things when it is imported, with the decorators the
 built-ins use: :func:`deliberate.tasks.base.register_task`, :func:`deliberate.rewards.base.register_verifier`,
 :func:`deliberate.search.base.register_strategy` and :func:`deliberate.models.base.register_backend`.
-Every registry imports the plug-ins before it looks a name up, so the CLI, the Python API and
-worker processes see them. They come from two places:
+Every registry (:mod:`deliberate.registry`) imports the plug-ins before it looks a name up, so the
+CLI, the Python API and worker processes see them. A name already taken is refused unless the
+plug-in registers with ``override=True`` (``@register_task("arith", override=True)``): then its
+entry replaces the built-in one. They come from two places:
 
 * ``DELIBERATE_PLUGINS``: a comma-separated list of module names (importable from ``sys.path``,
   e.g. ``my_tasks``) and/or paths to ``.py`` files (e.g. ``./my_tasks.py``);

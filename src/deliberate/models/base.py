@@ -1,4 +1,4 @@
-"""The backend interface and its registry.
+"""The backend interface and its registry (:data:`BACKENDS`).
 
 A backend turns prompts into sampled continuations. It knows nothing about tasks: prompts are
 strings, results are :class:`~deliberate.types.Completion`. Continuing a partial solution (step-level
@@ -7,14 +7,13 @@ search) is ``generate([prompt + prefix], ...)``; backends that keep a KV cache m
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.models.sampling import SamplingParams
-from deliberate.plugins import load_plugins
+from deliberate.registry import Registry
 from deliberate.types import Completion
 
 
@@ -48,53 +47,23 @@ class Backend(ABC):
         """Release resources (threads, sessions). Safe to call twice."""
 
 
-_BACKENDS: dict[str, Callable[..., Backend]] = {}
+#: the backend registry
+BACKENDS = Registry("backend", builtins=[f"deliberate.models.{m}" for m in ("tiny", "hf", "openai")])
 
 
-def register_backend(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
-    def deco(factory: Callable[..., Backend]) -> Callable[..., Backend]:
-        _BACKENDS[name] = factory
-        return factory
-
-    return deco
-
-
-def _load_builtin() -> None:
-    # Imported lazily so `import deliberate` stays light and optional deps stay optional.
-    import importlib
-
-    for mod in ("tiny", "hf", "openai"):
-        try:
-            importlib.import_module(f"deliberate.models.{mod}")
-        except ModuleNotFoundError as e:  # a backend whose optional dependency is missing
-            if not e.name or not e.name.startswith("deliberate") or e.name == f"deliberate.models.{mod}":
-                continue
-            raise
-    load_plugins()  # the user's own backends ($DELIBERATE_PLUGINS, entry points)
+def register_backend(name: str, *, override: bool = False
+                     ) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    """Register a backend factory (usually the Backend subclass) under ``name`` (see :mod:`deliberate.registry`)."""
+    return BACKENDS.register(name, override=override)
 
 
 def backend_names() -> list[str]:
-    _load_builtin()
-    return sorted(_BACKENDS)
+    return BACKENDS.names()
 
 
 def get_backend(name: str, **kwargs) -> Backend:
     """Build a backend by name: ``tiny`` (checkpoint dir), ``hf`` (path / GGUF), ``openai`` (base URL)."""
-    _load_builtin()
-    if name not in _BACKENDS:
-        raise DeliberateError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(_BACKENDS))}")
-    factory = _BACKENDS[name]
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        sig = None
-    if sig is not None:
-        try:
-            sig.bind(**kwargs)
-        except TypeError as e:  # an option this backend does not take (e.g. a --backend-arg typo)
-            valid = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-            raise DeliberateError(f"bad options for backend {name!r}: {e}; valid: {', '.join(valid)}") from None
-    return factory(**kwargs)
+    return BACKENDS.create(name, **kwargs)
 
 
 # --- CLI glue shared by every subcommand that needs a model -------------------------------------

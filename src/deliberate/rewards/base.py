@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from deliberate.errors import DeliberateError
-from deliberate.plugins import load_plugins
+from deliberate.registry import Registry
 from deliberate.types import Problem
 
 AGGREGATIONS = ("min", "prod", "last", "mean")
@@ -93,57 +93,32 @@ def problem_prompt(task, problem: Problem, style: str = "plain") -> str:
 # Registry: "kind" or "kind:arg" specs, e.g. "prm:runs/prm", "noisy:0.2", "oracle"
 # --------------------------------------------------------------------------------------------
 
-_VERIFIERS: dict[str, Callable[..., Verifier]] = {}
-_OPTIONS: dict[str, tuple[str, ...] | None] = {}
 #: keyword arguments every factory accepts (``get_verifier``'s callers pass them; not user options)
 COMMON_ARGS = ("task", "seed")
 #: options that change where / how fast a verifier runs, not what it scores (a sweep may change them on resume)
 RUNTIME_OPTIONS = ("device", "dtype", "batch_size")
+#: the verifier registry: factories ``factory(arg, task=None, seed=0, **options)``, ``arg`` the text after ``kind:``
+VERIFIERS = Registry("verifier", builtins=[f"deliberate.rewards.{m}" for m in
+                                           ("oracle", "models", "genrm", "dpo", "likelihood")],
+                     positional=1, passed=COMMON_ARGS)
 
 
-def register_verifier(kind: str, options: Sequence[str] | None = None
+def register_verifier(kind: str, options: Sequence[str] | None = None, *, override: bool = False
                       ) -> Callable[[Callable[..., Verifier]], Callable[..., Verifier]]:
     """Register a factory ``factory(arg, task=None, seed=0, **options)`` under ``kind``. ``options``: the
     keyword options it takes (``--verifier-arg KEY=VALUE`` in a sweep); any other is refused with the list.
-    ``None`` (the default, for plug-ins registered before options existed): anything is passed through."""
-    def deco(factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
-        _VERIFIERS[kind] = factory
-        _OPTIONS[kind] = None if options is None else tuple(options)
-        return factory
-
-    return deco
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for mod in ("oracle", "models", "genrm", "dpo", "likelihood"):
-        try:
-            importlib.import_module(f"deliberate.rewards.{mod}")
-        except ModuleNotFoundError as e:  # a verifier module not written yet
-            if e.name != f"deliberate.rewards.{mod}":
-                raise
-    load_plugins()  # the user's own verifiers ($DELIBERATE_PLUGINS, entry points)
+    ``None`` (the default, for plug-ins registered before options existed): the factory's signature says,
+    and a ``**kwargs`` factory gets anything passed through."""
+    return VERIFIERS.register(kind, options=options, override=override)
 
 
 def verifier_kinds() -> list[str]:
-    _load_builtin()
-    return sorted(_VERIFIERS)
+    return VERIFIERS.names()
 
 
 def check_verifier_options(spec: str, options: dict[str, Any]) -> str:
     """The kind of ``spec``, after checking it is registered and takes every key of ``options``."""
-    _load_builtin()
-    kind = spec.partition(":")[0]
-    if kind not in _VERIFIERS:
-        raise DeliberateError(f"unknown verifier {kind!r}; valid: {', '.join(sorted(_VERIFIERS))}")
-    allowed = _OPTIONS.get(kind)
-    if allowed is not None:
-        bad = sorted(k for k in options if k not in allowed and k not in COMMON_ARGS)
-        if bad:
-            raise DeliberateError(f"verifier {kind!r} takes no option {bad[0]!r}; its options: "
-                                  f"{', '.join(allowed) if allowed else '(none)'}")
-    return kind
+    return VERIFIERS.check(spec.partition(":")[0], options).name
 
 
 def get_verifier(spec: str, **kwargs: Any) -> Verifier:
@@ -151,6 +126,5 @@ def get_verifier(spec: str, **kwargs: Any) -> Verifier:
 
     ``kwargs`` (``task=``, ``seed=``, and the kind's options, e.g. ``device="cuda"`` for ``prm`` or
     ``positive_label=1`` for ``hf-prm``) are passed to the factory; an option the kind does not take is an error."""
-    kind = check_verifier_options(spec, kwargs)
-    arg = spec.partition(":")[2]
-    return _VERIFIERS[kind](arg or None, **kwargs)
+    kind, _, arg = spec.partition(":")
+    return VERIFIERS.create(kind, arg or None, **kwargs)

@@ -7,6 +7,7 @@
 
 from deliberate.search.base import (
                                     POOL_STRATEGIES,
+                                    STRATEGIES,
                                     Candidate,
                                     SearchContext,
                                     SearchResult,
@@ -16,5 +17,5 @@ from deliberate.search.base import (
                                     strategy_names,
 )
 
-__all__ = ["POOL_STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings", "get_strategy",
-           "run_search", "strategy_names"]
+__all__ = ["POOL_STRATEGIES", "STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings",
+           "get_strategy", "run_search", "strategy_names"]

@@ -27,7 +27,7 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
-from deliberate.plugins import load_plugins
+from deliberate.registry import Registry
 from deliberate.rewards.base import AGGREGATIONS, Verifier, aggregate
 from deliberate.tasks.base import Task
 from deliberate.types import Completion, Problem
@@ -328,39 +328,27 @@ def pick(task: Task, candidates: Sequence[Candidate], rule: str) -> Candidate | 
 # --------------------------------------------------------------------------------------------
 
 Strategy = Callable[[Sequence[Problem], SearchContext], list[SearchResult]]
-_STRATEGIES: dict[str, Strategy] = {}
+#: the strategy registry: its entries are the strategies themselves, called ``run(problems, ctx)``
+STRATEGIES = Registry("search strategy", "search strategies", positional=2,
+                      builtins=[f"deliberate.search.{m}" for m in
+                                ("sampling", "beam", "dvts", "mcts", "tot", "reflection")])
 #: strategies that select among independent full samples (a sweep computes them from one sample pool)
 POOL_STRATEGIES = ("majority", "best_of_n", "weighted")
 #: strategies that need a verifier
 NEEDS_VERIFIER = ("best_of_n", "weighted", "beam", "dvts")
 
 
-def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
-    def deco(fn: Strategy) -> Strategy:
-        _STRATEGIES[name] = fn
-        return fn
-
-    return deco
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for mod in ("sampling", "beam", "dvts", "mcts", "tot", "reflection"):
-        importlib.import_module(f"deliberate.search.{mod}")
-    load_plugins()  # the user's own strategies ($DELIBERATE_PLUGINS, entry points)
+def register_strategy(name: str, *, override: bool = False) -> Callable[[Strategy], Strategy]:
+    """Register ``run(problems, ctx) -> list[SearchResult]`` under ``name`` (see :mod:`deliberate.registry`)."""
+    return STRATEGIES.register(name, override=override)
 
 
 def strategy_names() -> list[str]:
-    _load_builtin()
-    return sorted(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def get_strategy(name: str) -> Strategy:
-    _load_builtin()
-    if name not in _STRATEGIES:
-        raise DeliberateError(f"unknown search strategy {name!r}; valid: {', '.join(sorted(_STRATEGIES))}")
-    return _STRATEGIES[name]
+    return STRATEGIES.get(name)
 
 
 def run_search(name: str, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:

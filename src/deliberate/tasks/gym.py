@@ -48,7 +48,7 @@ def _split_seed(name: str, split: str, seed: int) -> int:
 EXTRACT_MODES = ("strict", "last_number")
 
 
-@register_task("gym")
+@register_task("gym", argument="dataset", metavar="name")
 class GymTask(Task):
     """A reasoning-gym procedural dataset, scored by its own ``score_answer``."""
 
