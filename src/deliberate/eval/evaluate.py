@@ -189,7 +189,8 @@ def _check_config(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTIT
 def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, progress: bool = True) -> dict:
     """Sample, record, score; return the summary (also written to ``<out_dir>/summary.json``).
 
-    Summary: ``{"task", "model", "seed", "results", "compute", "config"}``. ``results`` has one row
+    Summary (:class:`~deliberate.types.RunSummary` as a dict): ``{"task", "model", "seed", "results",
+    "compute", "config"}``. ``results`` has one row
     ``{"strategy", "n", "accuracy", "ci", "generated_tokens", "wall_s", "n_problems"}`` for
     "greedy" (n=1), "sample" (mean single-sample accuracy, n=1), and "pass@k" and "maj@k" for each
     k in ``config.ns`` (mean over problems of the unbiased per-problem estimator; ``ci`` is the 95%

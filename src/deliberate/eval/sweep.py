@@ -10,12 +10,14 @@ What it writes in ``--out`` (a rerun with the same flags resumes and skips every
 - ``pool.jsonl`` — for the sample-based strategies (majority, best_of_n, weighted), ``max(budgets)``
   full samples per problem and seed, drawn once; every budget N selects among the first N of them.
 - ``pool_scores.jsonl`` — the verifier's per-step scores of every pool sample (cached).
-- ``results.jsonl`` — one row per (problem, strategy, budget, seed): the selected answer, whether it
-  is correct, whether any candidate was (the strategy's own ceiling), and its compute.
+- ``results.jsonl`` — one :class:`~deliberate.types.SweepRow` per (problem, strategy, budget, seed):
+  the selected answer, whether it is correct, whether any candidate was (the strategy's own ceiling),
+  and its compute.
 - ``trees.jsonl`` — the search trees of the tree strategies (first ``--trees-per-run`` problems).
-- ``summary.json`` — ``{"task","model","seed","results":[{"strategy","n","accuracy","ci",
-  "generated_tokens","prompt_tokens","verifier_sequences","wall_s","pass_at_n","fraction_of_ceiling",
-  "accuracy_std"}],"extra":{...},"compute":{...},"config":{...}}``; ``extra`` holds the
+- ``summary.json`` — a :class:`~deliberate.types.RunSummary`: ``{"task","model","seed","n_problems",
+  "results":[{"strategy","n","accuracy","ci","n_problems","generated_tokens","prompt_tokens",
+  "verifier_sequences","wall_s","pass_at_n","fraction_of_ceiling","accuracy_std","accuracy_per_seed",
+  "own_ceiling"}],"extra":{...},"compute":{...},"config":{...},"kind":"sweep"}``; ``extra`` holds the
   compute-matched table, the token-bucket curve and the verifier-noise ("taste") curve.
 - ``accuracy.png`` (accuracy vs N and vs generated tokens, every strategy, 95% CIs),
   ``token_buckets.png`` (plain sampling, accuracy per bucket of tokens used),
