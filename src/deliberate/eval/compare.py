@@ -17,27 +17,16 @@ The page uses the single-run report's layout and is as self-contained (plots emb
 from __future__ import annotations
 
 import base64
-import datetime as _dt
+import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.report import (
-    RunData,
-    accuracy_cell,
-    escape,
-    fill_page,
-    format_cell,
-    is_accuracy_entry,
-    is_training_run,
-    kv_table,
-    load_run,
-    running_total,
-    table_cell,
-    write_page,
-)
+from deliberate.eval.page import accuracy_cell, escape, fill_page, format_cell, kv_table, table_cell, write_page
+from deliberate.eval.run_dir import RunData, is_accuracy_entry, load_run, number_or_none, running_total
+from deliberate.types import ResultRow
 
 COMPARE_FILE = "compare.html"
 MAX_METRIC_PANELS = 3  # greedy, one maj@n, one pass@n: more panels stop being readable side by side
@@ -56,10 +45,10 @@ def labels_for(dirs: Sequence[Path]) -> list[str]:
 
 
 def _kind(run: RunData) -> str:
-    if not is_training_run(run.summary):
+    if run.training is None:
         return "eval"
-    if run.summary.get("iterations") is None:
-        raise DeliberateError(f"{run.run_dir}: a {run.summary['recipe']} run has no iterations to compare; "
+    if run.training.get("iterations") is None:
+        raise DeliberateError(f"{run.run_dir}: a {run.training['recipe']} run has no iterations to compare; "
                               f"`deliberate report {run.run_dir}` shows it alone")
     return "training"
 
@@ -71,6 +60,7 @@ def _png(fig) -> bytes:
 
 
 def _figure(panels: int, width: float = 5.2):
+    # matplotlib loads lazily, as in eval/plots.py: every CLI command imports this module to build its parser
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -124,11 +114,11 @@ def training_summary_table(labels: Sequence[str], runs: Sequence[RunData], metri
             + '<th class="num">train TFLOPs</th><th class="num">wall</th>')
     body = []
     for label, run in zip(labels, runs):
-        rows = run.summary["iterations"]
+        rows = run.training["iterations"]
         first, last = (rows[0], rows[-1]) if rows else ({}, {})
         cfg = run.config
-        cells = [f'<td class="txt strategy">{escape(label)}</td>', table_cell(run.summary["recipe"]),
-                 table_cell(cfg.get("init") or cfg.get("model") or run.summary.get("model")),
+        cells = [f'<td class="txt strategy">{escape(label)}</td>', table_cell(run.training["recipe"]),
+                 table_cell(cfg.get("init") or cfg.get("model") or run.training.get("model")),
                  table_cell(last.get("iteration") if last.get("step") is None
                      else f"{last.get('iteration')} (step {last['step']})")]
         for k in metrics:
@@ -148,10 +138,10 @@ def training_summary_table(labels: Sequence[str], runs: Sequence[RunData], metri
             'started from).</p>')
 
 
-def _tokens_per_problem(row: Mapping[str, Any]) -> float | None:
+def _tokens_per_problem(row: ResultRow) -> float | None:
     """Generated tokens per problem of a result row (rows carry the total over their ``n_problems``)."""
-    tokens, problems = row.get("generated_tokens"), row.get("n_problems")
-    if isinstance(tokens, (int, float)) and isinstance(problems, int) and problems > 0 and tokens > 0:
+    tokens, problems = row.generated_tokens, row.n_problems
+    if tokens is not None and problems is not None and problems > 0 and tokens > 0:
         return tokens / problems
     return None
 
@@ -163,21 +153,20 @@ def eval_plot(labels: Sequence[str], runs: Sequence[RunData]) -> bytes:
     colors: dict[str, str] = {}  # one colour per strategy, one line style and marker per run
     styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
     for j, (label, run) in enumerate(zip(labels, runs)):
-        by_strategy: dict[str, list[Mapping[str, Any]]] = {}
-        for r in run.summary["results"]:
-            if isinstance(r.get("n"), int) and is_accuracy_entry(r):
-                by_strategy.setdefault(str(r["strategy"]), []).append(r)
+        by_strategy: dict[str, list[ResultRow]] = {}
+        for r in run.summary.results:
+            if number_or_none(r.accuracy) is not None:
+                by_strategy.setdefault(r.strategy, []).append(r)
         for strategy, rows in by_strategy.items():
-            rows = sorted(rows, key=lambda r: r["n"])
+            rows = sorted(rows, key=lambda r: r.n)
             color = colors.setdefault(strategy, f"C{len(colors) % 10}")
             style, marker = styles[j % len(styles)]
             line = {"linestyle": style, "marker": marker, "markersize": 4, "color": color}
-            by_n.plot([r["n"] for r in rows], [r["accuracy"] for r in rows], label=f"{label}: {strategy}", **line)
-            cis = [r.get("ci") for r in rows]
-            if len(rows) > 1 and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in cis):
-                by_n.fill_between([r["n"] for r in rows], [c[0] for c in cis], [c[1] for c in cis], color=color,
+            by_n.plot([r.n for r in rows], [r.accuracy for r in rows], label=f"{label}: {strategy}", **line)
+            if len(rows) > 1:
+                by_n.fill_between([r.n for r in rows], [r.ci[0] for r in rows], [r.ci[1] for r in rows], color=color,
                                   alpha=0.07)
-            pts = sorted((t, r["accuracy"]) for r in rows if (t := _tokens_per_problem(r)) is not None)
+            pts = sorted((t, r.accuracy) for r in rows if (t := _tokens_per_problem(r)) is not None)
             if pts:
                 by_tokens.plot([t for t, _ in pts], [a for _, a in pts], **line)
     by_n.set_xscale("log", base=2)
@@ -199,9 +188,10 @@ def eval_rows_table(labels: Sequence[str], runs: Sequence[RunData]) -> str:
             "<th class=num>pass@n</th><th class=num>gen. tokens</th>")
     body = []
     for label, run in zip(labels, runs):
-        for i, r in enumerate(run.summary["results"]):
-            cells = [f'<td class="txt strategy">{escape(label)}</td>', table_cell(r.get("strategy")), table_cell(r.get("n")),
-                     accuracy_cell(r), table_cell(r.get("pass_at_n"), "frac"), table_cell(r.get("generated_tokens"), "count")]
+        for i, r in enumerate(run.summary.results):
+            cells = [f'<td class="txt strategy">{escape(label)}</td>', table_cell(r.strategy), table_cell(r.n),
+                     accuracy_cell(r.to_dict()), table_cell(r.pass_at_n, "frac"),
+                     table_cell(r.generated_tokens, "count")]
             body.append(f'<tr{" class=group" if i == 0 and body else ""}>' + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="results"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -218,9 +208,9 @@ def render_comparison(run_dirs: Sequence[str | Path], generated: str | None = No
                               "give directories of one kind")
     kind = kinds.pop()
     labels = labels_for([r.run_dir for r in runs])
-    generated = generated or _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    generated = generated or dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     if kind == "training":
-        rows_by_run = [r.summary["iterations"] for r in runs]
+        rows_by_run = [r.training["iterations"] for r in runs]
         metrics = shared_metrics(rows_by_run)
         if not metrics:
             raise DeliberateError("the runs share no held-out metric (e.g. greedy) to compare")
@@ -229,12 +219,12 @@ def render_comparison(run_dirs: Sequence[str | Path], generated: str | None = No
         panels = panels or metrics[:MAX_METRIC_PANELS]
         png = training_plot(labels, rows_by_run, panels)
         table = training_summary_table(labels, runs, metrics)
-        title = f"{len(runs)} training runs: {', '.join(sorted({r.summary['recipe'] for r in runs}))}"
+        title = f"{len(runs)} training runs: {', '.join(sorted({r.training['recipe'] for r in runs}))}"
         caption = "held-out accuracy against cumulative train compute"
     else:
         png = eval_plot(labels, runs)
         table = eval_rows_table(labels, runs)
-        tasks = sorted({str(r.summary.get("task", "?")) for r in runs})
+        tasks = sorted({r.summary.task for r in runs})
         title = f"{len(runs)} runs on {', '.join(tasks)}"
         caption = "accuracy against samples per problem and against generated tokens per problem"
     img = base64.b64encode(png).decode("ascii")

@@ -36,7 +36,7 @@ from deliberate.eval.records import RecordWriter, load_records, write_json_atomi
 from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
 from deliberate.models.sampling import SamplingParams
 from deliberate.tasks.base import SPLITS, Task, get_task
-from deliberate.types import Compute, Problem, SampleRecord
+from deliberate.types import EVAL_ROW_KEYS, Compute, Problem, ResultRow, RunSummary, SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def _check_config(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTIT
 def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, progress: bool = True) -> dict:
     """Sample, record, score; return the summary (also written to ``<out_dir>/summary.json``).
 
-    Summary: ``{"task", "model", "seed", "results", "compute", "config"}``. ``results`` has one row
+    Summary (:class:`~deliberate.types.RunSummary` as a dict): ``{"task", "model", "seed", "results",
+    "compute", "config"}``. ``results`` has one row
     ``{"strategy", "n", "accuracy", "ci", "generated_tokens", "wall_s", "n_problems"}`` for
     "greedy" (n=1), "sample" (mean single-sample accuracy, n=1), and "pass@k" and "maj@k" for each
     k in ``config.ns`` (mean over problems of the unbiased per-problem estimator; ``ci`` is the 95%
@@ -247,7 +248,7 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
                         spent += c
                         bar.update(written)
 
-    summary = summarize(config, load_records(records_path), problems, task, backend.model_name, spent)
+    summary = summarize(config, load_records(records_path), problems, task, backend.model_name, spent).to_dict()
     write_json_atomic(out / SUMMARY_FILE, summary)
     from deliberate.eval.plots import plot_accuracy_vs_n, plot_accuracy_vs_tokens
 
@@ -259,7 +260,7 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
 # --- scoring ------------------------------------------------------------------------------------
 
 def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Sequence[Problem], task: Task,
-              model: str, compute: Compute | None = None) -> dict:
+              model: str, compute: Compute | None = None) -> RunSummary:
     """The summary of :func:`run_eval` from records (extra records, e.g. of a larger earlier run, are ignored)."""
     by_key = {r.key: r for r in records}
     n, P = config.n, len(problems)
@@ -277,10 +278,10 @@ def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Seq
     mean_tokens = float(tokens.mean(axis=1).sum())  # expected tokens of one sample, summed over problems
     answers = [[task.normalize(r.answer) for r in row] for row in samples]
 
-    def row(strategy: str, k: int, values: Sequence[float], gen_tokens: float, wall: float) -> dict:
-        lo, hi = bootstrap_ci(values, seed=config.seed)
-        return {"strategy": strategy, "n": k, "accuracy": float(np.mean(values)), "ci": [lo, hi],
-                "generated_tokens": gen_tokens, "wall_s": wall, "n_problems": P}
+    def row(strategy: str, k: int, values: Sequence[float], gen_tokens: float, wall: float) -> ResultRow:
+        return ResultRow(strategy=strategy, n=k, accuracy=float(np.mean(values)),
+                         ci=bootstrap_ci(values, seed=config.seed), generated_tokens=gen_tokens, wall_s=wall,
+                         n_problems=P, keys=EVAL_ROW_KEYS)
 
     results = []
     if config.greedy:
@@ -300,8 +301,8 @@ def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Seq
     for k in config.ns:
         vals = [maj_at_k(answers[i], correct[i].tolist(), k, seed=config.seed * 1_000_003 + i) for i in range(P)]
         results.append(row("maj@k", k, vals, k * mean_tokens, sample_wall * k / n))
-    return {"task": config.task, "model": model, "seed": config.seed, "results": results,
-            "compute": (compute or Compute()).to_dict(), "config": config.to_dict()}
+    return RunSummary(task=config.task, model=model, seed=config.seed, results=tuple(results),
+                      compute=(compute or Compute()).to_dict(), config=config.to_dict())
 
 
 def _process_correct(task: Task, problems: Sequence[Problem], samples: Sequence[Sequence[SampleRecord]],

@@ -10,12 +10,14 @@ What it writes in ``--out`` (a rerun with the same flags resumes and skips every
 - ``pool.jsonl`` — for the sample-based strategies (majority, best_of_n, weighted), ``max(budgets)``
   full samples per problem and seed, drawn once; every budget N selects among the first N of them.
 - ``pool_scores.jsonl`` — the verifier's per-step scores of every pool sample (cached).
-- ``results.jsonl`` — one row per (problem, strategy, budget, seed): the selected answer, whether it
-  is correct, whether any candidate was (the strategy's own ceiling), and its compute.
+- ``results.jsonl`` — one :class:`~deliberate.types.SweepRow` per (problem, strategy, budget, seed):
+  the selected answer, whether it is correct, whether any candidate was (the strategy's own ceiling),
+  and its compute.
 - ``trees.jsonl`` — the search trees of the tree strategies (first ``--trees-per-run`` problems).
-- ``summary.json`` — ``{"task","model","seed","results":[{"strategy","n","accuracy","ci",
-  "generated_tokens","prompt_tokens","verifier_sequences","wall_s","pass_at_n","fraction_of_ceiling",
-  "accuracy_std"}],"extra":{...},"compute":{...},"config":{...}}``; ``extra`` holds the
+- ``summary.json`` — a :class:`~deliberate.types.RunSummary`: ``{"task","model","seed","n_problems",
+  "results":[{"strategy","n","accuracy","ci","n_problems","generated_tokens","prompt_tokens",
+  "verifier_sequences","wall_s","pass_at_n","fraction_of_ceiling","accuracy_std","accuracy_per_seed",
+  "own_ceiling"}],"extra":{...},"compute":{...},"config":{...},"kind":"sweep"}``; ``extra`` holds the
   compute-matched table, the token-bucket curve and the verifier-noise ("taste") curve.
 - ``accuracy.png`` (accuracy vs N and vs generated tokens, every strategy, 95% CIs),
   ``token_buckets.png`` (plain sampling, accuracy per bucket of tokens used),
@@ -76,7 +78,7 @@ from deliberate.search.base import (
 )
 from deliberate.search.sampling import select
 from deliberate.tasks.base import Task, get_task
-from deliberate.types import Problem, SampleRecord
+from deliberate.types import SWEEP_ROW_KEYS, Problem, ResultRow, RunSummary, SampleRecord, SweepRow
 
 log = logging.getLogger(__name__)
 #: verifier kinds trained on outcome labels (scored at every step end, meant to be read at the last)
@@ -182,7 +184,11 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     def run_key(r: dict) -> tuple:
         return (r["problem_id"], r["strategy"], r["n"], r["seed"])
 
-    with JsonlAppender(results_path, key=run_key) as rf, JsonlAppender(out / "trees.jsonl", key=run_key) as tf:
+    def check_row(row: dict, where: str) -> None:
+        SweepRow.from_dict(row, where)
+
+    with JsonlAppender(results_path, key=run_key, validate=check_row) as rf, \
+            JsonlAppender(out / "trees.jsonl", key=run_key) as tf:
         done = rf.rows
         # sample-based strategies: selection over the pool (no new generation)
         for strategy in [s for s in config.strategies if s in POOL_STRATEGIES]:
@@ -194,7 +200,7 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
                         if key in done:
                             continue
                         rows.append(_pool_row(task, p, strategy, n, seed, pool, pool_scores, base.aggregation))
-                rf.append(rows)
+                rf.append(r.to_dict() for r in rows)
         # search strategies: run per (budget, seed) over batches of problems; one unit = one batch
         runs = [(s, n, seed) for s in config.strategies if s not in POOL_STRATEGIES
                 for n in config.budgets for seed in config.seeds]
@@ -212,17 +218,16 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
                 spent["backend_calls"] += calls
                 rows, trees = [], []
                 for p, r in zip(u.problems, res):
-                    correct = bool(task.is_correct(r.answer, p))
-                    row = {"problem_id": p.id, "strategy": u.strategy, "n": u.n, "seed": u.seed, "answer": r.answer,
-                           "gold": p.answer, "correct": correct,
-                           "any_correct": any(task.is_correct(c.answer, p) for c in r.candidates),
-                           "candidates": len(r.candidates), "generated_tokens": r.generated_tokens,
-                           "prompt_tokens": r.prompt_tokens, "model_calls": r.model_calls,
-                           "verifier_sequences": r.verifier_sequences, "wall_s": r.wall_s, "text": r.text}
+                    row = SweepRow(problem_id=p.id, strategy=u.strategy, n=u.n, seed=u.seed, answer=r.answer,
+                                   gold=p.answer, correct=bool(task.is_correct(r.answer, p)),
+                                   any_correct=any(task.is_correct(c.answer, p) for c in r.candidates),
+                                   candidates=len(r.candidates), generated_tokens=r.generated_tokens,
+                                   prompt_tokens=r.prompt_tokens, model_calls=r.model_calls,
+                                   verifier_sequences=r.verifier_sequences, wall_s=r.wall_s, text=r.text)
                     if r.tree is not None and p.id in first_trees:
                         trees.append({"problem_id": p.id, "strategy": u.strategy, "n": u.n, "seed": u.seed,
                                       "question": p.question, "gold": p.answer, "nodes": r.tree})
-                    rows.append(row)
+                    rows.append(row.to_dict())
                 tf.append(trees)  # trees first: a kill in between reruns the batch, never loses a tree
                 rf.append(rows)
                 bar.update(len(u.problems))
@@ -239,7 +244,8 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     elif "verifier" in counters1:
         compute["verifier"] = counters1["verifier"]
     compute["executor"] = {"name": executor.name, **executor.stats}
-    summary = summarize(config, task, problems, done, pool, meta["model"], compute, have_verifier)
+    rows = {k: SweepRow.from_dict(r, str(results_path)) for k, r in done.items()}
+    summary = summarize(config, task, problems, rows, pool, meta["model"], compute, have_verifier).to_dict()
     write_json_atomic(out / "summary.json", summary)
     from deliberate.eval.plots import plot_sweep
 
@@ -409,7 +415,7 @@ def verifier_steps(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
 
 
-def _pool_row(task, p: Problem, strategy: str, n: int, seed: int, pool, pool_scores, how: str) -> dict:
+def _pool_row(task, p: Problem, strategy: str, n: int, seed: int, pool, pool_scores, how: str) -> SweepRow:
     recs = pool[(p.id, seed)][:n]
     cands = []
     for j, r in enumerate(recs):
@@ -419,21 +425,21 @@ def _pool_row(task, p: Problem, strategy: str, n: int, seed: int, pool, pool_sco
     if strategy != "majority" and any(c.score is None for c in cands):
         raise DeliberateError(f"strategy {strategy!r} needs a verifier (--verifier ...)")
     best = select(task, cands, strategy)
-    return {"problem_id": p.id, "strategy": strategy, "n": n, "seed": seed, "answer": best.answer if best else None,
-            "gold": p.answer, "correct": bool(best is not None and task.is_correct(best.answer, p)),
-            "any_correct": any(r.correct for r in recs), "candidates": n,
-            "generated_tokens": sum(r.completion_tokens for r in recs),
-            "prompt_tokens": sum(r.prompt_tokens for r in recs), "model_calls": 1,
-            "verifier_sequences": 0 if strategy == "majority" else n,
-            "wall_s": sum(r.wall_s for r in recs), "text": best.text if best else ""}
+    return SweepRow(problem_id=p.id, strategy=strategy, n=n, seed=seed, answer=best.answer if best else None,
+                    gold=p.answer, correct=bool(best is not None and task.is_correct(best.answer, p)),
+                    any_correct=any(r.correct for r in recs), candidates=n,
+                    generated_tokens=sum(r.completion_tokens for r in recs),
+                    prompt_tokens=sum(r.prompt_tokens for r in recs), model_calls=1,
+                    verifier_sequences=0 if strategy == "majority" else n,
+                    wall_s=sum(r.wall_s for r in recs), text=best.text if best else "")
 
 
 # --------------------------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------------------------
 
-def summarize(config: SweepConfig, task: Task, problems: Sequence[Problem], rows: dict, pool: dict, model: str,
-              compute: dict, have_verifier: bool) -> dict:
+def summarize(config: SweepConfig, task: Task, problems: Sequence[Problem], rows: dict[tuple, SweepRow],
+              pool: dict, model: str, compute: dict, have_verifier: bool) -> RunSummary:
     P = len(problems)
     pool_n = max(config.budgets)
     results = []
@@ -447,51 +453,54 @@ def summarize(config: SweepConfig, task: Task, problems: Sequence[Problem], rows
     for strategy in config.strategies:
         for n in config.budgets:
             got = [[rows[(p.id, strategy, n, s)] for s in config.seeds] for p in problems]
-            acc = [float(np.mean([r["correct"] for r in g])) for g in got]
-            row = _row(strategy, n, acc, config, problems, rows=got)
-            if n in ceiling:
-                c = float(np.mean(ceiling[n]))
-                row["pass_at_n"] = c
-                row["fraction_of_ceiling"] = row["accuracy"] / c if c > 0 else None
-            per_seed = [float(np.mean([rows[(p.id, strategy, n, s)]["correct"] for p in problems]))
+            acc = [float(np.mean([r.correct for r in g])) for g in got]
+            per_seed = [float(np.mean([rows[(p.id, strategy, n, s)].correct for p in problems]))
                         for s in config.seeds]
-            row["accuracy_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-            row["accuracy_per_seed"] = per_seed
-            row["own_ceiling"] = float(np.mean([np.mean([r["any_correct"] for r in g]) for g in got]))
-            results.append(row)
+            spread = {"accuracy_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                      "accuracy_per_seed": per_seed,
+                      "own_ceiling": float(np.mean([np.mean([r.any_correct for r in g]) for g in got]))}
+            results.append(_row(strategy, n, acc, config, problems, rows=got,
+                                ceiling=float(np.mean(ceiling[n])) if n in ceiling else None, **spread))
     extra: dict[str, Any] = {"compute_matched": compute_matched(results)}
     if pool:
         extra["token_buckets"] = token_buckets(pool)
         extra["taste"] = taste_curve(task, problems, pool, config)
-    return {"task": config.task, "model": model, "seed": list(config.seeds), "n_problems": P, "results": results,
-            "extra": extra, "compute": compute, "config": config.to_dict(), "kind": "sweep"}
+    return RunSummary(task=config.task, model=model, seed=tuple(config.seeds), n_problems=P, results=tuple(results),
+                      extra=extra, compute=compute, config=config.to_dict(), kind="sweep")
 
 
-def _row(strategy: str, n: int, values: Sequence[float], config: SweepConfig, problems, rows=None, pool=None) -> dict:
+def _row(strategy: str, n: int, values: Sequence[float], config: SweepConfig, problems, rows=None, pool=None,
+         ceiling: float | None = None, **spread: Any) -> ResultRow:
+    """A summary row from per-problem ``values``, with its compute from ``rows`` (a strategy) or ``pool``
+    (pass@n), its pass@N ``ceiling`` when the sweep has a pool, and ``spread`` over seeds."""
     lo, hi = bootstrap_ci(values, seed=config.problem_seed)
-    out = {"strategy": strategy, "n": n, "accuracy": float(np.mean(values)), "ci": [lo, hi], "n_problems": len(values)}
+    accuracy = float(np.mean(values))
+    fields: dict[str, Any] = {"n_problems": len(values)}
+    S = len(config.seeds)
     if rows is not None:
-        S = len(config.seeds)
         for k in ("generated_tokens", "prompt_tokens", "verifier_sequences", "wall_s"):
-            out[k] = float(sum(r[k] for g in rows for r in g) / S)  # per seed, summed over problems
+            fields[k] = float(sum(getattr(r, k) for g in rows for r in g) / S)  # per seed, summed over problems
     elif pool is not None:  # pass@n: the tokens of n samples
-        S = len(config.seeds)
-        out["generated_tokens"] = float(sum(sum(r.completion_tokens for r in pool[(p.id, s)][:n])
-                                            for p in problems for s in config.seeds) / S)
-        out["wall_s"] = float(sum(sum(r.wall_s for r in pool[(p.id, s)][:n]) for p in problems
-                                  for s in config.seeds) / S)
-    return out
+        fields["generated_tokens"] = float(sum(sum(r.completion_tokens for r in pool[(p.id, s)][:n])
+                                               for p in problems for s in config.seeds) / S)
+        fields["wall_s"] = float(sum(sum(r.wall_s for r in pool[(p.id, s)][:n]) for p in problems
+                                     for s in config.seeds) / S)
+    if ceiling is not None:  # fraction_of_ceiling is written as null when the ceiling is 0
+        fields.update(pass_at_n=ceiling, fraction_of_ceiling=accuracy / ceiling if ceiling > 0 else None)
+    fields.update(spread)
+    keys = tuple(k for k in SWEEP_ROW_KEYS if k in ("strategy", "n", "accuracy", "ci") or k in fields)
+    return ResultRow(strategy=strategy, n=n, accuracy=accuracy, ci=(lo, hi), **fields, keys=keys)
 
 
-def compute_matched(results: Sequence[dict]) -> list[dict]:
+def compute_matched(results: Sequence[ResultRow]) -> list[dict]:
     """Accuracy of every strategy at equal generated tokens: at each token level that some strategy
     reached, each other strategy's accuracy interpolated linearly on its accuracy-vs-tokens curve
     (None outside the range it covered)."""
     curves: dict[str, list[tuple[float, float]]] = {}
     for r in results:
-        if r["strategy"] == "pass@n" or "generated_tokens" not in r:
+        if r.strategy == "pass@n" or r.generated_tokens is None:
             continue
-        curves.setdefault(r["strategy"], []).append((r["generated_tokens"], r["accuracy"]))
+        curves.setdefault(r.strategy, []).append((r.generated_tokens, r.accuracy))
     levels = sorted({round(t) for c in curves.values() for t, _ in c})
     table = []
     for lv in levels:
