@@ -74,8 +74,9 @@ def test_hostile_completion_is_contained(humaneval):
     task, probs = humaneval
     p = probs["HumanEval/0"]
     fn = "def has_close_elements(numbers, threshold):\n    {}\n"
+    # no process can be made in the sandbox: system() fails, the function returns None
     v = task.verify(task.extract_answer("```python\nimport os\n" + fn.format("os.system('echo hi')") + "```"), p)
-    assert not v.passed and v.reason == "forbidden"
+    assert not v.passed and v.reason == "fail_assertion" and "hi" not in v.stdout, v
     v = task.verify(task.extract_answer("```python\n" + fn.format("raise SystemExit(0)") + "```"), p)
     assert not v.passed and v.reason == "early_exit"
 

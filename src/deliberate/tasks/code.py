@@ -18,7 +18,10 @@ Answer extraction: the last fenced ```` ```python ```` (or bare ```` ``` ````) b
 completion, else the raw completion. The program run is the prompt followed by the extracted code
 (a completion that only continues the function body completes the prompt; one that restates the
 whole function redefines it). Verifier: the sandbox verdict (``passed``), see
-:meth:`CodeTask.verify` for the full :class:`~deliberate.sandbox.Verdict`.
+:meth:`CodeTask.verify` for the full :class:`~deliberate.sandbox.Verdict`. The candidate runs under
+bubblewrap and the tests in a separate checker process (docs/SANDBOX.md); where bubblewrap cannot
+run, the task refuses to grade unless ``--task-arg unsafe_local_sandbox=true`` selects the weaker
+single-process runner.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import threading
 from pathlib import Path
 
 from deliberate.errors import DeliberateError
-from deliberate.sandbox import Limits, Verdict, run_tests
+from deliberate.sandbox import Limits, Verdict, isolation_available, run_tests, run_tests_unsafe_local
 from deliberate.tasks.base import Task, check_split, register_task
 from deliberate.tasks.jsonl import read_jsonl
 from deliberate.types import Problem
@@ -68,11 +71,13 @@ class CodeTask(Task):
     stop = ("\nif __name__",)
     max_tokens = 768
 
-    def __init__(self, path: str | None = None, timeout: float = 10.0, memory_mb: int = 1024):
+    def __init__(self, path: str | None = None, timeout: float = 10.0, memory_mb: int = 1024,
+                 unsafe_local_sandbox: bool = False):
         if not timeout > 0:
             raise DeliberateError(f"code: timeout must be > 0 seconds (got {timeout!r})")
         self.path = path
         self.limits = Limits(wall_s=float(timeout), memory_mb=int(memory_mb))
+        self.unsafe_local_sandbox = bool(unsafe_local_sandbox)
         self._cache: list[Problem] | None = None
         self._verdicts: dict[tuple[str, str], Verdict] = {}
         self._lock = threading.Lock()
@@ -167,7 +172,16 @@ class CodeTask(Task):
             hit = self._verdicts.get(key)
         if hit is not None:
             return hit
-        v = run_tests(prog, problem.metadata["tests"], problem.metadata.get("entry_point"), limits=self.limits)
+        tests, entry = problem.metadata["tests"], problem.metadata.get("entry_point")
+        if self.unsafe_local_sandbox:
+            v = run_tests_unsafe_local(prog, tests, entry, limits=self.limits)
+        else:
+            ok, why = isolation_available()
+            if not ok:
+                raise DeliberateError(f"code: no isolating sandbox here ({why}); install bubblewrap "
+                                      "(scripts/setup.sh) or pass --task-arg unsafe_local_sandbox=true "
+                                      "for the weaker in-process runner (docs/SANDBOX.md)")
+            v = run_tests(prog, tests, entry, limits=self.limits, helpers=problem.metadata["prompt"])
         with self._lock:
             if len(self._verdicts) > 4096:
                 self._verdicts.clear()
