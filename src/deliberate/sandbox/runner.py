@@ -130,6 +130,13 @@ def run(job: dict, lim: Limits, python: str | None) -> Verdict:
             close(fd)
 
 
+def wait_briefly(p: subprocess.Popen, seconds: float = 0.5) -> None:
+    try:
+        p.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def kill_group(p: subprocess.Popen) -> None:
     """SIGKILL ``p``'s process group (it leads one) and reap it. For the candidate that is bwrap,
     whose death takes the sandbox's PID namespace, and so every process the model made, with it."""
@@ -161,6 +168,8 @@ def supervise(cand: subprocess.Popen, checker: subprocess.Popen, res_r: int, lim
                 kill_group(checker)
             if done_at is None and ("result" not in {k.data for k in sel.get_map().values()}):
                 done_at = now  # the checker has spoken (or died): the candidate has nothing left to do
+                if b'"candidate_gone"' in bufs["result"]:
+                    wait_briefly(cand)  # its own exit status says why it went; our SIGKILL would hide it
                 kill_group(cand)
                 kill_group(checker)
             if done_at is not None and now - done_at > 1.0:
@@ -179,14 +188,16 @@ def supervise(cand: subprocess.Popen, checker: subprocess.Popen, res_r: int, lim
                     kill_group(cand)
     finally:
         sel.close()
+    rc_own = cand.poll()  # None: still running, so whatever status it gets next is our SIGKILL
     kill_group(cand)
     kill_group(checker)
     iso = ISOLATION + (("seccomp",) if seccomp else ())
-    return decide(bufs, cand.returncode, killed_for, lim, time.monotonic() - t0, run_id, iso)
+    return decide(bufs, cand.returncode, rc_own, killed_for, lim, time.monotonic() - t0, run_id, iso)
 
 
-def decide(bufs: dict, rc: int | None, killed_for: str | None, lim: Limits, wall: float, run_id: str,
-           iso: tuple[str, ...]) -> Verdict:
+def decide(bufs: dict, rc: int | None, rc_own: int | None, killed_for: str | None, lim: Limits, wall: float,
+           run_id: str, iso: tuple[str, ...]) -> Verdict:
+    """``rc`` is the candidate's final status; ``rc_own`` the status it reached before we killed it."""
     out = bytes(bufs["stdout"][:lim.output_bytes]).decode("utf-8", "replace")
     err = bytes(bufs["stderr"][:lim.output_bytes]).decode("utf-8", "replace")
     status, detail = None, ""
@@ -206,18 +217,20 @@ def decide(bufs: dict, rc: int | None, killed_for: str | None, lim: Limits, wall
     if status is None:
         tail = bytes(bufs["checker"][-1500:]).decode("utf-8", "replace")
         return Verdict(False, "sandbox_error", "the checker wrote no verdict: " + tail, **common)
-    if status in ("candidate_gone", "protocol_error"):
-        return candidate_ended(status, detail, rc, err, common)
+    if status == "candidate_gone":
+        return candidate_ended(rc_own, wall, lim, err, common)
     if status in REASONS:
         return Verdict(False, status, detail, **common)
     return Verdict(False, "sandbox_error", f"unknown checker status {status!r}", **common)
 
 
-def candidate_ended(status: str, detail: str, rc: int | None, err: str, common: dict) -> Verdict:
+def candidate_ended(rc: int | None, wall: float, lim: Limits, err: str, common: dict) -> Verdict:
     """Why the candidate stopped answering, from how its process ended. bwrap exits with the
-    child's status, or 128 + the signal that killed it."""
+    child's status, or 128 + the signal that killed it; SIGKILL is the CPU hard limit only once
+    that much time has passed (else the program killed itself)."""
     sig = -rc if rc is not None and rc < 0 else rc - 128 if rc is not None and rc > 128 else None
-    if sig in (signal.SIGXCPU, signal.SIGKILL):
+    cpu_s = limits_for_candidate(lim)["cpu_s"]
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and wall >= cpu_s):
         return Verdict(False, "timeout", f"CPU-time limit (signal {signal.Signals(sig).name})", **common)
     if "MemoryError" in err or "Cannot allocate memory" in err:
         return Verdict(False, "memory", err[-500:], **common)
@@ -227,6 +240,6 @@ def candidate_ended(status: str, detail: str, rc: int | None, err: str, common: 
         except ValueError:
             name = str(sig)
         return Verdict(False, "crash", f"killed by {name}", **common)
-    if status == "protocol_error":
-        return Verdict(False, "protocol_error", detail, **common)
+    if rc is None:
+        return Verdict(False, "early_exit", "closed its end of the channel before the tests finished", **common)
     return Verdict(False, "early_exit", f"exited with status {rc} before the tests finished", **common)
