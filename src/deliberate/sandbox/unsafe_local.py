@@ -191,6 +191,7 @@ def run_tests(code: str, tests: str, entry_point: str | None = None, *, limits: 
         for fd in (nonce_r, res_w):
             os.close(fd)
             fds.remove(fd)
+        fds.remove(res_r)  # _supervise closes it; a second close could hit another thread's new fd
         return dataclasses.replace(_supervise(proc, res_r, lim, nonce, t0, prefix), run_id=os.path.basename(tmp))
     finally:
         if proc is not None:
