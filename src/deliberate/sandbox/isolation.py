@@ -88,7 +88,8 @@ def python_roots() -> list[str]:
     for p in (sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
               os.path.dirname(os.path.realpath(sys.executable))):
         for q in (p, os.path.realpath(p)):
-            if q and not q.startswith("/usr/") and q != "/usr" and q not in roots and os.path.isdir(q):
+            # never "/": that would mount the whole host (a Python installed at / runs from /usr anyway)
+            if q and q != "/" and not q.startswith("/usr/") and q != "/usr" and q not in roots and os.path.isdir(q):
                 roots.append(q)
     return roots
 

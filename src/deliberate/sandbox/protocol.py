@@ -17,6 +17,7 @@ import struct
 
 MAX_FRAME = 64 * 1024 * 1024  # one message, either way
 MAX_DEPTH = 200
+BIG_INT_BITS = 10_000  # ~3000 decimal digits, well under int_max_str_digits (4300)
 
 
 class NotData(TypeError):
@@ -32,6 +33,8 @@ def encode(value, depth: int = 0):
     if depth > MAX_DEPTH:
         raise NotData("nested too deeply")
     t = type(value)
+    if t is int and value.bit_length() > BIG_INT_BITS:
+        return {"i": format(value, "x")}  # past JSON's decimal digit limit; hex has none
     if value is None or t is bool or t is int or t is str:
         return value
     if t is float:
@@ -60,6 +63,8 @@ def decode(obj, depth: int = 0):
     try:
         if tag == "x" and body in ("inf", "-inf", "nan"):
             return float(body)
+        if tag == "i" and type(body) is str:
+            return int(body, 16)
         if tag == "b" and type(body) is str:
             return bytes.fromhex(body)
         if tag in ("l", "t", "s") and type(body) is list:
@@ -79,7 +84,7 @@ def decode(obj, depth: int = 0):
 
 def send(fd: int, message: dict) -> None:
     """Write one frame: 4-byte big-endian length, then the message as UTF-8 JSON."""
-    body = json.dumps(message, allow_nan=False, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    body = json.dumps(message, allow_nan=False).encode("ascii")  # ASCII: lone surrogates survive as escapes
     if len(body) > MAX_FRAME:
         raise NotData(f"message of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
     data = struct.pack(">I", len(body)) + body
