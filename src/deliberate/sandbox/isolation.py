@@ -122,6 +122,15 @@ def bwrap_argv(bwrap: str, *, tmpfs_bytes: int, seccomp_fd: int | None, run_id: 
     return argv + [python or sys.executable, "-I", "-B", f"{INSIDE}/candidate.py"]
 
 
+def memfd_with(name: str, data: bytes) -> int:
+    """An in-memory file holding ``data``, rewound: how bwrap gets the filter and the checker its
+    job, with no temp file on disk. Close-on-exec; ``pass_fds`` hands it to one child."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 _PROBE: tuple[bool, str] | None = None
 _PROBE_LOCK = threading.Lock()
 
@@ -139,14 +148,20 @@ def available() -> tuple[bool, str]:
 
 
 def probe() -> tuple[bool, str]:
+    """Start Python under bwrap with the seccomp filter, exactly as a run would (minus the job)."""
     exe = shutil.which("bwrap")
     if exe is None:
         return False, "bubblewrap (bwrap) is not installed"
-    argv = bwrap_argv(exe, tmpfs_bytes=1 << 20, seccomp_fd=None, run_id="probe")[:-1] + ["-c", "pass"]
+    program = seccomp_program()
+    fd = memfd_with("seccomp", program) if program is not None else None
+    argv = bwrap_argv(exe, tmpfs_bytes=1 << 20, seccomp_fd=fd, run_id="probe")[:-1] + ["-c", "pass"]
     try:
-        r = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+        r = subprocess.run(argv, capture_output=True, timeout=20, check=False, pass_fds=(fd,) if fd is not None else ())
     except (OSError, subprocess.SubprocessError) as e:
         return False, f"bwrap did not run: {e}"
+    finally:
+        if fd is not None:
+            os.close(fd)
     if r.returncode != 0:
         return False, "bwrap cannot create its namespaces here: " + r.stderr.decode(errors="replace").strip()[-300:]
     return True, exe

@@ -61,14 +61,6 @@ def limits_for_candidate(lim: Limits) -> dict:
             "open_files": int(lim.open_files), "processes": int(lim.processes)}
 
 
-def memfd_with(name: str, data: bytes) -> int:
-    """A sealed-by-convention in-memory file holding ``data``, rewound (no temp file on disk)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
 def run(job: dict, lim: Limits, python: str | None) -> Verdict:
     ok, bwrap = isolation.available()
     if not ok:
@@ -93,10 +85,10 @@ def run(job: dict, lim: Limits, python: str | None) -> Verdict:
         req_r, req_w = pipe()
         rep_r, rep_w = pipe()
         res_r, res_w = pipe()
-        job_fd = memfd_with("job", json.dumps(job).encode())
+        job_fd = isolation.memfd_with("job", json.dumps(job).encode())
         fds.append(job_fd)
         program = isolation.seccomp_program()
-        seccomp_fd = memfd_with("seccomp", program) if program is not None else None
+        seccomp_fd = isolation.memfd_with("seccomp", program) if program is not None else None
         if seccomp_fd is not None:
             fds.append(seccomp_fd)
         argv = isolation.bwrap_argv(bwrap, tmpfs_bytes=lim.tmpfs_bytes, seccomp_fd=seccomp_fd, run_id=run_id,
