@@ -22,3 +22,14 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "note: no chromium found (install it as root: apt-get install chromium); the browser tests of tests/test_report.py will skip" >&2
   fi
 fi
+# bubblewrap for the code task's sandbox (`deliberate.sandbox`: the model's code runs in its own user,
+# PID, network, IPC and mount namespaces). Only as root with apt-get; never fatal. Without it the code
+# task refuses to grade unless given --task-arg unsafe_local_sandbox=true (docs/SANDBOX.md).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap; } \
+      >/dev/null 2>&1 || echo "note: could not install bubblewrap with apt-get; the code task will need --task-arg unsafe_local_sandbox=true" >&2
+  else
+    echo "note: no bwrap found (install it as root: apt-get install bubblewrap); the code task will need --task-arg unsafe_local_sandbox=true" >&2
+  fi
+fi

@@ -7,12 +7,17 @@ import json
 import pytest
 
 from deliberate.errors import DeliberateError
+from deliberate.sandbox import isolation_available
 from deliberate.tasks import get_task, task_names
 from deliberate.tasks.code import extract_code
 
 # spread over the set, including problems whose tests use helpers from the prompt (32, 38, 50)
 SAMPLE = ["HumanEval/0", "HumanEval/2", "HumanEval/10", "HumanEval/32", "HumanEval/38", "HumanEval/50",
           "HumanEval/87", "HumanEval/129", "HumanEval/163"]
+
+
+# grading needs the isolated sandbox (bubblewrap, installed by scripts/setup.sh)
+needs_sandbox = pytest.mark.skipif(not isolation_available()[0], reason=f"no isolating sandbox: {isolation_available()[1]}")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +42,7 @@ def test_humaneval_loads_from_package(humaneval):
         task.problems("train")
 
 
+@needs_sandbox
 @pytest.mark.parametrize("pid", SAMPLE)
 def test_gold_passes_and_wrong_fails(humaneval, pid):
     task, probs = humaneval
@@ -51,6 +57,7 @@ def test_gold_passes_and_wrong_fails(humaneval, pid):
     assert not v.passed and v.reason != "pass"
 
 
+@needs_sandbox
 def test_completion_forms(humaneval):
     task, probs = humaneval
     p = probs["HumanEval/2"]  # truncate_number: return number % 1.0
@@ -70,12 +77,14 @@ def test_extract_code_takes_last_block():
     assert extract_code("x = 3") == "x = 3"
 
 
+@needs_sandbox
 def test_hostile_completion_is_contained(humaneval):
     task, probs = humaneval
     p = probs["HumanEval/0"]
     fn = "def has_close_elements(numbers, threshold):\n    {}\n"
+    # no process can be made in the sandbox: system() fails, the function returns None
     v = task.verify(task.extract_answer("```python\nimport os\n" + fn.format("os.system('echo hi')") + "```"), p)
-    assert not v.passed and v.reason == "forbidden"
+    assert not v.passed and v.reason == "fail_assertion" and "hi" not in v.stdout, v
     v = task.verify(task.extract_answer("```python\n" + fn.format("raise SystemExit(0)") + "```"), p)
     assert not v.passed and v.reason == "early_exit"
 
@@ -85,6 +94,7 @@ def _write(path, rows):
     return path
 
 
+@needs_sandbox
 def test_user_jsonl(tmp_path):
     f = _write(tmp_path / "mine.jsonl", [
         {"id": "sq", "prompt": "def square(x):\n", "tests": "def check(candidate):\n    assert candidate(3) == 9\n",
@@ -111,3 +121,19 @@ def test_user_jsonl_errors(tmp_path):
         get_task(f"code:{g}").problems()
     with pytest.raises(DeliberateError, match="not found"):
         get_task(f"code:{tmp_path / 'nope.jsonl'}").problems()
+
+
+@needs_sandbox
+def test_user_jsonl_stdin_programs(tmp_path):
+    f = _write(tmp_path / "io.jsonl", [
+        {"id": "sq", "prompt": "# read n, print n squared\n",
+         "io": [{"stdin": "3\n", "stdout": "9\n"}, {"stdin": "12\n", "stdout": "144"}]},
+    ])
+    task = get_task(f"code:{f}", timeout=5)
+    (p,) = task.problems()
+    assert task.is_correct("print(int(input()) ** 2)\n", p)
+    v = task.verify("print(int(input()) * 3)\n", p)
+    assert not v.passed and v.reason == "fail_assertion" and "case 1" in v.detail
+    bad = _write(tmp_path / "badio.jsonl", [{"prompt": "x\n", "io": [{"stdin": 1}]}])
+    with pytest.raises(DeliberateError, match=r"badio.jsonl:1: io must be"):
+        get_task(f"code:{bad}").problems()

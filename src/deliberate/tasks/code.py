@@ -7,9 +7,12 @@ own problems instead, one JSON object a line:
 
 * ``id`` (optional, default ``code-<line>``): problem id
 * ``prompt`` (required): the code the model continues, usually imports + signature + docstring
-* ``tests`` (required): Python test code, run after the solution in a copy of its namespace: either
-  HumanEval style, a ``check(candidate)`` function that is called with the ``entry_point``
-  function, or top-level ``assert`` statements (MBPP style) that call the solution by name
+* ``tests`` (required unless ``io`` is given): Python test code, run in a separate checker process
+  against the solution's functions (arguments and results cross as plain data): either HumanEval
+  style, a ``check(candidate)`` function that is called with the ``entry_point`` function, or
+  top-level ``assert`` statements (MBPP style) that call the solution by name
+* ``io`` (instead of ``tests``): ``[{"stdin": ..., "stdout": ...}, ...]`` for a program that reads
+  stdin; the checker compares what it prints (trailing whitespace aside)
 * ``entry_point`` (required when ``tests`` defines ``check``): name of the function under test
 * ``solution`` (optional): a complete gold program (prompt included), used as the gold answer and
   rationale
@@ -18,7 +21,10 @@ Answer extraction: the last fenced ```` ```python ```` (or bare ```` ``` ````) b
 completion, else the raw completion. The program run is the prompt followed by the extracted code
 (a completion that only continues the function body completes the prompt; one that restates the
 whole function redefines it). Verifier: the sandbox verdict (``passed``), see
-:meth:`CodeTask.verify` for the full :class:`~deliberate.sandbox.Verdict`.
+:meth:`CodeTask.verify` for the full :class:`~deliberate.sandbox.Verdict`. The candidate runs under
+bubblewrap and the tests in a separate checker process (docs/SANDBOX.md); where bubblewrap cannot
+run, the task refuses to grade unless ``--task-arg unsafe_local_sandbox=true`` selects the weaker
+single-process runner.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import threading
 from pathlib import Path
 
 from deliberate.errors import DeliberateError
-from deliberate.sandbox import Limits, Verdict, run_tests
+from deliberate.sandbox import Limits, Verdict, isolation_available, run_io, run_tests, run_tests_unsafe_local
 from deliberate.tasks.base import Task, check_split, register_task
 from deliberate.tasks.jsonl import read_jsonl
 from deliberate.types import Problem
@@ -68,11 +74,13 @@ class CodeTask(Task):
     stop = ("\nif __name__",)
     max_tokens = 768
 
-    def __init__(self, path: str | None = None, timeout: float = 10.0, memory_mb: int = 1024):
+    def __init__(self, path: str | None = None, timeout: float = 10.0, memory_mb: int = 1024,
+                 unsafe_local_sandbox: bool = False):
         if not timeout > 0:
             raise DeliberateError(f"code: timeout must be > 0 seconds (got {timeout!r})")
         self.path = path
         self.limits = Limits(wall_s=float(timeout), memory_mb=int(memory_mb))
+        self.unsafe_local_sandbox = bool(unsafe_local_sandbox)
         self._cache: list[Problem] | None = None
         self._verdicts: dict[tuple[str, str], Verdict] = {}
         self._lock = threading.Lock()
@@ -101,22 +109,30 @@ class CodeTask(Task):
         if not file.is_file():
             raise DeliberateError(f"code: data file {file} not found")
         out = []
-        for row in read_jsonl(file, ("prompt", "tests")):
+        for row in read_jsonl(file, ("prompt",)):
             where = f"{file}:{row['_line']}"
-            for f in ("prompt", "tests"):
+            io = row.get("io")
+            if io is None and "tests" not in row:
+                raise DeliberateError(f"{where}: missing field(s) tests (or io)")
+            for f in ("prompt",) + (("tests",) if io is None else ()):
                 if not isinstance(row[f], str):
                     raise DeliberateError(f"{where}: field {f} must be a string")
+            if io is not None and not (isinstance(io, list) and io and all(
+                    isinstance(c, dict) and isinstance(c.get("stdin"), str) and isinstance(c.get("stdout"), str)
+                    for c in io)):
+                raise DeliberateError(f'{where}: io must be a non-empty list of {{"stdin": str, "stdout": str}}')
             entry = row.get("entry_point")
             if entry is not None and not (isinstance(entry, str) and entry.isidentifier()):
                 raise DeliberateError(f"{where}: entry_point must be a function name")
-            if entry is None and re.search(r"^def check\(", row["tests"], re.MULTILINE):
+            if entry is None and io is None and re.search(r"^def check\(", row["tests"], re.MULTILINE):
                 raise DeliberateError(f"{where}: tests define check(candidate) but entry_point is missing")
             sol = row.get("solution")
             if sol is not None and not isinstance(sol, str):
                 raise DeliberateError(f"{where}: field solution must be a string")
             out.append(Problem(id=str(row.get("id") or f"code-{row['_line']}"), question=row["prompt"],
                                answer=sol or "", metadata={
-                                   "prompt": row["prompt"], "tests": row["tests"], "entry_point": entry,
+                                   "prompt": row["prompt"], "tests": row.get("tests"), "entry_point": entry,
+                                   "io": [(c["stdin"], c["stdout"]) for c in io] if io is not None else None,
                                    "solution": sol, "file": str(file), "line": row["_line"]}))
         return out
 
@@ -167,7 +183,21 @@ class CodeTask(Task):
             hit = self._verdicts.get(key)
         if hit is not None:
             return hit
-        v = run_tests(prog, problem.metadata["tests"], problem.metadata.get("entry_point"), limits=self.limits)
+        tests, entry, io = problem.metadata["tests"], problem.metadata.get("entry_point"), problem.metadata.get("io")
+        if self.unsafe_local_sandbox:
+            if io is not None:
+                raise DeliberateError(f"code: {problem.id} has io cases, which only the isolated sandbox grades")
+            v = run_tests_unsafe_local(prog, tests, entry, limits=self.limits)
+        else:
+            ok, why = isolation_available()
+            if not ok:
+                raise DeliberateError(f"code: no isolating sandbox here ({why}); install bubblewrap "
+                                      "(scripts/setup.sh) or pass --task-arg unsafe_local_sandbox=true "
+                                      "for the weaker in-process runner (docs/SANDBOX.md)")
+            if io is not None:
+                v = run_io(prog, io, limits=self.limits)
+            else:
+                v = run_tests(prog, tests, entry, limits=self.limits, helpers=problem.metadata["prompt"])
         with self._lock:
             if len(self._verdicts) > 4096:
                 self._verdicts.clear()
