@@ -1,6 +1,6 @@
 """The verifier interface: ``score(problem, steps) -> per-step scores``, plus aggregation.
 
-Every verifier — learned (ORM, PRM, GenRM, an HF checkpoint on disk) or automatic (the task's own
+Every verifier — learned (ORM, PRM, GenRM, an HF checkpoint, a published PRM) or automatic (the task's own
 checker, a deliberately noisy copy of it) — answers the same question: given a problem and the
 reasoning steps written so far, how likely is each step prefix to lead to a correct answer?
 Scores are probabilities in [0, 1], one per step. An outcome model (ORM) gives the same score for
@@ -117,7 +117,7 @@ def register_verifier(kind: str, options: Sequence[str] | None = None
 def _load_builtin() -> None:
     import importlib
 
-    for mod in ("oracle", "models", "genrm", "dpo", "likelihood"):
+    for mod in ("oracle", "models", "classifier", "math_shepherd", "rlhflow", "qwen_prm", "genrm", "dpo", "likelihood"):
         try:
             importlib.import_module(f"deliberate.rewards.{mod}")
         except ModuleNotFoundError as e:  # a verifier module not written yet
