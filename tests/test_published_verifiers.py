@@ -28,8 +28,9 @@ from deliberate.rewards import get_verifier
 from deliberate.types import Problem
 
 #: Llama 3's chat layout (what RLHFlow's Llama3.1 PRMs use), without the date/system-prompt preamble
-LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
-                   " + m['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}"
+                   "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim"
+                   " + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
                    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 #: Qwen2.5's chat layout (ChatML; a default system turn when the chat has none)
 QWEN_TEMPLATE = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
@@ -302,7 +303,8 @@ def test_a_hub_id_loads_from_the_hf_cache_offline(tmp_path, checkpoints):
     code = ("import json; from deliberate.rewards import get_verifier; from deliberate.errors import DeliberateError\n"
             "from deliberate.types import Problem\n"
             "v = get_verifier('qwen-prm:tiny-org/tiny-qwen-prm', device='cpu', dtype='float32')\n"
-            f"print(json.dumps(v.score(Problem(id='a', question={PROBLEMS[0].question!r}, answer='11'), {STEPS[0]!r})))\n"
+            f"p = Problem(id='a', question={PROBLEMS[0].question!r}, answer='11')\n"
+            f"print(json.dumps(v.score(p, {STEPS[0]!r})))\n"
             "try:\n    get_verifier('hf-prm:tiny-org/not-cached', device='cpu')\n"
             "except DeliberateError as e:\n    print('refused:', e)\n")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",

@@ -172,7 +172,8 @@ class StepCheckpointVerifier(Verifier):
             self.stats.calls += 1
             self.stats.sequences += len(chunk)
             self.stats.tokens += int(mask.sum())
-            rows = torch.cat([states[r, torch.tensor(pos, device=states.device)] for r, (_, _, pos) in enumerate(chunk)])
+            rows = torch.cat([states[r, torch.tensor(pos, device=states.device)]
+                              for r, (_, _, pos) in enumerate(chunk)])
             probs = self.read(rows).float().tolist()
             k = 0
             for i, _, pos in chunk:

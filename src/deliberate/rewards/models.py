@@ -156,7 +156,8 @@ def load_reward_model(directory: str | Path):
     meta_f = d / VERIFIER_META
     if not meta_f.exists():
         raise DeliberateError(f"{d} is not a PRM/ORM checkpoint (no {VERIFIER_META}); "
-                              "for a Hugging Face checkpoint use hf-prm:, hf-orm: or a published format (math-shepherd:, rlhflow-prm:, qwen-prm:)")
+                              "for a Hugging Face checkpoint use hf-prm:, hf-orm: or a published format "
+                              "(math-shepherd:, rlhflow-prm:, qwen-prm:)")
     try:
         meta = json.loads(meta_f.read_text())
     except json.JSONDecodeError as e:
