@@ -1,6 +1,6 @@
 """The verifier interface: ``score(problem, steps) -> per-step scores``, plus aggregation.
 
-Every verifier — learned (ORM, PRM, GenRM, an HF checkpoint on disk) or automatic (the task's own
+Every verifier — learned (ORM, PRM, GenRM, an HF checkpoint, a published PRM) or automatic (the task's own
 checker, a deliberately noisy copy of it) — answers the same question: given a problem and the
 reasoning steps written so far, how likely is each step prefix to lead to a correct answer?
 Scores are probabilities in [0, 1], one per step. An outcome model (ORM) gives the same score for
@@ -99,7 +99,8 @@ COMMON_ARGS = ("task", "seed")
 RUNTIME_OPTIONS = ("device", "dtype", "batch_size")
 #: the verifier registry: factories ``factory(arg, task=None, seed=0, **options)``, ``arg`` the text after ``kind:``
 VERIFIERS = Registry("verifier", builtins=[f"deliberate.rewards.{m}" for m in
-                                           ("oracle", "models", "genrm", "dpo", "likelihood")],
+                                           ("oracle", "models", "classifier", "math_shepherd", "rlhflow",
+                                            "qwen_prm", "genrm", "dpo", "likelihood")],
                      positional=1, passed=COMMON_ARGS)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from deliberate.errors import DeliberateError
 from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
-from deliberate.rewards.models import _pad_right, encode_steps
+from deliberate.rewards.models import encode_steps, pad_right
 from deliberate.types import Problem
 
 
@@ -39,7 +39,7 @@ def step_logratios(model, ref, seqs: Sequence[tuple[list[int], int, list[int]]],
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     for lo in range(0, len(order), batch_size):
         chunk = order[lo:lo + batch_size]
-        ids, mask = _pad_right([seqs[i][0] for i in chunk], pad_id, next(model.parameters()).device)
+        ids, mask = pad_right([seqs[i][0] for i in chunk], pad_id, next(model.parameters()).device)
         diff = (token_logprobs(model, ids, mask) - token_logprobs(ref, ids, mask)).cpu()  # on the CPU: no copy
         for row, i in enumerate(chunk):
             _, n_prompt, ends = seqs[i]

@@ -1,4 +1,4 @@
-"""Learned verifiers: the tiny PRM/ORM (a 1-logit token-classification head) and HF checkpoints on disk.
+"""Learned verifiers on the tiny model: the tiny PRM/ORM (a 1-logit token-classification head).
 
 ``prm:DIR`` / ``orm:DIR`` — a checkpoint written by ``deliberate train prm|orm``: the tiny char-level
 Llama with a ``LlamaForTokenClassification`` head (one logit per position), usually initialised from
@@ -12,12 +12,9 @@ scores every prefix** of a candidate. The PRM is trained on every step end (step
 only on the last one (outcome labels), but it is asked at every step end at test time, so both return
 one score per step.
 
-``hf-prm:DIR`` / ``hf-orm:DIR`` — a user's Hugging Face checkpoint with its own tokenizer:
-``AutoModelForTokenClassification`` (PRM: read at the last token of each step + separator) and
-``AutoModelForSequenceClassification`` (ORM: one sequence per step prefix). A 1-logit head is read as
-``sigmoid(logit)``; a 2-label head as ``softmax(logits)[positive_label]``. Options (factory keywords):
-``separator`` (default ``"\\n"``), ``positive_label`` (default 1), ``prompt_style`` (default
-``"plain"``), ``batch_size``.
+Hugging Face checkpoints (``hf-prm:``, ``hf-orm:`` and the published PRM formats) live in
+``classifier.py``, ``math_shepherd.py``, ``rlhflow.py`` and ``qwen_prm.py``; the encoding helpers here
+(:func:`encode_steps`, :func:`pad_right`, :func:`keep_tail`, :func:`head_probability`) are shared with them.
 
 Every verifier here counts its compute in ``stats``: forward calls, sequences, tokens.
 """
@@ -61,8 +58,8 @@ def encode_steps(tokenizer, prompt: str, steps: Sequence[str], separator: str = 
     return ids, ends
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of ``seqs`` right-padded with ``pad_id``, on ``device`` (default: the CPU)."""
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
@@ -73,7 +70,10 @@ def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device 
     return (ids, mask) if device is None else (ids.to(device), mask.to(device))
 
 
-def _fit(ids: list[int], ends: list[int], max_len: int) -> tuple[list[int], list[int]]:
+_pad_right = pad_right  # the old name: train/vstar.py still imports it
+
+
+def keep_tail(ids: list[int], ends: list[int], max_len: int) -> tuple[list[int], list[int]]:
     """Keep the last ``max_len`` tokens (a too-long candidate is judged on its end, not rejected).
 
     Step ends that fall off the front are read at the first kept position."""
@@ -156,7 +156,8 @@ def load_reward_model(directory: str | Path):
     meta_f = d / VERIFIER_META
     if not meta_f.exists():
         raise DeliberateError(f"{d} is not a PRM/ORM checkpoint (no {VERIFIER_META}); "
-                              "for a Hugging Face checkpoint use hf-prm:DIR or hf-orm:DIR")
+                              "for a Hugging Face checkpoint use hf-prm:, hf-orm: or a published format "
+                              "(math-shepherd:, rlhflow-prm:, qwen-prm:)")
     try:
         meta = json.loads(meta_f.read_text())
     except json.JSONDecodeError as e:
@@ -187,7 +188,7 @@ class TinyRewardModel(Verifier):
 
     def encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         ids, ends = encode_steps(self.tokenizer, self._prompt(problem), steps, "\n", self.tokenizer.bos_token_id)
-        return _fit(ids, ends, self.max_len)
+        return keep_tail(ids, ends, self.max_len)
 
     # --- incremental scoring for search ------------------------------------------------------
     # A search scores a child = parent prefix + one new step. The score of every earlier step is the
@@ -258,7 +259,7 @@ class TinyRewardModel(Verifier):
         enc.sort(key=lambda e: len(e[1]))  # similar lengths together: less padding
         for start in range(0, len(enc), self.batch_size):
             chunk = enc[start:start + self.batch_size]
-            ids, mask = _pad_right([e[1] for e in chunk], self.tokenizer.pad_token_id, self.device)
+            ids, mask = pad_right([e[1] for e in chunk], self.tokenizer.pad_token_id, self.device)
             probs = head_probability(self.model(input_ids=ids, attention_mask=mask).logits)
             self.stats.calls += 1
             self.stats.sequences += len(chunk)
@@ -295,146 +296,3 @@ def _prm(arg, task=None, **kw):
 @register_verifier("orm", options=("batch_size", "device"))
 def _orm(arg, task=None, **kw):
     return _load_tiny_verifier(arg, "orm", task=task, **kw)
-
-
-# --------------------------------------------------------------------------------------------
-# Hugging Face checkpoints on disk
-# --------------------------------------------------------------------------------------------
-
-class _NoSpecialTokens:
-    """An HF tokenizer's ``encode`` without special tokens (BOS is added once, by :func:`encode_steps`)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-
-class _HFVerifierBase(Verifier):
-    auto_class = ""
-    kind = "hf"
-
-    def __init__(self, path: str | None, task=None, separator: str = "\n", positive_label: int = 1,
-                 prompt_style: str = "plain", batch_size: int = 64, device: str = "auto", dtype: str = "auto",
-                 **_: Any):
-        """``device`` / ``dtype``: where and in what precision the checkpoint runs (``auto``: a CUDA GPU when
-        there is one, in bfloat16 on Ampere or newer; else the CPU in float32); scores are read in float32."""
-        super().__init__()
-        import transformers
-
-        from deliberate.models.engine import resolve_device, resolve_dtype
-
-        if not path:
-            raise DeliberateError(f"the {self.kind} verifier needs a checkpoint directory: {self.kind}:DIR")
-        d = Path(path)
-        if not (d / "config.json").exists():
-            raise DeliberateError(f"{self.kind}: {str(d)!r} is not a Hugging Face checkpoint directory (no config.json)")
-        if not isinstance(separator, str) or not separator:
-            raise DeliberateError("separator must be a non-empty string")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise DeliberateError(f"batch_size must be a positive integer (got {batch_size!r})")
-        self.device = resolve_device(device, what=self.kind)
-        torch_dtype = resolve_dtype(dtype, self.device, what=self.kind)
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
-            self.model = getattr(transformers, self.auto_class).from_pretrained(d, local_files_only=True).eval()
-        except (OSError, ValueError, KeyError) as e:
-            raise DeliberateError(f"{self.kind}: cannot load {str(d)!r} as {self.auto_class}: {e}") from None
-        self.model = self.model.to(device=self.device, dtype=torch_dtype)  # on the CPU in float32: the same object
-        n_labels = int(self.model.config.num_labels)
-        if n_labels >= 2 and not 0 <= positive_label < n_labels:
-            raise DeliberateError(f"{self.kind}: positive_label {positive_label} is not a label of a "
-                                  f"{n_labels}-label head")
-        self.task, self.separator, self.positive_label = task, separator, positive_label
-        self.prompt_style, self.batch_size, self.path = prompt_style, batch_size, str(d)
-        tok = self.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        self.bos = tok.bos_token_id
-        self.max_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
-        self.name = f"{self.kind}:{self.path}"
-
-    def _prompt(self, problem: Problem) -> str:
-        return problem_prompt(self.task, problem, self.prompt_style)
-
-    def _encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
-        ids, ends = encode_steps(_NoSpecialTokens(self.tokenizer), self._prompt(problem), steps, self.separator,
-                                 self.bos)
-        return _fit(ids, ends, self.max_len)
-
-    def _forward(self, seqs: list[list[int]]) -> torch.Tensor:
-        ids, mask = _pad_right(seqs, self.pad_id, self.device)
-        self.stats.calls += 1
-        self.stats.sequences += len(seqs)
-        self.stats.tokens += int(mask.sum())
-        return self.model(input_ids=ids, attention_mask=mask).logits
-
-    def describe(self):
-        return {"name": self.name, "separator": self.separator, "positive_label": self.positive_label,
-                "num_labels": int(self.model.config.num_labels)}
-
-
-class HFProcessRewardModel(_HFVerifierBase):
-    """``AutoModelForTokenClassification``: P(correct) read at the last token of each step+separator."""
-
-    auto_class = "AutoModelForTokenClassification"
-    kind = "hf-prm"
-
-    @torch.inference_mode()
-    def score_batch(self, items):
-        out: list[list[float]] = [[] for _ in items]
-        enc = sorted(((i, *self._encode(p, list(s))) for i, (p, s) in enumerate(items) if len(s)),
-                     key=lambda e: len(e[1]))
-        for start in range(0, len(enc), self.batch_size):
-            chunk = enc[start:start + self.batch_size]
-            probs = head_probability(self._forward([e[1] for e in chunk]), self.positive_label)
-            for row, (i, _, ends) in enumerate(chunk):
-                out[i] = probs[row, ends].tolist()
-        return out
-
-
-class HFOutcomeRewardModel(_HFVerifierBase):
-    """``AutoModelForSequenceClassification``: one sequence per step prefix (the head pools the last token)."""
-
-    auto_class = "AutoModelForSequenceClassification"
-    kind = "hf-orm"
-
-    def __init__(self, path, **kw):
-        super().__init__(path, **kw)
-        if getattr(self.model.config, "pad_token_id", None) is None:
-            # the head finds each row's last real token through the pad id; without one, batch size 1
-            if self.tokenizer.pad_token_id is not None or self.tokenizer.eos_token_id is not None:
-                self.model.config.pad_token_id = self.pad_id
-            else:
-                self.batch_size = 1
-        else:
-            self.pad_id = int(self.model.config.pad_token_id)
-
-    @torch.inference_mode()
-    def score_batch(self, items):
-        out: list[list[float]] = [[0.0] * len(s) for _, s in items]
-        prefixes = []  # (item, step index, ids of the text up to that step's end)
-        for i, (p, s) in enumerate(items):
-            if not len(s):
-                continue
-            ids, ends = self._encode(p, list(s))
-            prefixes.extend((i, j, ids[: e + 1]) for j, e in enumerate(ends))
-        prefixes.sort(key=lambda e: len(e[2]))
-        for start in range(0, len(prefixes), self.batch_size):
-            chunk = prefixes[start:start + self.batch_size]
-            probs = head_probability(self._forward([e[2] for e in chunk]), self.positive_label)
-            for row, (i, j, _) in enumerate(chunk):
-                out[i][j] = float(probs[row])
-        return out
-
-
-def _hf_factory(cls):
-    def factory(arg, task=None, **kw):
-        return cls(arg, task=task, **{k: v for k, v in kw.items() if k != "seed"})
-
-    return factory
-
-
-HF_OPTIONS = ("separator", "positive_label", "prompt_style", "batch_size", "device", "dtype")
-register_verifier("hf-prm", options=HF_OPTIONS)(_hf_factory(HFProcessRewardModel))
-register_verifier("hf-orm", options=HF_OPTIONS)(_hf_factory(HFOutcomeRewardModel))
