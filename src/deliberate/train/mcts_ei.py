@@ -46,8 +46,8 @@ from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
 from deliberate.rewards.oracle import OutcomeVerifier
 from deliberate.tasks import get_task
+from deliberate.policy import FinetuneSettings
 from deliberate.train.selfimprove import (
-    FinetuneSettings,
     IterationLog,
     Stopwatch,
     add_config_arguments,
