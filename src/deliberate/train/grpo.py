@@ -76,6 +76,8 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.tiny import load_tiny
+from deliberate.policy import TinyPolicy
+from deliberate.policy.tiny import save_model
 from deliberate.tasks import get_task
 from deliberate.train.common import (
     IGNORE,
@@ -88,8 +90,6 @@ from deliberate.train.common import (
 )
 from deliberate.train.distributed import Dist, Single, add_device_argument, setup
 from deliberate.train.rest_em import format_iterations
-from deliberate.policy import TinyPolicy
-from deliberate.policy.tiny import save_model
 from deliberate.train.selfimprove import (
     VERIFIED,
     IterationLog,

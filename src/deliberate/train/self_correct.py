@@ -31,9 +31,9 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
+from deliberate.policy import FinetuneSettings, TinyPolicy
 from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task
-from deliberate.policy import FinetuneSettings, TinyPolicy
 from deliberate.train.selfimprove import (
     Stopwatch,
     add_config_arguments,

@@ -44,10 +44,10 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
-from deliberate.tasks import get_task
-from deliberate.tasks.countdown import STREAM_STRATEGIES, State, children, nearest, search_stream
 from deliberate.policy import FinetuneSettings
 from deliberate.policy.tiny import save_model
+from deliberate.tasks import get_task
+from deliberate.tasks.countdown import STREAM_STRATEGIES, State, children, nearest, search_stream
 from deliberate.train.selfimprove import (
     Stopwatch,
     acc_cell,

@@ -45,12 +45,12 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import CharTokenizer, load_tiny
+from deliberate.policy import FinetuneSettings, TinyPolicy
+from deliberate.policy.tiny import save_model
 from deliberate.rewards.dpo import token_logprobs
 from deliberate.rewards.models import _pad_right, encode_steps
 from deliberate.tasks import get_task
 from deliberate.train.common import batch_indices, lr_at
-from deliberate.policy import FinetuneSettings, TinyPolicy
-from deliberate.policy.tiny import save_model
 from deliberate.train.selfimprove import (
     VERIFIED,
     Stopwatch,
