@@ -50,7 +50,13 @@ def test_load_policy_picks_hf_with_its_chat_template(tmp_path):
     d = build_tiny_hf(tmp_path / "hf", 16, 1, 2, 1)
     p = load_policy(d)
     assert isinstance(p, HFPolicy) and p.chat and p.pretrained
-    assert not load_policy(d, chat=False).chat
-    out = p.sample(["What is 1+1?"], SamplingParams(n=1, temperature=0.0, max_tokens=4, seed=0))
-    assert len(out) == 1 and out[0][0].prompt_tokens > len("What is 1+1?") // 4  # the chat template went in
+    plain = load_policy(d, chat=False)
+    assert not plain.chat and plain.training_prompt("What is 1+1?") == "What is 1+1?"
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=4, seed=0)
+    chat_tokens = p.sample(["What is 1+1?"], params)[0][0].prompt_tokens
+    plain_tokens = plain.sample(["What is 1+1?"], params)[0][0].prompt_tokens
+    assert chat_tokens > plain_tokens + 3  # the chat template went in (role markers around the message)
+    with pytest.raises(DeliberateError, match="raw .gguf"):
+        HFPolicy(tmp_path / "m.gguf").finetune([("a", "b")], tmp_path / "ft", FinetuneSettings(), progress=False)
     p.close()
+    plain.close()
