@@ -183,7 +183,8 @@ def test_recipe_rollouts_device(tmp_path):
     for CUDA where there is none fails before any sampling; ``cpu`` and ``auto`` give the same rollouts."""
     from deliberate.models.tiny import save_tiny
     from deliberate.tasks import get_task
-    from deliberate.train.selfimprove import load_sampler, policy_rollouts
+    from deliberate.policy.tiny import load_sampler
+    from deliberate.train.selfimprove import policy_rollouts
 
     m, tok = _model()
     save_tiny(m, tok, tmp_path / "policy")
@@ -445,7 +446,8 @@ def test_recipe_rollouts_on_the_gpu_match_the_cpu(tmp_path):
     near-ties; greedy ones must agree exactly on this small model."""
     from deliberate.models.tiny import save_tiny
     from deliberate.tasks import get_task
-    from deliberate.train.selfimprove import load_sampler, policy_rollouts
+    from deliberate.policy.tiny import load_sampler
+    from deliberate.train.selfimprove import policy_rollouts
 
     m, tok = _model()
     save_tiny(m, tok, tmp_path / "policy")

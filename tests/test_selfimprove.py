@@ -27,7 +27,8 @@ from deliberate.train.grpo import (
     run_grpo,
 )
 from deliberate.train.rest_em import RestEMConfig, run_rest_em
-from deliberate.train.selfimprove import FinetuneSettings, finetune, rollouts
+from deliberate.policy import FinetuneResult, FinetuneSettings, TinyPolicy
+from deliberate.train.selfimprove import finetune, rollouts
 
 SMALL_ARITH = {"min_ops": 1, "max_ops": 1, "max_operand": 5}
 
@@ -145,18 +146,18 @@ def test_rollouts_seeded_and_verified(tiny_ckpt):
     model, tok = load_tiny(tiny_ckpt)
     task = get_task("arith", **SMALL_ARITH)
     probs = task.problems("train", 6, seed=0)
-    a = rollouts(model, tok, task, probs, 3, seed=5, progress=False)
-    b = rollouts(model, tok, task, probs, 3, seed=5, progress=False)
+    a = rollouts(TinyPolicy(model=model, tokenizer=tok), task, probs, 3, seed=5, progress=False)
+    b = rollouts(TinyPolicy(model=model, tokenizer=tok), task, probs, 3, seed=5, progress=False)
     assert [[r.text for r in rs] for rs in a] == [[r.text for r in rs] for rs in b]
     for p, rs in zip(probs, a):
         assert len(rs) == 3
         for r in rs:
             assert r.correct == (task.reward(r.text, p) > 0)
     # hinted prompts replace the task's
-    c = rollouts(model, tok, task, probs, 1, seed=5, prompts=["x" + task.prompt(p) for p in probs], progress=False)
+    c = rollouts(TinyPolicy(model=model, tokenizer=tok), task, probs, 1, seed=5, prompts=["x" + task.prompt(p) for p in probs], progress=False)
     assert all(rs[0].prompt.startswith("x") for rs in c)
     with pytest.raises(DeliberateError):
-        rollouts(model, tok, task, probs, 0, progress=False)
+        rollouts(TinyPolicy(model=model, tokenizer=tok), task, probs, 0, progress=False)
 
 
 def test_finetune_learns_and_is_deterministic(tiny_ckpt, tmp_path):
@@ -257,7 +258,6 @@ def _planted_groups(task, problems):
 def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeypatch):
     """keep='process' trains only on samples whose every step passes the task's step checker; the E-step's
     samples are planted in the iteration's rollout cache (gold, lucky = wrong step but right answer, wrong x2)."""
-    import deliberate.train.rest_em as rest_em_mod
     from deliberate.train.selfimprove import save_rollouts
 
     task = get_task("arith", **SMALL_ARITH)
@@ -267,10 +267,10 @@ def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeyp
                for p, rs in zip(train, planted))
     seen: dict[str, list] = {}
     for keep in ("outcome", "process"):
-        def fake_finetune(init, pairs, out, settings, keep=keep, **kw):
+        def fake_finetune(self, pairs, out, settings, keep=keep, **kw):
             seen[keep] = list(pairs)
-            return Path(init), 1
-        monkeypatch.setattr(rest_em_mod, "finetune", fake_finetune)
+            return FinetuneResult(self.path, 1, 1)
+        monkeypatch.setattr(TinyPolicy, "finetune", fake_finetune)
         cfg = RestEMConfig(**{**_rest_cfg(easy_ckpt, tmp_path / keep).__dict__, "iterations": 1, "keep": keep,
                               "n_train": 6, "k": 4})
         (tmp_path / keep / "it001").mkdir(parents=True)
@@ -615,9 +615,10 @@ def test_recipe_flags_come_from_config_fields():
     assert config_from_args(RestEMConfig, p.parse_args(["train", "rest-em", "--task", "addition"])).task_options == {}
     assert config_from_args(RestEMConfig, p.parse_args(["train", "rest-em", "--task", "addition", "--task-arg",
                                                         "digits=2"])).task_options == {"digits": 2}
-    from deliberate.train.star_hf import HFStarConfig
-    h = config_from_args(HFStarConfig, p.parse_args(["train", "star-hf", "--task-arg", "digits=1-4"]))
-    assert h.task_options == {"digits": "1-4", "extract": "last_number"}  # the real-model extraction stays
+    # --model and --init name the same field; --model-* are the tiny seed's size flags
+    assert config_from_args(StarConfig, p.parse_args(["train", "star", "--model", "m"])).init == "m"
+    assert config_from_args(RestEMConfig, p.parse_args(["train", "rest-em", "--init", "m"])).init == "m"
+    assert config_from_args(RestEMConfig, p.parse_args(["train", "rest-em", "--model", "m", "--no-chat"])).chat is False
     a = p.parse_args(["train", "star", "--no-rationalize", "--eval-digits", "4,6", "--seed-sft-steps", "7",
                       "--model-d-model", "64"])
     s = config_from_args(StarConfig, a)
@@ -633,14 +634,14 @@ def test_star_hinted_long_seed_and_sampled_rationalization(tmp_path, monkeypatch
     from deliberate.models.tiny import TinyConfig
     from deliberate.train.selfimprove import load_rollouts
 
-    real_finetune = star_mod.finetune
+    real_finetune = TinyPolicy.finetune
     seen: dict[str, list] = {}
 
-    def spy(init, pairs, out, settings, **kw):
+    def spy(self, pairs, out, settings, **kw):
         seen[kw.get("desc", "")] = list(pairs)
-        return real_finetune(init, pairs, out, settings, **kw)
+        return real_finetune(self, pairs, out, settings, **kw)
 
-    monkeypatch.setattr(star_mod, "finetune", spy)
+    monkeypatch.setattr(TinyPolicy, "finetune", spy)
     cfg = star_mod.StarConfig(seed_examples=100, seed_long_examples=20, seed_long_hint_fraction=1.0,
                               seed_sft=FinetuneSettings(steps=20, batch_size=16, lr=3e-3), n_train=16, iterations=1,
                               rationalize_samples=3, finetune=FinetuneSettings(steps=2, batch_size=8),

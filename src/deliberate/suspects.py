@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
-from deliberate.train.selfimprove import FinetuneSettings, acc_cell, evaluate_policy, n_params_of
+from deliberate.policy import FinetuneSettings
+from deliberate.train.selfimprove import acc_cell, evaluate_policy, n_params_of
 
 SUSPECTS = ("guess-check", "process-rewards", "search", "correct", "grpo")
 

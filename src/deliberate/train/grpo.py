@@ -76,6 +76,8 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.tiny import load_tiny
+from deliberate.policy import TinyPolicy
+from deliberate.policy.tiny import save_model
 from deliberate.tasks import get_task
 from deliberate.train.common import (
     IGNORE,
@@ -98,7 +100,6 @@ from deliberate.train.selfimprove import (
     evaluate_policy,
     plot_curve,
     rollouts,
-    save_model,
     start_run,
     verified,
 )
@@ -484,7 +485,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
         probs = [train[i] for i in idx]
         model.eval()
         # each rank samples its share of the problems; every rank then holds all the step's groups
-        groups = dist.gather(rollouts(model, tok, task, dist.shard(probs), cfg.group, temperature=cfg.temperature,
+        groups = dist.gather(rollouts(TinyPolicy(model=model, tokenizer=tok), task, dist.shard(probs), cfg.group, temperature=cfg.temperature,
                                       seed=cfg.seed * 1_000_003 + step, progress=False))
         exs, advs = [], []
         for prob, rs in zip(probs, groups):

@@ -44,10 +44,10 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
+from deliberate.policy import FinetuneSettings
 from deliberate.rewards.oracle import OutcomeVerifier
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
-    FinetuneSettings,
     IterationLog,
     Stopwatch,
     add_config_arguments,

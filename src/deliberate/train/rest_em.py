@@ -1,6 +1,16 @@
 """ReST-EM / expert iteration: sample, keep what the verifier accepts, fine-tune the base on it, repeat.
 
-    deliberate train rest-em --init runs/quickstart/sft/model --out runs/rest-em
+    deliberate train rest-em --model runs/quickstart/sft/model --out runs/rest-em
+    deliberate train rest-em --model smollm2 --task gym:chain_sum --task-arg min_terms=2 --task-arg max_terms=3 \
+        --task-arg min_digits=1 --task-arg max_digits=2 --prompt-style instruct --iterations 1 --n-train 256 \
+        --temperature 0.7 --eval-temperature 0.7 --max-tokens 160 --max-per-problem 2 --keep outcome \
+        --epochs 1 --lr 1e-5 --batch-size 8 --warmup 0 --weight-decay 0 --batch-problems 16 \
+        --eval-problems 100 --eval-n 4 --out runs/rest-em-hf        # the former `train rest-em-hf`
+
+``--model`` (alias ``--init``) is any policy (:func:`deliberate.policy.load_policy`): a tiny checkpoint,
+an HF checkpoint directory, a ``.gguf`` or ``smollm2``; HF instruct models get their chat template
+(``--no-chat`` turns it off) and fine-tune with TRL's ``SFTTrainer`` — give them an HF-sized step
+(``--lr 1e-5 --batch-size 8 --warmup 0``; the defaults suit the tiny model).
 
 Iteration t (Singh et al., 2023, "Beyond Human Data"):
 * **E-step** — the policy of iteration t-1 (the base model for t = 1) samples ``k`` completions for
@@ -15,7 +25,8 @@ Iteration t (Singh et al., 2023, "Beyond Human Data"):
 
 Iteration 0 is the base model's own evaluation. Each finished iteration leaves
 ``OUT/iterations/NNN.json`` (its samples, compute and evaluation); rerunning the command skips them, and
-an iteration killed midway redoes only its unfinished parts (samples are saved before training), so
+an iteration killed midway redoes only its unfinished parts (samples are saved per batch of problems
+before training), so
 the final numbers equal an uninterrupted run's. ``OUT/summary.json`` and ``OUT/curve.png`` plot
 held-out accuracy against cumulative train compute.
 """
@@ -34,18 +45,15 @@ from deliberate.executor import add_executor_arguments, ray_options
 from deliberate.rewards.base import get_verifier
 from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
+from deliberate.policy import FinetuneSettings, Policy, load_policy
 from deliberate.train.selfimprove import (
     VERIFIED,
-    FinetuneSettings,
     IterationLog,
     Stopwatch,
     add_config_arguments,
-    cached_rollouts,
     check_verified_mode,
     config_from_args,
     evaluate_policy,
-    finetune,
-    n_params_of,
     plot_curve,
     policy_rollouts,
     sampled_tokens,
@@ -59,7 +67,8 @@ E_STEPS = ("sample", "beam")
 
 @dataclass(frozen=True)
 class RestEMConfig:
-    init: str = "runs/quickstart/sft/model"
+    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
+    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     # the defaults are the configuration that raised held-out greedy accuracy of the three seed models
@@ -69,6 +78,8 @@ class RestEMConfig:
     n_train: int = 8000
     k: int = 4
     temperature: float = 1.0
+    max_tokens: int | None = None  # None: the task's default
+    prompt_style: str = "plain"  # the task's prompt format: plain (Q: ... A:) or instruct
     max_per_problem: int = 4
     # which samples count as verified: "outcome" (right final answer; the paper's filter) or "process"
     # (right answer and every step right by the task's step checker; tasks without one refuse it)
@@ -82,18 +93,23 @@ class RestEMConfig:
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=4.0))
     eval_problems: int = 200
     eval_n: int = 16
+    eval_temperature: float = 1.0
+    batch_problems: int = 64  # problems per sampling call (x k rows) and per eval call
     eval_seed: int = 0
     seed: int = 0
     out: str = "runs/rest-em"
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("iterations", "n_train", "k", "max_per_problem", "eval_problems", "eval_n"):
+        for name in ("iterations", "n_train", "k", "max_per_problem", "eval_problems", "eval_n", "batch_problems"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be an integer >= 1 (got {v!r})")
-        if not (self.temperature > 0):
-            problems.append(f"temperature must be > 0 (got {self.temperature!r})")
+        for name in ("temperature", "eval_temperature"):
+            if not (getattr(self, name) > 0):
+                problems.append(f"{name} must be > 0 (got {getattr(self, name)!r})")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            problems.append(f"max_tokens must be an integer >= 1 (got {self.max_tokens!r})")
         if self.keep not in VERIFIED:
             problems.append(f"keep must be one of {', '.join(VERIFIED)} (got {self.keep!r})")
         if self.e_step not in E_STEPS:
@@ -117,30 +133,44 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
     if ray is not None and cfg.e_step != "sample":
         raise DeliberateError(f"--executor ray runs the sampled E-step; e_step={cfg.e_step!r} (PRM beam search) "
                               "runs in this process")
+    base = load_policy(cfg.init, chat=cfg.chat)
+    try:
+        return _run(cfg, base, progress, ray)
+    finally:
+        base.close()
+
+
+def _run(cfg: RestEMConfig, base: Policy, progress: bool, ray: dict[str, Any] | None) -> dict[str, Any]:
     out, cfg_dict = start_run(cfg)
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
+    prompts = [task.prompt(p, cfg.prompt_style) for p in train]
     check_verified_mode(task, cfg.keep, "rest-em --keep")
-    log = IterationLog(out, n_params_of(cfg.init))
+    log = IterationLog(out, base.n_params)
 
     def keeps(problem, text: str) -> bool:  # the outcome was checked already
         return verified(task, problem, text, True, cfg.keep)
 
-    def evaluate(model_dir: Path, it: int) -> dict[str, Any]:
-        return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
-                               seed=cfg.eval_seed, out_dir=out / f"it{it:03d}" / "eval")
+    def evaluate(policy: Policy, it: int) -> dict[str, Any]:
+        return evaluate_policy(policy, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
+                               seed=cfg.eval_seed, out_dir=out / f"it{it:03d}" / "eval", max_tokens=cfg.max_tokens,
+                               temperature=cfg.eval_temperature, prompt_style=cfg.prompt_style,
+                               batch_size=cfg.batch_problems, task_obj=task)
+
+    def at(model: str | Path) -> Policy:
+        return base if Path(model) == base.path else base.with_checkpoint(model)
 
     if log.done(0) is None:
         clock = Stopwatch()
         log.write(0, {"model": str(cfg.init), "tokens_sampled": 0, "prompt_tokens": 0, "tokens_trained": 0,
-                      "eval": evaluate(Path(cfg.init), 0), "wall_s": 0.0, "eval_wall_s": clock()})
-    policy = Path(cfg.init)
+                      "eval": evaluate(base, 0), "wall_s": 0.0, "eval_wall_s": clock()})
+    policy = base
     bar = tqdm(range(1, cfg.iterations + 1), desc="rest-em", disable=not progress, dynamic_ncols=True)
     for it in bar:
         d = out / f"it{it:03d}"
         row = log.done(it)
         if row is not None:
-            policy = Path(row["model"])
+            policy = switch(policy, at(row["model"]), base)
             continue
         if cfg.max_train_flops is not None and log.spent_flops() >= cfg.max_train_flops:
             tqdm.write(f"rest-em: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs); stopping "
@@ -150,12 +180,10 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
         clock = Stopwatch()
         forward = 0
         if cfg.e_step == "sample":
-            def e_step(policy=policy, it=it):
-                return policy_rollouts(policy, task, (cfg.task, cfg.task_options), train, cfg.k,
-                                       temperature=cfg.temperature, seed=cfg.seed * 1000 + it, progress=progress,
-                                       desc=f"E-step {it}", ray=ray)
-
-            rows = cached_rollouts(d / "samples.jsonl", e_step)
+            rows = policy_rollouts(policy, task, (cfg.task, cfg.task_options), train, cfg.k,
+                                   temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed * 1000 + it,
+                                   batch_problems=cfg.batch_problems, progress=progress, desc=f"E-step {it}",
+                                   ray=ray, prompts=prompts, path=d / "samples.jsonl")
             gen, prompt = sampled_tokens(rows)
             found = [(rs[0].prompt, [r.text for r in rs if r.correct and keeps(p, r.text)]) for p, rs in zip(train, rows)]
             accuracy = sum(r.correct for rs in rows for r in rs) / max(1, len(rows) * cfg.k)
@@ -176,15 +204,18 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
         for prompt_text, texts in found:
             kept = list(dict.fromkeys(texts))[:cfg.max_per_problem]
             solved += bool(kept)
-            pairs += [(prompt_text, t) for t in kept]
+            # the text the model was given (chat template applied), so the M-step trains on what it saw
+            pairs += [(policy.training_prompt(prompt_text), t) for t in kept]
         if pairs:
-            model_dir, trained = finetune(cfg.init, pairs, d, cfg.finetune, seed=cfg.seed * 1000 + it,
-                                          progress=progress, desc=f"M-step {it}")
+            res = base.finetune(pairs, d, cfg.finetune, seed=cfg.seed * 1000 + it, progress=progress,
+                                desc=f"M-step {it}")
+            model_dir, trained = res.model_dir, res.tokens_trained
         else:  # nothing verified: no M-step, the policy stays as it was
             tqdm.write(f"rest-em: iteration {it}: no sample passed the checker; keeping the previous policy")
-            model_dir, trained = policy, 0
+            model_dir, trained = policy.path, 0
         t_train = clock() - t_sample
-        ev = evaluate(model_dir, it)
+        policy = switch(policy, at(model_dir), base)
+        ev = evaluate(policy, it)
         row = log.write(it, {"model": str(model_dir), "tokens_sampled": gen, "prompt_tokens": prompt,
                              "tokens_forward": forward, "tokens_trained": trained, "kept": len(pairs),
                              "problems_solved": solved, "sample_accuracy": accuracy,
@@ -192,13 +223,20 @@ def run_rest_em(cfg: RestEMConfig, progress: bool = True, ray: dict[str, Any] | 
                              "wall_s": round(t_sample + t_train, 3), "eval": ev,
                              "eval_wall_s": round(clock() - t_sample - t_train, 3)})
         bar.set_postfix(greedy=f"{ev['greedy']['accuracy']:.3f}", kept=len(pairs))
-        policy = model_dir
+    switch(policy, base, base)
     bar.close()
     rows = log.cumulative()
     summary = {"recipe": "rest-em", "config": cfg_dict, "iterations": rows}
     write_json_atomic(out / "summary.json", summary)
     plot_curve(rows, out / "curve.png", f"ReST-EM on {cfg.task}", keys=("greedy", f"maj@{cfg.eval_n}"))
     return summary
+
+
+def switch(old: Policy, new: Policy, base: Policy) -> Policy:
+    """``new``, after closing ``old`` unless it is ``new`` or the base (which the run closes last)."""
+    if old is not new and old is not base:
+        old.close()
+    return new
 
 
 def format_iterations(rows, n: int) -> str:
@@ -215,7 +253,13 @@ def format_iterations(rows, n: int) -> str:
 
 
 HELP = {
-    "init": "seed policy (a tiny checkpoint); every M-step restarts from it",
+    "init": "seed policy: a tiny checkpoint, an HF checkpoint directory, a .gguf or smollm2; every M-step "
+            "restarts from it",
+    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
+    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
+    "max_tokens": "new tokens per sample at most (default: the task's)",
+    "eval_temperature": "sampling temperature of the held-out maj@n / pass@n",
+    "batch_problems": "problems per sampling call (each with k samples)",
     "n_train": "training problems sampled in each E-step",
     "k": "samples per problem in the E-step",
     "max_per_problem": "distinct verified samples kept per problem",
@@ -227,7 +271,7 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, RestEMConfig, HELP)
+    add_config_arguments(parser, RestEMConfig, HELP, aliases={"init": ("--model",)})
     add_executor_arguments(parser, "the E-step's sampling")
 
 

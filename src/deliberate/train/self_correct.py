@@ -31,16 +31,15 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.eval.records import write_json_atomic
+from deliberate.policy import FinetuneSettings, TinyPolicy
 from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
-    FinetuneSettings,
     Stopwatch,
     add_config_arguments,
     cached_rollouts,
     config_from_args,
     finetune,
-    load_sampler,
     n_params_of,
     rollouts,
     sampled_tokens,
@@ -101,20 +100,20 @@ def build_pairs(rows, cfg: SelfCorrectConfig) -> tuple[list[tuple[str, str]], di
 def evaluate_correction(seed_dir: Path, corrector_dir: Path, cfg: SelfCorrectConfig, out: Path) -> dict[str, Any]:
     task = get_task(cfg.task, **cfg.task_options)
     probs = task.problems("test", cfg.eval_problems, seed=cfg.eval_seed)
-    base, tok = load_sampler(seed_dir, what="self-correct eval")
-    corr, ctok = load_sampler(corrector_dir, what="self-correct eval")
+    base = TinyPolicy(seed_dir)
+    corr = TinyPolicy(corrector_dir)
     s0 = 7919 * (cfg.eval_seed + 1)
 
     def cached(name, fn):
         return cached_rollouts(out / f"{name}.jsonl", fn)
 
-    first = cached("first", lambda: rollouts(base, tok, task, probs, 1, seed=s0, progress=False))
+    first = cached("first", lambda: rollouts(base, task, probs, 1, seed=s0, progress=False))
     rev_prompts = [revision_prompt(rs[0].prompt, rs[0].text) for rs in first]
     second = {
-        "revise": cached("revise", lambda: rollouts(corr, ctok, task, probs, 1, seed=s0 + 1, prompts=rev_prompts,
+        "revise": cached("revise", lambda: rollouts(corr, task, probs, 1, seed=s0 + 1, prompts=rev_prompts,
                                                     progress=False)),
-        "resample": cached("resample", lambda: rollouts(base, tok, task, probs, 1, seed=s0 + 1, progress=False)),
-        "revise_untrained": cached("revise_untrained", lambda: rollouts(base, tok, task, probs, 1, seed=s0 + 1,
+        "resample": cached("resample", lambda: rollouts(base, task, probs, 1, seed=s0 + 1, progress=False)),
+        "revise_untrained": cached("revise_untrained", lambda: rollouts(base, task, probs, 1, seed=s0 + 1,
                                                                         prompts=rev_prompts, progress=False)),
     }
     wrong = [i for i, rs in enumerate(first) if not rs[0].correct]
@@ -141,7 +140,7 @@ def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str,
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
     rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
-        *load_sampler(cfg.init, what="attempts"), task, train, cfg.k, seed=cfg.seed, progress=progress,
+        TinyPolicy(cfg.init), task, train, cfg.k, seed=cfg.seed, progress=progress,
         desc="attempts"))
     gen, prompt = sampled_tokens(rows)
     pairs, counts = build_pairs(rows, cfg)

@@ -1,11 +1,10 @@
 """Machinery shared by the self-improvement recipes (ReST-EM, STaR, GRPO, ...).
 
-* :func:`rollouts` — sample ``k`` completions per problem from a policy with the local engine and
-  check each with the task's verifier (seeded per problem and sample: same seed, same samples);
-  :func:`policy_rollouts` does the same for a checkpoint on disk, in this process or on Ray workers.
-* :func:`finetune` — supervised fine-tuning of a tiny checkpoint on (prompt, completion) pairs,
-  written atomically to ``OUT/model``; a finished fine-tune is never redone, an interrupted one is
-  redone from its start (it is a pure function of its inputs and seed, so the result is the same).
+* :func:`rollouts` / :func:`policy_rollouts` — verified samples from a Policy (:mod:`deliberate.train.rollouts`,
+  re-exported here for the recipes that import them from this module).
+* :func:`check_verified_mode` / :func:`verified` — what counts as a verified sample (outcome or process).
+* :func:`finetune` — the tiny policy's fine-tune of a checkpoint path, for the recipes that do not take
+  a Policy yet.
 * :func:`evaluate_policy` — held-out greedy / maj@n / pass@n through ``deliberate eval``'s own
   resumable records.
 * :class:`IterationLog` — one JSON file per finished iteration (the resume marker) holding its
@@ -18,12 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import os
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,138 +26,24 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
-from deliberate.models.engine import Engine, count_parameters, resolve_device
-from deliberate.models.sampling import SamplingParams
-from deliberate.models.tiny import TinyBackend, load_tiny, save_tiny
+from deliberate.eval.evaluate import EvalConfig, run_eval
+from deliberate.eval.records import JsonlAppender, write_json_atomic
+from deliberate.models.engine import count_parameters
+from deliberate.models.hf import ALIASES
+from deliberate.models.tiny import load_tiny
+from deliberate.policy import FinetuneSettings, Policy, TinyPolicy, load_policy
+from deliberate.search.base import SearchContext, run_search
 from deliberate.tasks.base import Task
-from deliberate.train.common import (
-    adamw,
-    batch_indices,
-    collate,
-    lr_at,
-    make_example,
-    recover_dir,
-    replace_dir,
-    supervised_step,
+from deliberate.train.rollouts import (  # noqa: F401  (the names the recipes import from here)
+    Rollout,
+    cached_rollouts,
+    load_rollouts,
+    policy_rollouts,
+    rollouts,
+    sampled_tokens,
+    save_rollouts,
 )
-from deliberate.types import Completion, Problem
-
-
-@dataclass(frozen=True)
-class Rollout:
-    """One sampled completion of one problem, with the verifier's verdict."""
-
-    problem_id: str
-    prompt: str
-    text: str
-    correct: bool
-    completion_tokens: int
-    prompt_tokens: int
-    finish_reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def load_sampler(path: str | Path, device: str = "auto", *, what: str = "sampling"):
-    """The tiny checkpoint at ``path`` in eval mode on ``device`` (``auto``: the GPU when CUDA is
-    available, else the CPU), for a recipe's rollouts: the engine samples wherever the model is, with
-    the same seeded random stream on every device, so only float rounding can change a sample."""
-    model, tok = load_tiny(path)
-    return model.to(resolve_device(device, what=what)).eval(), tok
-
-
-def rollouts(model, tokenizer, task: Task, problems: Sequence[Problem], k: int, *, temperature: float = 1.0,
-             max_tokens: int | None = None, seed: int = 0, prompts: Sequence[str] | None = None,
-             batch_problems: int = 64, progress: bool = True, desc: str = "sample") -> list[list[Rollout]]:
-    """``k`` verified samples per problem (``prompts`` overrides the task's prompts, e.g. hinted ones)."""
-    if k < 1:
-        raise DeliberateError(f"rollouts: k must be >= 1 (got {k})")
-    prompts = list(prompts) if prompts is not None else [task.prompt(p) for p in problems]
-    if len(prompts) != len(problems):
-        raise DeliberateError("rollouts: one prompt per problem is needed")
-    engine = Engine(model.eval(), tokenizer, max_batch_size=256, prefix_cache_bytes=0)
-    params = SamplingParams(n=k, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed)
-    out: list[list[Rollout]] = []
-    bar = tqdm(total=len(problems), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
-    for lo in range(0, len(problems), batch_problems):
-        chunk = list(range(lo, min(len(problems), lo + batch_problems)))
-        comps: list[list[Completion]] = engine.generate([prompts[i] for i in chunk], params)
-        for i, cs in zip(chunk, comps):
-            p = problems[i]
-            out.append([Rollout(p.id, prompts[i], c.text, bool(task.reward(c.text, p) > 0), c.completion_tokens,
-                                c.prompt_tokens, c.finish_reason) for c in cs])
-        bar.update(len(chunk))
-    bar.close()
-    return out
-
-
-def _generate_unit(worker, unit):
-    _, prompts, params = unit  # (problem indices, their prompts, sampling params)
-    return worker.backend.generate(list(prompts), params)
-
-
-def policy_rollouts(policy: str | Path, task: Task, task_spec: tuple[str, dict[str, Any]], problems: Sequence[Problem],
-                    k: int, *, temperature: float = 1.0, max_tokens: int | None = None, seed: int = 0,
-                    batch_problems: int = 64, progress: bool = True, desc: str = "sample",
-                    ray: dict[str, Any] | None = None, device: str = "auto") -> list[list[Rollout]]:
-    """:func:`rollouts` of the tiny checkpoint at ``policy`` (loaded on ``device``, see
-    :func:`load_sampler`); with ``ray`` (RayExecutor options such
-    as ``{"workers": 2}``) the batches of problems are sampled by Ray workers, each loading the
-    checkpoint itself. Sampling is seeded per (seed, prompt, sample index), so both give the same
-    rollouts (with the same torch thread count per process)."""
-    if ray is None:
-        model, tok = load_sampler(policy, device, what=desc)
-        return rollouts(model, tok, task, problems, k, temperature=temperature, max_tokens=max_tokens, seed=seed,
-                        batch_problems=batch_problems, progress=progress, desc=desc)
-    from deliberate.executor import RayExecutor, WorkerSpec, chunks, progress_bar
-
-    if k < 1:
-        raise DeliberateError(f"rollouts: k must be >= 1 (got {k})")
-    params = SamplingParams(n=k, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed)
-    units = [(tuple(c), tuple(task.prompt(problems[i]) for i in c), params)
-             for c in chunks(range(len(problems)), batch_problems)]
-    out: dict[int, list[Rollout]] = {}
-    # workers load the checkpoint as load_sampler does: on ``device``, float32 (TinyBackend's auto dtype is bf16 on a GPU)
-    ex = RayExecutor(WorkerSpec("tiny", {"path": str(policy), "device": device, "dtype": "float32"}, task_spec[0],
-                                dict(task_spec[1])), **ray)
-    try:
-        with progress_bar(len(problems), desc, "problem", progress) as bar:
-            def write(unit, comps) -> None:
-                idx, prompts, _ = unit
-                for i, prompt, cs in zip(idx, prompts, comps):
-                    p = problems[i]
-                    out[i] = [Rollout(p.id, prompt, c.text, bool(task.reward(c.text, p) > 0), c.completion_tokens,
-                                      c.prompt_tokens, c.finish_reason) for c in cs]
-                bar.update(len(prompts))
-
-            ex.map(_generate_unit, units, write)
-    finally:
-        ex.close()
-    return [out[i] for i in range(len(problems))]
-
-
-def sampled_tokens(rows: Sequence[Sequence[Rollout]]) -> tuple[int, int]:
-    """(generated tokens, prompt tokens) of a set of rollouts."""
-    gen = sum(r.completion_tokens for rs in rows for r in rs)
-    # the engine prefills each prompt once for its k samples
-    prompt = sum(rs[0].prompt_tokens for rs in rows if rs)
-    return gen, prompt
-
-
-def save_rollouts(path: Path, rows: Sequence[Sequence[Rollout]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps([r.to_json() for r in rs]) + "\n" for rs in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_rollouts(path: Path) -> list[list[Rollout]]:
-    with open(path) as f:
-        return [[Rollout(**d) for d in json.loads(line)] for line in f if line.strip()]
+from deliberate.types import Problem
 
 
 VERIFIED = ("outcome", "process")
@@ -182,15 +63,6 @@ def verified(task: Task, problem: Problem, text: str, correct: bool, mode: str) 
     """Whether a sample counts as verified: ``"outcome"`` — its answer is right (``correct``); ``"process"``
     — also every step passes the task's step checker, so right answers after wrong steps do not count."""
     return correct and (mode == "outcome" or bool(task.steps_all_correct(problem, text)))
-
-
-def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
-    """The rollouts saved at ``path``, or ``sample()``'s, saved there first (so a rerun never resamples)."""
-    if path.exists():
-        return load_rollouts(path)
-    rows = sample()
-    save_rollouts(path, rows)
-    return rows
 
 
 # config fields that may change between runs in one directory: an iteration's results never depend on how
@@ -223,7 +95,7 @@ def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict
     config as JSON)."""
     out = Path(cfg.out)
     init = getattr(cfg, "init", None)
-    if init is not None and not Path(init).exists():
+    if init is not None and str(init).strip().lower() not in ALIASES and not Path(init).exists():
         raise DeliberateError(f"--init {init} does not exist (train a seed model first, e.g. `deliberate quickstart`, "
                               f"whose policy is runs/quickstart/sft/model)")
     out.mkdir(parents=True, exist_ok=True)
@@ -242,102 +114,29 @@ def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict
     return out, cfg_dict
 
 
-def save_model(model, tokenizer, directory: str | Path) -> Path:
-    """Save a tiny model atomically: a kill never leaves a half-written ``directory``."""
-    directory = Path(directory)
-    recover_dir(directory, "char_tokenizer.json")  # leftovers of a kill during an earlier save
-    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_tiny(model, tokenizer, tmp)
-    replace_dir(tmp, directory)
-    return directory
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    steps: int | None = None  # None -> epochs over the data
-    epochs: float = 2.0
-    max_steps: int = 600
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    tokens: int | None = None  # train on this many tokens instead (equal-token comparisons); overrides steps
-    bf16: bool = False  # bfloat16 autocast (float32 weights): faster matmuls (BENCHMARKS), other float rounding
-
-    def n_steps(self, n_examples: int, mean_len: float | None = None) -> int:
-        """Optimizer steps: ``steps``; else for a ``tokens`` budget (given the examples' mean length in
-        tokens) the steps that cover it; else ``epochs`` over the data, at most ``max_steps``."""
-        if self.tokens is not None:
-            if mean_len is None:
-                raise DeliberateError("a tokens budget needs the examples' mean length")
-            return max(1, math.ceil(self.tokens / (self.batch_size * mean_len)))
-        if self.steps is not None:
-            return self.steps
-        return max(1, min(self.max_steps, round(self.epochs * n_examples / self.batch_size)))
-
-
 def finetune(init: str | Path, pairs: Sequence[tuple[str, str]], out: str | Path, settings: FinetuneSettings,
              *, seed: int = 0, progress: bool = True, desc: str = "finetune",
              device: str = "auto") -> tuple[Path, int]:
-    """Fine-tune the tiny checkpoint ``init`` on ``(prompt, completion)`` pairs; returns (model dir, tokens trained).
-
-    The loss is next-token cross-entropy on the completion (+EOS) only. ``OUT/model`` and
-    ``OUT/finetune.json`` are written atomically at the end; when both exist the call returns at once.
-    ``device``: ``auto`` trains on the GPU when CUDA is available (float32 weights either way; the
-    batches and their order are the same, so only float rounding differs from a CPU run), else CPU.
-    """
-    out = Path(out)
-    final, meta = out / "model", out / "finetune.json"
-    if meta.exists() and final.exists():
-        return final, int(json.loads(meta.read_text())["tokens_trained"])
-    if not pairs:
-        raise DeliberateError(f"{desc}: no training examples (no verified samples to learn from)")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model, tok = load_tiny(init)
-    dev = resolve_device(device, what=desc)
-    model.to(dev).train()
-    max_len = model.config.max_position_embeddings
-    examples = [e for e in (make_example(tok, p, c, max_len) for p, c in pairs) if e is not None]
-    if not examples:
-        raise DeliberateError(f"{desc}: no example fits the model's {max_len} positions")
-    steps = settings.n_steps(len(examples), sum(len(e.ids) for e in examples) / len(examples))
-    opt = adamw(model, settings.lr, settings.weight_decay)
-    trained = done = 0
-    bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
-    # a tokens budget runs until it is reached: `steps` (from the mean length) only sets the schedule
-    while (trained < settings.tokens) if settings.tokens is not None else (done < steps):
-        batch = collate([examples[i] for i in batch_indices(len(examples), settings.batch_size, seed, done)],
-                        tok.pad_token_id)
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        lr = lr_at(min(done, steps - 1), steps, settings.lr, settings.warmup)
-        supervised_step(model, opt, batch, lr, settings.grad_clip, bf16=settings.bf16)
-        trained += int(batch["attention_mask"].sum())
-        done += 1
-        bar.update(1)
-    bar.close()
-    model.eval()
-    save_model(model, tok, final)
-    write_json_atomic(meta, {"tokens_trained": trained, "steps": done, "examples": len(examples), "seed": seed,
-                             "device": str(dev), "bf16": settings.bf16})
-    return final, trained
+    """:meth:`TinyPolicy.finetune` of the tiny checkpoint ``init``; returns (model dir, tokens trained)."""
+    r = TinyPolicy(init, device=device).finetune(pairs, out, settings, seed=seed, progress=progress, desc=desc)
+    return r.model_dir, r.tokens_trained
 
 
-def evaluate_policy(model_dir: str | Path, task: str, task_options: dict[str, Any], *, n_problems: int, n: int,
-                    seed: int, out_dir: str | Path, progress: bool = False,
-                    max_tokens: int | None = None) -> dict[str, Any]:
+def evaluate_policy(policy: Policy | str | Path, task: str, task_options: dict[str, Any], *, n_problems: int, n: int,
+                    seed: int, out_dir: str | Path, progress: bool = False, max_tokens: int | None = None,
+                    temperature: float = 1.0, prompt_style: str = "plain", batch_size: int = 64,
+                    task_obj: Task | None = None) -> dict[str, Any]:
     """Greedy, pass@1 (the mean over the n samples), maj@n and pass@n (with 95% CIs) on held-out ``test``
-    problems (``max_tokens``: None for the task's default); the keys the HF recipes use too."""
-    from deliberate.eval.evaluate import EvalConfig, run_eval
-
-    cfg = EvalConfig(task=task, task_options=task_options, n_problems=n_problems, n=n, temperature=1.0, seed=seed,
-                     batch_size=64, out_dir=str(out_dir), max_tokens=max_tokens)
-    backend = TinyBackend(model_dir)
+    problems (``max_tokens``: None for the task's default) with a fresh backend of ``policy`` (a Policy, or
+    a checkpoint path for :func:`~deliberate.policy.load_policy`)."""
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    cfg = EvalConfig(task=task, task_options=task_options, n_problems=n_problems, n=n, temperature=temperature,
+                     seed=seed, batch_size=batch_size, out_dir=str(out_dir), max_tokens=max_tokens,
+                     prompt_style=prompt_style)
+    backend = policy.backend()
     try:
-        summary = run_eval(cfg, backend, progress=progress)
+        summary = run_eval(cfg, backend, task=task_obj, progress=progress)
     finally:
         backend.close()
     return eval_entries(summary, n)
@@ -360,7 +159,7 @@ def derived_seed(*parts: Any) -> int:
     return int.from_bytes(h, "little")
 
 
-def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path, verifier, strategy: str,
+def search_solutions(task: Task, problems: Sequence[Problem], policy: Policy | str | Path, verifier, strategy: str,
                      settings, path: Path, seed: int, batch_problems: int = 64, *, progress: bool = True,
                      desc: str = "search", salt: str = "mcts-ei") -> list[dict]:
     """Run search ``strategy`` (``mcts``, ``beam`` ...) with ``policy`` and ``verifier`` on ``problems``;
@@ -372,11 +171,8 @@ def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path
     and the problem's compute: generated tokens, prompt tokens sent (every expansion resends its prefix),
     its share of the prompt tokens the engine actually prefilled (after prefix caching: what compute
     accounting should count) and of the verifier's tokens."""
-    from dataclasses import replace
-
-    from deliberate.eval.records import JsonlAppender
-    from deliberate.search.base import SearchContext, run_search
-
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
     backend = None
     with JsonlAppender(path, key=lambda r: r["problem_id"]) as f:
         todo = [k for k in range(0, len(problems), batch_problems)
@@ -387,9 +183,9 @@ def search_solutions(task: Task, problems: Sequence[Problem], policy: str | Path
         try:
             for k in todo:
                 if backend is None:
-                    backend = TinyBackend(policy)
+                    backend = policy.backend()
                 chunk = list(problems[k:k + batch_problems])
-                ctx = SearchContext(backend, task, replace(settings, seed=derived_seed(salt, seed, k)), verifier)
+                ctx = SearchContext(backend, task, dataclasses.replace(settings, seed=derived_seed(salt, seed, k)), verifier)
                 tokens0, prefill0 = verifier.stats.tokens, backend.engine.stats.prefill_tokens
                 res = run_search(strategy, chunk, ctx)
                 share = (verifier.stats.tokens - tokens0) / len(chunk)
@@ -555,8 +351,10 @@ COMMON_HELP = {
 }
 
 
-def add_config_arguments(parser, cls, helps: dict[str, str] | None = None) -> None:
-    """One flag per field of the config dataclass ``cls`` (defaults shown in --help)."""
+def add_config_arguments(parser, cls, helps: dict[str, str] | None = None,
+                         aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One flag per field of the config dataclass ``cls`` (defaults shown in --help); ``aliases``: more
+    flags for a field (``{"init": ("--model",)}``)."""
     import argparse
     import typing
 
@@ -578,7 +376,7 @@ def add_config_arguments(parser, cls, helps: dict[str, str] | None = None) -> No
             kw["type"] = base
         else:
             continue
-        parser.add_argument(_flag(dest), **kw)
+        parser.add_argument(*(aliases or {}).get(dest, ()), _flag(dest), **kw)
     if any(f.name == "task_options" for f in dataclasses.fields(cls)):
         parser.add_argument("--task-arg", action="append", default=None, metavar="KEY=VALUE",
                             help=("task option, repeatable; each overrides that one of the recipe's own task options "

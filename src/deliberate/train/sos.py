@@ -44,10 +44,11 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
+from deliberate.policy import FinetuneSettings
+from deliberate.policy.tiny import save_model
 from deliberate.tasks import get_task
 from deliberate.tasks.countdown import STREAM_STRATEGIES, State, children, nearest, search_stream
 from deliberate.train.selfimprove import (
-    FinetuneSettings,
     Stopwatch,
     acc_cell,
     add_config_arguments,
@@ -55,7 +56,6 @@ from deliberate.train.selfimprove import (
     evaluate_policy,
     finetune,
     n_params_of,
-    save_model,
     start_run,
 )
 

@@ -45,24 +45,23 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import CharTokenizer, load_tiny
+from deliberate.policy import FinetuneSettings, TinyPolicy
+from deliberate.policy.tiny import save_model
 from deliberate.rewards.dpo import token_logprobs
 from deliberate.rewards.models import _pad_right, encode_steps
 from deliberate.tasks import get_task
 from deliberate.train.common import batch_indices, lr_at
 from deliberate.train.selfimprove import (
     VERIFIED,
-    FinetuneSettings,
     Stopwatch,
     add_config_arguments,
     cached_rollouts,
     check_verified_mode,
     config_from_args,
     finetune,
-    load_sampler,
     n_params_of,
     rollouts,
     sampled_tokens,
-    save_model,
     start_run,
     verified,
 )
@@ -263,7 +262,7 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
     rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
-        *load_sampler(cfg.init, what="samples"), task, train, cfg.k, seed=cfg.seed, progress=progress,
+        TinyPolicy(cfg.init), task, train, cfg.k, seed=cfg.seed, progress=progress,
         desc="samples"))
     gen, prompt = sampled_tokens(rows)
     t_sample = clock()

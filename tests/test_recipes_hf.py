@@ -1,5 +1,5 @@
-"""ReST-EM on HF checkpoints: the TRL SFTTrainer M-step and the whole loop, on a tiny random Llama that
-uses SmolLM2's real tokenizer (and chat template)."""
+"""The recipes on HF checkpoints: the HF policy's TRL SFTTrainer fine-tune, ReST-EM's and STaR's whole
+loops through ``--model``, on a tiny random Llama that uses SmolLM2's real tokenizer (and chat template)."""
 
 from __future__ import annotations
 
@@ -36,58 +36,70 @@ def _logprob(model_dir, prompt: str, completion: str) -> float:
     return float(logp.gather(1, torch.tensor(c)[:, None]).sum())
 
 
-def test_trl_m_step_learns_the_completions_and_saves_atomically(tiny_hf, tmp_path):
-    from deliberate.train.rest_em_hf import HFRestEMConfig, m_step
+def test_hf_policy_finetune_learns_the_completions_and_saves_atomically(tiny_hf, tmp_path):
+    from deliberate.policy import FinetuneSettings, HFPolicy, load_policy
 
     pairs = [("What is 2 + 3?\n", "2 + 3 = 5\nAnswer: 5"), ("What is 4 + 4?\n", "4 + 4 = 8\nAnswer: 8")] * 8
-    cfg = HFRestEMConfig(lr=3e-3, epochs=3.0, batch_size=4)
+    settings = FinetuneSettings(lr=3e-3, epochs=3.0, batch_size=4, warmup=0, weight_decay=0.0)
+    policy = load_policy(tiny_hf)
+    assert isinstance(policy, HFPolicy) and policy.chat  # SmolLM2's tokenizer has a chat template
+    wrapped = policy.training_prompt("What is 2 + 3?")
+    assert wrapped.startswith("<|im_start|>") and "What is 2 + 3?" in wrapped and policy.training_prompt(wrapped) == wrapped
     before = _logprob(tiny_hf, *pairs[0])
-    model_dir, trained = m_step(tiny_hf, pairs, tmp_path / "it001", cfg, seed=0, progress=False)
+    r = policy.finetune(pairs, tmp_path / "it001", settings, seed=0, progress=False)
+    model_dir, trained = r.model_dir, r.tokens_trained
     assert model_dir == tmp_path / "it001" / "model" and (model_dir / "config.json").exists()
     assert _logprob(model_dir, *pairs[0]) > before + 5  # the completion became much more likely
     meta = json.loads((tmp_path / "it001" / "m_step.json").read_text())
     assert meta["examples"] == 16 and meta["steps"] == 12 and trained == meta["tokens_trained"] > 16 * 3 * 10
-    assert not (tmp_path / "it001" / "trl").exists()
-    again = m_step(tiny_hf, [], tmp_path / "it001", cfg, seed=0, progress=False)  # finished: not redone
-    assert again == (model_dir, trained)
+    assert not (tmp_path / "it001" / "trl").exists() and r.steps == 12
+    again = policy.finetune([], tmp_path / "it001", settings, seed=0, progress=False)  # finished: not redone
+    assert again == r
+    policy.close()
 
 
-def test_rest_em_hf_loop_records_compute_and_resumes(tiny_hf, tmp_path):
-    from deliberate.train.rest_em_hf import HFRestEMConfig, run_rest_em_hf
+def test_rest_em_on_an_hf_model_records_compute_and_resumes(tiny_hf, tmp_path):
+    from deliberate.policy import FinetuneSettings
+    from deliberate.train.rest_em import RestEMConfig, run_rest_em
+    from deliberate.train.selfimprove import load_rollouts
 
-    cfg = HFRestEMConfig(model=str(tiny_hf), task="arith", task_options={"min_ops": 1, "max_ops": 1, "max_operand": 5},
-                         prompt_style="plain", n_train=6, k=2, max_tokens=12, batch_problems=4, eval_problems=4,
-                         eval_n=2, out=str(tmp_path / "run"))
-    s = run_rest_em_hf(cfg, progress=False)
+    cfg = RestEMConfig(init=str(tiny_hf), task="arith", task_options={"min_ops": 1, "max_ops": 1, "max_operand": 5},
+                       keep="outcome", iterations=1, n_train=6, k=2, max_tokens=12, batch_problems=4, eval_problems=4,
+                       eval_n=2, temperature=0.7, eval_temperature=0.7,
+                       finetune=FinetuneSettings(lr=1e-5, epochs=1.0, batch_size=8, warmup=0), out=str(tmp_path / "run"))
+    s = run_rest_em(cfg, progress=False)
     rows = s["iterations"]
     assert [r["iteration"] for r in rows] == [0, 1]
     r1 = rows[1]
-    samples = [json.loads(x) for x in (tmp_path / "run" / "it001" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6 and all(len(x["samples"]) == 2 for x in samples)
-    assert r1["tokens_sampled"] == sum(y["completion_tokens"] for x in samples for y in x["samples"]) > 0
-    assert r1["kept"] == sum(any(y["correct"] for y in x["samples"]) for x in samples)  # random model: likely 0
+    d = tmp_path / "run" / "it001"
+    samples = load_rollouts(d / "samples.jsonl")
+    assert len(samples) == 6 and all(len(rs) == 2 for rs in samples)
+    assert all(rs[0].prompt.startswith("Q: ") for rs in samples)  # the recorded prompt is the task's, unwrapped
+    assert r1["tokens_sampled"] == sum(r.completion_tokens for rs in samples for r in rs) > 0
+    assert r1["kept"] == sum(len({r.text for r in rs if r.correct}) for rs in samples)  # random model: likely 0
     assert set(r1["eval"]) >= {"greedy", "pass@1", "maj@2", "pass@2"} and r1["flops"] > 0
-    assert json.loads((tmp_path / "run" / "it001" / "eval" / "summary.json").read_text())["model"].startswith("hf:")
-    # a killed E-step (half its rows on disk, no iteration marker) resumes to the same samples
-    lines = (tmp_path / "run" / "it001" / "samples.jsonl").read_text().splitlines(keepends=True)
-    (tmp_path / "run" / "it001" / "samples.jsonl").write_text("".join(lines[:4]))
+    assert json.loads((d / "eval" / "summary.json").read_text())["model"].endswith(":chat")
+    # a killed E-step (one batch on disk, no samples file, no iteration marker) resumes to the same samples
+    text = (d / "samples.jsonl").read_text()
+    (d / ".samples.jsonl.partial").write_text("".join(text.splitlines(keepends=True)[:4]) + '[{"torn')
+    (d / "samples.jsonl").unlink()
     (tmp_path / "run" / "iterations" / "001.json").unlink()
-    again = run_rest_em_hf(cfg, progress=False)["iterations"]
-    assert [json.loads(x) for x in (tmp_path / "run" / "it001" / "samples.jsonl").read_text().splitlines()] == samples
+    again = run_rest_em(cfg, progress=False)["iterations"]
+    assert (d / "samples.jsonl").read_text() == text and not (d / ".samples.jsonl.partial").exists()
     assert {k: v for k, v in again[1].items() if "wall" not in k} == {k: v for k, v in r1.items() if "wall" not in k}
-    with pytest.raises(DeliberateError, match="epochs"):
-        HFRestEMConfig(epochs=0)
 
 
-def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_path, monkeypatch):
-    """STaR on an HF checkpoint: failed problems are retried with the hint, kept with the plain prompt;
+def test_star_on_an_hf_model_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_path, monkeypatch):
+    """STaR with ``--model`` an HF checkpoint: failed problems are retried with the hint, kept with the plain prompt;
     completions citing the hint are dropped; compute is counted from the files; a killed iteration
     resumes to the same row; --no-rationalize sends no hinted prompt. The model's answers are scripted
     (a random tiny Llama gets nothing right): it solves 1-digit sums, copies a hint, and cites the hint
     on every third hinted problem; the M-step is the real TRL one."""
     from deliberate.models.hf import HFBackend
     from deliberate.tasks import get_task
-    from deliberate.train import star_hf
+    from deliberate.policy import FinetuneSettings
+    from deliberate.train import star
+    from deliberate.train.selfimprove import load_rollouts
     from deliberate.types import Completion
 
     task = get_task("addition", digits="1-2", extract="last_number")
@@ -108,10 +120,12 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
         return out
 
     monkeypatch.setattr(HFBackend, "generate", scripted)
-    cfg = star_hf.HFStarConfig(model=str(tiny_hf), task_options={"digits": "1-2", "extract": "last_number"},
-                               iterations=1, n_train=12, eval_problems=10, batch_problems=2, batch_size=4,
-                               out=str(tmp_path / "rat"))
-    rows = star_hf.run_star_hf(cfg, progress=False)["iterations"]
+    cfg = star.StarConfig(init=str(tiny_hf), task_options={"extract": "last_number"}, train_digits="1-2",
+                          eval_digits=(), prompt="What is {question}?", max_tokens=64, iterations=1, n_train=12,
+                          eval_problems=10, batch_problems=2, step_growth=1.0,
+                          finetune=FinetuneSettings(lr=3e-5, epochs=2.0, batch_size=4, warmup=0, weight_decay=0.0),
+                          out=str(tmp_path / "rat"))
+    rows = star.run_star(cfg, progress=False)["iterations"]
     train = task.problems("train", 12, seed=0)
     one = [p for p in train if p.metadata["digits"] == 1]
     two = [p for p in train if p.metadata["digits"] == 2]
@@ -122,12 +136,12 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
         len(one), len(two) - len(cites), len(cites))
     assert r1["kept"] == len(one) + len(two) - len(cites) and r1["train_accuracy"] == len(one) / 12
     d = tmp_path / "rat" / "it001"
-    rat = [json.loads(x) for x in (d / "rationalized.jsonl").read_text().splitlines()]
-    assert [x["problem_id"] for x in rat] == [p.id for p in two]
-    assert all(x["prompt"].endswith(f"(Hint: the answer is {p.answer}.)") for x, p in zip(rat, two))
-    samples = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
-    assert [x["prompt"] for x in samples] == [f"What is {p.question}?" for p in train]  # the default template
-    assert r1["tokens_sampled"] == sum(s["completion_tokens"] for x in samples + rat for s in x["samples"])
+    rat = load_rollouts(d / "rationalized.jsonl")
+    assert [rs[0].problem_id for rs in rat] == [p.id for p in two]
+    assert all(rs[0].prompt.endswith(f"(Hint: the answer is {p.answer}.)") for rs, p in zip(rat, two))
+    samples = load_rollouts(d / "samples.jsonl")
+    assert [rs[0].prompt for rs in samples] == [f"What is {p.question}?" for p in train]  # the template
+    assert r1["tokens_sampled"] == sum(r.completion_tokens for rs in samples + rat for r in rs)
     assert json.loads((d / "m_step.json").read_text())["examples"] == r1["kept"]
     # held-out: overall and per digit count, greedy answers recorded
     ev = r1["eval"]
@@ -136,23 +150,24 @@ def test_star_hf_rationalizes_with_the_hint_and_trains_without_it(tiny_hf, tmp_p
     assert (tmp_path / "rat" / "curve.png").stat().st_size > 0
     # a killed iteration (rationalization half written, no row) resumes to the same row
     lines = (d / "rationalized.jsonl").read_text().splitlines(keepends=True)
-    (d / "rationalized.jsonl").write_text("".join(lines[:2]))
+    (d / ".rationalized.jsonl.partial").write_text("".join(lines[:2]))
+    (d / "rationalized.jsonl").unlink()
     (tmp_path / "rat" / "iterations" / "001.json").unlink()
     seen.clear()
-    again = star_hf.run_star_hf(cfg, progress=False)["iterations"][1]
+    again = star.run_star(cfg, progress=False)["iterations"][1]
     assert sum("Hint" in p for p in seen) == len(two) - 2  # only the unfinished batches of hinted problems rerun
     assert {k: v for k, v in again.items() if "wall" not in k} == {k: v for k, v in r1.items() if "wall" not in k}
     # without rationalization no hint is ever sent
     seen.clear()
-    plain = star_hf.run_star_hf(dataclasses.replace(cfg, rationalize=False, out=str(tmp_path / "plain")),
-                                progress=False)["iterations"][1]
+    plain = star.run_star(dataclasses.replace(cfg, rationalize=False, out=str(tmp_path / "plain")),
+                          progress=False)["iterations"][1]
     assert not any("Hint" in p for p in seen) and not (tmp_path / "plain" / "it001" / "rationalized.jsonl").exists()
     assert (plain["kept"], plain["kept_rationalized"]) == (len(one), 0)
     with pytest.raises(DeliberateError, match="hint must be a format string"):
-        star_hf.HFStarConfig(hint="no placeholder")
+        star.StarConfig(hint="no placeholder")
     with pytest.raises(DeliberateError, match="hint must be a format string"):
-        star_hf.HFStarConfig(hint="{answer} and {other}")
+        star.StarConfig(hint="{answer} and {other}")
     with pytest.raises(DeliberateError, match="prompt must be a format string"):
-        star_hf.HFStarConfig(prompt="What is {problem}?")
+        star.StarConfig(prompt="What is {problem}?")
     with pytest.raises(DeliberateError, match="extract must be one of"):
         get_task("addition", extract="first_number")

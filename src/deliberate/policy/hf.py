@@ -1,0 +1,138 @@
+"""``HFPolicy``: any Hugging Face causal LM as a :class:`~deliberate.policy.base.Policy`.
+
+Sampling goes through the ``hf`` backend (our batched, KV-cached engine: the same seeding contract
+as the tiny model), with the tokenizer's chat template when ``chat`` is on. Fine-tuning is TRL's
+``SFTTrainer`` on a prompt-completion dataset: the prompt is exactly the text the engine was given
+(:meth:`HFPolicy.training_prompt`), the loss is on the completion only and TRL appends the EOS. It
+runs on the device TRL/transformers pick (bf16 on a GPU that supports it) in this one process;
+LoRA/PEFT is not wired (peft is not a dependency).
+
+A raw ``.gguf`` file samples but cannot be fine-tuned (``smollm2`` is converted to a checkpoint
+directory automatically, see :mod:`deliberate.models.smollm2`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from deliberate.atomic import recover_dir, replace_dir, write_json_atomic
+from deliberate.errors import DeliberateError
+from deliberate.models.base import Backend
+from deliberate.models.hf import ChatText, HFBackend
+from deliberate.models.sampling import SamplingParams
+from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
+from deliberate.types import Completion
+
+
+class HFPolicy(Policy):
+    """A transformers checkpoint directory or ``.gguf`` file (``path``, already resolved: see
+    :func:`deliberate.policy.load.load_policy`). ``chat``: prompts are rendered as one user message
+    with the chat template; ``options``: further :class:`HFBackend` options (``device``, ``dtype``,
+    ``max_batch_size``)."""
+
+    pretrained = True
+
+    def __init__(self, path: str | Path, *, chat: bool = False, device: str = "auto", **options):
+        self._path = Path(path)
+        self.chat = bool(chat)
+        self.device = device
+        self.options = dict(options)
+        self._backend: HFBackend | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def _sampler(self) -> HFBackend:
+        if self._backend is None:
+            self._backend = self.backend()
+        return self._backend
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self._sampler().model.parameters())
+
+    def backend(self) -> HFBackend:
+        return HFBackend(path=self.path, chat=self.chat, device=self.device, **self.options)
+
+    def sample(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        return self._sampler().generate(prompts, params)
+
+    def training_prompt(self, prompt: str) -> str:
+        if not self.chat or isinstance(prompt, ChatText):
+            return prompt
+        return self._sampler().chat_prompt([{"role": "user", "content": prompt}])
+
+    def worker_spec(self) -> tuple[str, dict]:
+        return "hf", {"path": str(self.path), "chat": self.chat, "device": self.device, **self.options}
+
+    def with_checkpoint(self, path: str | Path) -> HFPolicy:
+        return HFPolicy(path, chat=self.chat, device=self.device, **self.options)
+
+    def finetune(self, examples: Sequence[tuple[str, str]], out: str | Path, settings: FinetuneSettings, *,
+                 seed: int = 0, progress: bool = True, desc: str = "finetune") -> FinetuneResult:
+        """TRL ``SFTTrainer`` from this checkpoint: ``settings.n_steps`` optimizer steps (epochs over the
+        data, at most ``max_steps``; or ``steps``/``tokens``) of batch ``batch_size`` at ``lr`` with
+        ``warmup`` linear warmup steps and cosine decay, ``weight_decay``, gradient clipping at
+        ``grad_clip``; bf16 when asked or on a GPU that supports it. ``out/model`` (weights and tokenizer)
+        and ``out/m_step.json`` are written atomically; when both exist the call returns at once."""
+        out = Path(out)
+        final, meta = out / "model", out / "m_step.json"
+        if final.exists() and meta.exists():
+            m = json.loads(meta.read_text())
+            return FinetuneResult(final, int(m["tokens_trained"]), int(m["steps"]))
+        if self.path.suffix.lower() == ".gguf":
+            raise DeliberateError(f"{desc}: a raw .gguf file cannot be fine-tuned; convert it to a checkpoint "
+                                  "directory first (smollm2 is converted automatically)")
+        if not examples:
+            raise DeliberateError(f"{desc}: no training examples (no verified samples to learn from)")
+        try:  # TRL and datasets: optional dependencies, needed only to fine-tune an HF model
+            from datasets import Dataset
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from trl import SFTConfig, SFTTrainer
+        except ImportError as e:
+            raise DeliberateError(f"fine-tuning an HF model needs TRL: pip install trl ({e})") from e
+
+        tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(self.path), local_files_only=True)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in examples])
+        lengths = [len(tok.encode(p + c, add_special_tokens=False)) + 1 for p, c in examples]
+        steps = settings.n_steps(len(examples), sum(lengths) / len(lengths))
+        work = out / "trl"
+        gpu = torch.cuda.is_available()
+        args = SFTConfig(output_dir=str(work), max_steps=steps, per_device_train_batch_size=settings.batch_size,
+                         learning_rate=settings.lr, lr_scheduler_type="cosine", warmup_steps=settings.warmup,
+                         weight_decay=settings.weight_decay, max_grad_norm=settings.grad_clip,
+                         logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+                         max_length=1024, completion_only_loss=True, disable_tqdm=not progress,
+                         dataloader_num_workers=0, bf16=settings.bf16 or (gpu and torch.cuda.is_bf16_supported()),
+                         use_cpu=not gpu)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        result = trainer.train()
+        # tokens run through the model (prompt + completion): the dataset's, scaled by the passes over it
+        per_pass = sum(len(x) for x in trainer.train_dataset["input_ids"])
+        trained = round(per_pass * result.global_step * settings.batch_size / len(examples))
+        recover_dir(final, "config.json")
+        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        replace_dir(tmp, final)
+        write_json_atomic(meta, {"tokens_trained": trained, "examples": len(examples),
+                                 "train_loss": result.training_loss, "steps": result.global_step, "seed": seed})
+        shutil.rmtree(work, ignore_errors=True)
+        return FinetuneResult(final, trained, result.global_step)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
