@@ -4,8 +4,9 @@ Budget ``n`` = beams alive. Round 0 samples ``n`` first steps; every round keeps
 ``n // expansions`` unfinished prefixes by verifier score and expands each with ``expansions``
 sampled next steps, so ``n`` new prefixes are scored per round. Prefixes that end in an answer are
 set aside as finished, steps cut by the step's token limit are dropped; the search stops when ``n``
-are finished, nothing is left to expand, or ``max_steps`` is reached. The final answer is the best finished solution by score (``final=best``)
-or the weighted-majority answer over the finished ones (``final=weighted``).
+are finished, nothing is left to expand, or ``max_steps`` is reached. The final answer is the best
+finished solution by score (``final=best``) or the weighted-majority answer over the finished ones
+(``final=weighted``).
 """
 
 from __future__ import annotations
