@@ -7,9 +7,11 @@
 What it writes in ``--out`` (a rerun with the same flags resumes and skips everything on disk):
 
 - ``config.json`` — the sweep's configuration; a rerun with a different one is refused.
-- ``pool.jsonl`` — for the sample-based strategies (majority, best_of_n, weighted), ``max(budgets)``
-  full samples per problem and seed, drawn once; every budget N selects among the first N of them.
-- ``pool_scores.jsonl`` — the verifier's per-step scores of every pool sample (cached).
+- ``pool.jsonl`` — for the strategies that select among full samples (majority, best_of_n, weighted:
+  those with a ``select`` hook), ``max(budgets)`` full samples per problem and seed, drawn once; every
+  budget N calls the strategy's ``select`` on the first N of them.
+- ``pool_scores.jsonl`` — the verifier's per-step scores of every pool sample (cached), its steps split
+  as search splits them (the task's ``split_steps`` with the ``step_delimiter`` setting).
 - ``results.jsonl`` — one :class:`~deliberate.types.SweepRow` per (problem, strategy, budget, seed):
   the selected answer, whether it is correct, whether any candidate was (the strategy's own ceiling),
   and its compute.
@@ -68,15 +70,14 @@ from deliberate.rewards.base import (
     verifier_kinds,
 )
 from deliberate.search.base import (
-    POOL_STRATEGIES,
     Candidate,
     SearchContext,
     SearchSettings,
+    Strategy,
     get_strategy,
     run_search,
     strategy_names,
 )
-from deliberate.search.sampling import select
 from deliberate.tasks.base import Task, get_task
 from deliberate.types import SWEEP_ROW_KEYS, Problem, ResultRow, RunSummary, SampleRecord, SweepRow
 
@@ -168,7 +169,9 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     spent = {"generated_tokens": 0, "prompt_tokens_sent": 0, "backend_calls": 0}
     counters0 = executor.counters()
 
-    pool_needed = any(s in POOL_STRATEGIES for s in config.strategies) or bool(config.taste_sigmas)
+    chosen = {s: get_strategy(s) for s in config.strategies}
+    pooled = [s for s in config.strategies if chosen[s].selects_from_pool]
+    pool_needed = bool(pooled) or bool(config.taste_sigmas)
     pool_n = max(config.budgets)
     if pool_needed and config.pool_from:
         _copy_pool(Path(config.pool_from), out, meta)
@@ -177,8 +180,8 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     pool = _load_pool(out, problems, config.seeds, pool_n) if pool_needed else {}
     pool_scores: dict[tuple[str, int, int], list[float]] = {}
     have_verifier = verifier is not None or bool(config.verifier)
-    if pool_needed and have_verifier and any(s in ("best_of_n", "weighted") for s in config.strategies):
-        pool_scores = _score_pool(out, problems, pool, executor, progress)
+    if pool_needed and have_verifier and any(chosen[s].needs_verifier(base) for s in pooled):
+        pool_scores = _score_pool(out, task, problems, pool, base.step_delimiter, executor, progress)
 
     results_path = out / "results.jsonl"
     def run_key(r: dict) -> tuple:
@@ -190,8 +193,8 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     with JsonlAppender(results_path, key=run_key, validate=check_row) as rf, \
             JsonlAppender(out / "trees.jsonl", key=run_key) as tf:
         done = rf.rows
-        # sample-based strategies: selection over the pool (no new generation)
-        for strategy in [s for s in config.strategies if s in POOL_STRATEGIES]:
+        # strategies that select among full samples: their `select` on the pool (no new generation)
+        for strategy in pooled:
             for seed in config.seeds:
                 rows = []
                 for n in config.budgets:
@@ -199,10 +202,11 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
                         key = (p.id, strategy, n, seed)
                         if key in done:
                             continue
-                        rows.append(_pool_row(task, p, strategy, n, seed, pool, pool_scores, base.aggregation))
+                        rows.append(_pool_row(task, p, strategy, chosen[strategy], n, seed, pool, pool_scores,
+                                              base))
                 rf.append(r.to_dict() for r in rows)
         # search strategies: run per (budget, seed) over batches of problems; one unit = one batch
-        runs = [(s, n, seed) for s in config.strategies if s not in POOL_STRATEGIES
+        runs = [(s, n, seed) for s in config.strategies if s not in pooled
                 for n in config.budgets for seed in config.seeds]
         units = []
         for strategy, n, seed in runs:
@@ -390,15 +394,16 @@ def _load_pool(out: Path, problems, seeds, pool_n) -> dict[tuple[str, int], list
     return pool
 
 
-def _score_pool(out: Path, problems, pool, executor, progress: bool) -> dict:
-    """Per-step verifier scores of every pool sample, cached in ``pool_scores.jsonl`` (resumable)."""
+def _score_pool(out: Path, task: Task, problems, pool, delimiter: str, executor, progress: bool) -> dict:
+    """Per-step verifier scores of every pool sample, cached in ``pool_scores.jsonl`` (resumable); a
+    sample's steps are ``task.split_steps(text, delimiter)``, as search would score the same text."""
     by_id = {p.id: p for p in problems}
     with JsonlAppender(out / "pool_scores.jsonl", key=lambda r: (r["problem_id"], r["seed"], r["index"])) as f:
         todo = [(pid, seed, j, r) for (pid, seed), rs in pool.items() for j, r in enumerate(rs)
                 if (pid, seed, j) not in f]
         # a unit: the keys of up to 256 samples and the (problem, steps) the verifier scores
         units = [(tuple((pid, seed, j) for pid, seed, j, _ in chunk),
-                  tuple((by_id[pid], verifier_steps(r.text)) for pid, _, _, r in chunk))
+                  tuple((by_id[pid], list(task.split_steps(r.text, delimiter))) for pid, _, _, r in chunk))
                  for chunk in chunks(todo, 256)]
         with progress_bar(len(todo), "sweep verifier", "sample", progress) as bar:
             def write(unit, scores) -> None:
@@ -410,27 +415,25 @@ def _score_pool(out: Path, problems, pool, executor, progress: bool) -> dict:
         return {k: v["scores"] for k, v in f.rows.items()}
 
 
-def verifier_steps(text: str) -> list[str]:
-    """Steps of a full sample as the verifiers see them: its non-empty lines."""
-    return [line.strip() for line in text.split("\n") if line.strip()]
-
-
-def _pool_row(task, p: Problem, strategy: str, n: int, seed: int, pool, pool_scores, how: str) -> SweepRow:
+def _pool_row(task, p: Problem, strategy: str, chooser: Strategy, n: int, seed: int, pool, pool_scores,
+              settings: SearchSettings) -> SweepRow:
+    """``strategy`` at budget ``n``: its ``select`` over the first ``n`` pool samples."""
     recs = pool[(p.id, seed)][:n]
+    needs_verifier = chooser.needs_verifier(settings)
     cands = []
     for j, r in enumerate(recs):
         sc = pool_scores.get((p.id, seed, j))
-        cands.append(Candidate(r.text, tuple(verifier_steps(r.text)), r.answer,
-                               None if sc is None else aggregate(sc, how)))
-    if strategy != "majority" and any(c.score is None for c in cands):
+        cands.append(Candidate(r.text, task.split_steps(r.text, settings.step_delimiter), r.answer,
+                               None if sc is None else aggregate(sc, settings.aggregation)))
+    if needs_verifier and any(c.score is None for c in cands):
         raise DeliberateError(f"strategy {strategy!r} needs a verifier (--verifier ...)")
-    best = select(task, cands, strategy)
+    best = chooser.select(task, p, cands)
     return SweepRow(problem_id=p.id, strategy=strategy, n=n, seed=seed, answer=best.answer if best else None,
                     gold=p.answer, correct=bool(best is not None and task.is_correct(best.answer, p)),
                     any_correct=any(r.correct for r in recs), candidates=n,
                     generated_tokens=sum(r.completion_tokens for r in recs),
                     prompt_tokens=sum(r.prompt_tokens for r in recs), model_calls=1,
-                    verifier_sequences=0 if strategy == "majority" else n,
+                    verifier_sequences=n if needs_verifier else 0,
                     wall_s=sum(r.wall_s for r in recs), text=best.text if best else "")
 
 
@@ -539,6 +542,7 @@ def taste_curve(task: Task, problems, pool: dict, config: SweepConfig) -> list[d
 
     out = []
     pool_n = max(config.budgets)
+    delimiter = SearchSettings(**config.settings).step_delimiter
     ns = sorted({n for n in [1, 2, 4, 8, 16, 32, 64, 128] if n <= pool_n} | set(config.budgets))
     for sigma in config.taste_sigmas:
         v = NoisyVerifier(task, sigma, seed=config.problem_seed)
@@ -547,7 +551,7 @@ def taste_curve(task: Task, problems, pool: dict, config: SweepConfig) -> list[d
             for p in problems:
                 for s in config.seeds:
                     recs = pool[(p.id, s)][:n]
-                    sc = [v.score(p, verifier_steps(r.text) or [""])[0] for r in recs]
+                    sc = [v.score(p, list(task.split_steps(r.text, delimiter)) or [""])[0] for r in recs]
                     acc.append(float(recs[int(np.argmax(sc))].correct))
             out.append({"sigma": sigma, "n": n, "accuracy": float(np.mean(acc))})
     for n in ns:  # the ceiling on the same first-n samples the selections saw
@@ -667,15 +671,16 @@ def main(args) -> int:
                          trees_per_run=args.trees_per_run, pool_from=args.pool_from)
     task = get_task(config.task, **config.task_options)
     task.problems(config.split, config.n_problems, config.problem_seed)  # bad data fails before a model loads
-    for s in config.strategies:
-        get_strategy(s)
+    chosen = {s: get_strategy(s) for s in config.strategies}
     if config.pool_from and not (Path(config.pool_from) / "pool.jsonl").is_file():
         raise DeliberateError(f"--pool-from {config.pool_from}: no pool.jsonl there (not a sweep output directory)")
-    needs = {"best_of_n", "weighted", "beam", "dvts"} & set(config.strategies)
+    settings = SearchSettings(**config.settings)
+    needs = [s for s, strategy in chosen.items() if strategy.needs_verifier(settings)]
     if needs and not config.verifier:
         raise DeliberateError(f"strategies {', '.join(sorted(needs))} need --verifier")
-    kind = (config.verifier or "").split(":", 1)[0]
-    aggregation = config.settings.get("aggregation", SearchSettings.aggregation)
+    if unused := sorted(set(config.settings) - {k for strategy in chosen.values() for k in strategy.uses}):
+        log.warning("--setting %s: none of the strategies %s reads it", ", ".join(unused), ",".join(chosen))
+    kind, aggregation = (config.verifier or "").split(":", 1)[0], settings.aggregation
     if kind in OUTCOME_VERIFIERS and aggregation != "last":
         log.warning("%s: is an outcome verifier: it scores every step prefix as a finished solution, and "
                     "aggregation=%s combines those prefix scores; --setting aggregation=last selects by the whole "

@@ -1,4 +1,4 @@
-"""Test-time search strategies, one file each, one signature: ``run(problems, ctx) -> [SearchResult]``.
+"""Test-time search strategies, one file each, one class each: ``Strategy.run(problems, ctx) -> [SearchResult]``.
 
     from deliberate.search import SearchContext, SearchSettings, run_search
     ctx = SearchContext(backend, task, SearchSettings(n=16), verifier=get_verifier("prm:runs/prm", task=task))
@@ -6,16 +6,16 @@
 """
 
 from deliberate.search.base import (
-                                    POOL_STRATEGIES,
                                     STRATEGIES,
                                     Candidate,
                                     SearchContext,
                                     SearchResult,
                                     SearchSettings,
+                                    Strategy,
                                     get_strategy,
                                     run_search,
                                     strategy_names,
 )
 
-__all__ = ["POOL_STRATEGIES", "STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings",
+__all__ = ["STRATEGIES", "Candidate", "SearchContext", "SearchResult", "SearchSettings", "Strategy",
            "get_strategy", "run_search", "strategy_names"]

@@ -1,14 +1,17 @@
 """What every search strategy shares: settings, the search tree, compute accounting, batching.
 
-A strategy is a function ``run(problems, ctx) -> list[SearchResult]`` registered by name. It works
-on *all* problems at once so that each round of generation is one batched backend call and each
-round of scoring one batched verifier call — that is what makes search affordable on a local engine
-and keeps a remote server's batch full.
+A strategy is a :class:`Strategy` registered by name; its ``run(problems, ctx)`` works on *all*
+problems at once, so each round of generation is one batched backend call and each round of scoring
+one batched verifier call — that is what makes search affordable on a local engine and keeps a remote
+server's batch full. One that only chooses among full samples also has ``select``, which a sweep
+calls on its one shared pool of samples.
 
-Steps are lines: a step is generated with stop string ``"\\n"`` from ``prompt + prefix``, where the
-prefix is the steps so far, each followed by a newline. The local engine reuses the KV cache of a
-prefix it has already computed (automatic prefix caching); remote servers are expected to do the
-same (vLLM/SGLang prefix caching), so continuing a partial solution costs only its new tokens.
+A step is generated with ``step_delimiter`` (a newline by default) as its stop string from ``prompt +
+prefix``, the prefix being the steps so far, each followed by the delimiter; the steps of any text, for
+a verifier or a candidate, come from one splitter (:meth:`SearchContext.split_steps`). A step cut by
+its token limit is no step: a dead end, neither expanded nor a finished solution. The local engine
+reuses the KV cache of a prefix it has computed (automatic prefix caching), as vLLM/SGLang servers do,
+so continuing a partial solution costs only its new tokens.
 
 Every result carries its compute: generated tokens, prompt tokens sent (before any prefix caching),
 backend calls, verifier sequences; :class:`SearchContext` also keeps run totals. What the local
@@ -18,11 +21,11 @@ engine actually ran after prefix caching is in ``backend.engine.stats`` (the swe
 from __future__ import annotations
 
 import hashlib
-import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
@@ -108,7 +111,8 @@ class Node:
     visits: int = 0
     value_sum: float = 0.0
     confidence: float | None = None  # mean chosen-token probability of the step, when log-probs were asked for
-    terminal: bool = False
+    terminal: bool = False  # never expanded: it finished the solution, or it is a cut step
+    cut: bool = False  # the step hit the step's token limit: a dead end, not a finished step
     answer: str | None = None
     tokens: int = 0  # tokens generated for this step
     children: list[int] = field(default_factory=list)
@@ -118,6 +122,11 @@ class Node:
     @property
     def value(self) -> float:
         return self.value_sum / self.visits if self.visits else 0.0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the path to this node is a finished solution (a cut step never is)."""
+        return self.terminal and not self.cut
 
 
 class Tree:
@@ -156,11 +165,11 @@ class Tree:
         out = []
         for n in self.nodes:
             correct = None
-            if n.terminal:
+            if n.finished:
                 correct = bool(task.is_correct(n.answer, self.problem))
             out.append({"id": n.id, "parent": n.parent, "text": n.step, "score": n.score,
                         "visits": n.visits or None, "value": round(n.value, 6) if n.visits else None,
-                        "chosen": n.chosen, "terminal": n.terminal, "correct": correct})
+                        "chosen": n.chosen, "terminal": n.finished, "correct": correct})
         return out
 
 
@@ -207,6 +216,15 @@ class SearchContext:
     def prefix(self, steps: Sequence[str]) -> str:
         d = self.settings.step_delimiter
         return "".join(s + d for s in steps)
+
+    def split_steps(self, text: str) -> tuple[str, ...]:
+        """The steps of ``text`` as every strategy and verifier call sees them (the sweep's pool too)."""
+        return self.task.split_steps(text, self.settings.step_delimiter)
+
+    def path_steps(self, tree: Tree, nid: int) -> tuple[str, ...]:
+        """The steps of the solution ending at node ``nid``: its text through :meth:`split_steps`, so a
+        tree path and a full sample with the same text give a verifier the same steps."""
+        return self.split_steps(self.settings.step_delimiter.join(tree.steps(nid)))
 
     def _count(self, pid: str, key: str, v: int) -> None:
         d = self.per_problem.setdefault(pid, {"generated_tokens": 0, "prompt_tokens": 0, "model_calls": 0,
@@ -267,8 +285,8 @@ class SearchContext:
 
     # --- parsing ------------------------------------------------------------------------------
     def is_terminal(self, step: str, completion: Completion, depth: int) -> tuple[bool, str | None]:
-        """A step ends the solution when it states an answer, is empty (the model ended), hit the
-        step's token limit at the last allowed depth, or the depth limit is reached."""
+        """A (complete) step ends the solution when it states an answer, is empty (the model ended),
+        or the depth limit is reached. A step cut by its token limit is handled by :func:`expand`."""
         ans = self.task.extract_answer(step) if step else None
         if ans is not None:
             return True, ans
@@ -324,22 +342,70 @@ def pick(task: Task, candidates: Sequence[Candidate], rule: str) -> Candidate | 
 
 
 # --------------------------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------------------------
+
+#: the settings every strategy's sampling reads
+SAMPLING = ("temperature", "top_p", "seed", "prompt_style")
+#: the settings of step-level search (the tree strategies)
+STEPWISE = SAMPLING + ("n", "expansions", "max_steps", "step_tokens", "step_delimiter", "aggregation")
+
+
+class Strategy(ABC):
+    """One test-time search strategy, in its own file, registered with ``@register_strategy(name)``.
+
+    ``uses`` names the :class:`SearchSettings` fields it reads; :meth:`needs_verifier` says whether it
+    scores with a verifier under given settings; :meth:`run` searches. A strategy that only chooses
+    among independent full samples also overrides :meth:`select`: a sweep then draws one pool of
+    samples for every budget and calls ``select`` on it rather than ``run``.
+    """
+
+    uses: tuple[str, ...] = ()
+
+    def needs_verifier(self, settings: SearchSettings) -> bool:
+        return False
+
+    @abstractmethod
+    def run(self, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+        """Search every problem at once; one result per problem, in order."""
+
+    def select(self, task: Task, problem: Problem, candidates: Sequence[Candidate]) -> Candidate | None:
+        """The candidate to answer with, among full samples already drawn (scored when
+        :meth:`needs_verifier`); None when there are none."""
+        raise DeliberateError(f"{type(self).__name__} searches; it does not select from a pool of samples")
+
+    @property
+    def selects_from_pool(self) -> bool:
+        return type(self).select is not Strategy.select
+
+
+class FunctionStrategy(Strategy):
+    """A plain ``run(problems, ctx)`` function registered as a strategy (how plug-ins could always write
+    one). It cannot say whether it needs a verifier: ``ctx.score`` fails clearly if it does."""
+
+    uses = tuple(SearchSettings.__dataclass_fields__)  # it may read any of them
+
+    def __init__(self, fn: Callable[[Sequence[Problem], SearchContext], list[SearchResult]]):
+        self.fn = fn
+
+    def run(self, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+        return self.fn(problems, ctx)
+
+
+# --------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------
 
-Strategy = Callable[[Sequence[Problem], SearchContext], list[SearchResult]]
-#: the strategy registry: its entries are the strategies themselves, called ``run(problems, ctx)``
+Registered = TypeVar("Registered")  # a Strategy subclass, or a plain run(problems, ctx) function
+#: the strategy registry: its entries are Strategy subclasses or plain ``run(problems, ctx)`` functions
 STRATEGIES = Registry("search strategy", "search strategies", positional=2,
                       builtins=[f"deliberate.search.{m}" for m in
-                                ("sampling", "beam", "dvts", "mcts", "tot", "reflection")])
-#: strategies that select among independent full samples (a sweep computes them from one sample pool)
-POOL_STRATEGIES = ("majority", "best_of_n", "weighted")
-#: strategies that need a verifier
-NEEDS_VERIFIER = ("best_of_n", "weighted", "beam", "dvts")
+                                ("majority", "best_of_n", "weighted", "beam", "dvts", "mcts", "tot", "reflection")])
 
 
-def register_strategy(name: str, *, override: bool = False) -> Callable[[Strategy], Strategy]:
-    """Register ``run(problems, ctx) -> list[SearchResult]`` under ``name`` (see :mod:`deliberate.registry`)."""
+def register_strategy(name: str, *, override: bool = False) -> Callable[[Registered], Registered]:
+    """Register a :class:`Strategy` subclass (or a plain ``run(problems, ctx)`` function) under ``name``
+    (see :mod:`deliberate.registry`)."""
     return STRATEGIES.register(name, override=override)
 
 
@@ -348,76 +414,24 @@ def strategy_names() -> list[str]:
 
 
 def get_strategy(name: str) -> Strategy:
-    return STRATEGIES.get(name)
+    return as_strategy(STRATEGIES.get(name))
+
+
+def as_strategy(registered: Any) -> Strategy:
+    """A :class:`Strategy` instance from what ``register_strategy`` decorated (a class or a function)."""
+    if isinstance(registered, type) and issubclass(registered, Strategy):
+        return registered()
+    return FunctionStrategy(registered)
 
 
 def run_search(name: str, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
     """Run strategy ``name`` on ``problems``; wall time is shared equally among the problems."""
-    fn = get_strategy(name)
-    needs = name in NEEDS_VERIFIER or (name == "mcts" and ctx.settings.mcts_value != "confidence") \
-        or (name == "tot" and ctx.settings.tot_eval == "value")
-    if needs and ctx.verifier is None:
+    strategy = get_strategy(name)
+    if strategy.needs_verifier(ctx.settings) and ctx.verifier is None:
         raise DeliberateError(f"strategy {name!r} needs a verifier (--verifier prm:DIR, orm:DIR, oracle ...)")
     t0 = time.perf_counter()
-    results = fn(problems, ctx)
+    results = strategy.run(problems, ctx)
     dt = time.perf_counter() - t0
     for r in results:
         r.wall_s = dt / max(1, len(results))
     return results
-
-
-# --------------------------------------------------------------------------------------------
-# expansion shared by the tree strategies
-# --------------------------------------------------------------------------------------------
-
-def expand(ctx: SearchContext, frontier: Sequence[tuple[Tree, int]], m: int, *, score: bool = True,
-           logprobs: bool = False) -> list[list[Node]]:
-    """Sample ``m`` next steps for each (tree, node) in one batched call; add them as children.
-
-    Each child is marked terminal (with its answer) per :meth:`SearchContext.is_terminal`, and, with
-    ``score=True``, gets the verifier's aggregated score of its whole prefix (one batched call).
-    With ``logprobs=True`` each child's ``confidence`` (mean chosen-token probability) is set too.
-    """
-    if not frontier:
-        return []
-    # identical prompts (the same node listed twice, or two nodes with the same text) would get
-    # identical samples from the seeded engine: ask once for m x count samples and share them out
-    reqs_all = [(t.problem, ctx.prefix(t.steps(nid))) for t, nid in frontier]
-    groups: dict[tuple[str, str], list[int]] = {}
-    for k, (p, pre) in enumerate(reqs_all):
-        groups.setdefault((p.id, pre), []).append(k)
-    order = list(groups)
-    counts = {g: len(groups[g]) for g in order}
-    outs = [[] for _ in frontier]  # type: list[list[Completion]]
-    by_count: dict[int, list[tuple[str, str]]] = {}
-    for g in order:
-        by_count.setdefault(counts[g], []).append(g)
-    for cnt, gs in sorted(by_count.items()):
-        got = ctx.generate([reqs_all[groups[g][0]] for g in gs], m * cnt, step=True, logprobs=logprobs)
-        for g, comps in zip(gs, got):
-            for r, k in enumerate(groups[g]):
-                outs[k] = comps[r * m:(r + 1) * m]
-    kids: list[list[Node]] = []
-    for (t, nid), comps in zip(frontier, outs):
-        row = []
-        for c in comps:
-            step = c.text.strip()
-            node = t.add(nid, step, c.completion_tokens)
-            node.terminal, node.answer = ctx.is_terminal(step, c, node.depth)
-            if logprobs and c.logprobs:
-                node.confidence = sum(math.exp(x) for x in c.logprobs) / len(c.logprobs)
-            row.append(node)
-        kids.append(row)
-    if score:
-        flat = [(t, node) for (t, _), row in zip(frontier, kids) for node in row]
-        scores = ctx.score([(t.problem, t.steps(node.id)) for t, node in flat])
-        for (_, node), s in zip(flat, scores):
-            node.score = s
-    return kids
-
-
-def candidate(ctx: SearchContext, tree: Tree, nid: int) -> Candidate:
-    steps = tree.steps(nid)
-    node = tree.nodes[nid]
-    text = "\n".join(steps)
-    return Candidate(text, tuple(steps), node.answer if node.terminal else ctx.task.extract_answer(text), node.score)

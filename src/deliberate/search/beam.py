@@ -3,16 +3,27 @@
 Budget ``n`` = beams alive. Round 0 samples ``n`` first steps; every round keeps the top
 ``n // expansions`` unfinished prefixes by verifier score and expands each with ``expansions``
 sampled next steps, so ``n`` new prefixes are scored per round. Prefixes that end in an answer are
-set aside as finished; the search stops when ``n`` are finished, nothing is left to expand, or
-``max_steps`` is reached. The final answer is the best finished solution by score (``final=best``)
-or the weighted-majority answer over the finished ones (``final=weighted``).
+set aside as finished, steps cut by the step's token limit are dropped; the search stops when ``n``
+are finished, nothing is left to expand, or ``max_steps`` is reached. The final answer is the best
+finished solution by score (``final=best``) or the weighted-majority answer over the finished ones
+(``final=weighted``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from deliberate.search.base import SearchContext, SearchResult, Tree, candidate, expand, pick, register_strategy
+from deliberate.search.base import (
+    STEPWISE,
+    SearchContext,
+    SearchResult,
+    SearchSettings,
+    Strategy,
+    Tree,
+    pick,
+    register_strategy,
+)
+from deliberate.search.expand import candidate, expand
 from deliberate.types import Problem
 
 
@@ -37,9 +48,8 @@ def beam_search(problems: Sequence[Problem], ctx: SearchContext, *, width: int, 
             by_tree.setdefault(id(t), []).extend(row)
         for i, t in enumerate(trees):
             new = by_tree.get(id(t), [])
-            live = []
-            for node in new:
-                (finished[i] if node.terminal else live).append(node.id if node.terminal else node)
+            finished[i] += [node.id for node in new if node.finished]
+            live = [node for node in new if not node.terminal]
             live.sort(key=lambda nd: -(nd.score or 0.0))
             keep, seen = [], set()
             for nd in live:  # distinct prefixes only: duplicates would waste the width
@@ -63,7 +73,13 @@ def beam_search(problems: Sequence[Problem], ctx: SearchContext, *, width: int, 
 
 
 @register_strategy("beam")
-def beam(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
-    s = ctx.settings
-    m = min(s.expansions, s.n)
-    return beam_search(problems, ctx, width=max(1, s.n // m), expansions=m, first=s.n)
+class Beam(Strategy):
+    uses = STEPWISE + ("final",)
+
+    def needs_verifier(self, settings: SearchSettings) -> bool:
+        return True
+
+    def run(self, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+        s = ctx.settings
+        m = min(s.expansions, s.n)
+        return beam_search(problems, ctx, width=max(1, s.n // m), expansions=m, first=s.n)

@@ -2,7 +2,8 @@
 (width-1) step-level beam search with ``expansions`` candidates per step, for diversity.
 
 Each subtree starts from its own ``expansions`` first-step samples; it keeps its best-scoring
-unfinished prefix each round and expands it again, until it finishes. The final pick is over the
+candidate step each round and expands it again, until it finishes (steps cut by the step's token
+limit are no candidates; a subtree whose candidates are all cut stops where it is). The final pick is over the
 subtrees' finished solutions (best score, or weighted majority with ``final=weighted``).
 """
 
@@ -10,12 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from deliberate.search.base import SearchContext, SearchResult, Tree, candidate, expand, pick, register_strategy
+from deliberate.search.base import (
+    STEPWISE,
+    SearchContext,
+    SearchResult,
+    SearchSettings,
+    Strategy,
+    Tree,
+    pick,
+    register_strategy,
+)
+from deliberate.search.expand import candidate, expand
 from deliberate.types import Problem
 
 
 @register_strategy("dvts")
-def dvts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+class DVTS(Strategy):
+    uses = STEPWISE + ("final",)
+
+    def needs_verifier(self, settings: SearchSettings) -> bool:
+        return True
+
+    def run(self, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+        return dvts_search(problems, ctx)
+
+
+def dvts_search(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
     s = ctx.settings
     m = min(s.expansions, s.n)
     k = max(1, s.n // m)  # subtrees per problem
@@ -34,7 +55,11 @@ def dvts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
             break
         kids = expand(ctx, todo, m)
         for (i, j), row in zip(owners, kids):
-            best = max(row, key=lambda nd: nd.score or 0.0)
+            steps = [nd for nd in row if not nd.cut]
+            if not steps:  # every sampled step was cut: the subtree ends at its unfinished head
+                done[i][j] = heads[i][j]
+                continue
+            best = max(steps, key=lambda nd: nd.score or 0.0)
             if best.terminal:
                 done[i][j] = best.id
             else:

@@ -12,6 +12,9 @@ Each iteration, for every problem at once (one batched backend call, one batched
    backends do not return yet);
 4. **backpropagation** of the children's mean value along the path.
 
+A step cut by the step's token limit is a dead end: it is not expanded, not scored, not rolled out,
+and backs up a value of 0.
+
 Budget ``n`` = iterations. The answer follows the most visited child from the root until a terminal
 node (ties: higher value); if that path ends unfinished, the best-valued finished node (or rollout)
 is used, and when the tree has none, one sampled rollout completes the path. The whole tree is returned for the report's viewer.
@@ -23,15 +26,17 @@ import math
 from collections.abc import Sequence
 
 from deliberate.search.base import (
+    STEPWISE,
     Candidate,
     SearchContext,
     SearchResult,
+    SearchSettings,
+    Strategy,
     Tree,
-    candidate,
-    expand,
     pick,
     register_strategy,
 )
+from deliberate.search.expand import candidate, expand
 from deliberate.types import Problem
 
 
@@ -61,7 +66,17 @@ def _backprop(tree: Tree, nid: int, value: float) -> None:
 
 
 @register_strategy("mcts")
-def mcts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+class MCTS(Strategy):
+    uses = STEPWISE + ("max_tokens", "mcts_c", "mcts_rule", "mcts_value")
+
+    def needs_verifier(self, settings: SearchSettings) -> bool:
+        return settings.mcts_value != "confidence"
+
+    def run(self, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+        return mcts_search(problems, ctx)
+
+
+def mcts_search(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
     s = ctx.settings
     trees = [Tree(p) for p in problems]
     rollouts: list[list[Candidate]] = [[] for _ in problems]
@@ -78,11 +93,11 @@ def mcts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
             items, owners = [], []
             for (t, nd), comps in zip(live, outs):
                 text = ctx.prefix(t.steps(nd.id)) + comps[0].text
-                steps = ctx.task.split_steps(text)
+                steps = ctx.split_steps(text)
                 items.append((t.problem, steps))
                 owners.append((t, nd, text, steps))
-            done = [(t, nd) for (t, _), row in zip(grow, kids) for nd in row if nd.terminal]
-            items += [(t.problem, t.steps(nd.id)) for t, nd in done]
+            done = [(t, nd) for (t, _), row in zip(grow, kids) for nd in row if nd.finished]
+            items += [(t.problem, ctx.path_steps(t, nd.id)) for t, nd in done]
             scores = ctx.score(items)
             for (t, nd, text, steps), sc in zip(owners, scores):
                 nd.score = sc
@@ -93,7 +108,7 @@ def mcts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
         elif use_conf:
             for row in kids:
                 for nd in row:
-                    nd.score = nd.confidence
+                    nd.score = None if nd.cut else nd.confidence
         for t, nid in leaves:
             row = new_by_tree.get(id(t))
             if row:
@@ -101,29 +116,32 @@ def mcts(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
                     _backprop(t, nd.id, nd.score or 0.0)
             else:  # a terminal leaf: re-visit it with its own value
                 _backprop(t, nid, t.nodes[nid].score or 0.0)
-    # the answer: follow the most visited children; a path that ends unfinished (the budget ran out
-    # before the tree reached an answer) is completed by one sampled rollout from its last node,
-    # unless a finished node or rollout exists to fall back on
+    # the answer: follow the most visited children (cut steps are no path); a path that ends unfinished
+    # (the budget ran out before the tree reached an answer) is completed by one sampled rollout from its
+    # last node, unless a finished node or rollout exists to fall back on
     ends = []
     for t in trees:
         nid = 0
-        while t.nodes[nid].children and not t.nodes[nid].terminal:
-            nid = max(t.nodes[nid].children, key=lambda k: (t.nodes[k].visits, t.nodes[k].value))
+        while not t.nodes[nid].terminal:
+            steps = [k for k in t.nodes[nid].children if not t.nodes[k].cut]
+            if not steps:
+                break
+            nid = max(steps, key=lambda k: (t.nodes[k].visits, t.nodes[k].value))
         ends.append(nid)
     need = [i for i, (t, nid) in enumerate(zip(trees, ends))
-            if not t.nodes[nid].terminal and not rollouts[i] and not any(n.terminal for n in t.nodes)]
+            if not t.nodes[nid].finished and not rollouts[i] and not any(n.finished for n in t.nodes)]
     finals: dict[int, Candidate] = {}
     if need:
         outs = ctx.generate([(trees[i].problem, ctx.prefix(trees[i].steps(ends[i]))) for i in need], 1, step=False)
         for i, comps in zip(need, outs):
             text = ctx.prefix(trees[i].steps(ends[i])) + comps[0].text
-            finals[i] = Candidate(text, tuple(ctx.task.split_steps(text)), ctx.task.extract_answer(text), None)
+            finals[i] = Candidate(text, ctx.split_steps(text), ctx.task.extract_answer(text), None)
     results = []
     for i, (p, t) in enumerate(zip(problems, trees)):
         nid = ends[i]
-        terminals = [n.id for n in t.nodes if n.terminal]
+        terminals = [n.id for n in t.nodes if n.finished]
         cands = [candidate(ctx, t, k) for k in terminals] + rollouts[i]
-        if t.nodes[nid].terminal:
+        if t.nodes[nid].finished:
             chosen, best = nid, candidate(ctx, t, nid)
         elif i in finals:
             chosen, best = nid, finals[i]

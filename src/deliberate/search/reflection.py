@@ -12,12 +12,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from deliberate.errors import DeliberateError
-from deliberate.search.base import Candidate, SearchContext, SearchResult, register_strategy, vote
+from deliberate.search.base import (
+    SAMPLING,
+    Candidate,
+    SearchContext,
+    SearchResult,
+    Strategy,
+    register_strategy,
+    vote,
+)
 from deliberate.types import Problem
 
 
 @register_strategy("reflection")
-def reflection(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+class Reflection(Strategy):
+    uses = SAMPLING + ("n", "max_tokens", "step_delimiter", "reflection_cue", "reflection_final")
+
+    def run(self, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+        return reflection_search(problems, ctx)
+
+
+def reflection_search(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
     s = ctx.settings
     transcripts = ["" for _ in problems]
     attempts: list[list[Candidate]] = [[] for _ in problems]
@@ -47,7 +62,7 @@ def reflection(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchRe
         for (i, pre), comps in zip(reqs, outs):
             text = comps[0].text
             transcripts[i] = pre + text
-            attempts[i].append(Candidate(text, ctx.task.split_steps(text), ctx.task.extract_answer(text)))
+            attempts[i].append(Candidate(text, ctx.split_steps(text), ctx.task.extract_answer(text)))
             nxt.append(i)
         active = nxt
         if not active:

@@ -10,25 +10,40 @@ rollouts that reach it (no verifier needed).
 - **DFS** expands the most promising state first, prunes states valued below ``tot_threshold``,
   backtracks when a branch dies, and stops at the first finished state that passes the threshold or
   after ``n`` expansions per problem.
+
+A thought cut by the step's token limit is no thought: it is not evaluated, kept, or finished.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from deliberate.search.base import SearchContext, SearchResult, Tree, candidate, expand, pick, register_strategy, vote
+from deliberate.search.base import (
+    STEPWISE,
+    Node,
+    SearchContext,
+    SearchResult,
+    SearchSettings,
+    Strategy,
+    Tree,
+    pick,
+    register_strategy,
+    vote,
+)
+from deliberate.search.expand import candidate, expand
 from deliberate.types import Problem
 
 
-def _evaluate(ctx: SearchContext, nodes: Sequence[tuple[Tree, object]]) -> None:
-    """Set ``score`` of each new node with the configured evaluator."""
+def _evaluate(ctx: SearchContext, nodes: Sequence[tuple[Tree, Node]]) -> None:
+    """Set ``score`` of each new node with the configured evaluator (cut steps keep None)."""
     s = ctx.settings
+    nodes = [(t, nd) for t, nd in nodes if not nd.cut]
     if s.tot_eval == "value":
-        scores = ctx.score([(t.problem, t.steps(nd.id)) for t, nd in nodes])  # type: ignore[attr-defined]
+        scores = ctx.score([(t.problem, ctx.path_steps(t, nd.id)) for t, nd in nodes])
         for (_, nd), sc in zip(nodes, scores):
-            nd.score = sc  # type: ignore[attr-defined]
+            nd.score = sc
         return
-    live = [(t, nd) for t, nd in nodes if not nd.terminal]  # type: ignore[attr-defined]
+    live = [(t, nd) for t, nd in nodes if not nd.terminal]
     outs = ctx.generate([(t.problem, ctx.prefix(t.steps(nd.id))) for t, nd in live], s.vote_rollouts, step=False)
     answers: dict[int, list] = {}
     per_node = {}
@@ -37,14 +52,14 @@ def _evaluate(ctx: SearchContext, nodes: Sequence[tuple[Tree, object]]) -> None:
         per_node[id(nd)] = ans
         answers.setdefault(id(t), []).extend(ans)
     for t, nd in nodes:
-        if nd.terminal:  # type: ignore[attr-defined]
-            answers.setdefault(id(t), []).append(nd.answer)  # type: ignore[attr-defined]
+        if nd.terminal:
+            answers.setdefault(id(t), []).append(nd.answer)
     majority = {tid: ctx.task.normalize(vote(ctx.task, a)) for tid, a in answers.items()}
     for t, nd in nodes:
         top = majority.get(id(t))
-        got = [nd.answer] if nd.terminal else per_node[id(nd)]  # type: ignore[attr-defined]
+        got = [nd.answer] if nd.terminal else per_node[id(nd)]
         hits = sum(1 for a in got if top is not None and ctx.task.normalize(a) == top)
-        nd.score = hits / max(1, len(got))  # type: ignore[attr-defined]
+        nd.score = hits / max(1, len(got))
 
 
 def _finish(ctx: SearchContext, problems, trees, pools, fallback) -> list[SearchResult]:
@@ -75,7 +90,7 @@ def _bfs(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
         _evaluate(ctx, flat)
         for i, t in enumerate(trees):
             new = [nd for tt, nd in flat if tt is t]
-            finished[i] += [nd.id for nd in new if nd.terminal]
+            finished[i] += [nd.id for nd in new if nd.finished]
             live = sorted((nd for nd in new if not nd.terminal), key=lambda nd: -(nd.score or 0.0))
             level[i] = [nd.id for nd in live[:b]]
     return _finish(ctx, problems, trees, finished, level)
@@ -106,10 +121,9 @@ def _dfs(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
         flat = [(t, nd) for (t, _), row in zip(todo, kids) for nd in row]
         _evaluate(ctx, flat)
         for i, row in zip(owners, kids):
-            ok = sorted((nd for nd in row if (nd.score or 0.0) >= s.tot_threshold), key=lambda nd: nd.score or 0.0)
-            for nd in row:
-                if nd.terminal:
-                    found[i].append(nd.id)
+            ok = sorted((nd for nd in row if not nd.cut and (nd.score or 0.0) >= s.tot_threshold),
+                        key=lambda nd: nd.score or 0.0)
+            found[i] += [nd.id for nd in row if nd.finished]
             hit = [nd for nd in ok if nd.terminal]
             if hit:
                 solved[i] = True
@@ -120,5 +134,11 @@ def _dfs(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
 
 
 @register_strategy("tot")
-def tot(problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
-    return _bfs(problems, ctx) if ctx.settings.tot_mode == "bfs" else _dfs(problems, ctx)
+class ToT(Strategy):
+    uses = STEPWISE + ("final", "max_tokens", "tot_mode", "tot_eval", "tot_threshold", "vote_rollouts")
+
+    def needs_verifier(self, settings: SearchSettings) -> bool:
+        return settings.tot_eval == "value"
+
+    def run(self, problems: Sequence[Problem], ctx: SearchContext) -> list[SearchResult]:
+        return _bfs(problems, ctx) if ctx.settings.tot_mode == "bfs" else _dfs(problems, ctx)

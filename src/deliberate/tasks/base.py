@@ -63,9 +63,12 @@ class Task(ABC):
         steps = problem.metadata.get("steps")
         return None if steps is None else "\n".join(steps) + f"\nAnswer: {problem.answer}"
 
-    def split_steps(self, text: str) -> tuple[str, ...]:
-        """Reasoning steps of a completion: its non-empty lines."""
-        return tuple(line.strip() for line in text.split("\n") if line.strip())
+    def split_steps(self, text: str, delimiter: str = "\n") -> tuple[str, ...]:
+        """Reasoning steps of a completion: its non-empty pieces between ``delimiter`` s (lines by default).
+
+        Search passes its configured ``step_delimiter``, so every strategy and every verifier call sees
+        the same steps in the same text."""
+        return tuple(piece.strip() for piece in text.split(delimiter) if piece.strip())
 
     # --- verification ---------------------------------------------------------------------
     @abstractmethod
