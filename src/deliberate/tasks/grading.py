@@ -60,8 +60,13 @@ def _closing_braces(text: str) -> dict[int, int]:
     return match
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` (balanced braces) and ``\\boxed X`` in ``text``, in order."""
+_BOX_TOKEN = re.compile(r"[^\s$]+")
+_NONSPACE = re.compile(r"\S")
+
+
+def _box_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the contents of every ``\\boxed{...}`` (balanced braces) and ``\\boxed X``
+    in ``text``, in order; positions only, so nested boxes cost no copies."""
     out = []
     close: dict[int, int] | None = None
     for m in _BOX_RE.finditer(text):
@@ -71,11 +76,11 @@ def _boxed_contents(text: str) -> list[str]:
                 close = _closing_braces(text)
             j = close.get(i)
             if j is not None:
-                out.append(text[i + 1 : j].strip())
+                out.append((i + 1, j))
         elif m.group(0).endswith((" ", "\t")):  # "\boxed 5": one token
-            tok = re.match(r"[^\s$]+", text[i:])
+            tok = _BOX_TOKEN.match(text, i)
             if tok:
-                out.append(tok.group(0))
+                out.append((i, tok.end()))
     return out
 
 
@@ -85,12 +90,21 @@ def final_boxed(text: str) -> tuple[bool, str | None]:
     A completion that boxes one answer (possibly several times) answers it: the last box. A
     completion that boxes two or more *different* answers (different after :func:`normalize_latex`,
     e.g. ``\\boxed{3} or \\boxed{4}``) is hedging and has no answer (``(True, None)``), so it is
-    graded wrong even when one of its boxes is right. Empty boxes are ignored.
+    graded wrong even when one of its boxes is right; so is a box holding another non-empty box
+    (``\\boxed{\\boxed{3}}``: its contents differ from the inner box's). Empty boxes are ignored.
+    Linear time: nesting is decided from positions before any contents are copied.
     """
-    boxed = [b for b in _boxed_contents(text) if b]
-    if not boxed:
+    # a box's leading whitespace is scanned once: nested boxes start at different runs of it
+    spans = [(a, b) for a, b in _box_spans(text) if _NONSPACE.search(text, a, b)]
+    if not spans:
         return False, None
-    if len({normalize_latex(b) for b in boxed}) > 1:
+    reach = -1
+    for a, b in spans:  # in order of start: a start inside an earlier box is a box within a box
+        if a < reach:
+            return True, None
+        reach = max(reach, b)
+    boxed = [text[a:b].strip() for a, b in spans]
+    if len({normalize_latex(b) for b in set(boxed)}) > 1:  # each distinct box normalised once
         return True, None
     return True, boxed[-1]
 
@@ -182,6 +196,35 @@ def _plain_number(s: str) -> Fraction | None:
         return None
 
 
+_UNITS_RE = re.compile(r"(?<=[\d.])\s*(?:\\[a-z]+\{)?[A-Za-z][A-Za-z .'’/]*\}?$")
+_UNIT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz .'’/")
+_SPACE_RE = re.compile(r"\s")
+
+
+def _strip_units(t: str) -> str:
+    """``t`` without trailing unit words ("18 dollars", "5 \\text{cm}"), in linear time.
+
+    :data:`_UNITS_RE` alone is quadratic: searched from every digit, it scans to the end of the
+    text each time ("1" + ". a" * 12000 + "!" took 11 s). A match can only start in the text's tail
+    of unit characters (plus the whitespace or ``\\cmd{`` just before it), so the search starts there
+    and every start it tries either fails at once or matches.
+    """
+    end = len(t) - 1 if t.endswith("}") else len(t)
+    k = end
+    while k > 0 and t[k - 1] in _UNIT_CHARS:
+        k -= 1
+    if k > 0 and t[k - 1] == "{":  # "\\text{" right before the unit words
+        i = k - 1
+        while i > 0 and "a" <= t[i - 1] <= "z":
+            i -= 1
+        if i > 0 and i < k - 1 and t[i - 1] == "\\":
+            k = i - 1
+    while k > 0 and _SPACE_RE.match(t, k - 1):
+        k -= 1
+    m = _UNITS_RE.search(t, k)
+    return t[: m.start()] if m else t
+
+
 def parse_number(s: str | None, units: bool = True) -> Fraction | None:
     """Parse a numeric answer exactly, or return None.
 
@@ -199,7 +242,7 @@ def parse_number(s: str | None, units: bool = True) -> Fraction | None:
         return None
     t = s.strip().replace("−", "-").replace("\\!", "").replace("{,}", ",")
     if units:
-        t = re.sub(r"(?<=[\d.])\s*(?:\\[a-z]+\{)?[A-Za-z][A-Za-z .'’/]*\}?$", "", t)
+        t = _strip_units(t)
     t = re.sub(r"\\?%$", "", t.strip()).strip()
     t = t.rstrip(".") if t.endswith(".") and not re.fullmatch(r"[-+]?\d+\.", t) else t
     neg = ""
@@ -227,7 +270,8 @@ def parse_number(s: str | None, units: bool = True) -> Fraction | None:
 
 
 def numbers_equal(a: str | float | Fraction | None, b: str | float | Fraction | None, rel_tol: float = 1e-6) -> bool:
-    """Whether two numeric answers are the same number (exact, or within ``rel_tol`` relatively)."""
+    """Whether two numeric answers are the same number: exactly when either is an integer (1450001
+    is not 1450000, nor is 1450000.5), else exact or within ``rel_tol`` relatively (0.3333333 is 1/3)."""
 
     def as_frac(x):
         if isinstance(x, Fraction):
@@ -246,6 +290,8 @@ def numbers_equal(a: str | float | Fraction | None, b: str | float | Fraction | 
         return False
     if fa == fb:
         return True
+    if fa.denominator == 1 or fb.denominator == 1:  # a tolerance is for rounded decimals, not counts
+        return False
     return abs(fa - fb) <= Fraction(rel_tol) * max(abs(fa), abs(fb))
 
 
@@ -339,8 +385,11 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool
 
     Guards against answers that fool string or sympy checks: a ``pred`` longer than
     :data:`MAX_ANSWER_CHARS` (and twice the gold) is False without parsing; in an equation
-    ``a = b = c`` every side without a variable must equal ``gold`` on its own (so ``3 = 4`` is not
-    4); several different boxed answers never reach here (:func:`extract_answer` gives None).
+    ``a = b = c`` (or ``\\to``, ``\\equiv``, ``\\implies`` ...) every side without a variable must equal
+    ``gold`` on its own (so ``3 = 4`` is not 4); in ``a \\lor b`` (``\\vee``, ``\\\\`` ...) every item
+    must; in ``a \\cup b`` every plain number must; a connective that ``gold`` itself contains is left
+    to math_verify. Several different boxed answers never reach here (:func:`extract_answer` gives
+    None). No check starts after ``timeout``, whichever path the answer takes.
     """
     if pred is None or gold is None:
         return False
@@ -358,15 +407,51 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool
     fast = _fast_equal(pred, gold)
     if fast is not None:
         return fast
-    deadline = time.monotonic() + timeout
-    # An equation "lhs = rhs" against a gold without "=" is read by math_verify as its right side, so
-    # "\\boxed{3 = 4}" would pass for gold 4: every side without a variable must equal gold itself.
-    if "=" in pred and "=" not in gold:
-        sides = pred.split("=")
+    return _equal(pred, gold, time.monotonic() + timeout)
+
+
+# math_verify reads "3 \\to 4", "3 \\equiv 4", "3 \\lor 4" or "3 \\cup 4" as its last item, 4.
+_CMD_END = r"(?![A-Za-z])"
+_RELATIONS = re.compile(
+    r"=|\\(?:to|gets|[Rr]ightarrow|[Ll]eftarrow|[Ll]ongrightarrow|[Ll]ongleftarrow|[Ll]eftrightarrow"
+    r"|[Ll]ongleftrightarrow|implies|impliedby|iff|mapsto|longmapsto|equiv|approx|sim|simeq|cong|doteq"
+    r"|mid|therefore|because)" + _CMD_END
+    + "|[\u2190-\u21ff\u27f5-\u27ff\u2261\u2248\u223c\u2243\u2245\u2223\u2234\u2235]")  # arrows, ≡ ≈ ∼ ≃ ≅ ∣ ∴ ∵
+_HEDGES = re.compile(r"\\(?:lor|vee|land|wedge)" + _CMD_END + r"|\\\\|[\u2228\u2227]")
+_SET_OPS = re.compile(r"\\(?:cup|cap|setminus)" + _CMD_END + "|[\u222a\u2229\u2216]")
+
+
+def _split_on(rx: re.Pattern, pred: str, gold: str) -> list[str] | None:
+    """``pred`` cut at each match of ``rx`` that ``gold`` does not also contain; None when none."""
+    cuts = [m for m in rx.finditer(pred) if m.group(0) not in gold]
+    if not cuts:
+        return None
+    parts, last = [], 0
+    for m in cuts:
+        parts.append(pred[last : m.start()])
+        last = m.end()
+    return parts + [pred[last:]]
+
+
+def _variable_free(side: str) -> bool:
+    return not side.strip() or not _LETTER.search(_LATEX_CMD.sub("", side))
+
+
+def _equal(pred: str, gold: str, deadline: float) -> bool:
+    """:func:`math_equal` past its guards: connectives first, then math_verify, all by ``deadline``."""
+    if time.monotonic() >= deadline:
+        return False
+    # A disjunction or list ("3 \\lor 4", "3 \\\\ 4") is right only when every item is.
+    items = _split_on(_HEDGES, pred, gold)
+    if items is not None:
+        return all(item.strip() and _equal(item, gold, deadline) for item in items)
+    # A relation "3 = 4", "3 \\to 4", "3 \\equiv 4": every side without a variable must equal gold
+    # itself ("x = 4" and "x \\to 4" stay right); a set expression: every side that is a plain number.
+    for rx, checked in ((_RELATIONS, _variable_free), (_SET_OPS, lambda side: _strict_number(side) is not None)):
+        sides = _split_on(rx, pred, gold) or []
         for side in sides[:-1]:
-            if not side.strip() or not _LETTER.search(_LATEX_CMD.sub("", side)):
-                if not _check(side, gold, deadline):
-                    return False
+            if checked(side) and not _check(side, gold, deadline):
+                return False
     return _check(pred, gold, deadline)
 
 
@@ -398,6 +483,8 @@ def _check(pred: str, gold: str, deadline: float) -> bool:
     fast = _fast_equal(pred, gold)
     if fast is not None:
         return fast
+    if time.monotonic() >= deadline:  # out of time: no check starts, so the call ends by its timeout
+        return False
     try:
         return _checker().check(pred, gold, timeout=max(0.01, deadline - time.monotonic()))
     except RuntimeError:
