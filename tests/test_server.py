@@ -186,7 +186,8 @@ def test_backend_calls_are_serialised(served):
         t.start()
     for t in threads:
         t.join()
-    assert results == [200] * 8 and fb.calls == 8 and not fb.overlap
+    # concurrent requests may share a call (batching, tests/test_serve_limits.py), never overlap
+    assert results == [200] * 8 and 1 <= fb.calls <= 8 and not fb.overlap
 
 
 def test_make_server_rejects_non_backend():

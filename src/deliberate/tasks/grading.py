@@ -12,23 +12,18 @@
 - :func:`parse_number` / :func:`numbers_equal` / :func:`canonical_number` compare numeric answers
   ("1,000", "$1000.00", "1000 dollars" are the same number).
 - :func:`math_equal` compares LaTeX answers: a fast string/number path, then ``math_verify`` run in
-  a small pool of persistent worker *processes* with a wall-clock timeout. Workers are plain subprocesses (not
-  ``multiprocessing``) so it also works inside daemonic pool workers, which may not start
-  multiprocessing children; the caller never touches signals, so it is safe from any thread.
+  a small pool of persistent worker *processes* with a wall-clock timeout (``tasks/mathverify.py``).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
-import os
-import queue
 import re
-import subprocess
-import sys
 import threading
 import time
 from fractions import Fraction
+
+from deliberate.tasks.mathverify import MathChecker
 
 # --------------------------------------------------------------------------------------------
 # extraction
@@ -65,8 +60,13 @@ def _closing_braces(text: str) -> dict[int, int]:
     return match
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` (balanced braces) and ``\\boxed X`` in ``text``, in order."""
+_BOX_TOKEN = re.compile(r"[^\s$]+")
+_NONSPACE = re.compile(r"\S")
+
+
+def _box_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the contents of every ``\\boxed{...}`` (balanced braces) and ``\\boxed X``
+    in ``text``, in order; positions only, so nested boxes cost no copies."""
     out = []
     close: dict[int, int] | None = None
     for m in _BOX_RE.finditer(text):
@@ -76,11 +76,11 @@ def _boxed_contents(text: str) -> list[str]:
                 close = _closing_braces(text)
             j = close.get(i)
             if j is not None:
-                out.append(text[i + 1 : j].strip())
+                out.append((i + 1, j))
         elif m.group(0).endswith((" ", "\t")):  # "\boxed 5": one token
-            tok = re.match(r"[^\s$]+", text[i:])
+            tok = _BOX_TOKEN.match(text, i)
             if tok:
-                out.append(tok.group(0))
+                out.append((i, tok.end()))
     return out
 
 
@@ -90,12 +90,21 @@ def final_boxed(text: str) -> tuple[bool, str | None]:
     A completion that boxes one answer (possibly several times) answers it: the last box. A
     completion that boxes two or more *different* answers (different after :func:`normalize_latex`,
     e.g. ``\\boxed{3} or \\boxed{4}``) is hedging and has no answer (``(True, None)``), so it is
-    graded wrong even when one of its boxes is right. Empty boxes are ignored.
+    graded wrong even when one of its boxes is right; so is a box holding another non-empty box
+    (``\\boxed{\\boxed{3}}``: its contents differ from the inner box's). Empty boxes are ignored.
+    Linear time: nesting is decided from positions before any contents are copied.
     """
-    boxed = [b for b in _boxed_contents(text) if b]
-    if not boxed:
+    # a box's leading whitespace is scanned once: nested boxes start at different runs of it
+    spans = [(a, b) for a, b in _box_spans(text) if _NONSPACE.search(text, a, b)]
+    if not spans:
         return False, None
-    if len({normalize_latex(b) for b in boxed}) > 1:
+    reach = -1
+    for a, b in spans:  # in order of start: a start inside an earlier box is a box within a box
+        if a < reach:
+            return True, None
+        reach = max(reach, b)
+    boxed = [text[a:b].strip() for a, b in spans]
+    if len({normalize_latex(b) for b in set(boxed)}) > 1:  # each distinct box normalised once
         return True, None
     return True, boxed[-1]
 
@@ -187,6 +196,35 @@ def _plain_number(s: str) -> Fraction | None:
         return None
 
 
+_UNITS_RE = re.compile(r"(?<=[\d.])\s*(?:\\[a-z]+\{)?[A-Za-z][A-Za-z .'’/]*\}?$")
+_UNIT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz .'’/")
+_SPACE_RE = re.compile(r"\s")
+
+
+def _strip_units(t: str) -> str:
+    """``t`` without trailing unit words ("18 dollars", "5 \\text{cm}"), in linear time.
+
+    :data:`_UNITS_RE` alone is quadratic: searched from every digit, it scans to the end of the
+    text each time ("1" + ". a" * 12000 + "!" took 11 s). A match can only start in the text's tail
+    of unit characters (plus the whitespace or ``\\cmd{`` just before it), so the search starts there
+    and every start it tries either fails at once or matches.
+    """
+    end = len(t) - 1 if t.endswith("}") else len(t)
+    k = end
+    while k > 0 and t[k - 1] in _UNIT_CHARS:
+        k -= 1
+    if k > 0 and t[k - 1] == "{":  # "\\text{" right before the unit words
+        i = k - 1
+        while i > 0 and "a" <= t[i - 1] <= "z":
+            i -= 1
+        if i > 0 and i < k - 1 and t[i - 1] == "\\":
+            k = i - 1
+    while k > 0 and _SPACE_RE.match(t, k - 1):
+        k -= 1
+    m = _UNITS_RE.search(t, k)
+    return t[: m.start()] if m else t
+
+
 def parse_number(s: str | None, units: bool = True) -> Fraction | None:
     """Parse a numeric answer exactly, or return None.
 
@@ -204,7 +242,7 @@ def parse_number(s: str | None, units: bool = True) -> Fraction | None:
         return None
     t = s.strip().replace("−", "-").replace("\\!", "").replace("{,}", ",")
     if units:
-        t = re.sub(r"(?<=[\d.])\s*(?:\\[a-z]+\{)?[A-Za-z][A-Za-z .'’/]*\}?$", "", t)
+        t = _strip_units(t)
     t = re.sub(r"\\?%$", "", t.strip()).strip()
     t = t.rstrip(".") if t.endswith(".") and not re.fullmatch(r"[-+]?\d+\.", t) else t
     neg = ""
@@ -232,7 +270,8 @@ def parse_number(s: str | None, units: bool = True) -> Fraction | None:
 
 
 def numbers_equal(a: str | float | Fraction | None, b: str | float | Fraction | None, rel_tol: float = 1e-6) -> bool:
-    """Whether two numeric answers are the same number (exact, or within ``rel_tol`` relatively)."""
+    """Whether two numeric answers are the same number: exactly when either is an integer (1450001
+    is not 1450000, nor is 1450000.5), else exact or within ``rel_tol`` relatively (0.3333333 is 1/3)."""
 
     def as_frac(x):
         if isinstance(x, Fraction):
@@ -251,6 +290,8 @@ def numbers_equal(a: str | float | Fraction | None, b: str | float | Fraction | 
         return False
     if fa == fb:
         return True
+    if fa.denominator == 1 or fb.denominator == 1:  # a tolerance is for rounded decimals, not counts
+        return False
     return abs(fa - fb) <= Fraction(rel_tol) * max(abs(fa), abs(fb))
 
 
@@ -308,182 +349,6 @@ def _fast_equal(pred: str, gold: str) -> bool | None:
     return None
 
 
-def _worker_main() -> None:
-    """Worker process loop: one JSON request per stdin line, one JSON reply per stdout line.
-
-    Runs in the worker's main thread, so math_verify's own signal-based timeouts are allowed there
-    (they bound single sympy operations; the caller's wall-clock timeout bounds the whole request).
-    """
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    sys.stdout = sys.stderr  # anything math_verify/sympy prints must not corrupt the protocol
-    import logging
-
-    logging.disable(logging.WARNING)
-    from math_verify import parse, verify
-
-    out.write(json.dumps({"ready": True}) + "\n")
-    for line in sys.stdin:
-        try:
-            req = json.loads(line)
-            inner = max(1, int(req.get("inner_timeout", 2)))
-            gold = parse(_wrap(req["gold"]), parsing_timeout=inner)
-            pred = parse(_wrap(req["pred"]), parsing_timeout=inner)
-            ok = bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=inner))
-        except Exception:  # malformed input or a math_verify failure: not equal
-            ok = False
-        out.write(json.dumps({"ok": ok}) + "\n")
-
-
-def _wrap(s: str) -> str:
-    s = s.strip()
-    return s if "\\boxed" in s else "\\boxed{" + s + "}"
-
-
-class _Worker:
-    """One math_verify worker process and the thread that reads its replies."""
-
-    def __init__(self, start_timeout: float):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from deliberate.tasks.grading import _worker_main; _worker_main()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            env=env,
-        )
-        self.replies: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc, self.replies), daemon=True).start()
-        try:
-            ready = self.replies.get(timeout=start_timeout)
-        except queue.Empty:
-            ready = None
-        if not ready or not ready.get("ready"):
-            self.kill()
-            raise RuntimeError("math_verify worker failed to start")
-
-    @staticmethod
-    def _read(proc: subprocess.Popen, replies: queue.Queue) -> None:
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                try:
-                    replies.put(json.loads(line))
-                except ValueError:
-                    continue
-        except (OSError, ValueError):
-            pass
-        replies.put(None)  # EOF: the worker died
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def request(self, req: dict, timeout: float) -> dict | None:
-        """The worker's reply, or None when it timed out or died (the caller then kills it)."""
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(req) + "\n")
-            self.proc.stdin.flush()
-            return self.replies.get(timeout=max(0.0, timeout))
-        except (OSError, queue.Empty, ValueError):
-            return None
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        except Exception:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                if f is not None:
-                    f.close()
-            except Exception:
-                pass
-
-
-class MathChecker:
-    """A small pool of persistent math_verify worker processes with a per-call wall-clock timeout.
-
-    Thread-safe: each call borrows an idle worker, or starts one while fewer than ``max_workers``
-    exist, or waits for one; so concurrent callers run in parallel (up to ``max_workers``) instead
-    of queueing behind one slow check. On timeout the borrowed worker is killed (a fresh one is
-    started when next needed) and the call returns False. A checker used after ``fork`` starts its
-    own workers in the child (the parent's are not touched).
-    """
-
-    def __init__(self, start_timeout: float = 60.0, max_workers: int | None = None):
-        if max_workers is None:
-            max_workers = int(os.environ.get("DELIBERATE_MATH_WORKERS", "0")) or min(4, os.cpu_count() or 1)
-        self.start_timeout = start_timeout
-        self.max_workers = max(1, int(max_workers))
-        self._cond = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._count = 0  # workers alive or starting, idle or borrowed
-        self._pid = os.getpid()
-        self.restarts = 0
-
-    def _reset_after_fork(self) -> None:
-        if os.getpid() != self._pid:  # forked child: the parent's workers are not ours
-            self._idle, self._count, self._pid = [], 0, os.getpid()
-
-    def _borrow(self) -> _Worker:
-        with self._cond:
-            self._reset_after_fork()
-            while True:
-                while self._idle:
-                    w = self._idle.pop()
-                    if w.alive():
-                        return w
-                    w.kill()
-                    self._count -= 1
-                if self._count < self.max_workers:
-                    self._count += 1
-                    break
-                self._cond.wait()
-        try:
-            return _Worker(self.start_timeout)  # started outside the lock: others keep working
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-
-    def _give_back(self, w: _Worker, ok: bool) -> None:
-        if not ok:
-            w.kill()
-        with self._cond:
-            if os.getpid() != self._pid:
-                return
-            if ok:
-                self._idle.append(w)
-            else:
-                self._count -= 1
-            self._cond.notify()
-
-    def check(self, pred: str, gold: str, timeout: float = 5.0) -> bool:
-        w = self._borrow()
-        req = {"pred": pred, "gold": gold, "inner_timeout": max(1, int(timeout / 3))}
-        reply = w.request(req, timeout)
-        if reply is None:  # timed out or died: kill it; a fresh one starts when next needed
-            self._give_back(w, ok=False)
-            with self._cond:
-                self.restarts += 1
-            return False
-        self._give_back(w, ok=True)
-        return bool(reply.get("ok"))
-
-    def shutdown(self) -> None:
-        with self._cond:
-            idle, self._idle = self._idle, []
-            mine = os.getpid() == self._pid
-            self._count -= len(idle)
-        if mine:
-            for w in idle:
-                w.kill()
-
-
 _CHECKER: MathChecker | None = None
 _CHECKER_LOCK = threading.Lock()
 
@@ -520,8 +385,11 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool
 
     Guards against answers that fool string or sympy checks: a ``pred`` longer than
     :data:`MAX_ANSWER_CHARS` (and twice the gold) is False without parsing; in an equation
-    ``a = b = c`` every side without a variable must equal ``gold`` on its own (so ``3 = 4`` is not
-    4); several different boxed answers never reach here (:func:`extract_answer` gives None).
+    ``a = b = c`` (or ``\\to``, ``\\equiv``, ``\\implies`` ...) every side without a variable must equal
+    ``gold`` on its own (so ``3 = 4`` is not 4); in ``a \\lor b`` (``\\vee``, ``\\\\`` ...) every item
+    must; in ``a \\cup b`` every plain number must; a connective that ``gold`` itself contains is left
+    to math_verify. Several different boxed answers never reach here (:func:`extract_answer` gives
+    None). No check starts after ``timeout``, whichever path the answer takes.
     """
     if pred is None or gold is None:
         return False
@@ -539,15 +407,51 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool
     fast = _fast_equal(pred, gold)
     if fast is not None:
         return fast
-    deadline = time.monotonic() + timeout
-    # An equation "lhs = rhs" against a gold without "=" is read by math_verify as its right side, so
-    # "\\boxed{3 = 4}" would pass for gold 4: every side without a variable must equal gold itself.
-    if "=" in pred and "=" not in gold:
-        sides = pred.split("=")
+    return _equal(pred, gold, time.monotonic() + timeout)
+
+
+# math_verify reads "3 \\to 4", "3 \\equiv 4", "3 \\lor 4" or "3 \\cup 4" as its last item, 4.
+_CMD_END = r"(?![A-Za-z])"
+_RELATIONS = re.compile(
+    r"=|\\(?:to|gets|[Rr]ightarrow|[Ll]eftarrow|[Ll]ongrightarrow|[Ll]ongleftarrow|[Ll]eftrightarrow"
+    r"|[Ll]ongleftrightarrow|implies|impliedby|iff|mapsto|longmapsto|equiv|approx|sim|simeq|cong|doteq"
+    r"|mid|therefore|because)" + _CMD_END
+    + "|[\u2190-\u21ff\u27f5-\u27ff\u2261\u2248\u223c\u2243\u2245\u2223\u2234\u2235]")  # arrows, ≡ ≈ ∼ ≃ ≅ ∣ ∴ ∵
+_HEDGES = re.compile(r"\\(?:lor|vee|land|wedge)" + _CMD_END + r"|\\\\|[\u2228\u2227]")
+_SET_OPS = re.compile(r"\\(?:cup|cap|setminus)" + _CMD_END + "|[\u222a\u2229\u2216]")
+
+
+def _split_on(rx: re.Pattern, pred: str, gold: str) -> list[str] | None:
+    """``pred`` cut at each match of ``rx`` that ``gold`` does not also contain; None when none."""
+    cuts = [m for m in rx.finditer(pred) if m.group(0) not in gold]
+    if not cuts:
+        return None
+    parts, last = [], 0
+    for m in cuts:
+        parts.append(pred[last : m.start()])
+        last = m.end()
+    return parts + [pred[last:]]
+
+
+def _variable_free(side: str) -> bool:
+    return not side.strip() or not _LETTER.search(_LATEX_CMD.sub("", side))
+
+
+def _equal(pred: str, gold: str, deadline: float) -> bool:
+    """:func:`math_equal` past its guards: connectives first, then math_verify, all by ``deadline``."""
+    if time.monotonic() >= deadline:
+        return False
+    # A disjunction or list ("3 \\lor 4", "3 \\\\ 4") is right only when every item is.
+    items = _split_on(_HEDGES, pred, gold)
+    if items is not None:
+        return all(item.strip() and _equal(item, gold, deadline) for item in items)
+    # A relation "3 = 4", "3 \\to 4", "3 \\equiv 4": every side without a variable must equal gold
+    # itself ("x = 4" and "x \\to 4" stay right); a set expression: every side that is a plain number.
+    for rx, checked in ((_RELATIONS, _variable_free), (_SET_OPS, lambda side: _strict_number(side) is not None)):
+        sides = _split_on(rx, pred, gold) or []
         for side in sides[:-1]:
-            if not side.strip() or not _LETTER.search(_LATEX_CMD.sub("", side)):
-                if not _check(side, gold, deadline):
-                    return False
+            if checked(side) and not _check(side, gold, deadline):
+                return False
     return _check(pred, gold, deadline)
 
 
@@ -579,6 +483,8 @@ def _check(pred: str, gold: str, deadline: float) -> bool:
     fast = _fast_equal(pred, gold)
     if fast is not None:
         return fast
+    if time.monotonic() >= deadline:  # out of time: no check starts, so the call ends by its timeout
+        return False
     try:
         return _checker().check(pred, gold, timeout=max(0.01, deadline - time.monotonic()))
     except RuntimeError:
