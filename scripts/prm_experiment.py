@@ -30,7 +30,7 @@ import numpy as np
 
 from deliberate.eval.evaluate import RECORDS_FILE, EvalConfig, run_eval
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k, weighted_at_k
-from deliberate.eval.records import load_records, write_json_atomic
+from deliberate.records import load_records, write_json_atomic
 from deliberate.models.base import parse_kv
 from deliberate.models.tiny import TinyBackend
 from deliberate.rewards import aggregate, get_verifier

@@ -24,7 +24,7 @@ from fakes import FakeBackend
 from deliberate.errors import DeliberateError
 from deliberate.eval import evaluate
 from deliberate.eval.evaluate import EvalConfig, format_table, run_eval
-from deliberate.eval.records import load_records
+from deliberate.records import load_records
 from deliberate.tasks.base import Task, check_split
 from deliberate.types import Problem
 

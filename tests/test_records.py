@@ -9,7 +9,7 @@ import os
 import pytest
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import RecordWriter, done_keys, load_records, write_json_atomic
+from deliberate.records import RecordWriter, done_keys, load_records, write_json_atomic
 from deliberate.types import SampleRecord
 
 

@@ -50,8 +50,10 @@ class WorkerSpec:
     backend_kwargs: dict[str, Any] = field(default_factory=dict)
     task: str = ""
     task_options: dict[str, Any] = field(default_factory=dict)
-    verifier: str | None = None
-    verifier_args: dict[str, Any] = field(default_factory=dict)  # the verifier's options (device, ...)
+    #: builds the worker's verifier from its task, e.g. ``functools.partial(get_verifier, "prm:DIR",
+    #: device="cpu")``: passed in rather than looked up here, because verifiers live a layer above the
+    #: executor (rewards/ itself shards Monte-Carlo labelling through it); must be picklable
+    verifier: Callable[..., Any] | None = None
     #: the driver's $DELIBERATE_PLUGINS (file paths made absolute), so workers register the same plug-in
     #: tasks / verifiers / backends; on a cluster those files or modules must exist on the workers too
     plugins: str = field(default_factory=lambda: os.environ.get(PLUGINS_ENV, ""))
@@ -70,14 +72,13 @@ class Worker:
 
             torch.set_num_threads(int(threads))
         from deliberate.models.base import get_backend
-        from deliberate.rewards.base import get_verifier
         from deliberate.tasks.base import get_task
 
         if spec.plugins:
             os.environ[PLUGINS_ENV] = spec.plugins  # read by the registries' plug-in loading
         task = get_task(spec.task, **spec.task_options)
         backend = get_backend(spec.backend, **spec.backend_kwargs)
-        verifier = get_verifier(spec.verifier, task=task, **spec.verifier_args) if spec.verifier else None
+        verifier = spec.verifier(task=task) if spec.verifier is not None else None
         return cls(backend, task, verifier)
 
     def run(self, fn: Callable[[Worker, Any], Any], unit: Any) -> Any:

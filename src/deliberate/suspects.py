@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.policy import FinetuneSettings
 from deliberate.train.selfimprove import acc_cell, evaluate_policy, n_params_of
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
-from deliberate.eval.records import RecordWriter, load_records, write_json_atomic
+from deliberate.records import RecordWriter, load_records, write_json_atomic
 from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
 from deliberate.models.sampling import SamplingParams
 from deliberate.tasks.base import SPLITS, Task, get_task

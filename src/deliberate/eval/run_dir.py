@@ -193,7 +193,7 @@ def load_trees(path: Path, max_trees: int = MAX_TREES) -> TreeSet:
     """Stream ``trees.jsonl``: parse the first ``max_trees`` lines, only count the rest.
 
     A torn last line (no trailing newline: a run killed mid-write) is skipped with a note, as
-    :func:`deliberate.eval.records.load_records` does; any other malformed line is an error.
+    :func:`deliberate.records.load_records` does; any other malformed line is an error.
     """
     out = TreeSet()
     if not path.exists():

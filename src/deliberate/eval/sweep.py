@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ import numpy as np
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
-from deliberate.eval.records import JsonlAppender, RecordWriter, load_records, write_json_atomic
+from deliberate.records import JsonlAppender, RecordWriter, load_records, write_json_atomic
 from deliberate.executor import (
     LocalExecutor,
     RayExecutor,
@@ -651,7 +652,7 @@ def make_executor(args, config: SweepConfig, task: Task | None = None):
         return None
     name, kwargs = backend_spec_from_args(args)
     spec = WorkerSpec(backend=name, backend_kwargs=kwargs, task=config.task, task_options=dict(config.task_options),
-                      verifier=config.verifier, verifier_args=dict(config.verifier_args))
+                      verifier=partial(get_verifier, config.verifier, **config.verifier_args) if config.verifier else None)
     return RayExecutor(spec, **opts)
 
 

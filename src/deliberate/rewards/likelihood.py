@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.types import Problem
 

@@ -58,8 +58,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import JsonlAppender, write_json_atomic
-from deliberate.eval.records import read_jsonl_rows as _read_jsonl
+from deliberate.records import JsonlAppender, write_json_atomic
+from deliberate.records import read_jsonl_rows as _read_jsonl
 from deliberate.types import Compute, Problem
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ _LINE_RES = (
     re.compile(r"(?m)^[ \t]*####\s*(\S.*)$"),
     re.compile(r"(?i)\bthe\s+(?:final\s+)?answer\s+is\s*(?:[:：]\s*)?(\S.*)$", re.MULTILINE),  # not \s*:?\s*
 )
-_NUMBER_RE = re.compile(r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+−]?\.\d+")
+NUMBER_RE = re.compile(r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+−]?\.\d+")
 
 #: Answers longer than this (characters) are wrong without further checks: no real final answer is
 #: this long, and sympy / math_verify on megabytes of LaTeX only burns the timeout.
@@ -168,7 +168,7 @@ def extract_last_number(text: str) -> str | None:
     """
     if not isinstance(text, str):
         return None
-    found = list(_NUMBER_RE.finditer(text))
+    found = list(NUMBER_RE.finditer(text))
     if not found:
         return None
     if len(found) >= 3:

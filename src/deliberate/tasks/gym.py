@@ -27,7 +27,7 @@ from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks.base import Task, check_split, register_task
-from deliberate.tasks.grading import _NUMBER_RE, canonical_number, extract_answer
+from deliberate.tasks.grading import NUMBER_RE, canonical_number, extract_answer
 from deliberate.types import Problem
 
 _ANSWER = re.compile(r"(?im)^[ \t*]*answer\s*:")
@@ -136,7 +136,7 @@ class GymTask(Task):
         ans = extract_answer(text)
         if ans is None and self.extract == "last_number":
             lines = [ln for ln in text.splitlines() if ln.strip()]
-            nums = _NUMBER_RE.findall(lines[-1]) if lines else []
+            nums = NUMBER_RE.findall(lines[-1]) if lines else []
             ans = nums[-1].replace("−", "-").replace(",", "") if nums else None
         return ans
 

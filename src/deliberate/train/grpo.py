@@ -74,7 +74,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.models.tiny import load_tiny
 from deliberate.policy import TinyPolicy
 from deliberate.policy.tiny import save_model

@@ -57,7 +57,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.tasks import get_task
 from deliberate.tasks.base import Task
 from deliberate.train.grpo import LR_SCHEDULERS  # TRL's lr_scheduler_type names, as the tiny recipe

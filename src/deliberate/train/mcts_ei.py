@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.policy import FinetuneSettings
 from deliberate.rewards.oracle import OutcomeVerifier
 from deliberate.tasks import get_task

@@ -40,7 +40,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.executor import add_executor_arguments, ray_options
 from deliberate.rewards.base import get_verifier
 from deliberate.search.base import SearchSettings

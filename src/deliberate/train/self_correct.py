@@ -30,7 +30,7 @@ from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.policy import FinetuneSettings, TinyPolicy
 from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task

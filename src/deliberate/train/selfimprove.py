@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.evaluate import EvalConfig, run_eval
-from deliberate.eval.records import JsonlAppender, write_json_atomic
+from deliberate.records import JsonlAppender, write_json_atomic
 from deliberate.models.engine import count_parameters
 from deliberate.models.hf import ALIASES
 from deliberate.models.tiny import load_tiny

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 from deliberate.policy import FinetuneSettings
 from deliberate.policy.tiny import save_model

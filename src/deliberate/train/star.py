@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 from deliberate.policy import FinetuneSettings, Policy, TinyPolicy, load_policy
 from deliberate.policy.tiny import save_model

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.models.engine import count_parameters
 from deliberate.train.common import (
     ComputeMeter,
@@ -123,7 +123,7 @@ class VerifierTrainConfig:
 def rows_from_samples(eval_dir: str | Path) -> list[dict]:
     """Outcome-labelled rows from a ``deliberate eval`` output (its config rebuilds the problems)."""
     from deliberate.eval.evaluate import CONFIG_FILE, RECORDS_FILE
-    from deliberate.eval.records import load_records
+    from deliberate.records import load_records
     from deliberate.tasks import get_task
 
     d = Path(eval_dir)

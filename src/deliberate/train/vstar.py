@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.eval.records import write_json_atomic
+from deliberate.records import write_json_atomic
 from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import CharTokenizer, load_tiny
 from deliberate.policy import FinetuneSettings, TinyPolicy
