@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.sweep import SweepConfig, run_sweep
 from deliberate.executor import LocalExecutor, RayExecutor, Worker, WorkerSpec
 from deliberate.models.tiny import TinyBackend
+from deliberate.rewards.base import get_verifier
 from deliberate.tasks.base import get_task
 
 pytestmark = pytest.mark.slow
@@ -97,7 +99,7 @@ def ray_local():
 
 def _spec(tiny_ckpt) -> WorkerSpec:
     return WorkerSpec(backend="tiny", backend_kwargs={"path": str(tiny_ckpt)}, task="arith", task_options=TASK_OPTS,
-                      verifier="oracle")
+                      verifier=partial(get_verifier, "oracle"))
 
 
 def test_two_ray_workers_give_the_in_process_records(tiny_ckpt, reference, ray_local, tmp_path):
