@@ -46,7 +46,6 @@ TRAIN_RECIPES = {
     "self-correct": ("deliberate.train.self_correct", "learning to correct: train on (wrong -> right) attempt pairs"),
     "vstar": ("deliberate.train.vstar", "V-STaR: generator on correct samples + DPO verifier on (correct, incorrect) pairs"),
     "sos": ("deliberate.train.sos", "Stream of Search on countdown: train on search streams vs optimal paths"),
-    "grpo-hf": ("deliberate.train.grpo_hf", "GRPO on HF checkpoints (e.g. smollm2) via TRL GRPOTrainer, rewarded by the task checker"),
     "mcts-ei": ("deliberate.train.mcts_ei", "MCTS expert iteration: MCTS with policy+PRM, train both on the trees' verified solutions and step values"),
     "grpo": ("deliberate.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
 }

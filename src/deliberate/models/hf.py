@@ -171,7 +171,8 @@ def load_hf(path: Path, *, dtype, device: str):
     return model.to(device).eval(), tokenizer
 
 
-def _generation_eos(model) -> list[int]:
+def generation_eos(model) -> list[int]:
+    """The EOS ids in ``model.generation_config`` (where the engine also stops)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         return []
@@ -224,7 +225,7 @@ class HFBackend(Backend):
         self.model, self.hf_tokenizer = model, tokenizer
         if self.chat and not getattr(tokenizer, "chat_template", None):
             raise DeliberateError(f"hf backend: chat=True but the tokenizer of {self._name} has no chat template")
-        self.tokenizer = HFTokenizer(tokenizer, chat=self.chat, extra_eos=_generation_eos(model))
+        self.tokenizer = HFTokenizer(tokenizer, chat=self.chat, extra_eos=generation_eos(model))
         self.engine = Engine(model, self.tokenizer, device=device, max_batch_size=max_batch_size,
                              eos_token_ids=self.tokenizer.eos_token_ids)
 

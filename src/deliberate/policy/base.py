@@ -17,11 +17,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
 from deliberate.types import Completion
+
+if TYPE_CHECKING:  # annotations only: the trainer module imports torch
+    from deliberate.policy.gradient import PolicyGradient, PolicyGradientSettings
 
 
 @dataclass(frozen=True)
@@ -124,3 +128,11 @@ class Policy(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def policy_gradient(self, settings: PolicyGradientSettings, *, ref: Policy | None = None,
+                        dist=None) -> PolicyGradient:
+        """A trainer for RL with verifiable rewards (:class:`~deliberate.policy.gradient.PolicyGradient`:
+        sample, ``step`` on advantages, ``save_state`` / ``load_state``) on a copy of this checkpoint's
+        weights, with ``ref`` (default: this checkpoint) as the frozen KL reference. ``dist``: the
+        data-parallel context of :mod:`deliberate.train.distributed` (default: one process on the CPU)."""
+        raise DeliberateError(f"{type(self).__name__} cannot be trained by policy gradient")

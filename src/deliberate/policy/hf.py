@@ -24,9 +24,10 @@ import torch
 from deliberate.atomic import recover_dir, replace_dir, write_json_atomic
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
-from deliberate.models.hf import ChatText, HFBackend
+from deliberate.models.hf import ChatText, HFBackend, HFTokenizer, generation_eos
 from deliberate.models.sampling import SamplingParams
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
+from deliberate.policy.gradient import PolicyGradient, PolicyGradientSettings
 from deliberate.types import Completion
 
 
@@ -136,3 +137,52 @@ class HFPolicy(Policy):
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+
+    def policy_gradient(self, settings: PolicyGradientSettings, *, ref: Policy | None = None,
+                        dist=None) -> PolicyGradient:
+        """The model and its reference in float32 with dropout off (as TRL's GRPOTrainer does), token ids from
+        the HF tokenizer (the engine's: BOS only where the tokenizer adds one, none with ``chat``, whose
+        prompts go through the chat template as :meth:`training_prompt` renders them); samples through the
+        ``hf`` backend's engine on the weights being trained."""
+        model, tok = load_trainable(self.path)
+        reference, _ = load_trainable((ref or self).path)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        if self.chat and not getattr(tok, "chat_template", None):
+            raise DeliberateError(f"{self.path}: chat is on but the tokenizer has no chat template (use --no-chat)")
+        codec = HFTokenizer(tok, chat=self.chat, extra_eos=generation_eos(model))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else codec.eos_token_id
+
+        def rendered(prompt: str) -> str:  # HFBackend.chat_prompt's text, without loading a second model
+            if not self.chat or isinstance(prompt, ChatText):
+                return prompt
+            return ChatText(tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                    add_generation_prompt=True))
+
+        def sampler(weights) -> HFPolicy:
+            policy = HFPolicy(self.path, chat=self.chat, device=self.device, **self.options)
+            policy._backend = HFBackend(model=weights, tokenizer=tok, chat=self.chat, dtype="float32",
+                                        device=str(next(weights.parameters()).device),
+                                        max_batch_size=self.options.get("max_batch_size"))
+            return policy
+
+        return PolicyGradient(model, reference, settings, tokenizer=codec, pad_id=pad, dist=dist,
+                              save_tokenizer=tok.save_pretrained, sampler=sampler, training_prompt=rendered)
+
+
+def load_trainable(path: Path):
+    """(float32 model, HF tokenizer) of the checkpoint directory or ``.gguf`` file at ``path``, offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy; only HF training needs it here
+
+    if path.suffix.lower() == ".gguf":
+        from deliberate.models.smollm2 import load_gguf  # converts the GGUF weights (needs gguf)
+
+        model, tok = load_gguf(path)
+        return model.float(), tok
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise DeliberateError(f"could not load checkpoint {path}: {e}") from e
+    return model, tok

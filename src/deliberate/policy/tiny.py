@@ -28,6 +28,7 @@ from deliberate.models.engine import Engine, count_parameters, resolve_device
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import CharTokenizer, TinyBackend, load_tiny, save_tiny
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
+from deliberate.policy.gradient import PolicyGradient, PolicyGradientSettings
 from deliberate.policy.supervised import adamw, batch_indices, collate, lr_at, make_example, supervised_step
 from deliberate.types import Completion
 
@@ -156,3 +157,13 @@ class TinyPolicy(Policy):
         if self._path is not None:  # an in-memory model belongs to its caller
             self._model = self._tok = None
         self._engine = None
+
+    def policy_gradient(self, settings: PolicyGradientSettings, *, ref: Policy | None = None,
+                        dist=None) -> PolicyGradient:
+        """The tiny model and its reference loaded from their checkpoints (float32); samples through
+        in-memory tiny policies (:meth:`sample`'s engine settings)."""
+        model, tok = load_tiny(self.path)
+        reference, _ = load_tiny((ref or self).path)
+        return PolicyGradient(model, reference, settings, tokenizer=tok, pad_id=tok.pad_token_id,
+                              save_tokenizer=tok.save, dist=dist,
+                              sampler=lambda m: TinyPolicy(model=m, tokenizer=tok, device=self.device))

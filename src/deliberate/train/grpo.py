@@ -1,48 +1,46 @@
-"""GRPO — reinforcement learning with verifiable rewards, for the tiny model.
+"""GRPO — reinforcement learning with verifiable rewards, on any policy (the tiny model or an HF checkpoint).
 
-    deliberate train grpo --init runs/quickstart/sft/model --out runs/grpo
+    deliberate train grpo --model runs/quickstart/sft/model --out runs/grpo
+    deliberate train grpo --model smollm2 --task gym:chain_sum --task-arg min_terms=2 --task-arg max_terms=3 \
+        --task-arg min_digits=1 --task-arg max_digits=2 --task-arg extract=last_number --prompt-style instruct \
+        --n-train 128 --steps 40 --problems-per-step 2 --group 8 --lr 5e-6 --loss-type dapo --temperature 0.7 \
+        --max-tokens 160 --eval-every 40 --checkpoint-every 10 --eval-problems 100 --eval-n 4 \
+        --eval-temperature 0.7 --out runs/grpo-hf        # the former `train grpo-hf` (TRL's GRPOTrainer)
+
+``--model`` (alias ``--init``) is any policy (:func:`deliberate.policy.load_policy`): a tiny checkpoint, an
+HF checkpoint directory, a ``.gguf`` (converted on load) or ``smollm2``; HF instruct models get their chat
+template (``--no-chat`` turns it off), token ids come from the HF tokenizer, and they want an HF-sized step
+(``--lr 5e-6``; the defaults suit the tiny model). The update is :meth:`Policy.policy_gradient`'s trainer
+(:mod:`deliberate.policy.gradient`: the clipped surrogate + KL loss, ``loss_type``, micro-batches), the same
+code for both.
 
 Each step (Shao et al., 2024, DeepSeekMath): take ``problems_per_step`` training problems, sample a
 group of ``group`` completions for each with the current policy, reward each with the task's checker
 (1 correct / 0 not; with ``reward="process"`` a completion scores 1 only if every step also passes
 the task's step checker, so right answers reached through wrong steps earn nothing), and normalise
-within the group: ``A_i = (r_i - mean(r)) / (std(r) + 1e-4)``
-(groups whose rewards are all equal carry no signal and are dropped). With ``credit="steps"`` the
-advantage is per token instead (process supervision, DeepSeekMath sec. 4.1.3): every step of every
-completion in the group gets the reward ``task.step_correct`` gives it (prefix correctness: a step
-counts only if it and all earlier steps are right), plus one final reward at the completion's last
-token (the ``reward`` above); all of the group's rewards are normalised together, and a token's
-advantage is its own step's normalised reward (``"steps"``: a right step is credited even when a
-later one goes wrong) or the sum over its step and all later ones (``"steps-to-go"``, the paper's
-formula). A group then carries signal whenever its completions' steps differ, not only their
-answers. Pooling the normalisation biases tokens by position: later steps are right less often than
-earlier ones, so their tokens (the answer line, and under ``"steps"`` the end-of-sequence token, which
-carries only the final reward) get negative advantages on average -- a steady push away from answering
-and stopping. ``"outcome+steps"`` removes it: every token gets the completion's group-normalised final
-reward (plain GRPO's advantage), plus its step's reward normalised among the group's steps *at the same
-position* (a per-position baseline), so both terms average zero over the group. The loss per
-completion token
-is the clipped surrogate ``-min(rho * A, clip(rho, 1-eps, 1+eps) * A)`` with
-``rho = pi / pi_old`` plus ``beta * KL(pi || pi_ref)`` (the k3 estimator
-``exp(ref - logp) - (ref - logp) - 1``) to the frozen seed model; averaged over each completion's
-tokens, then over completions (``loss_type="grpo"``). ``loss_type="dapo"`` averages over all of the
-batch's completion tokens instead (DAPO's token-level loss: a long completion weighs by its length), and
-``"dr_grpo"`` sums the tokens and divides by a constant, completions x the longest completion the task
-allows (Dr. GRPO: no length normalisation at all); ``scale_rewards=False`` drops the division by the
-group's reward std (Dr. GRPO: it up-weights groups that nearly all agree). The names follow TRL's
-``GRPOConfig.loss_type`` / ``scale_rewards``. ``minibatches`` > 1 cuts each step's completions (in a seeded order)
-into that many minibatches, one optimizer update each, as PPO and TRL's ``steps_per_generation`` do:
-more updates per sampled token, where the ratio to the sampling policy and its clip matter.
-``inner_epochs`` > 1 reuses the step's completions for several passes. ``minibatches = inner_epochs
-= 1`` (the default) is one on-policy update per step. ``micro_batch`` only changes memory: each
-minibatch's forward/backward runs in chunks of that many sequences (each trimmed to its own longest)
-whose gradients accumulate to the one update (the loss is divided by the whole minibatch's
-denominator); the default 0 keeps the whole minibatch in one pass, as the recorded runs did.
+within the group: ``A_i = (r_i - mean(r)) / (std(r) + 1e-4)`` (groups whose rewards are all equal carry
+no signal and are dropped). With ``credit="steps"`` / ``"steps-to-go"`` / ``"outcome+steps"`` the
+advantage is per token instead, from the step checker's per-step rewards (process supervision; see
+:mod:`deliberate.train.advantages`, which also says why ``"outcome+steps"`` has no position bias); it
+needs a character-level tokenizer (the tiny model's). The loss is the clipped surrogate with ``rho = pi /
+pi_old`` plus ``beta * KL(pi || pi_ref)`` to the frozen seed model, its tokens averaged by ``loss_type``
+(TRL's ``GRPOConfig.loss_type`` names): ``grpo`` per completion then over completions, ``dapo`` over all
+the batch's completion tokens (a long completion weighs by its length), ``dr_grpo`` summed / (completions
+x the longest completion allowed); ``scale_rewards=False`` drops the division by the group's reward std
+(Dr. GRPO). ``minibatches`` > 1 cuts each step's completions (in a seeded order) into that many
+minibatches, one optimizer update each, as PPO and TRL's ``steps_per_generation`` do; ``inner_epochs`` > 1
+reuses the step's completions for several passes; the default (1, 1) is one on-policy update per step.
+``micro_batch`` only changes memory: each minibatch's forward/backward runs in chunks of that many
+sequences whose gradients accumulate to the one update (0: the whole minibatch in one pass).
 
-Why not TRL's ``GRPOTrainer`` here: it drives generation through ``model.generate`` with a
-``PreTrainedTokenizer``; the tiny model's character tokenizer is not one, and our engine samples the
-groups ~2x faster than ``generate`` on CPU (benchmarks/engine_vs_generate.py). HF checkpoints use
-TRL's trainer: ``deliberate train grpo-hf`` (:mod:`deliberate.train.grpo_hf`).
+Why this recipe owns the loop rather than TRL's ``GRPOTrainer``: TRL's trainer owns generation
+(``model.generate`` with a ``PreTrainedTokenizer``), so it cannot sample through our engine — whose
+seeding contract (same seed, same samples, on any device and in any process split) makes runs resumable
+and comparable — nor take per-token step credit from our task checkers, nor run the tiny model, whose
+character tokenizer is not a ``PreTrainedTokenizer`` (and our engine samples the groups ~2x faster than
+``generate`` on CPU, benchmarks/engine_vs_generate.py). So one loop serves both models. HF token ids are
+the HF tokenizer's encoding of the sampled text (the engine returns text), the canonical tokenization of
+what was sampled.
 
 Checkpoints (model, optimizer, RNG, step, compute) every ``checkpoint_every`` steps; rerunning the
 same command resumes from the last one and gives the same result as an uninterrupted run (sampling
@@ -63,7 +61,6 @@ process only; the others wait for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -75,18 +72,16 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.records import write_json_atomic
-from deliberate.models.tiny import load_tiny
-from deliberate.policy import TinyPolicy
-from deliberate.policy.tiny import save_model
+from deliberate.policy import Policy, load_policy
+from deliberate.policy.checkpoint import load_state
+from deliberate.policy.gradient import LOSS_TYPES, PolicyGradient, PolicyGradientSettings
+from deliberate.policy.supervised import Example, batch_indices
 from deliberate.tasks import get_task
-from deliberate.train.common import (
-    IGNORE,
-    Example,
-    batch_indices,
-    collate,
-    load_state,
-    restore_rng,
-    save_checkpoint,
+from deliberate.train.advantages import (
+    group_advantages,
+    outcome_step_advantages,
+    step_credit_advantages,
+    step_rewards,
 )
 from deliberate.train.distributed import Dist, Single, add_device_argument, setup
 from deliberate.train.rest_em import format_iterations
@@ -105,23 +100,26 @@ from deliberate.train.selfimprove import (
 )
 
 CREDIT = ("sequence", "steps", "steps-to-go", "outcome+steps")
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
+PROMPT_STYLES = ("plain", "instruct")
 
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    init: str = "runs/quickstart/sft/model"
+    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
+    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+    prompt_style: str = "plain"  # the task's prompt format: plain (the tiny model's) or instruct (HF instruct models)
     n_train: int = 4000
     steps: int = 80
     problems_per_step: int = 64
     group: int = 8
     temperature: float = 1.0  # sampling temperature; log-probs use logits / T. 0.7 was level with 1.0 (docs/RESULTS.md)
+    max_tokens: int | None = None  # new tokens per completion (training and evaluation); None: the task's
     reward: str = "outcome"  # "outcome": right answer; "process": right answer and every step right (step checker)
     # "sequence": one advantage per completion; "steps" / "steps-to-go": per-token advantages from the step
-    # checker's per-step rewards (process supervision; see the module docstring)
+    # checker's per-step rewards (process supervision; see deliberate.train.advantages)
     credit: str = "sequence"
     # how token losses are averaged: "grpo" per completion then over completions, "dapo" over all the batch's
     # tokens, "dr_grpo" summed / (completions x max completion length); TRL's names
@@ -145,6 +143,7 @@ class GRPOConfig:
     max_train_flops: float | None = None  # stop (after evaluating) once the cumulative train FLOPs reach this
     eval_problems: int = 200
     eval_n: int = 16
+    eval_temperature: float = 1.0
     eval_seed: int = 0
     seed: int = 0
     out: str = "runs/grpo"
@@ -160,6 +159,8 @@ class GRPOConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 problems.append(f"{name} must be an integer >= 0 (got {v!r})")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            problems.append(f"max_tokens must be an integer >= 1 (got {self.max_tokens!r})")
         if not isinstance(self.group, int) or self.group < 2:
             problems.append(f"group must be an integer >= 2 (advantages are relative to the group; got {self.group!r})")
         if not (0 < self.lr < 1):
@@ -167,8 +168,12 @@ class GRPOConfig:
         if self.beta < 0 or not (0 < self.clip < 1) or not (self.temperature > 0):
             problems.append(f"need beta >= 0, 0 < clip < 1, temperature > 0 (got {self.beta}, {self.clip}, "
                             f"{self.temperature})")
+        if not (self.eval_temperature > 0):
+            problems.append(f"eval_temperature must be > 0 (got {self.eval_temperature!r})")
         if self.max_train_flops is not None and not self.max_train_flops > 0:
             problems.append(f"max_train_flops must be > 0 (got {self.max_train_flops!r})")
+        if self.prompt_style not in PROMPT_STYLES:
+            problems.append(f"prompt_style must be one of {', '.join(PROMPT_STYLES)} (got {self.prompt_style!r})")
         if self.reward not in VERIFIED:
             problems.append(f"reward must be one of {', '.join(VERIFIED)} (got {self.reward!r})")
         if self.credit not in CREDIT:
@@ -182,190 +187,6 @@ class GRPOConfig:
             problems.append(f"warmup ({self.warmup}) must be < steps ({self.steps}) for a decaying lr_scheduler")
         if problems:
             raise DeliberateError("grpo: " + "; ".join(problems))
-
-
-def token_logprobs(model, batch: dict[str, torch.Tensor],
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of each sequence's completion tokens [B, L-1] and their mask, under the policy
-    that sampled them: logits divided by the sampling ``temperature`` (as TRL's GRPOTrainer does), so the
-    ratio and the KL refer to the distribution the completions came from."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    target = batch["labels"][:, 1:]
-    mask = target != IGNORE
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
-    return lp * mask, mask
-
-
-def loss_denominator(loss_type: str, completion_tokens: list[int], max_len: int | None = None) -> float:
-    """What :func:`grpo_loss` divides its summed terms by for a (mini)batch whose completions have these
-    token counts: their number (``grpo``: the sum of per-completion means), their total tokens (``dapo``), or
-    their number x ``max_len`` (``dr_grpo``). Computed over the whole minibatch, so a rank's share under DDP
-    divides by the global value / world size and the averaged gradient is the single-process one."""
-    if loss_type == "grpo":
-        return float(len(completion_tokens))
-    if loss_type == "dapo":
-        return float(max(1, sum(completion_tokens)))
-    if loss_type == "dr_grpo":
-        if max_len is None:
-            raise DeliberateError("grpo: loss_type 'dr_grpo' needs max_len (the longest completion allowed)")
-        return float(len(completion_tokens) * max_len)
-    raise DeliberateError(f"grpo: loss_type must be one of {', '.join(LOSS_TYPES)} (got {loss_type!r})")
-
-
-def grpo_loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
-              clip: float, beta: float, denom: float | None = None, loss_type: str = "grpo",
-              max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate + beta * k3 KL. ``loss_type="grpo"``: mean over each sequence's tokens then over
-    sequences; ``"dapo"``: mean over all tokens; ``"dr_grpo"``: sum over tokens / (sequences x ``max_len``).
-    ``denom``: divide the summed terms by this instead of this batch's own :func:`loss_denominator`, for a
-    rank's share of a larger batch."""
-    ratio = torch.exp(logp - old)
-    a = adv[:, None] if adv.dim() == 1 else adv  # per completion, or per token ([B, L-1], step credit)
-    pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
-    d = ref - logp
-    kl = torch.exp(d) - d - 1
-    per_tok = (pg + beta * kl) * mask
-    n = mask.sum(dim=1).clamp(min=1)
-    total = (per_tok.sum(dim=1) / n).sum() if loss_type == "grpo" else per_tok.sum()
-    if denom is None:
-        denom = loss_denominator(loss_type, mask.sum(dim=1).tolist(), max_len)
-    loss = total / denom
-    with torch.no_grad():
-        stats = {"kl": float(((kl * mask).sum(dim=1) / n).mean()),
-                 "clipped": float((((ratio - 1).abs() > clip) & mask).sum() / mask.sum().clamp(min=1))}
-    return loss, stats
-
-
-def group_advantages(rewards: list[float], scale: bool = True) -> list[float] | None:
-    """``(r - mean) / (std + 1e-4)`` (``scale=False``: ``r - mean``, Dr. GRPO); None when all are equal."""
-    m = sum(rewards) / len(rewards)
-    sd = math.sqrt(sum((r - m) ** 2 for r in rewards) / len(rewards))
-    if sd == 0:
-        return None
-    return [(r - m) / (sd + 1e-4) if scale else r - m for r in rewards]
-
-
-def step_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans ``[start, end)`` of the steps :meth:`Task.split_steps` finds in ``text`` (its non-empty
-    lines), in order; each span takes its line's newline, blank lines go to the step after them, and
-    trailing blank text to the last step."""
-    spans, start, pos = [], 0, 0
-    pieces = text.split("\n")
-    for i, line in enumerate(pieces):
-        end = pos + len(line) + (1 if i < len(pieces) - 1 else 0)
-        if line.strip():
-            spans.append((start, end))
-            start = end
-        pos = end
-    if spans and spans[-1][1] < len(text):
-        spans[-1] = (spans[-1][0], len(text))
-    return spans
-
-
-def step_rewards(task, problem, text: str, final: float) -> tuple[list[tuple[int, int]], list[float]]:
-    """The steps' character spans and their rewards (the step checker's prefix correctness), then ``final``
-    (the completion's own reward) as the last element."""
-    spans = step_spans(text)
-    ok = task.step_correct(problem, task.split_steps(text)) or []
-    if len(ok) != len(spans):
-        raise DeliberateError(f"grpo: {task.name!r} step checker returned {len(ok)} values for {len(spans)} steps")
-    return spans, [float(x) for x in ok] + [final]
-
-
-def step_credit_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]], to_go: bool,
-                           scale: bool = True) -> list[list[float]] | None:
-    """Per-token advantages of one group for ``credit="steps"`` / ``"steps-to-go"``: ``items`` holds, per
-    completion, (step spans, step rewards + final reward, number of completion tokens — one per character,
-    plus EOS). All rewards of the group are normalised together (None when they are all equal); a token's
-    advantage is its step's normalised reward (to_go: summed with all later steps'), and the final reward's
-    is added at the last token (to_go: at every token). Tokens outside every span (an empty completion,
-    EOS) belong to no step."""
-    flat = group_advantages([r for _, rs, _ in items for r in rs], scale)
-    if flat is None:
-        return None
-    out, pos = [], 0
-    for spans, rs, n in items:
-        z, pos = flat[pos:pos + len(rs)], pos + len(rs)
-        steps, final = z[:-1], z[-1]
-        if to_go:
-            for j in range(len(steps) - 2, -1, -1):
-                steps[j] += steps[j + 1]
-        adv = [final if to_go else 0.0] * n
-        for (a, b), v in zip(spans, steps):
-            for t in range(a, min(b, n)):
-                adv[t] += v
-        if n:
-            adv[-1] += 0.0 if to_go else final
-        out.append(adv)
-    return out
-
-
-def outcome_step_advantages(items: list[tuple[list[tuple[int, int]], list[float], int]], scale: bool = True
-                            ) -> list[list[float]] | None:
-    """Per-token advantages of one group for ``credit="outcome+steps"`` (``items`` as for
-    :func:`step_credit_advantages`): a token's advantage is its completion's group-normalised final reward
-    plus, inside a step, that step's reward normalised among the group's completions that have a step at
-    the same position (0 where they all agree or only one has it). EOS and tokens outside every span get
-    the final term only. None when neither term carries signal."""
-    finals = group_advantages([rs[-1] for _, rs, _ in items], scale) or [0.0] * len(items)
-    depth = max((len(rs) - 1 for _, rs, _ in items), default=0)
-    per_pos = []  # per position j: {completion index: normalised step reward}
-    for j in range(depth):
-        have = [i for i, (_, rs, _) in enumerate(items) if len(rs) - 1 > j]
-        z = group_advantages([items[i][1][j] for i in have], scale) if len(have) > 1 else None
-        per_pos.append(dict(zip(have, z)) if z is not None else {})
-    if not any(finals) and not any(per_pos):
-        return None
-    out = []
-    for i, (spans, rs, n) in enumerate(items):
-        adv = [finals[i]] * n
-        for j, (a, b) in enumerate(spans):
-            v = per_pos[j].get(i, 0.0)
-            for t in range(a, min(b, n)):
-                adv[t] += v
-        out.append(adv)
-    return out
-
-
-def advantage_tensor(exs: list[Example], advs: list, width: int) -> torch.Tensor:
-    """``[B]`` per-completion advantages (floats), or ``[B, width]`` aligned with :func:`token_logprobs` for
-    per-token ones (lists; a completion's tokens sit at ``n_prompt - 1 ...``)."""
-    if all(isinstance(a, float) for a in advs):
-        return torch.tensor(advs)
-    t = torch.zeros(len(exs), width)
-    for i, (e, a) in enumerate(zip(exs, advs)):  # one advantage per completion token
-        t[i, e.n_prompt - 1: len(e.ids) - 1] = torch.tensor(a)
-    return t
-
-
-def micro_batches(batch: dict[str, torch.Tensor], tensors: tuple[torch.Tensor, ...], micro: int
-                  ) -> list[tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]]:
-    """``batch`` (a :func:`collate` output) cut into row ranges of at most ``micro`` sequences (0: one range),
-    each trimmed to its own longest sequence, with the matching rows and columns of ``tensors`` (aligned
-    with :func:`token_logprobs`' ``[B, L-1]`` output; ``[B]`` ones are cut by row only). Right padding and
-    a causal model make the trim exact: the dropped columns are padding in every kept row."""
-    n = batch["input_ids"].shape[0]
-    step = micro if micro > 0 else n
-    out = []
-    for lo in range(0, n, step):
-        rows = slice(lo, min(n, lo + step))
-        width = int(batch["attention_mask"][rows].sum(dim=1).max())
-        sub = {k: v[rows, :width] for k, v in batch.items()}
-        out.append((sub, tuple(t[rows] if t.dim() == 1 else t[rows, :width - 1] for t in tensors)))
-    return out
-
-
-def merge_stats(chunks: list[tuple[dict[str, float], torch.Tensor]]) -> dict[str, float]:
-    """:func:`grpo_loss`'s stats of a minibatch from its micro-batches' (each with its completion mask):
-    ``kl`` is a mean over sequences, ``clipped`` a fraction of tokens."""
-    if len(chunks) == 1:
-        return chunks[0][0]
-    seqs = [float(m.shape[0]) for _, m in chunks]
-    toks = [float(m.sum()) for _, m in chunks]
-    return {"kl": sum(st["kl"] * n for (st, _), n in zip(chunks, seqs)) / max(1.0, sum(seqs)),
-            "clipped": sum(st["clipped"] * t for (st, _), t in zip(chunks, toks)) / max(1.0, sum(toks))}
 
 
 def split_minibatches(n: int, m: int, seed: int, step: int) -> list[list[int]]:
@@ -417,10 +238,18 @@ def check_extension(cfg: GRPOConfig) -> None:
 def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, device: str = "auto") -> dict[str, Any]:
     """Run (or resume) GRPO; returns the summary. ``dist``: the data-parallel context under a launcher
     (:func:`deliberate.train.distributed.setup`); otherwise a plain run on ``device`` (``auto``: a CUDA GPU
-    when there is one, else the CPU), which samples, trains and checkpoints there (the checkpoint loads
-    anywhere). A resumed run may change device: float rounding then differs from an uninterrupted run."""
+    when there is one, else the CPU), which samples, trains, checkpoints and evaluates there (the checkpoint
+    loads anywhere). A resumed run may change device: float rounding then differs from an uninterrupted run."""
     if dist is None:  # a plain run (library call), even inside a launched process
         dist = Single(device, what="grpo")
+    policy = load_policy(cfg.init, chat=cfg.chat, device=str(dist.device))
+    try:
+        return _run(cfg, policy, progress, dist)
+    finally:
+        policy.close()
+
+
+def _run(cfg: GRPOConfig, policy: Policy, progress: bool, dist: Dist) -> dict[str, Any]:
     with dist.main_first():  # the main process writes config.json and recovers the checkpoint first
         check_extension(cfg)
         out, cfg_dict = start_run(cfg, extendable=("steps",))
@@ -431,44 +260,35 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
     if cfg.credit != "sequence":
         check_verified_mode(task, "process", f"grpo --credit {cfg.credit}")
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    max_len = task.max_tokens + 1  # the longest completion in tokens (characters + EOS): dr_grpo's constant
+    max_len = (cfg.max_tokens or task.max_tokens) + 1  # the longest completion in tokens (+ EOS): dr_grpo's constant
     torch.manual_seed(cfg.seed)
-    model, tok = load_tiny(ckpt if state is not None else cfg.init)
-    ref, _ = load_tiny(cfg.init)
-    ref.eval().requires_grad_(False)
-    n_params = sum(p.numel() for p in model.parameters())
-    log = IterationLog(out, n_params)
-    model, ref = dist.place(model), dist.place(ref)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    trainer = policy.policy_gradient(
+        PolicyGradientSettings(lr=cfg.lr, clip=cfg.clip, beta=cfg.beta, temperature=cfg.temperature,
+                               loss_type=cfg.loss_type, max_len=max_len, inner_epochs=cfg.inner_epochs,
+                               micro_batch=cfg.micro_batch, grad_clip=cfg.grad_clip), dist=dist)
+    log = IterationLog(out, trainer.n_params)
     start = 0
     acc = {"tokens_sampled": 0, "prompt_tokens": 0, "tokens_trained": 0, "tokens_forward": 0, "wall_s": 0.0,
            "reward_sum": 0.0, "n_samples": 0, "groups_used": 0, "groups": 0}
     if state is not None:
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))  # -> params' device
-        restore_rng(ckpt)
+        trainer.load_state(ckpt)
         start = int(state["step"])
         acc = state["acc"]
-    ddp_model, ddp_opt = dist.prepare(model, opt)  # plain runs: the same objects
 
-    def evaluate(it: int) -> dict[str, Any]:
-        d = out / f"eval{it:03d}"
-        model_dir = d / "model"
-        if not (model_dir / "char_tokenizer.json").exists():
-            save_model(model, tok, model_dir)
-        return evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
-                               seed=cfg.eval_seed, out_dir=d / "eval")
+    def evaluate(at: Policy, d: Path) -> dict[str, Any]:
+        return evaluate_policy(at, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
+                               seed=cfg.eval_seed, out_dir=d / "eval", max_tokens=cfg.max_tokens,
+                               temperature=cfg.eval_temperature, prompt_style=cfg.prompt_style)
 
     if dist.is_main and log.done(0) is None:
         clock = Stopwatch()
         log.write(0, {"step": 0, "tokens_sampled": 0, "tokens_trained": 0, "wall_s": 0.0,
-                      "eval": evaluate_policy(cfg.init, cfg.task, cfg.task_options, n_problems=cfg.eval_problems,
-                                              n=cfg.eval_n, seed=cfg.eval_seed, out_dir=out / "eval000" / "eval"),
-                      "eval_wall_s": clock()})
+                      "eval": evaluate(policy, out / "eval000"), "eval_wall_s": clock()})
     dist.barrier()  # every rank reads the same iteration log (the train budget counts its FLOPs)
 
     def flops_so_far(logged: float) -> float:
         fwd = acc["tokens_sampled"] + acc["prompt_tokens"] + acc["tokens_forward"]
-        return logged + 6.0 * n_params * acc["tokens_trained"] + 2.0 * n_params * fwd
+        return logged + 6.0 * trainer.n_params * acc["tokens_trained"] + 2.0 * trainer.n_params * fwd
 
     bar = tqdm(total=cfg.steps, initial=start, desc="grpo", disable=not (progress and dist.is_main),
                dynamic_ncols=True)
@@ -483,43 +303,16 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
         clock = Stopwatch()
         idx = batch_indices(len(train), cfg.problems_per_step, cfg.seed, step)
         probs = [train[i] for i in idx]
-        model.eval()
+        mine = dist.shard(probs)
         # each rank samples its share of the problems; every rank then holds all the step's groups
-        groups = dist.gather(rollouts(TinyPolicy(model=model, tokenizer=tok), task, dist.shard(probs), cfg.group, temperature=cfg.temperature,
-                                      seed=cfg.seed * 1_000_003 + step, progress=False))
-        exs, advs = [], []
-        for prob, rs in zip(probs, groups):
-            acc["groups"] += 1
-            acc["tokens_sampled"] += sum(r.completion_tokens for r in rs)
-            acc["prompt_tokens"] += rs[0].prompt_tokens
-            rewards = [float(verified(task, prob, r.text, r.correct, cfg.reward)) for r in rs]
-            acc["reward_sum"] += sum(rewards)
-            acc["n_samples"] += len(rs)
-            completions = [tok.encode(r.text) + ([tok.eos_token_id] if r.finish_reason == "stop" else [])
-                           for r in rs]
-            if cfg.credit == "sequence":
-                a = group_advantages(rewards, cfg.scale_rewards)
-            else:
-                if any(len(c) - (r.finish_reason == "stop") != len(r.text) for r, c in zip(rs, completions)):
-                    raise DeliberateError("grpo --credit steps needs a character-level tokenizer (the tiny model's)")
-                items = [(*step_rewards(task, prob, r.text, w), len(c)) for r, w, c in zip(rs, rewards, completions)]
-                a = (outcome_step_advantages(items, cfg.scale_rewards) if cfg.credit == "outcome+steps"
-                     else step_credit_advantages(items, to_go=cfg.credit == "steps-to-go", scale=cfg.scale_rewards))
-            if a is None:
-                continue
-            acc["groups_used"] += 1
-            p = [tok.bos_token_id] + tok.encode(rs[0].prompt)
-            for c, ai in zip(completions, a):
-                if not c:
-                    continue
-                exs.append(Example(tuple(p + c), len(p)))
-                advs.append(ai)
-        stats = {}
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        mbs = split_minibatches(len(exs), cfg.minibatches, cfg.seed, step)
-        if exs:
-            stats = _update(cfg, dist, ddp_model, ddp_opt, model, ref, tok, exs, advs, mbs, acc, max_len)
+        with trainer.sampler() as sampler:
+            groups = dist.gather(rollouts(sampler, task, mine, cfg.group, temperature=cfg.temperature,
+                                          max_tokens=cfg.max_tokens, seed=cfg.seed * 1_000_003 + step,
+                                          prompts=[task.prompt(p, cfg.prompt_style) for p in mine], progress=False))
+        exs, advs = learning_signal(cfg, task, trainer, probs, groups, acc)
+        stats = trainer.step(exs, advs, split_minibatches(len(exs), cfg.minibatches, cfg.seed, step), lr_at(cfg, step))
+        acc["tokens_trained"] += stats.get("tokens_trained", 0)
+        acc["tokens_forward"] += stats.get("tokens_forward", 0)
         acc["wall_s"] += clock()
         done = step + 1
         bar.update(1)
@@ -530,8 +323,11 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
             it = -(-done // cfg.eval_every)
             if dist.is_main and log.done(it) is None:
                 clock = Stopwatch()
-                model.eval()
-                ev = evaluate(it)
+                d = out / f"eval{it:03d}"
+                if not (d / "model" / "config.json").exists():
+                    trainer.save_model(d / "model")
+                with policy.with_checkpoint(d / "model") as now:
+                    ev = evaluate(now, d)
                 log.write(it, {"step": done, "tokens_sampled": acc["tokens_sampled"],
                                "prompt_tokens": acc["prompt_tokens"], "tokens_trained": acc["tokens_trained"],
                                "tokens_forward": acc["tokens_forward"], "wall_s": round(acc["wall_s"], 3),
@@ -542,7 +338,7 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
             acc = {k: 0 if isinstance(v, int) else 0.0 for k, v in acc.items()}
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or budget_hit:
             if dist.is_main:
-                save_checkpoint(ckpt, model, tok, opt, {"step": done, "config": cfg_dict, "acc": acc})
+                trainer.save_state(ckpt, {"step": done, "config": cfg_dict, "acc": acc})
             dist.barrier()
     bar.close()
     rows = log.cumulative()
@@ -553,58 +349,45 @@ def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, d
     return summary
 
 
-def _update(cfg: GRPOConfig, dist: Dist, ddp_model, ddp_opt, model, ref, tok, exs: list[Example],
-            advs: list[float], mbs: list[list[int]], acc: dict[str, Any], max_len: int) -> dict[str, float]:
-    """The policy updates of one step, one per minibatch (``mbs``, indices into ``exs``) and inner epoch,
-    with every minibatch's old and reference log-probs taken before the first update. Under DDP each
-    rank takes its contiguous share of each minibatch's completions (every rank holds all of them, with
-    their group-normalised advantages) and divides its sequences' loss sum by the whole minibatch's
-    :func:`loss_denominator` / ``world_size``, so DDP's gradient average equals the single-process
-    gradient; a rank whose share is empty (fewer completions than ranks) runs a zero-weighted dummy
-    sequence, so the all-reduce still meets every rank. Token counts are summed over ranks. In a plain
-    run (``Single``) every share is the whole minibatch, the world size and weight are 1, and ``no_sync``
-    does nothing: the same arithmetic as a loop written without DDP in mind."""
-    ddp_model.train()
-    parts = []
-    for idx in mbs:
-        mine, my_adv = dist.shard([exs[i] for i in idx]), dist.shard([advs[i] for i in idx])
-        weight = 1.0
-        if not mine:
-            mine, my_adv, weight = [Example((tok.bos_token_id, tok.eos_token_id), 1)], [0.0], 0.0
-        batch = dist.to_device(collate(mine, tok.pad_token_id))
-        with torch.no_grad():
-            old, mask = token_logprobs(model, batch, cfg.temperature)
-            ref_lp, _ = token_logprobs(ref, batch, cfg.temperature)
-        (ntok,) = dist.sum(int(batch["attention_mask"].sum()) if weight else 0)
-        acc["tokens_forward"] += 2 * ntok
-        denom = loss_denominator(cfg.loss_type, [len(exs[i].ids) - exs[i].n_prompt for i in idx], max_len)
-        parts.append((batch, advantage_tensor(mine, my_adv, old.shape[1]).to(dist.device), old, ref_lp, mask, ntok,
-                      weight, denom))
-    stats: dict[str, float] = {}
-    for _ in range(cfg.inner_epochs):
-        for batch, adv, old, ref_lp, mask, ntok, weight, denom in parts:
-            ddp_opt.zero_grad(set_to_none=True)
-            subs = micro_batches(batch, (adv, old, ref_lp, mask), cfg.micro_batch)
-            chunks = []
-            for k, (sub, (a, o, r, m)) in enumerate(subs):
-                # gradients stay local until the rank's last micro-batch, whose backward all-reduces the sum
-                # (ranks may hold different numbers of micro-batches; each makes exactly one synced backward)
-                with dist.no_sync(ddp_model) if k < len(subs) - 1 else contextlib.nullcontext():
-                    logp, _ = token_logprobs(ddp_model, sub, cfg.temperature)
-                    loss, st = grpo_loss(logp, o, r, m, a, cfg.clip, cfg.beta, denom=denom / dist.world_size,
-                                         loss_type=cfg.loss_type)
-                    dist.backward(loss * weight)
-                chunks.append((st, m))
-            stats = merge_stats(chunks)
-            if cfg.grad_clip:
-                dist.clip_grad_norm_(ddp_model, cfg.grad_clip)
-            ddp_opt.step()
-            acc["tokens_trained"] += ntok
-    return stats
+def learning_signal(cfg: GRPOConfig, task, trainer: PolicyGradient, probs, groups,
+                    acc: dict[str, Any]) -> tuple[list[Example], list]:
+    """The step's training sequences and their advantages (per completion, or per token with step credit),
+    from each problem's group of rollouts; groups without signal are dropped, and so are empty completions.
+    Adds the step's sampled tokens, rewards and group counts to ``acc``."""
+    exs, advs = [], []
+    for prob, rs in zip(probs, groups):
+        acc["groups"] += 1
+        acc["tokens_sampled"] += sum(r.completion_tokens for r in rs)
+        acc["prompt_tokens"] += rs[0].prompt_tokens
+        rewards = [float(verified(task, prob, r.text, r.correct, cfg.reward)) for r in rs]
+        acc["reward_sum"] += sum(rewards)
+        acc["n_samples"] += len(rs)
+        seqs = [trainer.example(rs[0].prompt, r.text, r.finish_reason == "stop") for r in rs]
+        lengths = [len(e.ids) - e.n_prompt for e in seqs]  # completion tokens (+ EOS)
+        if cfg.credit == "sequence":
+            a = group_advantages(rewards, cfg.scale_rewards)
+        else:
+            if any(n - (r.finish_reason == "stop") != len(r.text) for r, n in zip(rs, lengths)):
+                raise DeliberateError("grpo --credit steps needs a character-level tokenizer (the tiny model's)")
+            items = [(*step_rewards(task, prob, r.text, w), n) for r, w, n in zip(rs, rewards, lengths)]
+            a = (outcome_step_advantages(items, cfg.scale_rewards) if cfg.credit == "outcome+steps"
+                 else step_credit_advantages(items, to_go=cfg.credit == "steps-to-go", scale=cfg.scale_rewards))
+        if a is None:
+            continue
+        acc["groups_used"] += 1
+        for e, n, ai in zip(seqs, lengths, a):
+            if n:
+                exs.append(e)
+                advs.append(ai)
+    return exs, advs
 
 
 HELP = {
-    "init": "seed policy and KL reference (a tiny checkpoint)",
+    "init": "the policy and KL reference: a tiny checkpoint, an HF checkpoint directory, a .gguf or smollm2",
+    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
+    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
+    "max_tokens": "new tokens per completion, in training and evaluation (default: the task's)",
+    "eval_temperature": "sampling temperature of the held-out maj@n / pass@n",
     "steps": "sampling steps in all; rerunning a finished run with more continues it (old total a multiple "
              "of --eval-every)",
     "problems_per_step": "training problems per step",
@@ -628,7 +411,7 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, GRPOConfig, HELP)
+    add_config_arguments(parser, GRPOConfig, HELP, aliases={"init": ("--model",)})
     add_device_argument(parser)
 
 
