@@ -28,6 +28,7 @@ from deliberate.models.engine import Engine, count_parameters, resolve_device
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import CharTokenizer, TinyBackend, load_tiny, save_tiny
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
+from deliberate.policy.preference import PreferenceResult, PreferenceSettings, tiny_preference_update
 from deliberate.policy.supervised import adamw, batch_indices, collate, lr_at, make_example, supervised_step
 from deliberate.types import Completion
 
@@ -156,3 +157,11 @@ class TinyPolicy(Policy):
         if self._path is not None:  # an in-memory model belongs to its caller
             self._model = self._tok = None
         self._engine = None
+
+    def preference_update(self, pairs: Sequence[tuple[str, str, str]], out: str | Path, settings: PreferenceSettings,
+                          *, ref: Policy | None = None, eval_pairs: Sequence[tuple[str, str, str]] = (),
+                          seed: int = 0, progress: bool = True) -> PreferenceResult:
+        if ref is not None and not isinstance(ref, TinyPolicy):
+            raise DeliberateError(f"a tiny policy's DPO reference must be a tiny checkpoint (got {ref.path})")
+        return tiny_preference_update(self.path, (ref or self).path, pairs, Path(out), settings, save_model,
+                                      eval_pairs=eval_pairs, seed=seed, device=self.device, progress=progress)
