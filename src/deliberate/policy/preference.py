@@ -236,8 +236,9 @@ def hf_preference_update(path: Path, ref_path: Path | None, pairs: Sequence[Pair
                          settings: PreferenceSettings, *, eval_pairs: Sequence[Pair] = (), seed: int = 0,
                          bf16: bool = False, progress: bool = True) -> PreferenceResult:
     """TRL ``DPOTrainer`` from the HF checkpoint ``path`` against ``ref_path`` (None: a frozen copy of
-    ``path``); pair accuracies from TRL's ``rewards/accuracies`` on the first training pairs and the
-    held-out ones; bf16 when asked or on a GPU that supports it."""
+    ``path``); pair accuracies are TRL's ``rewards/accuracies`` on the first training pairs and on the
+    held-out ones (its mean over evaluation batches of ``batch_size`` pairs: exact when they fill whole
+    batches); bf16 when asked or on a GPU that supports it."""
     done = finished(out)
     if done is not None:
         return done
@@ -278,16 +279,17 @@ def hf_preference_update(path: Path, ref_path: Path | None, pairs: Sequence[Pair
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data(pairs), processing_class=tok)
     trained = trainer.train()
 
-    def accuracy(ps: Sequence[Pair], prefix: str) -> float | None:
+    def accuracy(ps: Sequence[Pair]) -> float | None:
         if not ps:
             return None
-        return float(trainer.evaluate(data(ps), metric_key_prefix=prefix)[f"{prefix}_rewards/accuracies"])
+        trainer.evaluate(data(ps))
+        # TRL logs its metrics rather than returning them: the mean over evaluation batches
+        return float(trainer.state.log_history[-1]["eval_rewards/accuracies"])
 
-    train_acc, eval_acc = accuracy(pairs[:ACCURACY_PAIRS], "train_pairs"), accuracy(eval_pairs, "eval_pairs")
-    # tokens run through the trained model: chosen and rejected sequences, scaled by the passes over the pairs
-    per_pass = sum(len(x) + len(y) for x, y in zip(trainer.train_dataset["chosen_input_ids"],
-                                                    trainer.train_dataset["rejected_input_ids"])) \
-        if "chosen_input_ids" in trainer.train_dataset.column_names else 0
+    train_acc, eval_acc = accuracy(pairs[:ACCURACY_PAIRS]), accuracy(eval_pairs)
+    # tokens run through the trained model: prompt + chosen and prompt + rejected, scaled by the passes over the pairs
+    d = trainer.train_dataset
+    per_pass = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(d["prompt_ids"], d["chosen_ids"], d["rejected_ids"]))
     tokens = round(per_pass * trained.global_step * s.batch_size / len(pairs))
     save_pretrained_atomic(trainer.model, tok, out / "model")
     shutil.rmtree(work, ignore_errors=True)
