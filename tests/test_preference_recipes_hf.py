@@ -34,7 +34,8 @@ def random_tiny(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("random-tiny") / "model"
     tok = CharTokenizer()
-    save_tiny(build_tiny_model(TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, max_len=8192), tok, seed=0), tok, out)
+    config = TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, max_len=8192)
+    save_tiny(build_tiny_model(config, tok, seed=0), tok, out)
     return out
 
 

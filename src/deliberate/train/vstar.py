@@ -53,7 +53,7 @@ from deliberate.atomic import recover_dir, replace_dir
 from deliberate.errors import DeliberateError
 from deliberate.eval.records import write_json_atomic
 from deliberate.policy import FinetuneSettings, Policy, PreferenceSettings, load_policy
-from deliberate.policy.preference import check_reference
+from deliberate.policy.preference import Pair, check_reference
 from deliberate.tasks import get_task
 from deliberate.tasks.base import Task
 from deliberate.train.selfimprove import (
@@ -69,9 +69,6 @@ from deliberate.train.selfimprove import (
     start_run,
     verified,
 )
-
-Pair = tuple[str, str, str]  # (prompt, chosen completion, rejected completion)
-
 
 @dataclass(frozen=True)
 class DPOSettings(PreferenceSettings):
