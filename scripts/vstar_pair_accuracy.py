@@ -1,4 +1,4 @@
-"""Held-out pair accuracy of any (model, reference) pair read as a DPO verifier, on a V-STaR run's pairs.
+"""Held-out pair accuracy of any tiny (model, reference) pair read as a DPO verifier, on a V-STaR run's pairs.
 
     python scripts/vstar_pair_accuracy.py runs/si/vstar-sref-s0                       # its own verifier
     python scripts/vstar_pair_accuracy.py runs/si/vstar-sref-s0 \\
@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from deliberate.models.tiny import load_tiny
+from deliberate.policy.preference import encode_completion, pair_accuracy, reference_logprobs
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import load_rollouts, verified
-from deliberate.train.vstar import VStarConfig, encoded_pairs, pair_accuracy, reference_logps
+from deliberate.train.vstar import VStarConfig, preference_pairs
 
 
 def main() -> None:
@@ -43,9 +44,9 @@ def main() -> None:
     ref, _ = load_tiny(a.ref or run / "verifier" / "ref")
     model.eval()
     ref.eval()
-    _, va, enc = encoded_pairs(cfg, rows, task, tok, ok)
-    held = {k: enc[k] for p in va for k in ((p[0], p[1]), (p[0], p[2]))}
-    acc = pair_accuracy(model, reference_logps(ref, held, tok.pad_token_id), held, va, tok.pad_token_id)
+    _, va = preference_pairs(cfg, rows, task, ok)
+    held = {(p, t): encode_completion(tok, p, t) for p, c, r in va for t in (c, r)}
+    acc = pair_accuracy(model, reference_logprobs(ref, held, tok.pad_token_id), held, va, tok.pad_token_id)
     print(f"{run}: {len(va)} held-out pairs, pair accuracy {acc}")
 
 

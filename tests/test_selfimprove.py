@@ -740,15 +740,15 @@ def test_vstar_process_keep_moves_lucky_samples_to_the_rejected_side(easy_ckpt, 
         out.mkdir()
         save_rollouts(out / "samples.jsonl", planted)  # the recipe's sample cache: no sampling happens
 
-        def fake_finetune(init, pairs, o, settings, keep=keep, **kw):
+        def fake_finetune(policy, pairs, o, settings, keep=keep, **kw):
             seen["gen", keep] = list(pairs)
-            return Path(init), 1
+            return FinetuneResult(policy.path, 1, 1)
 
-        def fake_dpo(cfg, rows, train, task, o, progress, ok=None, keep=keep):
+        def fake_dpo(cfg, rows, task, o, progress, ok, start, ref, keep=keep):
             seen["pairs", keep] = vs.make_pairs(rows, cfg, ok)
             return {"tokens_trained": 1}
 
-        monkeypatch.setattr(vs, "finetune", fake_finetune)
+        monkeypatch.setattr(TinyPolicy, "finetune", fake_finetune)
         monkeypatch.setattr(vs, "train_dpo_verifier", fake_dpo)
         vs.run_vstar(vs.VStarConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, n_train=6, k=4, keep=keep,
                                     out=str(out)), progress=False)

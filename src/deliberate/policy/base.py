@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
+from deliberate.policy.preference import PreferenceResult, PreferenceSettings
 from deliberate.types import Completion
 
 if TYPE_CHECKING:  # annotations only: the trainer module imports torch
@@ -75,6 +76,7 @@ class Policy(ABC):
     * :meth:`training_prompt` — the exact text the sampler fed the model for a prompt (the chat
       template applied for chat models), so a fine-tune trains on what the model saw.
     * :meth:`finetune` — supervised fine-tuning of *this* checkpoint on (prompt, completion) pairs.
+    * :meth:`preference_update` — DPO of *this* checkpoint on (prompt, chosen, rejected) triples.
     * :meth:`with_checkpoint` — the same kind of policy, with the same options, at another checkpoint
       (the model a fine-tune wrote).
     """
@@ -136,3 +138,12 @@ class Policy(ABC):
         weights, with ``ref`` (default: this checkpoint) as the frozen KL reference. ``dist``: the
         data-parallel context of :mod:`deliberate.train.distributed` (default: one process on the CPU)."""
         raise DeliberateError(f"{type(self).__name__} cannot be trained by policy gradient")
+
+    @abstractmethod
+    def preference_update(self, pairs: Sequence[tuple[str, str, str]], out: str | Path, settings: PreferenceSettings,
+                          *, ref: Policy | None = None, eval_pairs: Sequence[tuple[str, str, str]] = (),
+                          seed: int = 0, progress: bool = True) -> PreferenceResult:
+        """DPO of this checkpoint on ``(prompt, chosen, rejected)`` triples (prompts used as given: pass
+        :meth:`training_prompt` texts) against the frozen ``ref`` (default: this checkpoint), which must be
+        the same kind of policy with the same tokenizer; pair accuracy also on ``eval_pairs``. Written
+        atomically to ``out/model`` (:mod:`deliberate.policy.preference`); a finished one is never redone."""

@@ -28,6 +28,7 @@ from deliberate.models.hf import ChatText, HFBackend, HFTokenizer, generation_eo
 from deliberate.models.sampling import SamplingParams
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
 from deliberate.policy.gradient import PolicyGradient, PolicyGradientSettings
+from deliberate.policy.preference import PreferenceResult, PreferenceSettings, hf_preference_update
 from deliberate.types import Completion
 
 
@@ -137,6 +138,15 @@ class HFPolicy(Policy):
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+
+    def preference_update(self, pairs: Sequence[tuple[str, str, str]], out: str | Path, settings: PreferenceSettings,
+                          *, ref: Policy | None = None, eval_pairs: Sequence[tuple[str, str, str]] = (),
+                          seed: int = 0, progress: bool = True) -> PreferenceResult:
+        """TRL ``DPOTrainer`` (see :func:`~deliberate.policy.preference.hf_preference_update`)."""
+        if ref is not None and not isinstance(ref, HFPolicy):
+            raise DeliberateError(f"an HF policy's DPO reference must be an HF checkpoint (got {ref.path})")
+        return hf_preference_update(self.path, ref.path if ref is not None else None, pairs, Path(out), settings,
+                                    eval_pairs=eval_pairs, seed=seed, progress=progress)
 
     def policy_gradient(self, settings: PolicyGradientSettings, *, ref: Policy | None = None,
                         dist=None) -> PolicyGradient:

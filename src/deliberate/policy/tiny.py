@@ -29,6 +29,7 @@ from deliberate.models.sampling import SamplingParams
 from deliberate.models.tiny import CharTokenizer, TinyBackend, load_tiny, save_tiny
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
 from deliberate.policy.gradient import PolicyGradient, PolicyGradientSettings
+from deliberate.policy.preference import PreferenceResult, PreferenceSettings, tiny_preference_update
 from deliberate.policy.supervised import adamw, batch_indices, collate, lr_at, make_example, supervised_step
 from deliberate.types import Completion
 
@@ -167,3 +168,11 @@ class TinyPolicy(Policy):
         return PolicyGradient(model, reference, settings, tokenizer=tok, pad_id=tok.pad_token_id,
                               save_tokenizer=tok.save, dist=dist,
                               sampler=lambda m: TinyPolicy(model=m, tokenizer=tok, device=self.device))
+
+    def preference_update(self, pairs: Sequence[tuple[str, str, str]], out: str | Path, settings: PreferenceSettings,
+                          *, ref: Policy | None = None, eval_pairs: Sequence[tuple[str, str, str]] = (),
+                          seed: int = 0, progress: bool = True) -> PreferenceResult:
+        if ref is not None and not isinstance(ref, TinyPolicy):
+            raise DeliberateError(f"a tiny policy's DPO reference must be a tiny checkpoint (got {ref.path})")
+        return tiny_preference_update(self.path, (ref or self).path, pairs, Path(out), settings, save_model,
+                                      eval_pairs=eval_pairs, seed=seed, device=self.device, progress=progress)

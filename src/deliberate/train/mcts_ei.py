@@ -1,6 +1,6 @@
 """MCTS expert iteration: search with the current policy + PRM, train both on what the trees found.
 
-    deliberate train mcts-ei --init runs/quickstart/sft/model --out runs/mcts-ei
+    deliberate train mcts-ei --model runs/quickstart/sft/model --out runs/mcts-ei
 
 The AlphaZero loop, as the LLM papers run it (ReST-MCTS*, Zhang et al. 2024; AlphaMath, Chen et al.
 2024; "Toward Self-Improvement of LLMs via Imagination, Searching, and Criticizing", Tian et al.
@@ -29,6 +29,13 @@ cache; the tokens sent are recorded too), PRM tokens scored, policy and PRM toke
 batch of problems (a rerun skips finished batches and reproduces an interrupted one exactly: each
 batch's seed is fixed), fine-tuning and PRM training resume or skip like their recipes, and a
 finished iteration (``OUT/iterations/NNN.json``) is never redone.
+
+``--model`` (alias ``--init``) is any policy (:func:`deliberate.policy.load_policy`): a tiny checkpoint,
+an HF checkpoint directory or ``smollm2``; the search samples through its backend (chat template for
+instruct models) and the policy fine-tunes through :meth:`Policy.finetune` (give HF models an HF-sized
+step: ``--lr 1e-5 --batch-size 8 --warmup 0``). The PRM side is the tiny model's only: each iteration's
+PRM trains from the tiny checkpoint ``--prm-init-from`` (default: ``--model``, when that is a tiny one),
+reading the HF policy's steps as text; its FLOPs are counted with the policy's parameter count.
 """
 
 from __future__ import annotations
@@ -44,22 +51,24 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.records import write_json_atomic
-from deliberate.policy import FinetuneSettings
+from deliberate.policy import FinetuneSettings, Policy, TinyPolicy, load_policy
+from deliberate.rewards.base import get_verifier
 from deliberate.rewards.oracle import OutcomeVerifier
+from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
+from deliberate.train.rest_em import switch
 from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
     add_config_arguments,
     config_from_args,
     evaluate_policy,
-    finetune,
     iteration_table,
-    n_params_of,
     plot_curve,
     search_solutions,
     start_run,
 )
+from deliberate.train.verifier import VerifierTrainConfig, train_verifier
 from deliberate.types import Problem
 
 VALUES = ("prm", "rollout")
@@ -67,7 +76,8 @@ VALUES = ("prm", "rollout")
 
 @dataclass(frozen=True)
 class MCTSEIConfig:
-    init: str = "runs/quickstart/sft/model"
+    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
+    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     iterations: int = 2
@@ -77,6 +87,7 @@ class MCTSEIConfig:
     mcts_c: float = 1.0
     value: str = "prm"  # prm (the previous iteration's PRM; rollouts until one exists) | rollout
     prm_init: str | None = None  # a PRM to value nodes with in iteration 1 (else rollouts)
+    prm_init_from: str | None = None  # the tiny checkpoint every PRM trains from (None: init, if tiny)
     temperature: float = 1.0
     max_per_problem: int = 4
     batch_problems: int = 64
@@ -103,8 +114,9 @@ class MCTSEIConfig:
             problems.append(f"eval_mcts_n must be an integer >= 0 (got {self.eval_mcts_n!r})")
         if self.value not in VALUES:
             problems.append(f"value must be one of {', '.join(VALUES)} (got {self.value!r})")
-        if self.prm_init is not None and not Path(self.prm_init).exists():
-            problems.append(f"prm_init {self.prm_init} does not exist")
+        for name in ("prm_init", "prm_init_from"):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).exists():
+                problems.append(f"{name} {getattr(self, name)} does not exist")
         if not (self.temperature > 0):
             problems.append(f"temperature must be > 0 (got {self.temperature!r})")
         if not (self.mcts_c >= 0):
@@ -119,9 +131,7 @@ class MCTSEIConfig:
             raise DeliberateError("mcts-ei: " + "; ".join(problems))
 
 
-def _settings(cfg: MCTSEIConfig, n: int, value: str):
-    from deliberate.search.base import SearchSettings
-
+def search_settings(cfg: MCTSEIConfig, n: int, value: str) -> SearchSettings:
     return SearchSettings(n=n, expansions=cfg.expansions, mcts_c=cfg.mcts_c, mcts_value=value, aggregation="last",
                           temperature=cfg.temperature)
 
@@ -143,19 +153,17 @@ def tree_labels(row: dict) -> list[dict]:
     return out
 
 
-def _write_labels(path: Path, rows: Sequence[dict]) -> None:
+def write_labels(path: Path, rows: Sequence[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     tmp.replace(path)
 
 
-def _mcts_eval(task, cfg: MCTSEIConfig, policy: Path, prm: Path, d: Path, progress: bool) -> dict[str, Any]:
-    from deliberate.rewards.base import get_verifier
-
+def mcts_eval(task, cfg: MCTSEIConfig, policy: Policy, prm: Path, d: Path, progress: bool) -> dict[str, Any]:
     test = task.problems("test", cfg.eval_problems, seed=cfg.eval_seed)
     ver = get_verifier(f"prm:{prm}", task=task)
-    rows = search_solutions(task, test, policy, ver, "mcts", _settings(cfg, cfg.eval_mcts_n, "prm"),
+    rows = search_solutions(task, test, policy, ver, "mcts", search_settings(cfg, cfg.eval_mcts_n, "prm"),
                             d / "eval_mcts.jsonl", cfg.eval_seed, cfg.batch_problems, progress=progress,
                             desc="MCTS eval")
     xs = [float(r["correct"]) for r in rows]
@@ -165,24 +173,40 @@ def _mcts_eval(task, cfg: MCTSEIConfig, policy: Path, prm: Path, d: Path, progre
 
 
 def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
-    from deliberate.rewards.base import get_verifier
-    from deliberate.train.verifier import VerifierTrainConfig, train_verifier
-
     out, cfg_dict = start_run(cfg)
+    base = load_policy(cfg.init, chat=cfg.chat)
+    try:
+        prm_from = cfg.prm_init_from if cfg.prm_init_from is not None else str(cfg.init)
+        if cfg.prm_init_from is None and not isinstance(base, TinyPolicy):
+            raise DeliberateError(f"mcts-ei: the PRM trains from a tiny checkpoint; {cfg.init} is not one "
+                                  "(give --prm-init-from TINY_CHECKPOINT)")
+        return _run(cfg, out, cfg_dict, base, prm_from, progress)
+    finally:
+        base.close()
+
+
+def _run(cfg: MCTSEIConfig, out: Path, cfg_dict: dict[str, Any], base: Policy, prm_from: str,
+         progress: bool) -> dict[str, Any]:
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    log = IterationLog(out, n_params_of(cfg.init))
+    log = IterationLog(out, base.n_params)
     mcts_key = f"mcts@{cfg.eval_mcts_n}"
+
+    def evaluate(policy: Policy, d: Path) -> dict[str, Any]:
+        return evaluate_policy(policy, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
+                               seed=cfg.eval_seed, out_dir=d / "eval", task_obj=task)
+
+    def at(model: str | Path) -> Policy:
+        return base if Path(model) == base.path else base.with_checkpoint(model)
 
     if log.done(0) is None:
         clock = Stopwatch()
-        ev = evaluate_policy(cfg.init, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
-                             seed=cfg.eval_seed, out_dir=out / "it000" / "eval")
+        ev = evaluate(base, out / "it000")
         if cfg.eval_mcts_n and cfg.prm_init:
-            ev[mcts_key] = _mcts_eval(task, cfg, Path(cfg.init), Path(cfg.prm_init), out / "it000", progress)
+            ev[mcts_key] = mcts_eval(task, cfg, base, Path(cfg.prm_init), out / "it000", progress)
         log.write(0, {"model": str(cfg.init), "prm": cfg.prm_init, "tokens_sampled": 0, "prompt_tokens": 0,
                       "tokens_trained": 0, "eval": ev, "wall_s": 0.0, "eval_wall_s": clock()})
-    policy, prm = Path(cfg.init), (Path(cfg.prm_init) if cfg.prm_init else None)
+    policy, prm = base, (Path(cfg.prm_init) if cfg.prm_init else None)
     label_files: list[Path] = []
     bar = tqdm(range(1, cfg.iterations + 1), desc="mcts-ei", disable=not progress, dynamic_ncols=True)
     for it in bar:
@@ -190,7 +214,7 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
         label_files.append(d / "labels.jsonl")
         row = log.done(it)
         if row is not None:
-            policy, prm = Path(row["model"]), Path(row["prm"])
+            policy, prm = switch(policy, at(row["model"]), base), Path(row["prm"])
             continue
         if cfg.max_train_flops is not None and log.spent_flops() >= cfg.max_train_flops:
             tqdm.write(f"mcts-ei: train-compute budget reached ({cfg.max_train_flops:.3g} FLOPs); stopping "
@@ -202,37 +226,40 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
         use_prm = cfg.value == "prm" and prm is not None
         verifier = get_verifier(f"prm:{prm}", task=task) if use_prm else OutcomeVerifier(task)
         rows = search_solutions(task, train, policy, verifier, "mcts",
-                                _settings(cfg, cfg.mcts_n, "prm" if use_prm else "rollout"), d / "search.jsonl",
-                                cfg.seed * 1000 + it, cfg.batch_problems, progress=progress, desc=f"MCTS {it}")
+                                search_settings(cfg, cfg.mcts_n, "prm" if use_prm else "rollout"),
+                                d / "search.jsonl", cfg.seed * 1000 + it, cfg.batch_problems, progress=progress,
+                                desc=f"MCTS {it}")
         t_search = clock()
         labels = [lr for r in rows for lr in tree_labels(r)]
-        _write_labels(d / "labels.jsonl", labels)
+        write_labels(d / "labels.jsonl", labels)
         pairs, solved = [], 0
         for r in rows:
             good = [s for s in r["solutions"] if s["correct"]][:cfg.max_per_problem]
             solved += bool(good)
-            prompt = task.prompt(_problem(r))
+            # the text the model was given (chat template applied), so the policy trains on what it saw
+            prompt = policy.training_prompt(task.prompt(problem_of(r)))
             pairs += [(prompt, "\n".join(s["steps"])) for s in good]
         if pairs:
-            model_dir, trained = finetune(cfg.init, pairs, d, cfg.finetune, seed=cfg.seed * 1000 + it,
-                                          progress=progress, desc=f"policy {it}")
+            res = base.finetune(pairs, d, cfg.finetune, seed=cfg.seed * 1000 + it, progress=progress,
+                                desc=f"policy {it}")
+            model_dir, trained = res.model_dir, res.tokens_trained
         else:
             tqdm.write(f"mcts-ei: iteration {it}: the trees found no verified solution; keeping the policy")
-            model_dir, trained = policy, 0
+            model_dir, trained = policy.path, 0
         all_labels = [json.loads(x) for f in label_files for x in f.read_text().splitlines() if x.strip()]
-        _write_labels(d / "prm_labels.jsonl", all_labels)
+        write_labels(d / "prm_labels.jsonl", all_labels)
         vcfg = VerifierTrainConfig(kind="prm", labels=str(d / "prm_labels.jsonl"), task=cfg.task,
-                                   task_options=cfg.task_options, init_from=str(cfg.init), steps=cfg.prm_steps,
+                                   task_options=cfg.task_options, init_from=prm_from, steps=cfg.prm_steps,
                                    batch_size=cfg.prm_batch_size, lr=cfg.prm_lr, seed=cfg.seed * 1000 + it,
                                    checkpoint_every=max(1, cfg.prm_steps // 3), out=str(d / "prm"))
         prm_dir = train_verifier(vcfg, progress=progress)
         prm_metrics = json.loads((d / "prm" / "metrics.json").read_text())
         prm_trained = int(prm_metrics["compute"]["tokens_trained"])
         t_train = clock() - t_search
-        ev = evaluate_policy(model_dir, cfg.task, cfg.task_options, n_problems=cfg.eval_problems, n=cfg.eval_n,
-                             seed=cfg.eval_seed, out_dir=d / "eval")
+        policy = switch(policy, at(model_dir), base)
+        ev = evaluate(policy, d)
         if cfg.eval_mcts_n:
-            ev[mcts_key] = _mcts_eval(task, cfg, Path(model_dir), prm_dir, d, progress)
+            ev[mcts_key] = mcts_eval(task, cfg, policy, prm_dir, d, progress)
         n_sol = sum(len(r["solutions"]) for r in rows)
         row = log.write(it, {
             "model": str(model_dir), "prm": str(prm_dir),
@@ -250,7 +277,8 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
             "wall_s": round(t_search + t_train, 3), "eval": ev,
             "eval_wall_s": round(clock() - t_search - t_train, 3)})
         bar.set_postfix(greedy=f"{ev['greedy']['accuracy']:.3f}", kept=len(pairs))
-        policy, prm = Path(model_dir), prm_dir
+        prm = prm_dir
+    switch(policy, base, base)
     bar.close()
     rows = log.cumulative()
     summary = {"recipe": "mcts-ei", "config": cfg_dict, "iterations": rows}
@@ -260,7 +288,7 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
     return summary
 
 
-def _problem(r: dict) -> Problem:
+def problem_of(r: dict) -> Problem:
     return Problem(id=r["problem_id"], question=r["question"], answer=r["gold"])
 
 
@@ -269,7 +297,10 @@ def format_iterations(rows, n: int, mcts_n: int) -> str:
 
 
 HELP = {
-    "init": "seed policy (a tiny checkpoint); every policy and PRM is trained from it",
+    "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2); every policy is trained "
+            "from it, and every PRM too when it is a tiny checkpoint",
+    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
+    "prm_init_from": "the tiny checkpoint every PRM trains from (default: --model; needed when that is not tiny)",
     "n_train": "training problems searched in each iteration",
     "mcts_n": "MCTS iterations per training problem",
     "expansions": "steps sampled per expanded node",
@@ -282,7 +313,7 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, MCTSEIConfig, HELP)
+    add_config_arguments(parser, MCTSEIConfig, HELP, aliases={"init": ("--model",)})
 
 
 def main(args) -> int:

@@ -1,6 +1,6 @@
 """Learning to self-correct: train on (incorrect attempt -> correct attempt) pairs, measure fixes.
 
-    deliberate train self-correct --init runs/quickstart/sft/model --out runs/self-correct
+    deliberate train self-correct --model runs/quickstart/sft/model --out runs/self-correct
 
 Data (from the seed policy's own samples, checked by the task's verifier): for each training problem
 with both wrong and right samples, the sequence
@@ -19,6 +19,11 @@ generated tokens (one more attempt each):
 * **revise (untrained)** — the seed policy itself continues after the cue (control).
 Reported: among wrong first attempts the fraction fixed, among right ones the fraction broken, and
 accuracy after the second attempt, with bootstrap CIs and generated tokens.
+
+``--model`` (alias ``--init``) is any policy (:func:`deliberate.policy.load_policy`): a tiny checkpoint,
+an HF checkpoint directory or ``smollm2``. For a chat model the whole transcript (prompt, attempt, cue)
+is one user message through its chat template, when sampling and when fine-tuning alike; HF instruct
+models want ``--prompt-style instruct`` and an HF-sized step (``--lr 1e-5 --batch-size 8 --warmup 0``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.records import write_json_atomic
-from deliberate.policy import FinetuneSettings, TinyPolicy
+from deliberate.policy import FinetuneSettings, Policy, load_policy
 from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
@@ -39,8 +44,6 @@ from deliberate.train.selfimprove import (
     add_config_arguments,
     cached_rollouts,
     config_from_args,
-    finetune,
-    n_params_of,
     rollouts,
     sampled_tokens,
     start_run,
@@ -54,9 +57,11 @@ def revision_prompt(prompt: str, attempt: str, cue: str = REFLECTION_CUE) -> str
 
 @dataclass(frozen=True)
 class SelfCorrectConfig:
-    init: str = "runs/quickstart/sft/model"
+    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
+    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+    prompt_style: str = "plain"  # the task's prompt format: plain (Q: ... A:) or instruct
     n_train: int = 3000
     k: int = 4
     max_pairs_per_problem: int = 2
@@ -97,22 +102,24 @@ def build_pairs(rows, cfg: SelfCorrectConfig) -> tuple[list[tuple[str, str]], di
     return fix + keep[:n_keep], {"fix_pairs": len(fix), "keep_pairs": n_keep}
 
 
-def evaluate_correction(seed_dir: Path, corrector_dir: Path, cfg: SelfCorrectConfig, out: Path) -> dict[str, Any]:
+def evaluate_correction(base: Policy, corr: Policy, cfg: SelfCorrectConfig, out: Path) -> dict[str, Any]:
+    """First attempts by ``base`` on held-out problems, then one more attempt each: revised by ``corr``,
+    resampled by ``base``, revised by ``base`` (the untrained control)."""
     task = get_task(cfg.task, **cfg.task_options)
     probs = task.problems("test", cfg.eval_problems, seed=cfg.eval_seed)
-    base = TinyPolicy(seed_dir)
-    corr = TinyPolicy(corrector_dir)
+    prompts = [task.prompt(p, cfg.prompt_style) for p in probs]
     s0 = 7919 * (cfg.eval_seed + 1)
 
     def cached(name, fn):
         return cached_rollouts(out / f"{name}.jsonl", fn)
 
-    first = cached("first", lambda: rollouts(base, task, probs, 1, seed=s0, progress=False))
+    first = cached("first", lambda: rollouts(base, task, probs, 1, seed=s0, prompts=prompts, progress=False))
     rev_prompts = [revision_prompt(rs[0].prompt, rs[0].text) for rs in first]
     second = {
         "revise": cached("revise", lambda: rollouts(corr, task, probs, 1, seed=s0 + 1, prompts=rev_prompts,
                                                     progress=False)),
-        "resample": cached("resample", lambda: rollouts(base, task, probs, 1, seed=s0 + 1, progress=False)),
+        "resample": cached("resample", lambda: rollouts(base, task, probs, 1, seed=s0 + 1, prompts=prompts,
+                                                        progress=False)),
         "revise_untrained": cached("revise_untrained", lambda: rollouts(base, task, probs, 1, seed=s0 + 1,
                                                                         prompts=rev_prompts, progress=False)),
     }
@@ -136,26 +143,35 @@ def evaluate_correction(seed_dir: Path, corrector_dir: Path, cfg: SelfCorrectCon
 
 def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str, Any]:
     out, cfg_dict = start_run(cfg)
-    clock = Stopwatch()
-    task = get_task(cfg.task, **cfg.task_options)
-    train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
-        TinyPolicy(cfg.init), task, train, cfg.k, seed=cfg.seed, progress=progress,
-        desc="attempts"))
-    gen, prompt = sampled_tokens(rows)
-    pairs, counts = build_pairs(rows, cfg)
-    t_sample = clock()
-    model_dir, trained = finetune(cfg.init, pairs, out / "corrector", cfg.finetune, seed=cfg.seed, progress=progress,
-                                  desc="corrector")
-    t_train = clock() - t_sample
-    ev_dir = out / "eval"
-    ev_dir.mkdir(exist_ok=True)
-    ev = evaluate_correction(Path(cfg.init), model_dir, cfg, ev_dir)
-    n = n_params_of(model_dir)
+    base = load_policy(cfg.init, chat=cfg.chat)
+    corr = None
+    try:
+        clock = Stopwatch()
+        task = get_task(cfg.task, **cfg.task_options)
+        train = task.problems("train", cfg.n_train, seed=cfg.seed)
+        prompts = [task.prompt(p, cfg.prompt_style) for p in train]
+        rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
+            base, task, train, cfg.k, seed=cfg.seed, prompts=prompts, progress=progress, desc="attempts"))
+        gen, prompt = sampled_tokens(rows)
+        pairs, counts = build_pairs(rows, cfg)
+        t_sample = clock()
+        # the text the model was given (chat template applied), so the corrector trains on what it saw
+        res = base.finetune([(base.training_prompt(p), c) for p, c in pairs], out / "corrector", cfg.finetune,
+                            seed=cfg.seed, progress=progress, desc="corrector")
+        t_train = clock() - t_sample
+        ev_dir = out / "eval"
+        ev_dir.mkdir(exist_ok=True)
+        corr = base.with_checkpoint(res.model_dir)
+        ev = evaluate_correction(base, corr, cfg, ev_dir)
+        n = base.n_params
+    finally:
+        base.close()
+        if corr is not None:
+            corr.close()
     summary = {"recipe": "self-correct", "config": cfg_dict, **counts, "eval": ev,
-               "compute": {"tokens_sampled": gen, "prompt_tokens": prompt, "tokens_trained": trained,
-                           "flops": 6.0 * n * trained + 2.0 * n * (gen + prompt), "sample_wall_s": t_sample,
-                           "train_wall_s": round(t_train, 3)}}
+               "compute": {"tokens_sampled": gen, "prompt_tokens": prompt, "tokens_trained": res.tokens_trained,
+                           "flops": 6.0 * n * res.tokens_trained + 2.0 * n * (gen + prompt),
+                           "sample_wall_s": t_sample, "train_wall_s": round(t_train, 3)}}
     write_json_atomic(out / "summary.json", summary)
     return summary
 
@@ -175,13 +191,16 @@ def format_correction(ev: dict[str, Any]) -> str:
 
 
 HELP = {
-    "init": "seed policy: makes the training attempts and the first attempts at eval",
+    "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2): makes the training attempts "
+            "and the first attempts at eval; the corrector is fine-tuned from it",
+    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
+    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
     "keep_fraction": "share of right->right pairs in the training set",
 }
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, SelfCorrectConfig, HELP)
+    add_config_arguments(parser, SelfCorrectConfig, HELP, aliases={"init": ("--model",)})
 
 
 def main(args) -> int:

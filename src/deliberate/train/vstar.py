@@ -1,6 +1,6 @@
 """V-STaR (Hosseini et al., 2024): a generator from correct samples, a DPO verifier from (correct, incorrect) pairs.
 
-    deliberate train vstar --init runs/quickstart/sft/model --out runs/vstar
+    deliberate train vstar --model runs/quickstart/sft/model --out runs/vstar
     deliberate sweep --task arith --task-arg min_ops=1 --task-arg max_ops=3 --task-arg max_operand=15 \\
         --model runs/vstar/generator/model --verifier dpo:runs/vstar/verifier \\
         --strategies majority,best_of_n,weighted --budgets 16,64 --seeds 0,1,2 --out runs/vstar/sweep
@@ -26,65 +26,66 @@ stronger LM and ``verifier_ref`` the policy, the implied reward starts at ``log 
 the task's step checker (as ``rest-em --keep process``): right answers reached through a wrong step
 are then neither generator data nor a DPO "chosen" side, but a "rejected" one.
 
+``--model`` (alias ``--init``) is any policy (:func:`deliberate.policy.load_policy`): a tiny checkpoint,
+an HF checkpoint directory or ``smollm2`` (a raw ``.gguf`` samples but cannot be trained); HF instruct
+models get their chat template (``--no-chat`` turns it off) and want ``--prompt-style instruct`` and
+HF-sized steps (``--lr 1e-5 --batch-size 8 --warmup 0 --dpo-lr 5e-6 --dpo-warmup 0``). The generator
+fine-tunes through :meth:`Policy.finetune`, the verifier through :meth:`Policy.preference_update` (our
+deterministic DPO loop for the tiny model, TRL's ``DPOTrainer`` for HF models); the completions DPO
+sees are the solutions' steps, each ended by a newline (as the DPO verifier scores them). Reading an
+HF-trained verifier with ``dpo:`` is not supported yet (:mod:`deliberate.rewards.dpo` loads tiny ones).
+
 Each stage writes its output atomically and is skipped when rerun.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
-
+from deliberate.atomic import recover_dir, replace_dir
 from deliberate.errors import DeliberateError
 from deliberate.records import write_json_atomic
-from deliberate.models.engine import resolve_device
-from deliberate.models.tiny import CharTokenizer, load_tiny
-from deliberate.policy import FinetuneSettings, TinyPolicy
-from deliberate.policy.tiny import save_model
-from deliberate.rewards.dpo import token_logprobs
-from deliberate.rewards.models import _pad_right, encode_steps
+from deliberate.policy import FinetuneSettings, Policy, PreferenceSettings, load_policy
+from deliberate.policy.preference import Pair, check_reference
 from deliberate.tasks import get_task
-from deliberate.train.common import batch_indices, lr_at
+from deliberate.tasks.base import Task
 from deliberate.train.selfimprove import (
     VERIFIED,
+    Rollout,
     Stopwatch,
     add_config_arguments,
     cached_rollouts,
     check_verified_mode,
     config_from_args,
-    finetune,
-    n_params_of,
     rollouts,
     sampled_tokens,
     start_run,
     verified,
 )
 
-
 @dataclass(frozen=True)
-class DPOSettings:
-    beta: float = 0.1
-    lr: float = 2e-4
-    epochs: float = 2.0
-    max_steps: int = 600
-    batch_size: int = 32  # pairs per step
-    warmup: int = 20
+class DPOSettings(PreferenceSettings):
+    """The verifier's DPO (:class:`~deliberate.policy.PreferenceSettings`) and how many pairs per problem."""
+
     max_pairs_per_problem: int = 16
 
 
 @dataclass(frozen=True)
 class VStarConfig:
-    init: str = "runs/quickstart/sft/model"
+    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
+    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
     verifier_init: str | None = None  # None: the verifier starts from ``init``
     verifier_ref: str | None = None  # None: the DPO reference is the verifier's starting point
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+    prompt_style: str = "plain"  # the task's prompt format: plain (Q: ... A:) or instruct
     n_train: int = 2000
     k: int = 8
     max_per_problem: int = 4
@@ -125,22 +126,10 @@ class VStarConfig:
         return self.verifier_ref if self.verifier_ref is not None else self.verifier_start
 
 
-def _encode(tok, task, prompt: str, text: str) -> tuple[list[int], int, int] | None:
-    """(ids, first solution token, last solution token) with the verifier's step encoding."""
+def step_text(task: Task, text: str) -> str | None:
+    """The solution as the DPO verifier reads it: the task's steps, each ended by a newline (None: no step)."""
     steps = list(task.split_steps(text))
-    if not steps:
-        return None
-    ids, ends = encode_steps(tok, prompt, steps, "\n", tok.bos_token_id)
-    return ids, 1 + len(tok.encode(prompt)), ends[-1]
-
-
-def _seq_logps(model, seqs, pad_id: int) -> torch.Tensor:
-    ids, mask = _pad_right([s[0] for s in seqs], pad_id, next(model.parameters()).device)
-    lp = token_logprobs(model, ids, mask)
-    sel = torch.zeros_like(lp)
-    for r, (_, start, end) in enumerate(seqs):
-        sel[r, start - 1:end] = 1  # token t is predicted at position t-1
-    return (lp * sel).sum(dim=1)
+    return "".join(s + "\n" for s in steps) if steps else None
 
 
 def make_pairs(rows, cfg: VStarConfig, ok: list[list[bool]] | None = None) -> list[tuple[int, str, str]]:
@@ -159,126 +148,91 @@ def make_pairs(rows, cfg: VStarConfig, ok: list[list[bool]] | None = None) -> li
     return pairs
 
 
-def encoded_pairs(cfg: VStarConfig, rows, task, tok, ok: list[list[bool]] | None = None):
-    """(training pairs, held-out pairs, {(problem, text): encoding}): :func:`make_pairs`, encoded with ``tok``,
-    split so that the last ``val_fraction`` of the problems (their order is random) are held out."""
-    pairs = make_pairs(rows, cfg, ok)
-    n_val = int(len(rows) * cfg.val_fraction)
-    val_ids = set(range(len(rows) - n_val, len(rows)))
-    enc = {}
-    for i, g, b in pairs:
-        for t in (g, b):
-            if (i, t) not in enc:
-                enc[(i, t)] = _encode(tok, task, rows[i][0].prompt, t)
-    pairs = [p for p in pairs if enc[(p[0], p[1])] is not None and enc[(p[0], p[2])] is not None]
-    return [p for p in pairs if p[0] not in val_ids], [p for p in pairs if p[0] in val_ids], enc
+def preference_pairs(cfg: VStarConfig, rows: Sequence[Sequence[Rollout]], task: Task,
+                     ok: list[list[bool]] | None = None,
+                     prompt: Callable[[str], str] = lambda p: p) -> tuple[list[Pair], list[Pair]]:
+    """(training pairs, held-out pairs) as (prompt, chosen, rejected) texts: :func:`make_pairs` with each
+    solution as its :func:`step_text` (pairs with a side that has no step are dropped) and the prompt
+    through ``prompt`` (the policy's :meth:`~deliberate.policy.Policy.training_prompt`); the last
+    ``val_fraction`` of the problems (their order is random) are held out."""
+    first_val = len(rows) - int(len(rows) * cfg.val_fraction)
+    train, held = [], []
+    for i, g, b in make_pairs(rows, cfg, ok):
+        chosen, rejected = step_text(task, g), step_text(task, b)
+        if chosen is not None and rejected is not None:
+            (held if i >= first_val else train).append((prompt(rows[i][0].prompt), chosen, rejected))
+    return train, held
 
 
-def pair_accuracy(model, ref_lp: dict, enc: dict, pairs, pad_id: int) -> float | None:
-    """Share of (problem, correct, incorrect) pairs whose implied reward ``log model - log ref`` (``ref_lp``: the
-    reference's log-prob per (problem, text)) ranks the correct solution higher."""
-    if not pairs:
-        return None
-    right = 0
-    with torch.no_grad():
-        for lo in range(0, len(pairs), 128):
-            ch = pairs[lo:lo + 128]
-            lp = _seq_logps(model, [enc[(i, g)] for i, g, _ in ch] + [enc[(i, b)] for i, _, b in ch], pad_id)
-            m = len(ch)
-            r = torch.tensor([ref_lp[(i, g)] for i, g, _ in ch] + [ref_lp[(i, b)] for i, _, b in ch]).to(lp.device)
-            right += int((((lp[:m] - r[:m]) - (lp[m:] - r[m:])) > 0).sum())
-    return right / len(pairs)
+def copy_checkpoint(src: Path, directory: Path) -> None:
+    """A copy of the checkpoint ``src`` at ``directory``, written atomically."""
+    recover_dir(directory, "config.json")
+    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    replace_dir(tmp, directory)
 
 
-def reference_logps(ref, enc: dict, pad_id: int) -> dict:
-    """The reference's log-prob of every encoded solution, computed once."""
-    keys = [k for k in enc if enc[k] is not None]
-    out = {}
-    with torch.no_grad():
-        for lo in range(0, len(keys), 256):
-            ks = keys[lo:lo + 256]
-            out.update(zip(ks, _seq_logps(ref, [enc[k] for k in ks], pad_id).tolist()))
-    return out
-
-
-def train_dpo_verifier(cfg: VStarConfig, rows, train, task, out: Path, progress: bool,
-                       ok: list[list[bool]] | None = None, device: str = "auto") -> dict[str, Any]:
-    """DPO on the (correct, incorrect) pairs of ``rows``, on ``device`` (``auto``: a CUDA GPU when there is
-    one, as the recipe's other training; recorded in ``dpo.json``); the saved verifier loads anywhere."""
+def train_dpo_verifier(cfg: VStarConfig, rows, task: Task, out: Path, progress: bool, ok: list[list[bool]] | None,
+                       start: Policy, ref: Policy | None) -> dict[str, Any]:
+    """DPO of ``start`` on the (correct, incorrect) pairs of ``rows`` against ``ref`` (None: ``start``
+    itself), where the policy trains (recorded in ``dpo.json``); ``OUT/model`` and a copy of the
+    reference at ``OUT/ref`` make the verifier directory."""
     meta_path = out / "dpo.json"
     if meta_path.exists() and (out / "model").exists() and (out / "ref").exists():
         return json.loads(meta_path.read_text())
-    dev = resolve_device(device, what="DPO verifier")
-    torch.manual_seed(cfg.seed)
-    model, tok = load_tiny(cfg.verifier_start)
-    ref, _ = load_tiny(cfg.verifier_reference)  # same tokenizer: checked by run_vstar before any sampling
-    model, ref = model.to(dev), ref.to(dev)  # on the CPU: the same objects
-    ref.eval().requires_grad_(False)
-    tr, va, enc = encoded_pairs(cfg, rows, task, tok, ok)
+    tr, va = preference_pairs(cfg, rows, task, ok, start.training_prompt)
     if not tr:
         raise DeliberateError("vstar: no (correct, incorrect) pair to train the verifier on "
                               "(every problem's samples were all right or all wrong)")
-    ref_lp = reference_logps(ref, enc, tok.pad_token_id)  # once per distinct solution
-    s = cfg.dpo
-    steps = max(1, min(s.max_steps, round(s.epochs * len(tr) / s.batch_size)))
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    model.train()
-    trained = 0
-    bar = tqdm(range(steps), desc="DPO verifier", disable=not progress, dynamic_ncols=True, leave=False)
-    for step in bar:
-        batch = [tr[j] for j in batch_indices(len(tr), s.batch_size, cfg.seed, step)]
-        seqs = [enc[(i, g)] for i, g, _ in batch] + [enc[(i, b)] for i, _, b in batch]
-        lp = _seq_logps(model, seqs, tok.pad_token_id)
-        r = torch.tensor([ref_lp[(i, g)] for i, g, _ in batch] + [ref_lp[(i, b)] for i, _, b in batch]).to(dev)
-        n = len(batch)
-        margin = s.beta * ((lp[:n] - r[:n]) - (lp[n:] - r[n:]))
-        loss = -F.logsigmoid(margin).mean()
-        for g_ in opt.param_groups:
-            g_["lr"] = lr_at(step, steps, s.lr, s.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        trained += sum(len(q[0]) for q in seqs)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(margin > 0).float().mean().item():.2f}")
-    model.eval()
-
-    meta = {"beta": s.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
-            "ref": str(cfg.verifier_reference), "pairs": len(tr), "val_pairs": len(va), "steps": steps, "tokens_trained": trained,
-            "train_pair_accuracy": pair_accuracy(model, ref_lp, enc, tr[:2000], tok.pad_token_id),
-            "val_pair_accuracy": pair_accuracy(model, ref_lp, enc, va, tok.pad_token_id), "device": str(dev)}
-    for name, m in (("model", model), ("ref", ref)):
-        save_model(m, tok, out / name)
+    res = start.preference_update(tr, out, cfg.dpo, ref=ref, eval_pairs=va, seed=cfg.seed, progress=progress)
+    copy_checkpoint((ref or start).path, out / "ref")
+    meta = {"beta": cfg.dpo.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
+            "ref": str(cfg.verifier_reference), "pairs": len(tr), "val_pairs": len(va), "steps": res.steps,
+            "tokens_trained": res.tokens_trained, "train_pair_accuracy": res.train_accuracy,
+            "val_pair_accuracy": res.eval_accuracy, "device": res.device}
     write_json_atomic(meta_path, meta)
     return meta
 
 
 def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
     out, cfg_dict = start_run(cfg)
-    if CharTokenizer.load(cfg.verifier_reference).itos != CharTokenizer.load(cfg.verifier_start).itos:
-        raise DeliberateError(f"vstar: the verifier's start {cfg.verifier_start} and its reference "
-                              f"{cfg.verifier_reference} have different tokenizers")
+    base = load_policy(cfg.init, chat=cfg.chat)
+    start = base if cfg.verifier_init is None else load_policy(cfg.verifier_init, chat=cfg.chat)
+    ref = None if cfg.verifier_ref is None else load_policy(cfg.verifier_ref, chat=cfg.chat)
+    try:
+        if ref is not None:  # before any sampling
+            check_reference(start.path, ref.path, what="vstar: the verifier's start")
+        return _run(cfg, out, cfg_dict, base, start, ref, progress)
+    finally:
+        for p in {id(p): p for p in (base, start, ref) if p is not None}.values():
+            p.close()
+
+
+def _run(cfg: VStarConfig, out: Path, cfg_dict: dict[str, Any], base: Policy, start: Policy, ref: Policy | None,
+         progress: bool) -> dict[str, Any]:
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
     train = task.problems("train", cfg.n_train, seed=cfg.seed)
+    prompts = [task.prompt(p, cfg.prompt_style) for p in train]
     rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
-        TinyPolicy(cfg.init), task, train, cfg.k, seed=cfg.seed, progress=progress,
-        desc="samples"))
+        base, task, train, cfg.k, seed=cfg.seed, prompts=prompts, progress=progress, desc="samples"))
     gen, prompt = sampled_tokens(rows)
     t_sample = clock()
     check_verified_mode(task, cfg.keep, "vstar --keep")
     ok = [[verified(task, p, r.text, r.correct, cfg.keep) for r in rs] for p, rs in zip(train, rows)]
-    good = [(rs[0].prompt, t) for rs, y in zip(rows, ok)
+    # the text the model was given (chat template applied), so the generator trains on what it saw
+    good = [(base.training_prompt(rs[0].prompt), t) for rs, y in zip(rows, ok)
             for t in list(dict.fromkeys(r.text for r, v in zip(rs, y) if v))[:cfg.max_per_problem]]
-    gen_dir, gen_tokens = finetune(cfg.init, good, out / "generator", cfg.finetune, seed=cfg.seed, progress=progress,
-                                   desc="generator")
+    res = base.finetune(good, out / "generator", cfg.finetune, seed=cfg.seed, progress=progress, desc="generator")
     t_gen = clock() - t_sample
-    meta = train_dpo_verifier(cfg, rows, train, task, out / "verifier", progress, ok)
+    meta = train_dpo_verifier(cfg, rows, task, out / "verifier", progress, ok, start, ref)
     t_ver = clock() - t_sample - t_gen
-    n = n_params_of(gen_dir)
-    trained = gen_tokens + meta["tokens_trained"]
-    summary = {"recipe": "vstar", "config": cfg_dict, "generator": str(gen_dir), "verifier": str(out / "verifier"),
-               "verifier_meta": meta,
+    n = base.n_params
+    trained = res.tokens_trained + meta["tokens_trained"]
+    summary = {"recipe": "vstar", "config": cfg_dict, "generator": str(res.model_dir),
+               "verifier": str(out / "verifier"), "verifier_meta": meta,
                "compute": {"tokens_sampled": gen, "prompt_tokens": prompt, "tokens_trained": trained,
                            # DPO also runs the frozen reference forward once per distinct solution
                            "flops": 6.0 * n * trained + 2.0 * n * (gen + prompt), "sample_wall_s": t_sample,
@@ -288,10 +242,12 @@ def run_vstar(cfg: VStarConfig, progress: bool = True) -> dict[str, Any]:
 
 
 HELP = {
-    "init": "seed policy: samples the training solutions; the generator starts from it, and so does the "
-            "verifier unless --verifier-init is given",
-    "verifier_init": "a tiny checkpoint to start the DPO verifier from (default: --init), e.g. an LM stronger "
-                     "than the policy",
+    "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2): samples the training "
+            "solutions; the generator starts from it, and so does the verifier unless --verifier-init is given",
+    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
+    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
+    "verifier_init": "a checkpoint of the same kind to start the DPO verifier from (default: --init), e.g. an LM "
+                     "stronger than the policy",
     "verifier_ref": "the DPO reference, same tokenizer as the verifier's start (default: the verifier's start); "
                     "e.g. --verifier-init STRONG --verifier-ref the policy makes the reward start at "
                     "log p_STRONG - log p_policy",
@@ -304,7 +260,7 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, VStarConfig, HELP)
+    add_config_arguments(parser, VStarConfig, HELP, aliases={"init": ("--model",)})
 
 
 def main(args) -> int:
