@@ -62,171 +62,41 @@ Behaviour worth knowing:
   replaced by ``***`` in our warnings and errors. Passwords in any of the base URLs
   (``https://user:PASSWORD@host/v1``) are redacted the same way, also in ``server_stats()``. A comma
   inside a URL (e.g. in a password) must be written ``%2C``, since commas separate servers.
+
+This module holds the backend and its retry loop; beside it: ``balancer.py`` (affinity, slots,
+cool-down), ``http_errors.py`` (what is retried, ``Retry-After``), ``choices.py`` (response body to
+Completions, token counts), ``base_urls.py`` (checking ``base_url``), ``redaction.py`` (secrets).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import email.utils
-import hashlib
 import json
 import logging
-import math
 import os
 import random
-import re
 import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from deliberate.errors import DeliberateError
+from deliberate.models.balancer import Server, Slots, affinity_index, shard_sizes
 from deliberate.models.base import Backend, register_backend
+from deliberate.models.base_urls import parse_base_urls
+from deliberate.models.choices import parse_choices
+from deliberate.models.http_errors import RemoteError, Retryable, error_message, parse_retry_after
+from deliberate.models.redaction import Secret, redact_userinfo, url_passwords
 from deliberate.models.sampling import SamplingParams, sequence_seed
 from deliberate.types import Completion
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV_VARS = ("OPENAI_API_KEY", "DELIBERATE_API_KEY")
-
-
-class RemoteError(DeliberateError):
-    """A request the server refused (non-retryable 4xx) or that kept failing after all retries.
-
-    ``status`` is the HTTP status of the last answer (``None`` when there was none, e.g. connection errors).
-    """
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class _Secret:
-    """Holds the API key (or the URL passwords) so that ``repr``, ``vars`` and logging never show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: Any):
-        self._value = value
-
-    def get(self) -> Any:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "'***'" if self._value else "None"
-
-    __str__ = __repr__
-
-
-class _Retryable(Exception):
-    """Internal: a failed attempt that may succeed if tried again."""
-
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: a number (fractions accepted) or an HTTP date."""
-    if not value:
-        return None
-    try:
-        secs = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        secs = when.timestamp() - time.time()
-    if not math.isfinite(secs):
-        return None
-    return max(0.0, secs)
-
-
-def _error_message(resp: httpx.Response) -> str:
-    """The server's error message: ``{"error": {"message": ...}}`` when present, else the body text."""
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        err = body.get("error", body.get("detail", body.get("message")))
-        if isinstance(err, dict) and "message" in err:
-            return str(err["message"])
-        if err is not None:
-            return str(err)
-    text = resp.text.strip()
-    return text[:500] if text else resp.reason_phrase
-
-
-def _split_evenly(total: int, k: int) -> list[int]:
-    base, rem = divmod(max(0, int(total)), k)
-    return [base + (1 if i < rem else 0) for i in range(k)]
-
-
-def parse_choices(body: Any, chat: bool) -> list[Completion]:
-    """Turn one completions / chat-completions response body into Completions, sorted by ``index``.
-
-    Raises ``ValueError`` when the body does not have the OpenAI shape (the caller retries those).
-    """
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
-        raise ValueError("response has no 'choices'")
-    choices = list(body["choices"])
-    if not all(isinstance(c, dict) for c in choices):
-        raise ValueError("a choice is not an object")
-    choices.sort(key=lambda c: c.get("index", 0) if isinstance(c.get("index", 0), int) else 0)
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    prompt_tokens = int(usage.get("prompt_tokens") or 0)
-
-    texts, lps_all = [], []
-    for c in choices:
-        if chat:
-            msg = c.get("message")
-            if not isinstance(msg, dict):
-                raise ValueError("chat choice has no 'message'")
-            text = msg.get("content") or ""
-            lp = c.get("logprobs")
-            lps = None
-            if isinstance(lp, dict) and isinstance(lp.get("content"), list):
-                lps = tuple(float(t["logprob"]) for t in lp["content"] if t.get("logprob") is not None)
-        else:
-            text = c.get("text")
-            if not isinstance(text, str):
-                raise ValueError("completion choice has no 'text'")
-            lp = c.get("logprobs")
-            lps = None
-            if isinstance(lp, dict) and isinstance(lp.get("token_logprobs"), list):
-                lps = tuple(float(x) for x in lp["token_logprobs"] if x is not None)
-        if not isinstance(text, str):
-            raise ValueError("choice text is not a string")  # noqa: TRY004 - documented ValueError
-        texts.append(text)
-        lps_all.append(lps)
-
-    split = _split_evenly(int(usage.get("completion_tokens") or 0), len(choices))
-    out = []
-    for i, c in enumerate(choices):
-        per = c.get("completion_tokens")
-        if isinstance(per, int) and not isinstance(per, bool) and per >= 0:
-            ntok = per  # extension sent by `deliberate serve`
-        elif lps_all[i] is not None:
-            ntok = len(lps_all[i])
-        else:
-            ntok = split[i]
-        reason = "length" if c.get("finish_reason") == "length" else "stop"
-        out.append(Completion(texts[i], prompt_tokens, ntok, reason, lps_all[i]))
-    return out
 
 
 def _run_sync(coro):
@@ -237,105 +107,6 @@ def _run_sync(coro):
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deliberate-openai") as ex:
         return ex.submit(asyncio.run, coro).result()
-
-
-# ------------------------------------------------------------------------------------ several servers
-
-_USERINFO_PASSWORD = re.compile(r"(?i)\b(https?://[^/\s:@]*:)[^/\s@]*@")
-
-
-def _redact_userinfo(text: str) -> str:
-    """``scheme://user:PASSWORD@host`` -> ``scheme://user:***@host`` anywhere in ``text``."""
-    return _USERINFO_PASSWORD.sub(r"\1***@", text)
-
-
-def _url_passwords(url: str) -> list[str]:
-    """The password of ``url`` as written and percent-decoded (either may turn up in messages)."""
-    try:
-        raw = urllib.parse.urlsplit(url).password
-    except ValueError:
-        raw = None
-    if not raw:
-        return []
-    return sorted({raw, urllib.parse.unquote(raw)}, key=len, reverse=True)
-
-
-def _parse_base_urls(base_url: Any) -> list[str]:
-    """``base_url`` (one URL, a comma-separated string, or a list / tuple) as a list of checked URLs."""
-    if isinstance(base_url, str):
-        entries: list[Any] = base_url.split(",")
-    elif isinstance(base_url, (list, tuple)):
-        entries = list(base_url)
-    else:
-        raise DeliberateError("openai backend: base_url must be a URL, a comma-separated string of URLs or a list "
-                              f"of URLs (got {type(base_url).__name__})")
-    if not entries:
-        raise DeliberateError("openai backend: base_url lists no server")
-    secrets = [pw for e in entries if isinstance(e, str) for pw in _url_passwords(e)]
-
-    def show(text: str) -> str:
-        for pw in secrets:
-            text = text.replace(pw, "***")
-        return _redact_userinfo(text)
-
-    urls: list[str] = []
-    for pos, entry in enumerate(entries, 1):
-        where = f"base_url entry {pos} of {len(entries)}"
-        if not isinstance(entry, str):
-            raise DeliberateError(f"openai backend: {where} is not a string (got {type(entry).__name__})")
-        url = entry.strip().rstrip("/")
-        if not url:
-            raise DeliberateError(f"openai backend: {where} is empty (in {show(repr(base_url))})")
-        if not url.startswith(("http://", "https://")):
-            raise DeliberateError(f"openai backend: {where}: base_url must start with http:// or https:// "
-                                  f"(got {show(repr(entry))})")
-        if any(ch.isspace() for ch in url):
-            raise DeliberateError(f"openai backend: {where} contains whitespace (got {show(repr(entry))})")
-        try:
-            parsed = httpx.URL(url)
-            port = parsed.port
-        except (httpx.InvalidURL, ValueError) as e:
-            raise DeliberateError(f"openai backend: {where} is not a valid URL ({show(str(e))}): "
-                                  f"{show(repr(entry))}") from None
-        if not parsed.host:
-            raise DeliberateError(f"openai backend: {where} has no host (got {show(repr(entry))})")
-        if port is not None and not 0 < port < 65536:
-            raise DeliberateError(f"openai backend: {where} has an invalid port {port} (got {show(repr(entry))})")
-        if url in urls:
-            raise DeliberateError(f"openai backend: {where} repeats server {urls.index(url) + 1} "
-                                  f"({show(repr(url))}); list each server once")
-        urls.append(url)
-    return urls
-
-
-def affinity_index(key: str, n_servers: int) -> int:
-    """The preferred server (0 .. n_servers-1) for affinity key ``key``: stable across runs and machines."""
-    h = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(h, "little") % n_servers
-
-
-class _Server:
-    """One base URL and its counters (kept for the backend's lifetime; ``repr`` hides the password)."""
-
-    __slots__ = ("consecutive_failures", "cool_until", "failures", "ok", "peak_inflight", "requests", "shown", "url")
-
-    def __init__(self, url: str, shown: str):
-        self.url, self.shown = url, shown
-        self.requests = self.ok = self.failures = self.peak_inflight = self.consecutive_failures = 0
-        self.cool_until = 0.0
-
-    def __repr__(self) -> str:
-        return f"<server {self.shown}>"
-
-
-# httpcore's connection pool does work proportional to (connections x queued requests) on every
-# request event, which made 64 connections in one pool cost ~9 ms of CPU per request. So each server's
-# `concurrency` connections are split over several small httpx clients ("shards") of at most _SHARD.
-_SHARD = 8
-
-
-def _shard_caps(concurrency: int) -> list[int]:
-    return [min(_SHARD, concurrency - start) for start in range(0, concurrency, _SHARD)]
 
 
 class _Clients:
@@ -360,79 +131,6 @@ class _Clients:
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
-class _Slots:
-    """Per-call accounting of requests in flight on each server (and each of its client shards), with
-    FIFO waiting for a free slot.
-
-    Only used from one event loop (no locking needed); ``pick`` holds the balancing rule (module docstring).
-    """
-
-    def __init__(self, servers: Sequence[_Server], concurrency: int, margin: int, shard_caps: Sequence[int]):
-        self.servers, self.cap, self.margin = servers, concurrency, margin
-        self.shard_caps = list(shard_caps)
-        self.inflight = [0] * len(servers)
-        self.shard_inflight = [[0] * len(self.shard_caps) for _ in servers]
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
-
-    def _eligible(self, now: float) -> list[int]:
-        healthy = [i for i, s in enumerate(self.servers) if s.cool_until <= now]
-        return healthy or list(range(len(self.servers)))
-
-    def pick(self, preferred: int, avoid: int | None) -> int | None:
-        """The server for the next attempt, or ``None`` when every usable server is full. Whether it is
-        ``None`` does not depend on ``preferred`` / ``avoid``, so waking one waiter per freed slot is enough."""
-        free = [i for i in self._eligible(time.monotonic()) if self.inflight[i] < self.cap]
-        if not free:
-            return None
-        if avoid is not None and avoid in free and len(free) > 1:
-            free.remove(avoid)  # failover: retry elsewhere when there is an elsewhere
-        if preferred in free and self.inflight[preferred] - min(self.inflight[i] for i in free) <= self.margin:
-            return preferred
-        k = len(self.servers)
-        return min(free, key=lambda i: (self.inflight[i], (i - preferred) % k))
-
-    def _next_change(self) -> float | None:
-        """Seconds until the next cool-down ends (which may make a server usable again), if any."""
-        now = time.monotonic()
-        ends = [s.cool_until - now for s in self.servers if s.cool_until > now]
-        return max(0.001, min(ends)) if ends else None
-
-    async def acquire(self, preferred: int, avoid: int | None) -> tuple[int, int]:
-        """A free slot: ``(server, shard)``."""
-        while True:
-            i = self.pick(preferred, avoid)
-            if i is not None:
-                self.inflight[i] += 1
-                server = self.servers[i]
-                server.peak_inflight = max(server.peak_inflight, self.inflight[i])
-                shards = self.shard_inflight[i]  # the first shard with room (re-uses its kept-alive connections)
-                j = next(j for j, cap in enumerate(self.shard_caps) if shards[j] < cap)
-                shards[j] += 1
-                return i, j
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await asyncio.wait_for(fut, self._next_change())
-            except asyncio.TimeoutError:
-                pass
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self.wake(1)  # we were woken for a slot we will not use: pass it on
-                raise
-
-    def release(self, i: int, j: int, extra_wakes: int = 0) -> None:
-        self.inflight[i] -= 1
-        self.shard_inflight[i][j] -= 1
-        self.wake(1 + extra_wakes)
-
-    def wake(self, k: int) -> None:
-        while k > 0 and self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                k -= 1
-
-
 @register_backend("openai")
 class OpenAIBackend(Backend):
     """Client for one or several OpenAI-compatible servers; see the module docstring for the balancing,
@@ -454,7 +152,7 @@ class OpenAIBackend(Backend):
         extra_body: Mapping[str, Any] | None = None,
         affinity_margin: int | None = None,
     ):
-        urls = _parse_base_urls(base_url)
+        urls = parse_base_urls(base_url)
         problems = []
         if not isinstance(concurrency, int) or concurrency < 1:
             problems.append(f"concurrency must be an integer >= 1 (got {concurrency!r})")
@@ -473,14 +171,14 @@ class OpenAIBackend(Backend):
         self.model = model
         if api_key is None:
             api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
-        self._api_key = _Secret(api_key)
+        self._api_key = Secret(api_key)
         # https://user:PASSWORD@host: redacted too, as written and percent-decoded, for every server
-        self._url_passwords = _Secret(tuple(sorted({pw for u in urls for pw in _url_passwords(u)}, key=len,
+        self._url_passwords = Secret(tuple(sorted({pw for u in urls for pw in url_passwords(u)}, key=len,
                                                    reverse=True)))
-        self._servers = [_Server(u, self._redact(u)) for u in urls]
+        self._servers = [Server(u, self._redact(u)) for u in urls]
         self._stats_lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None  # made once: building one costs ~75 ms per call
-        self._shard_caps = _shard_caps(concurrency)
+        self._shard_caps = shard_sizes(concurrency)
         self.chat = bool(chat)
         self.concurrency = concurrency
         self.affinity_margin = max(1, concurrency // 2) if affinity_margin is None else affinity_margin
@@ -565,8 +263,8 @@ class OpenAIBackend(Backend):
             h["Authorization"] = f"Bearer {self._api_key.get()}"
         return h
 
-    def _new_slots(self) -> _Slots:
-        return _Slots(self._servers, self.concurrency, self.affinity_margin, self._shard_caps)
+    def _new_slots(self) -> Slots:
+        return Slots(self._servers, self.concurrency, self.affinity_margin, self._shard_caps)
 
     def _ssl(self) -> ssl.SSLContext:
         with self._stats_lock:
@@ -634,7 +332,7 @@ class OpenAIBackend(Backend):
         body.update(self.extra_body)
         return body
 
-    async def _generate_one(self, client: _Clients, slots: _Slots, prompt: str, params: SamplingParams, preferred: int):
+    async def _generate_one(self, client: _Clients, slots: Slots, prompt: str, params: SamplingParams, preferred: int):
         path = "/chat/completions" if self.chat else "/completions"
         got: list[Completion] = []
         round_ = 0
@@ -651,12 +349,12 @@ class OpenAIBackend(Backend):
                 log.info("server returned %d of n=%d choices; requesting the rest", len(got), params.n)
         return got[: params.n]
 
-    def _cooldown(self, server: _Server, err: _Retryable) -> float:
+    def _cooldown(self, server: Server, err: Retryable) -> float:
         if err.retry_after is not None:
             return min(err.retry_after, self.retry_max_delay)
         return min(self.retry_max_delay, self.retry_base_delay * 2 ** (server.consecutive_failures - 1))
 
-    async def _request(self, client: _Clients, method: str, path: str, payload, slots: _Slots, preferred: int,
+    async def _request(self, client: _Clients, method: str, path: str, payload, slots: Slots, preferred: int,
                        parse=None, with_url: bool = False):
         """One API call with retries (and failover between servers); returns the parsed JSON (or
         ``parse(json)``), and the URL that answered when ``with_url``."""
@@ -682,13 +380,13 @@ class OpenAIBackend(Backend):
                         server.failures += 1
                     raise RemoteError(self._redact(f"{method} {url}: {e}")) from None
                 except asyncio.TimeoutError:
-                    err = _Retryable(f"no complete answer within the {self.timeout:g} s timeout")
+                    err = Retryable(f"no complete answer within the {self.timeout:g} s timeout")
                 except (httpx.TransportError, httpx.DecodingError, httpx.StreamError) as e:
-                    err = _Retryable(f"{type(e).__name__}: {e}".rstrip(": "))
+                    err = Retryable(f"{type(e).__name__}: {e}".rstrip(": "))
                 else:
                     try:
                         result = self._handle(resp, method, url, parse)
-                    except _Retryable as e:
+                    except Retryable as e:
                         err = e
                     except RemoteError:
                         with self._stats_lock:
@@ -731,18 +429,18 @@ class OpenAIBackend(Backend):
         for secret in (self._api_key.get(), *(self._url_passwords.get() or ())):
             if secret:
                 text = text.replace(secret, "***")
-        return _redact_userinfo(text)
+        return redact_userinfo(text)
 
     def _handle(self, resp: httpx.Response, method: str, url: str, parse):
         status = resp.status_code
         if status == 429 or status >= 500:
-            retry_after = _parse_retry_after(resp.headers.get("retry-after")) if status in (429, 503) else None
-            raise _Retryable(f"HTTP {status}: {_error_message(resp)}", status, retry_after)
+            retry_after = parse_retry_after(resp.headers.get("retry-after")) if status in (429, 503) else None
+            raise Retryable(f"HTTP {status}: {error_message(resp)}", status, retry_after)
         if status >= 400:
             hint = " (check the API key: env OPENAI_API_KEY or DELIBERATE_API_KEY)" if status in (401, 403) else ""
-            raise RemoteError(self._redact(f"{method} {url} -> HTTP {status}: {_error_message(resp)}{hint}"), status)
+            raise RemoteError(self._redact(f"{method} {url} -> HTTP {status}: {error_message(resp)}{hint}"), status)
         try:
             body = json.loads(resp.content)
             return parse(body) if parse is not None else body
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise _Retryable(f"malformed response (HTTP {status}): {e}", status) from None
+            raise Retryable(f"malformed response (HTTP {status}): {e}", status) from None
