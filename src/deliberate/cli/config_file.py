@@ -68,8 +68,8 @@ def given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) 
 
 
 def coerce(action: argparse.Action, key: str, value: Any, path: str) -> Any:
-    """A file's value as the flag would have parsed it: a list becomes the tuple a comma-list flag
-    gives, a string goes through the flag's type, a repeatable flag takes a list."""
+    """A file's value as the flag would have parsed it: a list becomes the comma-list text or tuple the
+    flag gives, a string goes through the flag's type, a repeatable flag takes a list (or a mapping)."""
     if isinstance(action, argparse._AppendAction):
         if isinstance(value, dict):
             return [f"{k}={v}" for k, v in value.items()]
@@ -80,7 +80,8 @@ def coerce(action: argparse.Action, key: str, value: Any, path: str) -> Any:
         except (TypeError, ValueError) as e:
             raise DeliberateError(f"{path}: {key}: {e}") from None
     elif isinstance(value, list) and action.nargs not in ("+", "*"):
-        value = tuple(value)
+        # a comma-list flag parsed later (--ns 1,2,4) takes the joined text; one parsed by its type, the tuple
+        value = ",".join(map(str, value)) if action.type in (None, str) else tuple(value)
     if action.choices is not None and value not in action.choices:
         raise DeliberateError(f"{path}: {key}: {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value
