@@ -137,3 +137,70 @@ def test_commands_that_cannot_run_data_parallel_are_refused_under_a_launcher(mon
     assert "does not run under accelerate launch" in capsys.readouterr().err
     assert main_cli(["sweep", "--task", "arith", "--out", "/nonexistent/never-written"]) == 2
     assert "`deliberate sweep` does not run" in capsys.readouterr().err
+
+
+def _tensors(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_config_yaml_reruns_a_recipe_and_an_eval_exactly(tmp_path, capsys):
+    import yaml
+
+    from deliberate.records import load_records
+
+    sft = tmp_path / "sft"
+    flags = ["--steps", "3", "--n-train", "24", "--batch-size", "4", "--d-model", "32", "--n-layers", "1",
+             "--n-heads", "2", "--seed", "3", "--threads", "1"]
+    assert run(["train", "sft", *flags, "--out", str(sft)], capsys)[0] == 0
+    saved = yaml.safe_load((sft / "config.yaml").read_text())
+    assert saved["steps"] == 3 and saved["seed"] == 3 and saved["out"] == str(sft)
+    again = tmp_path / "sft-again"
+    assert run(["train", "sft", "--config", str(sft / "config.yaml"), "--out", str(again)], capsys)[0] == 0
+    a, b = _tensors(sft / "model"), _tensors(again / "model")
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+
+    ev = tmp_path / "ev"
+    assert run(["eval", "--task", "arith", "--model", str(sft / "model"), "--n-problems", "3", "--n", "4",
+                "--seed", "5", "--out", str(ev)], capsys)[0] == 0
+    assert (ev / "config.json").exists() and yaml.safe_load((ev / "config.yaml").read_text())["seed"] == 5
+    ev2 = tmp_path / "ev2"  # --task and --model come from the file only
+    assert run(["eval", "--config", str(ev / "config.yaml"), "--out", str(ev2)], capsys)[0] == 0
+    key = [(r.problem_id, r.strategy, r.index, r.seed, r.text, r.correct) for r in load_records(ev / "records.jsonl")]
+    assert key == [(r.problem_id, r.strategy, r.index, r.seed, r.text, r.correct) for r in load_records(ev2 / "records.jsonl")]
+    assert len(key) == 3 * 5  # 4 samples + greedy per problem
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))
+
+
+def test_config_file_values_yield_to_command_line_flags(tmp_path, capsys, monkeypatch):
+    from deliberate.cli import eval as eval_cli
+
+    seen = []
+    monkeypatch.setattr(eval_cli, "run_eval", lambda config, backend, task: seen.append(config) or {})
+    monkeypatch.setattr(eval_cli, "backend_from_args", lambda args: type("B", (), {"close": lambda self: None})())
+    monkeypatch.setattr(eval_cli, "format_table", lambda s: "")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: arith\nn: 2\nn-problems: 7\nns: [1, 2]\ntemperature: 0.5\ntask_arg: {max_ops: 2}\n")
+    assert run(["eval", "--config", str(cfg), "--n", "3", "--out", str(tmp_path / "o")], capsys)[0] == 0
+    c = seen[0]
+    assert (c.task, c.n, c.n_problems, c.ns, c.temperature, c.task_options) == ("arith", 3, 7, (1, 2), 0.5,
+                                                                                 {"max_ops": 2})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("task: arith\nn_problem: 3\nbogus: 1\n", "unknown options bogus, n_problem"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("n: 2\n", "--task is required"),
+    ("task: arith\nsplit: dev\n", "split: 'dev' is not one of"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    code, _, err = run(["eval", "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1

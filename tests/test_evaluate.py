@@ -22,7 +22,7 @@ import pytest
 from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
-from deliberate.eval import evaluate
+from deliberate.cli import eval as eval_cli
 from deliberate.eval.evaluate import EvalConfig, format_table, run_eval
 from deliberate.records import load_records
 from deliberate.tasks.base import Task, check_split
@@ -282,27 +282,27 @@ def test_config_validation(tmp_path):
 
 
 def test_cli_main(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(evaluate, "get_task", lambda name, **kw: PlusTask())
+    monkeypatch.setattr(eval_cli, "get_task", lambda name, **kw: PlusTask())
     seen = {}
 
     def fake_backend(args):
         seen["backend"] = args.backend
         return FakeBackend(plus_script)
 
-    monkeypatch.setattr(evaluate, "backend_from_args", fake_backend)
+    monkeypatch.setattr(eval_cli, "backend_from_args", fake_backend)
     parser = argparse.ArgumentParser()
-    evaluate.add_arguments(parser)
+    eval_cli.add_arguments(parser)
     out = tmp_path / "cli"
     args = parser.parse_args(["--task", "plus", "--task-arg", "digits=2", "--n-problems", "5", "--n", "4",
                               "--ns", "1,4", "--seed", "1", "--no-greedy", "--out", str(out), "--backend", "tiny"])
-    assert evaluate.main(args) == 0
+    assert eval_cli.main(args) == 0
     text = capsys.readouterr().out
     assert "pass@k" in text and "maj@k" in text and "greedy" not in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["task_options"] == {"digits": 2} and summary["config"]["ns"] == [1, 4]
     assert seen["backend"] == "tiny"
     with pytest.raises(DeliberateError, match="--ns"):
-        evaluate.main(parser.parse_args(["--task", "plus", "--ns", "1,x", "--out", str(out)]))
+        eval_cli.main(parser.parse_args(["--task", "plus", "--ns", "1,x", "--out", str(out)]))
 
 
 def test_sigkill_mid_run_then_resume(tmp_path):

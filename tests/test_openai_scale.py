@@ -19,7 +19,7 @@ import pytest
 from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
-from deliberate.models.base import backend_from_args
+from deliberate.cli.common import backend_from_args
 from deliberate.models.openai import OpenAIBackend, RemoteError, affinity_index
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.server import serve_in_thread

@@ -16,6 +16,7 @@ import pytest
 from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
+from deliberate.cli.sweep import parse_verifier_args
 from deliberate.eval.sweep import SweepConfig, run_sweep
 from deliberate.rewards import get_verifier
 from deliberate.search import SearchContext, SearchSettings, run_search, strategy_names
@@ -217,18 +218,18 @@ def test_sweep_verifier_args_reach_the_verifier_and_only_scoring_ones_pin_a_resu
     (out / "config.json").write_text(json.dumps(old))
     run_sweep(SweepConfig(**base), FakeBackend(noisy_solver), progress=False)
     # an option that changes the scores pins the directory (compared as JSON stores it: tuples are lists there)
-    sw._check_resume(out, {**old, "verifier_args": {}, "task_options": dict(old["task_options"])})
+    sw.check_resume(out, {**old, "verifier_args": {}, "task_options": dict(old["task_options"])})
     (out / "config.json").write_text(json.dumps({**old, "verifier_args": {"answers": ["Y", "N"]}}))
-    sw._check_resume(out, {**old, "verifier_args": {"answers": ("Y", "N"), "device": "cuda"}})
+    sw.check_resume(out, {**old, "verifier_args": {"answers": ("Y", "N"), "device": "cuda"}})
     (out / "config.json").write_text(json.dumps(old))
     meta = {**old, "verifier_args": {"positive_label": 0}}
     with pytest.raises(DeliberateError, match="verifier_args: \\{\\} on disk vs \\{'positive_label': 0\\} now"):
-        sw._check_resume(out, meta)
+        sw.check_resume(out, meta)
     with pytest.raises(DeliberateError, match="bad options for verifier 'oracle': unknown option 'device'"):
         SweepConfig(**{**base, "verifier": "oracle"}, verifier_args={"device": "cpu"})
     with pytest.raises(DeliberateError, match="--verifier-arg needs --verifier"):
         SweepConfig(**{**base, "verifier": None}, verifier_args={"device": "cpu"})
-    assert sw._verifier_args(["separator=\\n\\n", "positive_label=1", "device=cuda", "answers=Yes,No", "cue=ok?\\n"]) == \
+    assert parse_verifier_args(["separator=\\n\\n", "positive_label=1", "device=cuda", "answers=Yes,No", "cue=ok?\\n"]) == \
         {"separator": "\n\n", "positive_label": 1, "device": "cuda", "answers": ("Yes", "No"), "cue": "ok?\n"}
 
 

@@ -599,7 +599,7 @@ def test_self_correct_pairs_and_run(easy_ckpt, tmp_path):
 
 def test_recipe_flags_come_from_config_fields():
     from deliberate.cli import build_parser
-    from deliberate.train.selfimprove import config_from_args
+    from deliberate.cli.flags import config_from_args
     from deliberate.train.star import StarConfig
 
     p = build_parser()

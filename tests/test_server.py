@@ -13,7 +13,7 @@ import pytest
 from fakes import FakeBackend
 
 from deliberate.errors import DeliberateError
-from deliberate.models import server as server_mod
+from deliberate.cli import serve as serve_cli
 from deliberate.models.base import register_backend
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.server import make_server, serve_in_thread
@@ -205,18 +205,18 @@ def test_cli_main_builds_backend_and_serves(monkeypatch, capsys, clean_registrie
     register_backend("fake-for-serve-test")(_factory)  # clean_registries removes it again
 
     made = []
-    real_make = server_mod.make_server
+    real_make = serve_cli.make_server
 
     def spy(*a, **kw):
         made.append(real_make(*a, **kw))
         return made[-1]
 
-    monkeypatch.setattr(server_mod, "make_server", spy)
+    monkeypatch.setattr(serve_cli, "make_server", spy)
     parser = argparse.ArgumentParser()
-    server_mod.add_arguments(parser)
+    serve_cli.add_arguments(parser)
     args = parser.parse_args(["--backend", "fake-for-serve-test", "--model", "some/dir", "--port", "0"])
     rc = []
-    t = threading.Thread(target=lambda: rc.append(server_mod.main(args)), daemon=True)
+    t = threading.Thread(target=lambda: rc.append(serve_cli.main(args)), daemon=True)
     t.start()
     deadline = time.monotonic() + 10
     while not made and time.monotonic() < deadline:
@@ -235,10 +235,10 @@ def test_cli_main_builds_backend_and_serves(monkeypatch, capsys, clean_registrie
 def test_cli_api_key_env_must_be_set(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     parser = argparse.ArgumentParser()
-    server_mod.add_arguments(parser)
+    serve_cli.add_arguments(parser)
     args = parser.parse_args(["--backend", "fake", "--api-key-env", "NO_SUCH_KEY_VAR"])
     with pytest.raises(DeliberateError, match="NO_SUCH_KEY_VAR"):
-        server_mod.main(args)
+        serve_cli.main(args)
 
 
 def test_response_is_plain_json_with_content_length(served):

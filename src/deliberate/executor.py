@@ -277,28 +277,6 @@ class _RemoteWorker:
         return self.worker.counters()
 
 
-def add_executor_arguments(parser, what: str = "problems") -> None:
-    g = parser.add_argument_group("executor (where the work runs)")
-    g.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help=f"local: this process (default); ray: shard {what} over Ray workers")
-    g.add_argument("--address", default=None,
-                   help="Ray cluster address (auto, ray://HOST:10001); default: start a local Ray")
-    g.add_argument("--workers", type=int, default=2, help="Ray workers, each with its own backend (default: 2)")
-    g.add_argument("--worker-cpus", type=float, default=1, help="CPUs per Ray worker (default: 1)")
-    g.add_argument("--worker-gpus", type=float, default=0, help="GPUs per Ray worker (default: 0)")
-    g.add_argument("--worker-threads", type=int, default=None,
-                   help="torch threads per Ray worker (default: its CPUs)")
-
-
-def ray_options(args) -> dict[str, Any] | None:
-    """:class:`RayExecutor` keyword arguments from the flags of :func:`add_executor_arguments`, or
-    ``None`` for ``--executor local``."""
-    if getattr(args, "executor", "local") != "ray":
-        return None
-    return {"workers": args.workers, "address": args.address, "cpus": args.worker_cpus, "gpus": args.worker_gpus,
-            "threads": args.worker_threads}
-
-
 def progress_bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress or total == 0,
                 dynamic_ncols=True)

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
 from deliberate.records import RecordWriter, load_records, write_json_atomic
-from deliberate.models.base import Backend, add_backend_arguments, backend_from_args, parse_kv
+from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
 from deliberate.tasks.base import SPLITS, Task, get_task
 from deliberate.types import EVAL_ROW_KEYS, Compute, Problem, ResultRow, RunSummary, SampleRecord
@@ -170,7 +169,7 @@ def _generate(backend: Backend, task: Task, problems: Sequence[Problem], prompts
     return spent, written
 
 
-def _check_config(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY) -> None:
+def check_config(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY) -> None:
     path = out / CONFIG_FILE
     if not path.exists():
         return
@@ -211,7 +210,7 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
     max_tokens = config.max_tokens if config.max_tokens is not None else task.max_tokens
     stop = tuple(task.stop)
     meta = {**config.to_dict(), "max_tokens": max_tokens, "model": backend.model_name, "stop": list(stop)}
-    _check_config(out, meta)
+    check_config(out, meta)
     write_json_atomic(out / CONFIG_FILE, meta)
 
     problems = list(task.problems(config.split, config.n_problems, config.seed))
@@ -324,60 +323,3 @@ def format_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"{r['strategy']:<{w}} {r['n']:>4} {r['accuracy']:>9.3f} {f'[{lo:.3f}, {hi:.3f}]':>17} "
                      f"{r['generated_tokens']:>12.0f}")
     return "\n".join(lines)
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-
-def _parse_ns(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise DeliberateError(f"--ns must be a comma-separated list of integers (got {text!r})") from None
-
-
-def add_arguments(parser) -> None:
-    """Flags of ``deliberate eval``."""
-    d = EvalConfig(task="_", out_dir="_")
-    parser.add_argument("--task", required=True, help="task name, e.g. arith, addition, gsm8k, gym:<name>")
-    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="task option (repeatable), e.g. --task-arg max_ops=4")
-    parser.add_argument("--split", default=d.split, choices=SPLITS, help="problem split (default: %(default)s)")
-    parser.add_argument("--n-problems", type=int, default=d.n_problems, help="problems to evaluate (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=d.n, help="samples per problem (default: %(default)s)")
-    parser.add_argument("--ns", default=None, help="k values for pass@k/maj@k, e.g. 1,2,4 (default: powers of two up to n)")
-    parser.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="max generated tokens (default: the task's)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="problem and sampling seed (default: %(default)s)")
-    parser.add_argument("--prompt-style", default=d.prompt_style, help="plain (tiny model) or instruct (default: %(default)s)")
-    parser.add_argument("--no-greedy", action="store_true", help="skip the greedy sample per problem")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per backend call (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="output directory; rerun with the same one to resume "
-                                                    "(default: runs/eval-<task>-<timestamp>)")
-    add_backend_arguments(parser)
-
-
-def main(args) -> int:
-    """Run ``deliberate eval`` from parsed :func:`add_arguments` flags; print the table."""
-    out = args.out or f"runs/eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.task)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = EvalConfig(task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"), split=args.split,
-                        n_problems=args.n_problems, n=args.n, ns=_parse_ns(args.ns), temperature=args.temperature,
-                        top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
-                        prompt_style=args.prompt_style, greedy=not args.no_greedy, batch_size=args.batch_size,
-                        out_dir=out)
-    task = get_task(config.task, **config.task_options)
-    task.problems(config.split, config.n_problems, config.seed)  # bad data fails here, before a model loads
-    # so does resuming into a directory of a different run (the model name is checked once loaded)
-    max_tokens = config.max_tokens if config.max_tokens is not None else task.max_tokens
-    _check_config(Path(out), {**config.to_dict(), "max_tokens": max_tokens},
-                  keys=[k for k in IDENTITY if k != "model"])
-    backend = backend_from_args(args)
-    try:
-        summary = run_eval(config, backend, task=task)
-    finally:
-        backend.close()
-    print(format_table(summary))
-    print(f"wrote {Path(out) / SUMMARY_FILE}, {Path(out) / RECORDS_FILE} and plots")
-    return 0

@@ -40,8 +40,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deliberate.errors import DeliberateError
-from deliberate.eval.compare import write_comparison
 from deliberate.eval.page import (
     accuracy_cell,
     escape,
@@ -296,29 +294,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, max_trees: 
     """Render ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns the path written."""
     run = load_run(run_dir, max_trees=max_trees)
     return write_page(Path(out) if out is not None else run.run_dir / REPORT_FILE, render_html(run))
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    """Flags of ``deliberate report``."""
-    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
-                        help="an eval, sweep or training run directory (holds summary.json); several: one page "
-                             "comparing them (training runs: accuracy vs train compute; eval/sweep runs: accuracy "
-                             "vs samples)")
-    parser.add_argument("--out", default=None, help=f"output HTML file (default: RUN_DIR/{REPORT_FILE}; for several "
-                                                    f"runs ./compare.html)")
-    parser.add_argument("--max-trees", type=int, default=MAX_TREES,
-                        help="search trees from trees.jsonl to embed (default: %(default)s)")
-
-
-def main(args) -> int:
-    """Run ``deliberate report`` from parsed :func:`add_arguments` flags; print where the page went."""
-    if args.max_trees < 0:
-        raise DeliberateError(f"--max-trees must be >= 0 (got {args.max_trees})")
-    if len(args.run_dir) > 1:
-        path = write_comparison(args.run_dir, args.out)
-    else:
-        path = write_report(args.run_dir[0], args.out, max_trees=args.max_trees)
-    print(f"wrote {path}")
-    return 0

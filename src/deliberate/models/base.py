@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from deliberate.errors import DeliberateError
 from deliberate.models.sampling import SamplingParams
@@ -66,20 +65,6 @@ def get_backend(name: str, **kwargs) -> Backend:
     return BACKENDS.create(name, **kwargs)
 
 
-# --- CLI glue shared by every subcommand that needs a model -------------------------------------
-
-def add_backend_arguments(parser) -> None:
-    """Add ``--backend/--model/--base-url/--chat/--backend-arg`` to an argparse parser."""
-    g = parser.add_argument_group("model backend")
-    g.add_argument("--backend", default="tiny", help="backend name: tiny | hf | openai (default: tiny)")
-    g.add_argument("--model", default=None,
-                   help="tiny/hf: checkpoint directory, .gguf file, or 'smollm2'; openai: served model name")
-    g.add_argument("--base-url", default=None, help="openai: server base URL, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--chat", action="store_true", help="wrap prompts as chat messages (instruct models)")
-    g.add_argument("--backend-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra backend option (repeatable), e.g. --backend-arg concurrency=32")
-
-
 def parse_kv(items, what: str = "option") -> dict:
     """Parse ``["k=v", ...]`` into a dict, turning ints/floats/bools into Python values."""
     out = {}
@@ -100,25 +85,3 @@ def parse_kv(items, what: str = "option") -> dict:
         else:
             out[k] = v
     return out
-
-
-def backend_spec_from_args(args) -> tuple[str, dict[str, Any]]:
-    """``(backend name, keyword arguments)`` named by parsed ``add_backend_arguments`` flags: what
-    :func:`get_backend` needs to build the backend, in this process or in a worker."""
-    kwargs = parse_kv(getattr(args, "backend_arg", []), "--backend-arg")
-    if args.backend == "openai":
-        if not args.base_url:
-            raise DeliberateError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        kwargs.update(base_url=args.base_url, model=args.model, chat=args.chat)
-    else:
-        if args.model is not None:
-            kwargs["path"] = args.model
-        if args.chat:
-            kwargs["chat"] = True
-    return args.backend, kwargs
-
-
-def backend_from_args(args) -> Backend:
-    """Build the backend named by parsed ``add_backend_arguments`` flags."""
-    name, kwargs = backend_spec_from_args(args)
-    return get_backend(name, **kwargs)

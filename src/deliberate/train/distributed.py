@@ -206,14 +206,6 @@ class Accelerated(Dist):
         self.accelerator.end_training()
 
 
-def add_device_argument(parser) -> None:
-    """``--device`` for a recipe that trains through :func:`setup`."""
-    parser.add_argument("--device", default="auto",
-                        help="where a plain run trains (and GRPO samples): auto (a CUDA GPU when there is one, else the "
-                             "CPU), cpu, cuda or cuda:N; under accelerate launch the accelerate config decides "
-                             "(default: %(default)s)")
-
-
 def setup(recipe: str, device: str = "auto") -> Dist:
     """:class:`Accelerated` under ``accelerate launch`` / ``torchrun`` (the launcher's config places the
     ranks, so an explicit ``device`` is refused there), else :class:`Single` on ``device`` (``auto``: the GPU
@@ -225,3 +217,7 @@ def setup(recipe: str, device: str = "auto") -> Dist:
                                   f"accelerate launch --cpu)")
         return Accelerated(recipe)
     return Single(device, what=recipe)
+
+
+# `--device` moved to deliberate.cli.common; train/grpo.py (its CLI not yet in deliberate.cli) imports it here.
+from deliberate.cli.common import add_device_argument  # noqa: E402,F401

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.records import write_json_atomic
-from deliberate.executor import add_executor_arguments, ray_options
 from deliberate.rewards.base import get_verifier
 from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
@@ -50,9 +49,7 @@ from deliberate.train.selfimprove import (
     VERIFIED,
     IterationLog,
     Stopwatch,
-    add_config_arguments,
     check_verified_mode,
-    config_from_args,
     evaluate_policy,
     plot_curve,
     policy_rollouts,
@@ -268,16 +265,3 @@ HELP = {
     "epochs": "M-step epochs over the kept samples",
     "steps": "M-step steps (default: --epochs over the kept samples, at most --max-steps)",
 }
-
-
-def add_arguments(parser) -> None:
-    add_config_arguments(parser, RestEMConfig, HELP, aliases={"init": ("--model",)})
-    add_executor_arguments(parser, "the E-step's sampling")
-
-
-def main(args) -> int:
-    cfg = config_from_args(RestEMConfig, args)
-    summary = run_rest_em(cfg, ray=ray_options(args))
-    print(format_iterations(summary["iterations"], cfg.eval_n))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
-    return 0

@@ -48,16 +48,7 @@ from deliberate.policy import FinetuneSettings
 from deliberate.policy.tiny import save_model
 from deliberate.tasks import get_task
 from deliberate.tasks.countdown import STREAM_STRATEGIES, State, children, nearest, search_stream
-from deliberate.train.selfimprove import (
-    Stopwatch,
-    acc_cell,
-    add_config_arguments,
-    config_from_args,
-    evaluate_policy,
-    finetune,
-    n_params_of,
-    start_run,
-)
+from deliberate.train.selfimprove import Stopwatch, acc_cell, evaluate_policy, finetune, n_params_of, start_run
 
 CONDITIONS = ("stream", "path")
 
@@ -296,15 +287,3 @@ HELP = {
     "pretrain_tokens": "pre-train the shared initialisation on this many tokens of arithmetic facts (0: from scratch)",
     "facts_per_example": "arithmetic-fact lines per pre-training example",
 }
-
-
-def add_arguments(parser) -> None:
-    add_config_arguments(parser, SoSConfig, HELP)
-
-
-def main(args) -> int:
-    cfg = config_from_args(SoSConfig, args)
-    summary = run_sos(cfg)
-    print(format_summary(summary))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}")
-    return 0

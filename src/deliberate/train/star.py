@@ -54,16 +54,7 @@ from deliberate.policy import FinetuneSettings, Policy, TinyPolicy, load_policy
 from deliberate.policy.tiny import save_model
 from deliberate.tasks import get_task
 from deliberate.tasks.base import Task
-from deliberate.train.selfimprove import (
-    IterationLog,
-    Rollout,
-    Stopwatch,
-    add_config_arguments,
-    config_from_args,
-    rollouts,
-    sampled_tokens,
-    start_run,
-)
+from deliberate.train.selfimprove import IterationLog, Rollout, Stopwatch, rollouts, sampled_tokens, start_run
 from deliberate.types import Problem
 
 #: the in-context hint a pretrained policy gets by default
@@ -381,15 +372,3 @@ HELP = {
     "rationalize_samples": "hinted attempts per failed problem (1: greedy; more: sampled, first correct kept)",
     "eval_digits": "digit counts evaluated (comma-separated; '' evaluates the task's test problems, by --eval-by)",
 }
-
-
-def add_arguments(parser) -> None:
-    add_config_arguments(parser, StarConfig, HELP, aliases={"init": ("--model",)})
-
-
-def main(args) -> int:
-    cfg = config_from_args(StarConfig, args)
-    summary = run_star(cfg)
-    print(format_star(summary["iterations"]))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
-    return 0

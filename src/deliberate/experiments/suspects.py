@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
@@ -311,39 +310,3 @@ budgets n (maj@n with 95% CIs, pass@n dotted).</p>
 </body></html>"""
     path.write_text(page)
 
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    d = SuspectsConfig()
-    parser.add_argument("--init", default=d.init, help="the SFT seed policy every suspect starts from (default: %(default)s)")
-    parser.add_argument("--suspects", default=",".join(d.suspects),
-                        help=f"comma-separated subset of {', '.join(SUSPECTS)} (default: all)")
-    parser.add_argument("--train-tflops", type=float, default=d.train_tflops,
-                        help="train-compute budget per suspect, in TFLOPs (default: %(default)s)")
-    for name in ("n_train", "k", "mcts_n", "prm_steps", "label_problems", "label_rollouts", "grpo_steps",
-                 "grpo_eval_every", "eval_problems", "eval_n", "eval_seed", "seed"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
-                            help="(default: %(default)s)")
-    parser.add_argument("--epochs", type=float, default=d.finetune.epochs, help="fine-tuning epochs over kept samples "
-                        "(default: %(default)s)")
-    parser.add_argument("--out", default=d.out)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-
-
-def main(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ints = {name: getattr(args, name) for name in ("n_train", "k", "mcts_n", "prm_steps", "label_problems",
-                                                   "label_rollouts", "grpo_steps", "grpo_eval_every",
-                                                   "eval_problems", "eval_n", "eval_seed", "seed")}
-    cfg = SuspectsConfig(init=args.init, suspects=tuple(s.strip() for s in args.suspects.split(",") if s.strip()),
-                         train_tflops=args.train_tflops, finetune=FinetuneSettings(epochs=args.epochs),
-                         out=args.out, **ints)
-    summary = run_suspects(cfg)
-    print(format_table(summary))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'suspects.png'}   "
-          f"report: {Path(cfg.out) / 'report.html'}")
-    return 0

@@ -1,0 +1,84 @@
+"""Flag groups several commands share: the model backend, the executor (local or Ray), the training
+device and torch threads; and the translations from their parsed flags to the plain arguments the
+library takes (``get_backend`` keywords, ``RayExecutor`` options)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from deliberate.errors import DeliberateError
+from deliberate.models.base import Backend, get_backend, parse_kv
+
+
+def add_backend_arguments(parser) -> None:
+    """Add ``--backend/--model/--base-url/--chat/--backend-arg`` to an argparse parser."""
+    g = parser.add_argument_group("model backend")
+    g.add_argument("--backend", default="tiny", help="backend name: tiny | hf | openai (default: tiny)")
+    g.add_argument("--model", default=None,
+                   help="tiny/hf: checkpoint directory, .gguf file, or 'smollm2'; openai: served model name")
+    g.add_argument("--base-url", default=None, help="openai: server base URL, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--chat", action="store_true", help="wrap prompts as chat messages (instruct models)")
+    g.add_argument("--backend-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra backend option (repeatable), e.g. --backend-arg concurrency=32")
+
+
+def backend_spec_from_args(args) -> tuple[str, dict[str, Any]]:
+    """``(backend name, keyword arguments)`` named by parsed ``add_backend_arguments`` flags: what
+    :func:`get_backend` needs to build the backend, in this process or in a worker."""
+    kwargs = parse_kv(getattr(args, "backend_arg", []), "--backend-arg")
+    if args.backend == "openai":
+        if not args.base_url:
+            raise DeliberateError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        kwargs.update(base_url=args.base_url, model=args.model, chat=args.chat)
+    else:
+        if args.model is not None:
+            kwargs["path"] = args.model
+        if args.chat:
+            kwargs["chat"] = True
+    return args.backend, kwargs
+
+
+def backend_from_args(args) -> Backend:
+    """Build the backend named by parsed ``add_backend_arguments`` flags."""
+    name, kwargs = backend_spec_from_args(args)
+    return get_backend(name, **kwargs)
+
+
+def add_executor_arguments(parser, what: str = "problems") -> None:
+    g = parser.add_argument_group("executor (where the work runs)")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help=f"local: this process (default); ray: shard {what} over Ray workers")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address (auto, ray://HOST:10001); default: start a local Ray")
+    g.add_argument("--workers", type=int, default=2, help="Ray workers, each with its own backend (default: 2)")
+    g.add_argument("--worker-cpus", type=float, default=1, help="CPUs per Ray worker (default: 1)")
+    g.add_argument("--worker-gpus", type=float, default=0, help="GPUs per Ray worker (default: 0)")
+    g.add_argument("--worker-threads", type=int, default=None,
+                   help="torch threads per Ray worker (default: its CPUs)")
+
+
+def ray_options(args) -> dict[str, Any] | None:
+    """:class:`RayExecutor` keyword arguments from the flags of :func:`add_executor_arguments`, or
+    ``None`` for ``--executor local``."""
+    if getattr(args, "executor", "local") != "ray":
+        return None
+    return {"workers": args.workers, "address": args.address, "cpus": args.worker_cpus, "gpus": args.worker_gpus,
+            "threads": args.worker_threads}
+
+
+def add_device_argument(parser) -> None:
+    """``--device`` for a recipe that trains through :func:`deliberate.train.distributed.setup`."""
+    parser.add_argument("--device", default="auto",
+                        help="where a plain run trains (and GRPO samples): auto (a CUDA GPU when there is one, else the "
+                             "CPU), cpu, cuda or cuda:N; under accelerate launch the accelerate config decides "
+                             "(default: %(default)s)")
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op thread count (None: torch's default, all cores)."""
+    if threads is not None:
+        if threads < 1:
+            raise DeliberateError(f"--threads must be >= 1 (got {threads})")
+        torch.set_num_threads(threads)
