@@ -191,7 +191,7 @@ def test_recipe_rollouts_device(tmp_path):
     task = get_task("arith")
     probs = task.problems("train", 4, seed=0)
     spec = ("arith", {})
-    with pytest.raises(DeliberateError, match="E-step 1: device 'cuda' requested but CUDA is not available"):
+    with pytest.raises(DeliberateError, match="device 'cuda' requested but CUDA is not available"):
         policy_rollouts(tmp_path / "policy", task, spec, probs, 2, max_tokens=8, progress=False, desc="E-step 1",
                         device="cuda")
     model, _ = load_sampler(tmp_path / "policy", "cpu")
