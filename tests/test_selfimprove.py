@@ -923,7 +923,8 @@ def test_mcts_ei_tree_labels():
 
 def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
     from deliberate.rewards.mc_labels import read_labels
-    from deliberate.train.mcts_ei import MCTSEIConfig, format_iterations, run_mcts_ei
+    from deliberate.cli.train.mcts_ei import format_iterations
+    from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
 
     cfg = MCTSEIConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, iterations=2, n_train=16, mcts_n=4,
                        expansions=2, batch_problems=8, finetune=FinetuneSettings(steps=4, batch_size=8),
