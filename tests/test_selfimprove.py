@@ -973,7 +973,7 @@ def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
 
 
 def test_suspects_side_by_side_under_one_budget(easy_ckpt, tmp_path):
-    from deliberate.suspects import SUSPECTS, SuspectsConfig, format_table, run_suspects
+    from deliberate.experiments.suspects import SUSPECTS, SuspectsConfig, format_table, run_suspects
 
     budget = 0.001  # TFLOPs: one or two iterations of each iterative suspect at these sizes
     cfg = SuspectsConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, train_tflops=budget, n_train=16, k=2,

@@ -44,8 +44,8 @@ import torch
 from deliberate.atomic import recover_dir, replace_dir
 from deliberate.errors import DeliberateError
 from deliberate.policy.checkpoint import load_state, restore_rng, save_checkpoint
-from deliberate.policy.supervised import IGNORE, Example, collate
 from deliberate.policy.distributed import Dist, Single
+from deliberate.policy.supervised import IGNORE, Example, collate
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 

@@ -74,6 +74,7 @@ from deliberate.errors import DeliberateError
 from deliberate.records import write_json_atomic
 from deliberate.policy import Policy, load_policy
 from deliberate.policy.checkpoint import load_state
+from deliberate.policy.distributed import Dist, Single
 from deliberate.policy.gradient import LOSS_TYPES, PolicyGradient, PolicyGradientSettings
 from deliberate.policy.supervised import Example, batch_indices
 from deliberate.tasks import get_task
@@ -83,7 +84,6 @@ from deliberate.train.advantages import (
     step_credit_advantages,
     step_rewards,
 )
-from deliberate.policy.distributed import Dist, Single
 from deliberate.train.selfimprove import (
     VERIFIED,
     IterationLog,

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.models.engine import count_parameters
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
+from deliberate.policy.distributed import Dist, Single
 from deliberate.tasks import get_task
 from deliberate.train.common import (
     ComputeMeter,
@@ -40,7 +41,6 @@ from deliberate.train.common import (
     trim_log,
     write_json_atomic,
 )
-from deliberate.policy.distributed import Dist, Single
 
 
 @dataclass(frozen=True)
