@@ -32,7 +32,7 @@ import torch
 pytest.importorskip("accelerate", reason="accelerate is not installed (pip install accelerate)")
 
 from deliberate.models.tiny import TinyConfig, load_tiny
-from deliberate.train.distributed import Single, launched, setup, shard_bounds
+from deliberate.policy.distributed import Single, launched, setup, shard_bounds
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_sharded_launch_types_are_refused(monkeypatch):
     import accelerate
 
     from deliberate.errors import DeliberateError
-    from deliberate.train.distributed import Accelerated
+    from deliberate.policy.distributed import Accelerated
 
     class FakeAccelerator:
         def __init__(self, cpu=False):

@@ -124,7 +124,7 @@ def test_sft_and_grpo_device(tmp_path, monkeypatch):
     CUDA where there is none fails before anything is written; a CPU run records its device; under a
     launcher the accelerate config places the ranks, so an explicit device is refused."""
     from deliberate.cli import main_cli
-    from deliberate.train.distributed import Single, setup
+    from deliberate.policy.distributed import Single, setup
     from deliberate.train.grpo import run_grpo
     from deliberate.train.sft import train_sft
 

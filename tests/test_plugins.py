@@ -26,9 +26,12 @@ def test_example_plugin_adds_a_task_and_a_verifier_to_the_cli(tmp_path, tiny_ckp
     monkeypatch.setenv(plugins.ENV, str(EXAMPLE))
     assert main_cli(["tasks"]) == 0
     assert "times" in capsys.readouterr().out
+    monkeypatch.setenv("COLUMNS", "10000")  # argparse then keeps each flag's help on one line
     with pytest.raises(SystemExit):
         main_cli(["sweep", "--help"])
-    assert "outcome, prm, shortest" in " ".join(capsys.readouterr().out.split())  # the verifier kinds listed
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.lstrip().startswith("--verifier VERIFIER"))
+    kinds = {k.strip() for k in line.partition("kinds:")[2].split(",")}
+    assert "shortest" in kinds and {"oracle", "outcome", "prm"} <= kinds  # the plug-in verifier beside the built-ins
     out = tmp_path / "sweep"
     code = main_cli(["sweep", "--task", "times", "--task-arg", "max_digits=2", "--model", str(tiny_ckpt),
                      "--verifier", "shortest", "--strategies", "majority,best_of_n", "--budgets", "1,2",

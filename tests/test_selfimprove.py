@@ -923,7 +923,8 @@ def test_mcts_ei_tree_labels():
 
 def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
     from deliberate.rewards.mc_labels import read_labels
-    from deliberate.train.mcts_ei import MCTSEIConfig, format_iterations, run_mcts_ei
+    from deliberate.cli.train.mcts_ei import format_iterations
+    from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
 
     cfg = MCTSEIConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, iterations=2, n_train=16, mcts_n=4,
                        expansions=2, batch_problems=8, finetune=FinetuneSettings(steps=4, batch_size=8),
@@ -972,7 +973,7 @@ def test_mcts_ei_runs_trains_policy_and_prm_and_resumes(easy_ckpt, tmp_path):
 
 
 def test_suspects_side_by_side_under_one_budget(easy_ckpt, tmp_path):
-    from deliberate.suspects import SUSPECTS, SuspectsConfig, format_table, run_suspects
+    from deliberate.experiments.suspects import SUSPECTS, SuspectsConfig, format_table, run_suspects
 
     budget = 0.001  # TFLOPs: one or two iterations of each iterative suspect at these sizes
     cfg = SuspectsConfig(init=str(easy_ckpt), task_options=SMALL_ARITH, train_tflops=budget, n_train=16, k=2,

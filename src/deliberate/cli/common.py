@@ -69,7 +69,7 @@ def ray_options(args) -> dict[str, Any] | None:
 
 
 def add_device_argument(parser) -> None:
-    """``--device`` for a recipe that trains through :func:`deliberate.train.distributed.setup`."""
+    """``--device`` for a recipe that trains through :func:`deliberate.policy.distributed.setup`."""
     parser.add_argument("--device", default="auto",
                         help="where a plain run trains (and GRPO samples): auto (a CUDA GPU when there is one, else the "
                              "CPU), cpu, cuda or cuda:N; under accelerate launch the accelerate config decides "

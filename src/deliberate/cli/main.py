@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from deliberate import __version__
-from deliberate.cli.config_file import apply_config_file, relax_required, write_run_config
+from deliberate.cli.config_file import apply_config_file, relax_required
 from deliberate.errors import DeliberateError
 
 COMMANDS = {
@@ -36,8 +36,6 @@ COMMANDS = {
     "report": ("deliberate.cli.report", "self-contained HTML report of a run dir (eval, sweep or training: "
                                         "tables, plots, search trees), or of several side by side"),
 }
-# The recipes whose CLI still lives in their library module (train/grpo.py, grpo_hf.py, vstar.py,
-# self_correct.py, mcts_ei.py) are named by that module: it has the same add_arguments/main pair.
 TRAIN_RECIPES = {
     "sft": ("deliberate.cli.train.sft", "supervised fine-tuning on a task's gold rationales"),
     "prm": ("deliberate.cli.train.verifier", "process reward model on step labels (BCE at step ends)"),
@@ -46,17 +44,15 @@ TRAIN_RECIPES = {
     "lprm": ("deliberate.cli.train.lprm", "likelihood PRM / ORM: a frozen LM's step log-probs calibrated on MC step labels or outcomes"),
     "rest-em": ("deliberate.cli.train.rest_em", "ReST-EM / expert iteration: sample, keep verified, fine-tune base, repeat"),
     "star": ("deliberate.cli.train.star", "STaR on addition: self-taught rationales, with or without rationalization"),
-    "self-correct": ("deliberate.train.self_correct", "learning to correct: train on (wrong -> right) attempt pairs"),
-    "vstar": ("deliberate.train.vstar", "V-STaR: generator on correct samples + DPO verifier on (correct, incorrect) pairs"),
+    "self-correct": ("deliberate.cli.train.self_correct", "learning to correct: train on (wrong -> right) attempt pairs"),
+    "vstar": ("deliberate.cli.train.vstar", "V-STaR: generator on correct samples + DPO verifier on (correct, incorrect) pairs"),
     "sos": ("deliberate.cli.train.sos", "Stream of Search on countdown: train on search streams vs optimal paths"),
-    "mcts-ei": ("deliberate.train.mcts_ei", "MCTS expert iteration: MCTS with policy+PRM, train both on the trees' verified solutions and step values"),
-    "grpo": ("deliberate.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
+    "mcts-ei": ("deliberate.cli.train.mcts_ei", "MCTS expert iteration: MCTS with policy+PRM, train both on the trees' verified solutions and step values"),
+    "grpo": ("deliberate.cli.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
 }
 
-#: recipes whose add_arguments/main are still in their library module
-LEGACY_RECIPES = {mod for mod, _ in TRAIN_RECIPES.values() if not mod.startswith("deliberate.cli.")}
-#: commands that run data-parallel under `accelerate launch` / `torchrun` (train/distributed.py)
-LAUNCH_AWARE = {"deliberate.cli.train.sft", "deliberate.train.grpo"}
+#: commands that run data-parallel under `accelerate launch` / `torchrun` (policy/distributed.py)
+LAUNCH_AWARE = {"deliberate.cli.train.sft", "deliberate.cli.train.grpo"}
 
 
 def add_command(sub, name: str, module: str, help_: str) -> argparse.ArgumentParser:
@@ -100,10 +96,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         if args.config:
             args = apply_config_file(parser, argv, args)
         refuse_unlaunchable(args)
-        rc = int(importlib.import_module(args._module).main(args) or 0)
-        if args._module in LEGACY_RECIPES and rc == 0:
-            write_run_config(args.out, args)  # the cli/ commands write theirs; these recipes' CLI is not there yet
-        return rc
+        return int(importlib.import_module(args._module).main(args) or 0)
     except DeliberateError as e:
         print(f"deliberate: error: {e}", file=sys.stderr)
         return 2

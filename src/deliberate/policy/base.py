@@ -136,7 +136,7 @@ class Policy(ABC):
         """A trainer for RL with verifiable rewards (:class:`~deliberate.policy.gradient.PolicyGradient`:
         sample, ``step`` on advantages, ``save_state`` / ``load_state``) on a copy of this checkpoint's
         weights, with ``ref`` (default: this checkpoint) as the frozen KL reference. ``dist``: the
-        data-parallel context of :mod:`deliberate.train.distributed` (default: one process on the CPU)."""
+        data-parallel context of :mod:`deliberate.policy.distributed` (default: one process on the CPU)."""
         raise DeliberateError(f"{type(self).__name__} cannot be trained by policy gradient")
 
     @abstractmethod

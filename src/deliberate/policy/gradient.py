@@ -22,7 +22,7 @@ own batch dict and accelerator (there is no standalone loss function to call), a
 piece that fits, ``selective_log_softmax``, is the same gather of log-softmax; keeping our few lines
 makes the tiny model's runs reproduce bit for bit and needs no TRL for RL at all.
 
-Data parallel (``dist`` from :mod:`deliberate.train.distributed` under ``accelerate launch``): each rank
+Data parallel (``dist`` from :mod:`deliberate.policy.distributed` under ``accelerate launch``): each rank
 takes its contiguous share of each minibatch's completions and divides its loss sum by the whole
 minibatch's :func:`loss_denominator` / ``world_size``, so DDP's gradient average equals the
 single-process gradient; a rank whose share is empty runs a zero-weighted dummy sequence so the
@@ -44,8 +44,8 @@ import torch
 from deliberate.atomic import recover_dir, replace_dir
 from deliberate.errors import DeliberateError
 from deliberate.policy.checkpoint import load_state, restore_rng, save_checkpoint
+from deliberate.policy.distributed import Dist, Single
 from deliberate.policy.supervised import IGNORE, Example, collate
-from deliberate.train.distributed import Dist, Single
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 

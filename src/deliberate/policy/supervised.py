@@ -88,7 +88,7 @@ def supervised_step(model, opt, batch: dict[str, torch.Tensor], lr: float, grad_
                     dist=None, n_items: int | None = None, bf16: bool = False) -> torch.Tensor:
     """One optimizer step on next-token cross-entropy of ``batch`` (from :func:`collate`); returns the loss.
 
-    Data-parallel (``dist`` from :mod:`deliberate.train.distributed` under a launcher): ``batch`` is
+    Data-parallel (``dist`` from :mod:`deliberate.policy.distributed` under a launcher): ``batch`` is
     this rank's share of the global batch and ``n_items`` the global number of loss tokens
     (:func:`label_tokens` summed over ranks). Each rank's loss is its token-loss sum scaled by
     ``world_size / n_items``, so DDP's gradient average is the gradient of the global batch's mean

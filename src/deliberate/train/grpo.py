@@ -50,7 +50,7 @@ depends on the total (with the default constant learning rate), so rerunning a f
 continues it to the same result as a run asked for the larger total from the start -- when the old total
 is a multiple of ``eval_every`` (otherwise its last evaluation covered a partial interval; refused).
 
-Under ``accelerate launch`` (data parallel, :mod:`deliberate.train.distributed`): each rank samples
+Under ``accelerate launch`` (data parallel, :mod:`deliberate.policy.distributed`): each rank samples
 the groups of its contiguous share of the step's problems (same seeds as a single process: samples
 are seeded per prompt and sample index), the groups are gathered on every rank, so rewards,
 advantages and the logged counts are those of the whole step, then each rank trains on its share of
@@ -74,6 +74,7 @@ from deliberate.errors import DeliberateError
 from deliberate.records import write_json_atomic
 from deliberate.policy import Policy, load_policy
 from deliberate.policy.checkpoint import load_state
+from deliberate.policy.distributed import Dist, Single
 from deliberate.policy.gradient import LOSS_TYPES, PolicyGradient, PolicyGradientSettings
 from deliberate.policy.supervised import Example, batch_indices
 from deliberate.tasks import get_task
@@ -83,15 +84,11 @@ from deliberate.train.advantages import (
     step_credit_advantages,
     step_rewards,
 )
-from deliberate.train.distributed import Dist, Single, add_device_argument, setup
-from deliberate.train.rest_em import format_iterations
 from deliberate.train.selfimprove import (
     VERIFIED,
     IterationLog,
     Stopwatch,
-    add_config_arguments,
     check_verified_mode,
-    config_from_args,
     evaluate_policy,
     plot_curve,
     rollouts,
@@ -237,7 +234,7 @@ def check_extension(cfg: GRPOConfig) -> None:
 
 def run_grpo(cfg: GRPOConfig, progress: bool = True, dist: Dist | None = None, device: str = "auto") -> dict[str, Any]:
     """Run (or resume) GRPO; returns the summary. ``dist``: the data-parallel context under a launcher
-    (:func:`deliberate.train.distributed.setup`); otherwise a plain run on ``device`` (``auto``: a CUDA GPU
+    (:func:`deliberate.policy.distributed.setup`); otherwise a plain run on ``device`` (``auto``: a CUDA GPU
     when there is one, else the CPU), which samples, trains, checkpoints and evaluates there (the checkpoint
     loads anywhere). A resumed run may change device: float rounding then differs from an uninterrupted run."""
     if dist is None:  # a plain run (library call), even inside a launched process
@@ -380,48 +377,3 @@ def learning_signal(cfg: GRPOConfig, task, trainer: PolicyGradient, probs, group
                 exs.append(e)
                 advs.append(ai)
     return exs, advs
-
-
-HELP = {
-    "init": "the policy and KL reference: a tiny checkpoint, an HF checkpoint directory, a .gguf or smollm2",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
-    "max_tokens": "new tokens per completion, in training and evaluation (default: the task's)",
-    "eval_temperature": "sampling temperature of the held-out maj@n / pass@n",
-    "steps": "sampling steps in all; rerunning a finished run with more continues it (old total a multiple "
-             "of --eval-every)",
-    "problems_per_step": "training problems per step",
-    "group": "completions sampled per problem (advantages are relative to the group)",
-    "beta": "weight of the KL penalty to the seed model",
-    "clip": "PPO-style clip range of the probability ratio",
-    "credit": "advantages per completion (sequence) or per token from the step checker's per-step rewards "
-              "(steps: each step's own; steps-to-go: summed over later steps, DeepSeekMath's process supervision; "
-              "outcome+steps: the completion's advantage plus its step's, normalised per step position)",
-    "loss_type": "token averaging: grpo (per completion, then over completions), dapo (over all the batch's "
-                 "tokens), dr_grpo (token sum / (completions x max completion length)); TRL's names",
-    "scale_rewards": "divide group advantages by the group's reward std (Dr. GRPO turns this off)",
-    "warmup": "steps of linear learning-rate warmup from lr/warmup to lr (0: none)",
-    "lr_scheduler": "learning rate after warmup: constant (the run can be extended), or linear / cosine decay "
-                    "toward 0 at --steps (TRL's names)",
-    "inner_epochs": "passes over each step's completions",
-    "minibatches": "optimizer updates per pass: the step's completions cut into this many minibatches",
-    "micro_batch": "sequences per forward/backward pass, gradients accumulated to each minibatch's one update: "
-                   "the same training in less memory (0: the whole minibatch at once)",
-}
-
-
-def add_arguments(parser) -> None:
-    add_config_arguments(parser, GRPOConfig, HELP, aliases={"init": ("--model",)})
-    add_device_argument(parser)
-
-
-def main(args) -> int:
-    cfg = config_from_args(GRPOConfig, args)
-    dist = setup("grpo", args.device)
-    summary = run_grpo(cfg, dist=dist)
-    dist.close()  # on an error the launcher stops the other ranks
-    if not dist.is_main:
-        return 0
-    print(format_iterations(summary["iterations"], cfg.eval_n))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
-    return 0

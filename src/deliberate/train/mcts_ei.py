@@ -60,10 +60,7 @@ from deliberate.train.rest_em import switch
 from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
-    add_config_arguments,
-    config_from_args,
     evaluate_policy,
-    iteration_table,
     plot_curve,
     search_solutions,
     start_run,
@@ -290,35 +287,3 @@ def _run(cfg: MCTSEIConfig, out: Path, cfg_dict: dict[str, Any], base: Policy, p
 
 def problem_of(r: dict) -> Problem:
     return Problem(id=r["problem_id"], question=r["question"], answer=r["gold"])
-
-
-def format_iterations(rows, n: int, mcts_n: int) -> str:
-    return iteration_table(rows, ["greedy", f"maj@{n}", f"pass@{n}"] + ([f"mcts@{mcts_n}"] if mcts_n else []))
-
-
-HELP = {
-    "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2); every policy is trained "
-            "from it, and every PRM too when it is a tiny checkpoint",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prm_init_from": "the tiny checkpoint every PRM trains from (default: --model; needed when that is not tiny)",
-    "n_train": "training problems searched in each iteration",
-    "mcts_n": "MCTS iterations per training problem",
-    "expansions": "steps sampled per expanded node",
-    "value": "node value in the training search: prm (previous iteration's PRM) or rollout (outcome of one rollout)",
-    "prm_init": "PRM directory valuing nodes in iteration 1 (default: rollouts)",
-    "max_per_problem": "distinct verified solutions per problem the policy trains on",
-    "prm_steps": "PRM training steps per iteration (on the labels of all iterations so far)",
-    "eval_mcts_n": "MCTS iterations of the held-out policy+PRM evaluation (0: skip it)",
-}
-
-
-def add_arguments(parser) -> None:
-    add_config_arguments(parser, MCTSEIConfig, HELP, aliases={"init": ("--model",)})
-
-
-def main(args) -> int:
-    cfg = config_from_args(MCTSEIConfig, args)
-    summary = run_mcts_ei(cfg)
-    print(format_iterations(summary["iterations"], cfg.eval_n, cfg.eval_mcts_n))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
-    return 0

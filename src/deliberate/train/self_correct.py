@@ -41,9 +41,7 @@ from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task
 from deliberate.train.selfimprove import (
     Stopwatch,
-    add_config_arguments,
     cached_rollouts,
-    config_from_args,
     rollouts,
     sampled_tokens,
     start_run,
@@ -174,39 +172,3 @@ def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str,
                            "sample_wall_s": t_sample, "train_wall_s": round(t_train, 3)}}
     write_json_atomic(out / "summary.json", summary)
     return summary
-
-
-def format_correction(ev: dict[str, Any]) -> str:
-    lines = [(f"first attempt accuracy {ev['first_attempt_accuracy']:.3f} on {ev['n_problems']} problems "
-              f"({ev['n_wrong_first']} wrong)"),
-             f"{'second attempt':18s} {'fixed (of wrong)':>22} {'broken (of right)':>22} {'accuracy':>20} {'tokens':>7}"]
-    for name in ("revise", "resample", "revise_untrained"):
-        e = ev[name]
-
-        def f(v, ci):
-            return f"{v:.3f}" + (f" [{ci[0]:.2f},{ci[1]:.2f}]" if ci else "")
-        lines.append(f"{name:18s} {f(e['fixed'], e['fixed_ci']):>22} {f(e['broken'], e['broken_ci']):>22} "
-                     f"{f(e['accuracy'], e['accuracy_ci']):>20} {e['generated_tokens_per_problem']:>7.1f}")
-    return "\n".join(lines)
-
-
-HELP = {
-    "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2): makes the training attempts "
-            "and the first attempts at eval; the corrector is fine-tuned from it",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
-    "keep_fraction": "share of right->right pairs in the training set",
-}
-
-
-def add_arguments(parser) -> None:
-    add_config_arguments(parser, SelfCorrectConfig, HELP, aliases={"init": ("--model",)})
-
-
-def main(args) -> int:
-    cfg = config_from_args(SelfCorrectConfig, args)
-    summary = run_self_correct(cfg)
-    print(f"pairs: {summary['fix_pairs']} wrong->right, {summary['keep_pairs']} right->right")
-    print(format_correction(summary["eval"]))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}")
-    return 0

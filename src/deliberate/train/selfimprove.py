@@ -308,6 +308,3 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: Path, title: str, keys: Seq
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-# The flag helpers moved to deliberate.cli.flags; the recipes not yet moved to deliberate.cli import them here.
-from deliberate.cli.flags import add_config_arguments, config_from_args  # noqa: E402,F401

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.models.engine import count_parameters
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny, save_tiny
+from deliberate.policy.distributed import Dist, Single
 from deliberate.tasks import get_task
 from deliberate.train.common import (
     ComputeMeter,
@@ -40,7 +41,6 @@ from deliberate.train.common import (
     trim_log,
     write_json_atomic,
 )
-from deliberate.train.distributed import Dist, Single
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def build_examples(cfg: SFTConfig, tokenizer: CharTokenizer, max_len: int):
 def train_sft(cfg: SFTConfig, progress: bool = True, dist: Dist | None = None, device: str = "auto") -> Path:
     """Run (or resume) SFT; returns the final model directory.
 
-    Under ``accelerate launch`` (``dist``: see :mod:`deliberate.train.distributed`) each rank trains
+    Under ``accelerate launch`` (``dist``: see :mod:`deliberate.policy.distributed`) each rank trains
     on its contiguous share of every global batch of ``batch_size`` examples, gradients are averaged
     by DDP, token counts are summed over ranks, and only the main process writes the log, the
     checkpoints and the final model. A plain run trains on ``device`` (``auto``: a CUDA GPU when there is

@@ -60,10 +60,8 @@ from deliberate.train.selfimprove import (
     VERIFIED,
     Rollout,
     Stopwatch,
-    add_config_arguments,
     cached_rollouts,
     check_verified_mode,
-    config_from_args,
     rollouts,
     sampled_tokens,
     start_run,
@@ -239,37 +237,3 @@ def _run(cfg: VStarConfig, out: Path, cfg_dict: dict[str, Any], base: Policy, st
                            "generator_wall_s": round(t_gen, 3), "verifier_wall_s": round(t_ver, 3)}}
     write_json_atomic(out / "summary.json", summary)
     return summary
-
-
-HELP = {
-    "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2): samples the training "
-            "solutions; the generator starts from it, and so does the verifier unless --verifier-init is given",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
-    "verifier_init": "a checkpoint of the same kind to start the DPO verifier from (default: --init), e.g. an LM "
-                     "stronger than the policy",
-    "verifier_ref": "the DPO reference, same tokenizer as the verifier's start (default: the verifier's start); "
-                    "e.g. --verifier-init STRONG --verifier-ref the policy makes the reward start at "
-                    "log p_STRONG - log p_policy",
-    "k": "samples per training problem",
-    "max_per_problem": "distinct correct samples per problem for the generator",
-    "keep": "correct = 'outcome' (right answer) or 'process' (right answer and every step right by the task's step checker)",
-    "dpo_beta": "DPO temperature (also scales the verifier's reward)",
-    "val_fraction": "share of problems held out to measure the verifier's pair accuracy",
-}
-
-
-def add_arguments(parser) -> None:
-    add_config_arguments(parser, VStarConfig, HELP, aliases={"init": ("--model",)})
-
-
-def main(args) -> int:
-    cfg = config_from_args(VStarConfig, args)
-    s = run_vstar(cfg)
-    m = s["verifier_meta"]
-    print(f"generator: {s['generator']}")
-    print(f"DPO verifier: {s['verifier']}  ({m['pairs']} pairs, {m['steps']} steps; pair accuracy train "
-          f"{m['train_pair_accuracy']}, held-out {m['val_pair_accuracy']})")
-    print(f"next: deliberate sweep --model {s['generator']} --verifier dpo:{s['verifier']} "
-          f"--strategies majority,best_of_n,weighted --budgets 16,64 --seeds 0,1,2 ...")
-    return 0

@@ -1,2 +1,2 @@
-"""``deliberate train <recipe>``: one module per recipe whose command line lives here (the rest are named
-in :data:`deliberate.cli.main.TRAIN_RECIPES` by their library module, which still holds theirs)."""
+"""``deliberate train <recipe>``: one module per recipe (its flags, from the recipe's config dataclass, and
+its terminal output); :data:`deliberate.cli.main.TRAIN_RECIPES` names them."""

@@ -12,7 +12,7 @@ from deliberate.cli.common import add_device_argument, set_threads
 from deliberate.cli.config_file import write_run_config
 from deliberate.models.base import parse_kv
 from deliberate.models.tiny import TinyConfig
-from deliberate.train.distributed import setup
+from deliberate.policy.distributed import setup
 from deliberate.train.sft import SFTConfig, train_sft
 
 

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import torch
 
 from deliberate.errors import DeliberateError
+from deliberate.models.engine.device import resolve_device
 
 T = TypeVar("T")
 
@@ -119,8 +120,6 @@ class Single(Dist):
 
     def __init__(self, device: str | torch.device = "cpu", what: str = "train"):
         """``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (checked by :func:`resolve_device`)."""
-        from deliberate.models.engine import resolve_device
-
         self.device = resolve_device(device, what=what)
 
     def place(self, model):
@@ -137,7 +136,7 @@ class Accelerated(Dist):
     """One rank of a data-parallel job, over ``accelerate.Accelerator``."""
 
     def __init__(self, recipe: str):
-        try:
+        try:  # lazy: accelerate is an optional dependency (the train extra), needed only under a launcher
             from accelerate import Accelerator
         except ImportError as e:  # pragma: no cover - accelerate is a dependency of the train extra
             raise DeliberateError(f"{recipe}: launched under a distributed launcher but accelerate is not "
@@ -168,7 +167,7 @@ class Accelerated(Dist):
     def gather(self, items: list[T]) -> list[T]:
         if self.world_size == 1:
             return items
-        from accelerate.utils import gather_object
+        from accelerate.utils import gather_object  # lazy: optional dependency, as in __init__
 
         return gather_object(list(items))
 
@@ -209,7 +208,7 @@ class Accelerated(Dist):
 def setup(recipe: str, device: str = "auto") -> Dist:
     """:class:`Accelerated` under ``accelerate launch`` / ``torchrun`` (the launcher's config places the
     ranks, so an explicit ``device`` is refused there), else :class:`Single` on ``device`` (``auto``: the GPU
-    when CUDA is available, else the CPU; see :func:`deliberate.models.engine.resolve_device`)."""
+    when CUDA is available, else the CPU; see :func:`deliberate.models.engine.device.resolve_device`)."""
     if launched():
         if device not in (None, "auto"):
             raise DeliberateError(f"{recipe}: --device {device} is for plain runs; under accelerate launch the "
@@ -218,6 +217,3 @@ def setup(recipe: str, device: str = "auto") -> Dist:
         return Accelerated(recipe)
     return Single(device, what=recipe)
 
-
-# `--device` moved to deliberate.cli.common; train/grpo.py (its CLI not yet in deliberate.cli) imports it here.
-from deliberate.cli.common import add_device_argument  # noqa: E402,F401
