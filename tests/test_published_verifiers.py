@@ -281,7 +281,7 @@ def test_bad_specs_are_one_clear_error(tmp_path, checkpoints):
         get_verifier(f"qwen-prm:{tmp_path / 'absent'}")
     with pytest.raises(DeliberateError, match="needs a checkpoint"):
         get_verifier("rlhflow-prm")
-    with pytest.raises(DeliberateError, match="takes no option 'separator'"):
+    with pytest.raises(DeliberateError, match="unknown option 'separator'"):
         get_verifier(f"qwen-prm:{checkpoints['qwen-prm']}", separator="\n")
     plain = tmp_path / "no-template"  # Math-Shepherd's checkpoint, its tokenizer without a chat template
     shutil.copytree(checkpoints["math-shepherd"], plain)
