@@ -6,11 +6,10 @@ data-parallel under ``accelerate launch``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from deliberate.cli.common import add_device_argument
 from deliberate.cli.config_file import write_run_config
-from deliberate.cli.flags import add_config_arguments, config_from_args
+from deliberate.cli.flags import config_from_args
+from deliberate.cli.train.recipe import add_recipe_arguments, finish
 from deliberate.policy.distributed import setup
 from deliberate.train.grpo import GRPOConfig, run_grpo
 from deliberate.train.rest_em import format_iterations
@@ -44,7 +43,7 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, GRPOConfig, HELP, aliases={"init": ("--model",)})
+    add_recipe_arguments(parser, GRPOConfig, HELP)
     add_device_argument(parser)
 
 
@@ -53,9 +52,7 @@ def main(args) -> int:
     dist = setup("grpo", args.device)
     summary = run_grpo(cfg, dist=dist)
     dist.close()  # on an error the launcher stops the other ranks
-    write_run_config(cfg.out, args)
     if not dist.is_main:
+        write_run_config(cfg.out, args)
         return 0
-    print(format_iterations(summary["iterations"], cfg.eval_n))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
-    return 0
+    return finish(cfg.out, args, format_iterations(summary["iterations"], cfg.eval_n))

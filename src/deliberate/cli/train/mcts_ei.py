@@ -6,10 +6,8 @@ step values (see :mod:`deliberate.train.mcts_ei`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from deliberate.cli.config_file import write_run_config
-from deliberate.cli.flags import add_config_arguments, config_from_args
+from deliberate.cli.flags import config_from_args
+from deliberate.cli.train.recipe import add_recipe_arguments, finish
 from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
 from deliberate.train.selfimprove import iteration_table
 
@@ -35,13 +33,10 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, MCTSEIConfig, HELP, aliases={"init": ("--model",)})
+    add_recipe_arguments(parser, MCTSEIConfig, HELP)
 
 
 def main(args) -> int:
     cfg = config_from_args(MCTSEIConfig, args)
     summary = run_mcts_ei(cfg)
-    write_run_config(cfg.out, args)
-    print(format_iterations(summary["iterations"], cfg.eval_n, cfg.eval_mcts_n))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
-    return 0
+    return finish(cfg.out, args, format_iterations(summary["iterations"], cfg.eval_n, cfg.eval_mcts_n))

@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from deliberate.cli.config_file import write_run_config
-from deliberate.cli.flags import add_config_arguments, config_from_args
+from deliberate.cli.flags import config_from_args
+from deliberate.cli.train.recipe import add_recipe_arguments, finish
 from deliberate.train.self_correct import SelfCorrectConfig, run_self_correct
 
 
@@ -38,14 +37,11 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, SelfCorrectConfig, HELP, aliases={"init": ("--model",)})
+    add_recipe_arguments(parser, SelfCorrectConfig, HELP)
 
 
 def main(args) -> int:
     cfg = config_from_args(SelfCorrectConfig, args)
     summary = run_self_correct(cfg)
-    write_run_config(cfg.out, args)
-    print(f"pairs: {summary['fix_pairs']} wrong->right, {summary['keep_pairs']} right->right")
-    print(format_correction(summary["eval"]))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}")
-    return 0
+    return finish(cfg.out, args, f"pairs: {summary['fix_pairs']} wrong->right, {summary['keep_pairs']} right->right",
+                  format_correction(summary["eval"]), plot=False)

@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from deliberate.cli.config_file import write_run_config
 from deliberate.cli.flags import add_config_arguments, config_from_args
+from deliberate.cli.train.recipe import finish
 from deliberate.train.sos import HELP, SoSConfig, format_summary, run_sos
 
 
@@ -19,7 +17,4 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     cfg = config_from_args(SoSConfig, args)
     summary = run_sos(cfg)
-    write_run_config(cfg.out, args)
-    print(format_summary(summary))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}")
-    return 0
+    return finish(cfg.out, args, format_summary(summary), plot=False)

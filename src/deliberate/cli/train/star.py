@@ -5,21 +5,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from deliberate.cli.config_file import write_run_config
-from deliberate.cli.flags import add_config_arguments, config_from_args
+from deliberate.cli.flags import config_from_args
+from deliberate.cli.train.recipe import add_recipe_arguments, finish
 from deliberate.train.star import HELP, StarConfig, format_star, run_star
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, StarConfig, HELP, aliases={"init": ("--model",)})
+    add_recipe_arguments(parser, StarConfig, HELP)
 
 
 def main(args) -> int:
     cfg = config_from_args(StarConfig, args)
     summary = run_star(cfg)
-    write_run_config(cfg.out, args)
-    print(format_star(summary["iterations"]))
-    print(f"summary: {Path(cfg.out) / 'summary.json'}   plot: {Path(cfg.out) / 'curve.png'}")
-    return 0
+    return finish(cfg.out, args, format_star(summary["iterations"]))

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from deliberate.cli.config_file import write_run_config
-from deliberate.cli.flags import add_config_arguments, config_from_args
+from deliberate.cli.flags import config_from_args
+from deliberate.cli.train.recipe import add_recipe_arguments
 from deliberate.train.vstar import VStarConfig, run_vstar
 
 HELP = {
@@ -29,7 +30,7 @@ HELP = {
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, VStarConfig, HELP, aliases={"init": ("--model",)})
+    add_recipe_arguments(parser, VStarConfig, HELP)
 
 
 def main(args) -> int:
