@@ -43,6 +43,7 @@ import numpy as np
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
+from deliberate.eval.sweep_curves import compute_matched, taste_curve, token_buckets
 from deliberate.records import JsonlAppender, RecordWriter, load_records, write_json_atomic
 from deliberate.executor import LocalExecutor, chunks, progress_bar
 from deliberate.models.base import Backend
@@ -446,7 +447,10 @@ def summarize(config: SweepConfig, task: Task, problems: Sequence[Problem], rows
     extra: dict[str, Any] = {"compute_matched": compute_matched(results)}
     if pool:
         extra["token_buckets"] = token_buckets(pool)
-        extra["taste"] = taste_curve(task, problems, pool, config)
+        extra["taste"] = taste_curve(task, problems, pool, budgets=config.budgets, seeds=config.seeds,
+                                     sigmas=config.taste_sigmas,
+                                     delimiter=SearchSettings(**config.settings).step_delimiter,
+                                     noise_seed=config.problem_seed)
     return RunSummary(task=config.task, model=model, seed=tuple(config.seeds), n_problems=P, results=tuple(results),
                       extra=extra, compute=compute, config=config.to_dict(), kind="sweep")
 
@@ -472,68 +476,3 @@ def _row(strategy: str, n: int, values: Sequence[float], config: SweepConfig, pr
     fields.update(spread)
     keys = tuple(k for k in SWEEP_ROW_KEYS if k in ("strategy", "n", "accuracy", "ci") or k in fields)
     return ResultRow(strategy=strategy, n=n, accuracy=accuracy, ci=(lo, hi), **fields, keys=keys)
-
-
-def compute_matched(results: Sequence[ResultRow]) -> list[dict]:
-    """Accuracy of every strategy at equal generated tokens: at each token level that some strategy
-    reached, each other strategy's accuracy interpolated linearly on its accuracy-vs-tokens curve
-    (None outside the range it covered)."""
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for r in results:
-        if r.strategy == "pass@n" or r.generated_tokens is None:
-            continue
-        curves.setdefault(r.strategy, []).append((r.generated_tokens, r.accuracy))
-    levels = sorted({round(t) for c in curves.values() for t, _ in c})
-    table = []
-    for lv in levels:
-        row: dict[str, Any] = {"generated_tokens": lv}
-        for s, c in curves.items():
-            c = sorted(c)
-            xs, ys = [x for x, _ in c], [y for _, y in c]
-            row[s] = float(np.interp(lv, xs, ys)) if xs[0] <= lv <= xs[-1] else None
-        table.append(row)
-    return table
-
-
-def token_buckets(pool: dict, n_buckets: int = 6) -> list[dict]:
-    """Plain sampling, no search: completions grouped by the tokens they used (quantile buckets),
-    accuracy per bucket — the "o1 using search was a PSYOP" curve."""
-    toks = np.array([r.completion_tokens for rs in pool.values() for r in rs], dtype=float)
-    corr = np.array([r.correct for rs in pool.values() for r in rs], dtype=float)
-    if toks.size == 0:
-        return []
-    edges = np.unique(np.quantile(toks, np.linspace(0, 1, n_buckets + 1)))
-    out = []
-    for i in range(len(edges) - 1):
-        lo, hi = edges[i], edges[i + 1]
-        m = (toks >= lo) & ((toks < hi) if i < len(edges) - 2 else (toks <= hi))
-        if m.sum() == 0:
-            continue
-        out.append({"tokens_lo": float(lo), "tokens_hi": float(hi), "mean_tokens": float(toks[m].mean()),
-                    "accuracy": float(corr[m].mean()), "samples": int(m.sum())})
-    return out
-
-
-def taste_curve(task: Task, problems, pool: dict, config: SweepConfig) -> list[dict]:
-    """Best-of-N with a verifier of known noise: score = true correctness + N(0, sigma), per N and
-    sigma, against pass@N (sigma=0 is a perfect verifier and reaches pass@N)."""
-    from deliberate.rewards.oracle import NoisyVerifier
-
-    out = []
-    pool_n = max(config.budgets)
-    delimiter = SearchSettings(**config.settings).step_delimiter
-    ns = sorted({n for n in [1, 2, 4, 8, 16, 32, 64, 128] if n <= pool_n} | set(config.budgets))
-    for sigma in config.taste_sigmas:
-        v = NoisyVerifier(task, sigma, seed=config.problem_seed)
-        for n in ns:
-            acc = []
-            for p in problems:
-                for s in config.seeds:
-                    recs = pool[(p.id, s)][:n]
-                    sc = [v.score(p, list(task.split_steps(r.text, delimiter)) or [""])[0] for r in recs]
-                    acc.append(float(recs[int(np.argmax(sc))].correct))
-            out.append({"sigma": sigma, "n": n, "accuracy": float(np.mean(acc))})
-    for n in ns:  # the ceiling on the same first-n samples the selections saw
-        vals = [float(any(r.correct for r in pool[(p.id, s)][:n])) for p in problems for s in config.seeds]
-        out.append({"sigma": "pass@n", "n": n, "accuracy": float(np.mean(vals))})
-    return out
