@@ -23,7 +23,6 @@ import torch
 
 from deliberate.atomic import recover_dir, replace_dir, write_json_atomic
 from deliberate.errors import DeliberateError
-from deliberate.models.base import Backend
 from deliberate.models.hf import ChatText, HFBackend, HFTokenizer, generation_eos
 from deliberate.models.sampling import SamplingParams
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,17 +138,23 @@ class StepCheckpointVerifier(Verifier):
                               architecture_hint(model.config, self.kind, self.source))
         return model
 
+    @abstractmethod
     def load_model(self):
-        raise NotImplementedError
+        """The scoring model, through :meth:`from_pretrained` (so in ``self.dtype``, random heads refused)."""
 
     def encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
-        raise NotImplementedError
+        """(token ids of the problem and its steps, the position whose output scores each step): a hook of
+        :meth:`score_batch`; a verifier that overrides ``score_batch`` itself (the sequence-classification
+        ORM scores one sequence per prefix) has no use for it."""
+        raise TypeError(f"{type(self).__name__} scores through its own score_batch, not encode/read")
 
     def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
 
     def read(self, states: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``[k, hidden]`` states at the scored positions -> ``k`` step probabilities (the other hook of
+        :meth:`score_batch`, see :meth:`encode`)."""
+        raise TypeError(f"{type(self).__name__} scores through its own score_batch, not encode/read")
 
     def fit(self, ids: list[int], ends: list[int]) -> tuple[list[int], list[int]]:
         return keep_tail(ids, ends, self.max_len)

@@ -56,7 +56,6 @@ from deliberate.rewards.base import get_verifier
 from deliberate.rewards.oracle import OutcomeVerifier
 from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
-from deliberate.train.rest_em import switch
 from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
@@ -64,6 +63,7 @@ from deliberate.train.selfimprove import (
     plot_curve,
     search_solutions,
     start_run,
+    switch,
 )
 from deliberate.train.verifier import VerifierTrainConfig, train_verifier
 from deliberate.types import Problem

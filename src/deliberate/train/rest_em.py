@@ -57,6 +57,7 @@ from deliberate.train.selfimprove import (
     search_solutions,
     start_run,
     verified,
+    switch,
 )
 
 E_STEPS = ("sample", "beam")
@@ -227,13 +228,6 @@ def _run(cfg: RestEMConfig, base: Policy, progress: bool, ray: dict[str, Any] | 
     write_json_atomic(out / "summary.json", summary)
     plot_curve(rows, out / "curve.png", f"ReST-EM on {cfg.task}", keys=("greedy", f"maj@{cfg.eval_n}"))
     return summary
-
-
-def switch(old: Policy, new: Policy, base: Policy) -> Policy:
-    """``new``, after closing ``old`` unless it is ``new`` or the base (which the run closes last)."""
-    if old is not new and old is not base:
-        old.close()
-    return new
 
 
 def format_iterations(rows, n: int) -> str:

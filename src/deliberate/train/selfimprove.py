@@ -308,3 +308,9 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: Path, title: str, keys: Seq
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+def switch(old: Policy, new: Policy, base: Policy) -> Policy:
+    """``new``, after closing ``old`` unless it is ``new`` or the base (which the run closes last)."""
+    if old is not new and old is not base:
+        old.close()
+    return new
