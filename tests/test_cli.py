@@ -204,3 +204,62 @@ def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
     cfg.write_text(text)
     code, _, err = run(["eval", "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def _command_defaults():
+    """(argv, FLAGS of the command, the config its defaults should build, values the command supplies)."""
+    from deliberate.cli import eval as eval_cli
+    from deliberate.cli import label, quickstart, serve, suspects, sweep
+    from deliberate.cli.train import sft
+    from deliberate.eval.evaluate import EvalConfig
+    from deliberate.eval.sweep import SweepConfig
+    from deliberate.experiments.quickstart import QuickstartConfig
+    from deliberate.experiments.suspects import SuspectsConfig
+    from deliberate.rewards.mc_labels import MCConfig
+    from deliberate.train.sft import SFTConfig
+
+    return [
+        (["eval", "--task", "arith"], eval_cli.FLAGS, EvalConfig(task="arith", out_dir="o"), {"out_dir": "o"}),
+        (["sweep", "--task", "arith"], sweep.FLAGS, SweepConfig(task="arith", out_dir="o"), {"out_dir": "o"}),
+        (["label", "mc"], label.MC_FLAGS, MCConfig(), {"model": None}),
+        (["train", "sft"], sft.FLAGS, SFTConfig(), {"n_kv_heads": 4}),
+        (["quickstart"], quickstart.FLAGS, QuickstartConfig(), {}),
+        (["suspects"], suspects.FLAGS, SuspectsConfig(), {}),
+        (["serve", "--backend", "tiny"], serve.FLAGS, serve.ServeConfig(backend="tiny"), {}),
+    ]
+
+
+@pytest.mark.parametrize("i", range(7))
+def test_each_command_s_parser_defaults_equal_its_dataclass_defaults(i):
+    """The flags come from the config dataclasses: parsing no optional flag gives the dataclass's defaults,
+    field by field (so a default written in the dataclass can never drift from the CLI's)."""
+    from deliberate.cli import build_parser
+
+    argv, flags, expected, supplied = _command_defaults()[i]
+    args = build_parser().parse_args(argv)
+    assert flags.config(args, **supplied) == expected
+    # and a flag set on the command line reaches its field (a nested one: through its holder)
+    flag, value, read = {"sweep": ("--problem-seed", 7, lambda c: c.problem_seed),
+                         "serve": ("--max-n", 7, lambda c: c.limits.max_n),
+                         "suspects": ("--epochs", 7.0, lambda c: c.finetune.epochs),
+                         "train": ("--d-model", 64, lambda c: c.model.d_model),
+                         }.get(argv[0], ("--seed", 7, lambda c: c.seed))
+    assert read(flags.config(build_parser().parse_args(argv + [flag, str(value)]), **supplied)) == value
+
+
+def test_config_file_fills_recorded_flags_of_every_kind(tmp_path, capsys, monkeypatch):
+    """--config through the flag record: comma lists (as YAML lists or text), repeatable KEY=VALUE flags (as a
+    mapping), a BooleanOptional flag, and the command line's own flags win."""
+    from deliberate.cli import sweep as sweep_cli
+
+    seen = []
+    monkeypatch.setattr(sweep_cli, "run_sweep", lambda config, *a, **k: seen.append(config) or {"results": []})
+    monkeypatch.setattr(sweep_cli, "backend_from_args", lambda args: type("B", (), {"close": lambda self: None})())
+    monkeypatch.setattr(sweep_cli, "format_table", lambda s: "")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: arith\nstrategies: [majority, best_of_n]\nbudgets: 2,8\ntaste: []\n"
+                   "setting: {temperature: 0.5}\nverifier: oracle\nn_problems: 3\nseeds: [1, 2]\n")
+    assert run(["sweep", "--config", str(cfg), "--seeds", "4", "--out", str(tmp_path / "o")], capsys)[0] == 0
+    c = seen[0]
+    assert (c.strategies, c.budgets, c.taste_sigmas, c.settings, c.seeds, c.n_problems) == (
+        ("majority", "best_of_n"), (2, 8), (), {"temperature": 0.5}, (4,), 3)

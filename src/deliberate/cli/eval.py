@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deliberate.cli.common import add_backend_arguments, backend_from_args
 from deliberate.cli.config_file import write_run_config
-from deliberate.errors import DeliberateError
+from deliberate.cli.flags import ConfigFlags
 from deliberate.eval.evaluate import (
     IDENTITY,
     RECORDS_FILE,
@@ -22,38 +22,38 @@ from deliberate.eval.evaluate import (
     format_table,
     run_eval,
 )
-from deliberate.models.base import parse_kv
 from deliberate.tasks.base import SPLITS, get_task
 
 
-def _parse_ns(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise DeliberateError(f"--ns must be a comma-separated list of integers (got {text!r})") from None
+#: ``deliberate eval``'s flags: :class:`EvalConfig`'s fields (the backend's: :mod:`deliberate.cli.common`)
+FLAGS = ConfigFlags(
+    EvalConfig,
+    helps={
+        "task": "task name, e.g. arith, addition, gsm8k, gym:<name>",
+        "task_options": "task option (repeatable), e.g. --task-arg max_ops=4",
+        "split": "problem split",
+        "n_problems": "problems to evaluate",
+        "n": "samples per problem",
+        "ns": "k values for pass@k/maj@k, e.g. 1,2,4 (default: powers of two up to n)",
+        "temperature": "sampling temperature",
+        "top_p": "nucleus sampling mass",
+        "max_tokens": "max generated tokens (default: the task's)",
+        "seed": "problem and sampling seed",
+        "prompt_style": "plain (tiny model) or instruct",
+        "greedy": "one greedy sample per problem besides the sampled ones (--no-greedy skips it)",
+        "batch_size": "problems per backend call",
+        "out_dir": "output directory; rerun with the same one to resume (default: runs/eval-<task>-<timestamp>)",
+    },
+    names={"out_dir": "out"},
+    choices={"split": SPLITS},
+    defaults={"out_dir": None},
+    threads=None,
+)
 
 
 def add_arguments(parser) -> None:
     """Flags of ``deliberate eval``."""
-    d = EvalConfig(task="_", out_dir="_")
-    parser.add_argument("--task", required=True, help="task name, e.g. arith, addition, gsm8k, gym:<name>")
-    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="task option (repeatable), e.g. --task-arg max_ops=4")
-    parser.add_argument("--split", default=d.split, choices=SPLITS, help="problem split (default: %(default)s)")
-    parser.add_argument("--n-problems", type=int, default=d.n_problems, help="problems to evaluate (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=d.n, help="samples per problem (default: %(default)s)")
-    parser.add_argument("--ns", default=None, help="k values for pass@k/maj@k, e.g. 1,2,4 (default: powers of two up to n)")
-    parser.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="max generated tokens (default: the task's)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="problem and sampling seed (default: %(default)s)")
-    parser.add_argument("--prompt-style", default=d.prompt_style, help="plain (tiny model) or instruct (default: %(default)s)")
-    parser.add_argument("--no-greedy", action="store_true", help="skip the greedy sample per problem")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per backend call (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="output directory; rerun with the same one to resume "
-                                                    "(default: runs/eval-<task>-<timestamp>)")
+    FLAGS.add_to(parser)
     add_backend_arguments(parser)
 
 
@@ -61,11 +61,7 @@ def main(args) -> int:
     """Run ``deliberate eval`` from parsed :func:`add_arguments` flags; print the table."""
     out = args.out or f"runs/eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.task)}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.out = out  # config.yaml names the directory this run went to
-    config = EvalConfig(task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"), split=args.split,
-                        n_problems=args.n_problems, n=args.n, ns=_parse_ns(args.ns), temperature=args.temperature,
-                        top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
-                        prompt_style=args.prompt_style, greedy=not args.no_greedy, batch_size=args.batch_size,
-                        out_dir=out)
+    config = FLAGS.config(args, out_dir=out)
     task = get_task(config.task, **config.task_options)
     task.problems(config.split, config.n_problems, config.seed)  # bad data fails here, before a model loads
     # so does resuming into a directory of a different run (the model name is checked once loaded)

@@ -15,12 +15,11 @@ from deliberate.cli.common import (
     backend_from_args,
     backend_spec_from_args,
     ray_options,
-    set_threads,
 )
-from deliberate.cli.config_file import write_run_config
+from deliberate.cli.config_file import add_flag, write_run_config
+from deliberate.cli.flags import ConfigFlags
 from deliberate.errors import DeliberateError
 from deliberate.executor import RayExecutor, WorkerSpec
-from deliberate.models.base import parse_kv
 from deliberate.rewards.mc_labels import (
     LABELS_FILE,
     MCConfig,
@@ -33,35 +32,31 @@ from deliberate.rewards.mc_labels import (
 from deliberate.tasks import get_task
 
 
+#: ``deliberate label mc``'s flags: :class:`MCConfig`'s fields (its ``model`` is the backend's ``--model``)
+MC_FLAGS = ConfigFlags(
+    MCConfig,
+    helps={"samples": "sampled solutions per problem", "rollouts": "rollouts per step prefix (k)",
+           "task_options": "task option (repeatable)"},
+    skip={"rollout_batch", "model"},
+)
+
+
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="label_command", metavar="SOURCE")
     mc = sub.add_parser("mc", help="Math-Shepherd Monte-Carlo step labels from policy rollouts",
                         description="Math-Shepherd Monte-Carlo step labels from policy rollouts")
-    d = MCConfig()
     add_backend_arguments(mc)
-    mc.add_argument("--task", default=d.task)
-    mc.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
-    mc.add_argument("--split", default=d.split)
-    mc.add_argument("--n-problems", type=int, default=d.n_problems)
-    mc.add_argument("--samples", type=int, default=d.samples, help="sampled solutions per problem")
-    mc.add_argument("--rollouts", type=int, default=d.rollouts, help="rollouts per step prefix (k)")
-    mc.add_argument("--temperature", type=float, default=d.temperature)
-    mc.add_argument("--max-tokens", type=int, default=None)
-    mc.add_argument("--prompt-style", default=d.prompt_style)
-    mc.add_argument("--batch-problems", type=int, default=d.batch_problems)
-    mc.add_argument("--seed", type=int, default=d.seed)
-    mc.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    mc.add_argument("--out", default=d.out)
+    MC_FLAGS.add_to(mc)
     add_executor_arguments(mc)
     ex = sub.add_parser("export", help="write a labels file as PRM800K JSONL",
                         description="write a labels file as PRM800K JSONL")
-    ex.add_argument("labels", help="labels.jsonl or a `label mc` output directory")
-    ex.add_argument("--out", required=True, help="PRM800K JSONL file to write")
+    add_flag(ex, "labels", help="labels.jsonl or a `label mc` output directory")
+    add_flag(ex, "--out", required=True, help="PRM800K JSONL file to write")
     im = sub.add_parser("import", help="convert PRM800K JSONL into a labels file for `train prm`",
                         description="convert PRM800K JSONL into a labels file for `train prm`")
-    im.add_argument("prm800k", help="PRM800K JSONL file")
-    im.add_argument("--out", required=True, help="labels JSONL file to write")
-    im.add_argument("--neutral", type=float, default=1.0, help="label of a rating-0 step (default 1.0)")
+    add_flag(im, "prm800k", help="PRM800K JSONL file")
+    add_flag(im, "--out", required=True, help="labels JSONL file to write")
+    add_flag(im, "--neutral", type=float, default=1.0, help="label of a rating-0 step (default 1.0)")
 
 
 def main(args) -> int:
@@ -79,12 +74,7 @@ def main(args) -> int:
         return 0
     if cmd != "mc":
         raise DeliberateError("choose a label source: `deliberate label mc|export|import ...` (see --help)")
-    set_threads(args.threads or None)
-    cfg = MCConfig(task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"), split=args.split,
-                   n_problems=args.n_problems, samples=args.samples, rollouts=args.rollouts,
-                   temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed,
-                   prompt_style=args.prompt_style, batch_problems=args.batch_problems, model=args.model,
-                   out=args.out)
+    cfg = MC_FLAGS.config(args, model=args.model)
     task = get_task(cfg.task, **cfg.task_options)
     task.problems(cfg.split, 1, cfg.seed)  # bad task options / split fail here, before a model loads
     check_resume(cfg)  # and so does an --out holding labels of a different config

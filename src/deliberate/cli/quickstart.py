@@ -9,25 +9,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deliberate.cli.common import set_threads
 from deliberate.cli.config_file import write_run_config
-from deliberate.experiments.quickstart import DEFAULT_STEPS, DEFAULT_TASK_OPTIONS, QuickstartConfig, run_quickstart
+from deliberate.cli.flags import ConfigFlags
+from deliberate.experiments.quickstart import DEFAULT_TASK_OPTIONS, QuickstartConfig, run_quickstart
+
+
+#: the flags: :class:`QuickstartConfig`'s fields
+FLAGS = ConfigFlags(QuickstartConfig, helps={
+    "seed": "training seed (eval problems and sampling use --eval-seed)",
+    "steps": "SFT steps",
+    "n_problems": "held-out problems to evaluate",
+    "n": "samples per problem",
+})
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="training seed (eval problems and sampling use --eval-seed)")
-    parser.add_argument("--eval-seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="SFT steps")
-    parser.add_argument("--n-problems", type=int, default=200, help="held-out problems to evaluate")
-    parser.add_argument("--n", type=int, default=16, help="samples per problem")
-    parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    FLAGS.add_to(parser)
 
 
 def main(args) -> int:
-    set_threads(args.threads or None)
-    cfg = QuickstartConfig(seed=args.seed, eval_seed=args.eval_seed, steps=args.steps, n_problems=args.n_problems,
-                           n=args.n, out=args.out)
+    cfg = FLAGS.config(args)
     run_quickstart(cfg)
     write_run_config(cfg.out, args)
     out = Path(cfg.out)

@@ -21,6 +21,7 @@ from deliberate.cli.common import (
     ray_options,
 )
 from deliberate.cli.config_file import write_run_config
+from deliberate.cli.flags import ConfigFlags
 from deliberate.errors import DeliberateError
 from deliberate.eval.sweep import IDENTITY, OUTCOME_VERIFIERS, SweepConfig, check_resume, run_sweep
 from deliberate.executor import RayExecutor, WorkerSpec
@@ -45,12 +46,6 @@ def format_table(summary: dict) -> str:
                      f"{(f'{frac:.2f}' if frac is not None else '-'):>8} "
                      f"{r.get('generated_tokens', 0) / P:>12.1f} {r.get('verifier_sequences', 0) / P:>10.1f}")
     return "\n".join(lines)
-
-def parse_ints(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise DeliberateError(f"{flag} must be a comma-separated list of integers (got {text!r})") from None
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     raw = parse_kv(items, "--setting")
@@ -77,34 +72,44 @@ def parse_verifier_args(items: Sequence[str]) -> dict[str, Any]:
         out["answers"] = tuple(str(out["answers"]).split(","))
     return out
 
+#: ``deliberate sweep``'s flags: :class:`SweepConfig`'s fields (backend and executor: :mod:`deliberate.cli.common`)
+FLAGS = ConfigFlags(
+    SweepConfig,
+    helps={
+        "task": "task name, e.g. arith, mawps, gym:<name>",
+        "task_options": "task option (repeatable)",
+        "strategies": f"comma-separated, from: {', '.join(strategy_names())}",
+        "budgets": "budgets N, comma-separated",
+        "seeds": "sampling seeds, comma-separated",
+        "n_problems": "problems",
+        "problem_seed": "seed of the generated problems",
+        "verifier": (f"verifier spec KIND[:ARG], e.g. prm:DIR, lprm:DIR, hf-prm:DIR, dpo:DIR, oracle, noisy:SIGMA; "
+                     f"kinds: {', '.join(verifier_kinds())}"),
+        "verifier_args": ("verifier option (repeatable): device=cuda (learned verifiers; default auto), batch_size=N, "
+                          "dtype=bfloat16 (hf-prm, hf-orm, genrm); hf-prm/hf-orm also separator=..., "
+                          "positive_label=N, prompt_style=instruct"),
+        "settings": ("search setting (repeatable), e.g. expansions=4, aggregation=last, temperature=0.8, "
+                     "prompt_style=instruct, mcts_value=rollout"),
+        "batch_problems": "problems searched together",
+        "taste_sigmas": "noise levels of the taste curve ('' to skip)",
+        "trees_per_run": "search trees kept per (strategy, N, seed)",
+        "pool_from": "reuse the samples of an earlier sweep (e.g. to compare verifiers on the same samples)",
+        "out_dir": "output directory; rerun with the same one to resume (default: runs/sweep-<task>-<timestamp>)",
+    },
+    names={"out_dir": "out", "verifier_args": "verifier_arg", "settings": "setting", "taste_sigmas": "taste"},
+    choices={"split": ("train", "test")},
+    metavars={"pool_from": "SWEEP_DIR"},
+    defaults={"out_dir": None},
+    readers={"verifier_args": parse_verifier_args, "settings": parse_settings},
+    threads=None,
+)
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--task", required=True, help="task name, e.g. arith, mawps, gym:<name>")
-    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option (repeatable)")
-    parser.add_argument("--strategies", default="majority,best_of_n,weighted,beam",
-                        help=f"comma-separated, from: {', '.join(strategy_names())} (default: %(default)s)")
-    parser.add_argument("--budgets", default="4,16", help="budgets N, comma-separated (default: %(default)s)")
-    parser.add_argument("--seeds", default="0", help="sampling seeds, comma-separated (default: %(default)s)")
-    parser.add_argument("--n-problems", type=int, default=100, help="problems (default: %(default)s)")
-    parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--problem-seed", type=int, default=0, help="seed of the generated problems (default: 0)")
-    parser.add_argument("--verifier", default=None,
-                        help=f"verifier spec KIND[:ARG], e.g. prm:DIR, lprm:DIR, hf-prm:DIR, dpo:DIR, oracle, noisy:SIGMA; "
-                             f"kinds: {', '.join(verifier_kinds())}")
-    parser.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="verifier option (repeatable): device=cuda (learned verifiers; default auto), "
-                             "batch_size=N, dtype=bfloat16 (hf-prm, hf-orm, genrm); hf-prm/hf-orm also "
-                             "separator=..., positive_label=N, prompt_style=instruct")
-    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
-                        help="search setting (repeatable), e.g. expansions=4, aggregation=last, temperature=0.8, "
-                             "prompt_style=instruct, mcts_value=rollout")
-    parser.add_argument("--batch-problems", type=int, default=50, help="problems searched together (default: 50)")
-    parser.add_argument("--taste", default="0,0.5,1,2", help="noise levels of the taste curve ('' to skip)")
-    parser.add_argument("--trees-per-run", type=int, default=20, help="search trees kept per (strategy, N, seed)")
-    parser.add_argument("--pool-from", default=None, metavar="SWEEP_DIR",
-                        help="reuse the samples of an earlier sweep (e.g. to compare verifiers on the same samples)")
-    parser.add_argument("--out", default=None, help="output directory; rerun with the same one to resume")
+    FLAGS.add_to(parser)
     add_backend_arguments(parser)
     add_executor_arguments(parser)
+
 
 def make_executor(args, config: SweepConfig, task: Task | None = None):
     """The executor the CLI flags ask for: ``None`` for in-process (the caller builds the backend),
@@ -121,18 +126,7 @@ def make_executor(args, config: SweepConfig, task: Task | None = None):
 def main(args) -> int:
     out = args.out or f"runs/sweep-{args.task.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.out = out  # config.yaml names the directory this run went to
-    try:
-        taste = tuple(float(x) for x in args.taste.split(",") if x.strip())
-    except ValueError:
-        raise DeliberateError(f"--taste must be comma-separated numbers (got {args.taste!r})") from None
-    config = SweepConfig(task=args.task, out_dir=out, strategies=tuple(s.strip() for s in args.strategies.split(",")
-                                                                        if s.strip()),
-                         budgets=parse_ints(args.budgets, "--budgets"), seeds=parse_ints(args.seeds, "--seeds"),
-                         n_problems=args.n_problems, split=args.split, problem_seed=args.problem_seed,
-                         task_options=parse_kv(args.task_arg, "--task-arg"), verifier=args.verifier,
-                         verifier_args=parse_verifier_args(args.verifier_arg),
-                         settings=parse_settings(args.setting), batch_problems=args.batch_problems, taste_sigmas=taste,
-                         trees_per_run=args.trees_per_run, pool_from=args.pool_from)
+    config = FLAGS.config(args, out_dir=out)
     task = get_task(config.task, **config.task_options)
     task.problems(config.split, config.n_problems, config.problem_seed)  # bad data fails before a model loads
     chosen = {s: get_strategy(s) for s in config.strategies}
