@@ -263,3 +263,17 @@ def test_config_file_fills_recorded_flags_of_every_kind(tmp_path, capsys, monkey
     c = seen[0]
     assert (c.strategies, c.budgets, c.taste_sigmas, c.settings, c.seeds, c.n_problems) == (
         ("majority", "best_of_n"), (2, 8), (), {"temperature": 0.5}, (4,), 3)
+
+
+def test_eval_config_yaml_of_an_earlier_version_still_reads(tmp_path, capsys, monkeypatch):
+    """Run directories written before `--greedy/--no-greedy` hold ``no_greedy:``; their config.yaml still reruns."""
+    from deliberate.cli import eval as eval_cli
+
+    seen = []
+    monkeypatch.setattr(eval_cli, "run_eval", lambda config, *a, **k: seen.append(config) or {})
+    monkeypatch.setattr(eval_cli, "backend_from_args", lambda args: type("B", (), {"close": lambda self: None})())
+    monkeypatch.setattr(eval_cli, "format_table", lambda s: "")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: arith\nn_problems: 3\nno_greedy: true\n")
+    assert run(["eval", "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)[0] == 0
+    assert seen[0].greedy is False

@@ -135,6 +135,11 @@ def coerce(action: argparse.Action | None, repeatable: bool, key: str, value: An
     return value
 
 
+#: keys that run directories written by earlier versions hold, and what they mean now, so their config.yaml
+#: still reruns: (old key, new key, value map)
+LEGACY_KEYS = (("no_greedy", "greedy", lambda v: None if v is None else not v),)
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -146,7 +151,11 @@ def read_config_file(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise DeliberateError(f"--config {path}: expected a mapping of option: value (got {type(values).__name__})")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    for old, new, convert in LEGACY_KEYS:
+        if old in values and new not in values:
+            values[new] = convert(values.pop(old))
+    return values
 
 
 def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str],
