@@ -77,7 +77,8 @@ def test_train_lprm_on_an_hf_model_both_targets(tiny_hf, task, tmp_path, capsys)
     assert main_cli(base + ["--lm", str(tiny_hf), "--target", "outcome", "--out", str(tmp_path / "lorm")]) == 0
     for d, target in (("lprm", "step"), ("lorm", "outcome")):
         cal = json.loads((tmp_path / d / "calibration.json").read_text())
-        assert cal["target"] == target and cal["lm_source"] == str(tiny_hf.resolve()) and cal["n_solutions"] == len(rows)
+        assert cal["target"] == target and cal["n_solutions"] == len(rows)
+        assert cal["lm_source"] == str(tiny_hf.resolve())
         assert not (tmp_path / d / "lm").exists()  # an HF LM is recorded, not copied
         assert cal["train_bce"] < math.log(2)  # the features separate right from garbled steps somewhat
     assert json.loads((tmp_path / "lprm" / "calibration.json").read_text())["n_steps"] == \

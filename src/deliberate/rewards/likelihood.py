@@ -82,8 +82,8 @@ class StepCodec:
         if isinstance(tokenizer, StepCodec):
             return tokenizer
         if not isinstance(tokenizer, CharTokenizer):  # an HF tokenizer would add special tokens to every piece
-            raise DeliberateError(f"lprm: expected a tiny CharTokenizer or a StepCodec (got {type(tokenizer).__name__}; "
-                                  "wrap an HF tokenizer with StepCodec.of_hf)")
+            raise DeliberateError(f"lprm: expected a tiny CharTokenizer or a StepCodec (got "
+                                  f"{type(tokenizer).__name__}; wrap an HF tokenizer with StepCodec.of_hf)")
         return cls(tokenizer, tokenizer.bos_token_id, tokenizer.pad_token_id)
 
     @classmethod
