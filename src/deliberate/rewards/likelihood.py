@@ -1,20 +1,28 @@
 """Likelihood PRM: a frozen LM's per-step log-probabilities, calibrated on Monte-Carlo step labels.
 
-    deliberate train lprm --lm runs/verifier-backbone --labels runs/labels --out runs/lprm
+    deliberate train lprm --model runs/verifier-backbone --labels runs/labels --out runs/lprm
     deliberate sweep ... --verifier lprm:runs/lprm
+    deliberate train lprm --model smollm2 --labels runs/labels --out runs/lprm-smollm2   # any HF causal LM
 
-Each step of a solution gets three features from the language model ``--lm`` (a tiny checkpoint,
-kept frozen): the summed log-probability of the step's characters, the smallest of those character
-log-probabilities, and the running minimum of the step sums so far. Separators are not scored, so a
-step prefix gets the same scores as the same steps inside a longer solution (what step-level search
-needs). A logistic regression on the standardised features is fitted to the Monte-Carlo soft labels
-(``deliberate label mc``): score = sigmoid(w . (f - mu) / sd + b), one probability per step prefix.
+Each step of a solution gets three features from the language model ``--model`` (alias ``--lm``; kept
+frozen): the summed log-probability of the step's tokens, the smallest of those token log-probabilities,
+and the running minimum of the step sums so far. The LM is a tiny checkpoint (one token per character),
+an HF causal-LM directory, a ``.gguf`` file or ``smollm2`` (as ``--model`` everywhere, see
+:func:`deliberate.models.hf.resolve_path`). The text is the prompt and the steps joined by newlines; each
+newline-separated piece is tokenized on its own (:class:`StepCodec`), so every step's tokens are exactly
+its own, separators are not scored, and a step prefix gets the same scores as the same steps inside a
+longer solution (what step-level search needs). A logistic regression on the standardised features is
+fitted to the Monte-Carlo soft labels (``deliberate label mc``): score = sigmoid(w . (f - mu) / sd + b),
+one probability per step prefix.
 
 Why: a PRM fine-tuned from an LM with a 1-logit head at each step's end (``deliberate train prm
 --init-from``) sees only the hidden state there, not how surprised the LM was by the step's digits;
 the log-probs carry exactly that. On arith, with an LM stronger than the policy, this verifier picks
 far better than majority vote where the head-on-hidden-state PRM from the same LM does not
-(docs/RESULTS.md). ``OUT`` holds a copy of the LM (``OUT/lm``) and ``OUT/calibration.json``.
+(docs/RESULTS.md). ``OUT/calibration.json`` holds the fit and names the LM: a tiny LM is copied to
+``OUT/lm`` (the directory is self-contained); an HF LM is not copied (it may be gigabytes) but recorded
+as ``lm_source`` (``smollm2`` or an absolute path), and ``lprm:OUT`` loads it from there. The tiny LM
+computes training features on the CPU; an HF LM runs in float32 on ``device`` (a GPU when there is one).
 
 **Likelihood ORM** (``deliberate train lprm --target outcome``, verifier ``lorm:DIR``): the same
 frozen LM and the same features, but the regression is fitted to each labelled solution's *outcome*
@@ -33,10 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
+from deliberate.models.engine import Engine, is_llama_like, resolve_device
+from deliberate.models.hf import HFTokenizer, load_hf, resolve_path
+from deliberate.models.tiny import CharTokenizer, load_tiny
 from deliberate.records import write_json_atomic
 from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
+from deliberate.rewards.mc_labels import read_labels
 from deliberate.types import Problem
 
 FEATURES = ("step_logprob", "step_min_char_logprob", "running_min_step_logprob")
@@ -46,22 +59,105 @@ CALIBRATION = "calibration.json"
 TARGETS = ("step", "outcome")
 #: the verifier spec prefix a calibration of each target loads under
 KIND = {"step": "lprm", "outcome": "lorm"}
+SEPARATOR = "\n"
+
+
+class StepCodec:
+    """A frozen LM's tokenizer as the likelihood features read text: every newline-separated piece encoded
+    on its own and the newlines between them as their own tokens. A step's tokens are then exactly its
+    own (no BPE merge across a separator), and the encoding of prompt + steps is the prompt's followed by
+    the steps' whenever the prompt ends with a newline. For the tiny model's character tokenizer this is
+    plain encoding. ``bos_token_id`` (``None``: no BOS) and ``pad_token_id`` are what the LM is run with;
+    an :class:`~deliberate.models.engine.Engine` may take a codec as its tokenizer."""
+
+    def __init__(self, tokenizer, bos_token_id: int | None, pad_token_id: int):
+        self.tokenizer, self.bos_token_id, self.pad_token_id = tokenizer, bos_token_id, pad_token_id
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.char_level = isinstance(tokenizer, CharTokenizer)
+        self.newline = list(tokenizer.encode(SEPARATOR))
+
+    @classmethod
+    def of(cls, tokenizer) -> StepCodec:
+        """A codec for a tiny :class:`CharTokenizer` (or a codec, returned as it is)."""
+        if isinstance(tokenizer, StepCodec):
+            return tokenizer
+        if not isinstance(tokenizer, CharTokenizer):  # an HF tokenizer would add special tokens to every piece
+            raise DeliberateError(f"lprm: expected a tiny CharTokenizer or a StepCodec (got "
+                                  f"{type(tokenizer).__name__}; wrap an HF tokenizer with StepCodec.of_hf)")
+        return cls(tokenizer, tokenizer.bos_token_id, tokenizer.pad_token_id)
+
+    @classmethod
+    def of_hf(cls, hf_tokenizer) -> StepCodec:
+        """A codec for a Hugging Face tokenizer: a BOS only where the tokenizer adds one itself (as the
+        ``hf`` backend does for plain prompts), padding with its pad (else EOS) token."""
+        codec = HFTokenizer(hf_tokenizer)
+        pad = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else (codec.eos_token_id or 0)
+        return cls(codec, codec.bos_token_id, int(pad))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        if self.char_level:  # one token per character: piecewise encoding is the plain one
+            return list(self.tokenizer.encode(text))
+        ids: list[int] = []
+        for k, piece in enumerate(text.split(SEPARATOR)):
+            if k:
+                ids += self.newline
+            if piece:
+                ids += self.tokenizer.encode(piece)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def joins(self, prompt: str) -> bool:
+        """Whether ``encode(prompt + text) == encode(prompt) + encode(text)`` for every ``text``."""
+        return self.char_level or not prompt or prompt.endswith(SEPARATOR)
+
+
+def is_tiny_lm(source: str | Path) -> bool:
+    """Whether ``source`` is a tiny checkpoint directory (has ``char_tokenizer.json``)."""
+    return (Path(str(source).strip()).expanduser() / "char_tokenizer.json").is_file()
+
+
+def load_lm(source: str | Path, device: str = "auto"):
+    """(frozen model in eval mode, :class:`StepCodec`) of ``source`` on ``device`` (``auto``: a CUDA GPU when
+    there is one, else the CPU): a tiny checkpoint directory, an HF causal-LM directory, a ``.gguf`` file or
+    ``smollm2``; float32."""
+    key = str(source).strip()
+    dev = resolve_device(device, what="lprm")
+    if is_tiny_lm(key):
+        model, tok = load_tiny(Path(key).expanduser())
+        return model.to(dev).eval(), StepCodec.of(tok)
+    path, _ = resolve_path(key)
+    model, tok = load_hf(path, dtype=torch.float32, device=str(dev))
+    return model, StepCodec.of_hf(tok)
+
+
+def hf_source(source: str | Path) -> str:
+    """How an HF LM is recorded in the calibration: a built-in name as it is, a path made absolute."""
+    key = str(source).strip()
+    p = Path(key).expanduser()
+    return str(p.resolve()) if p.exists() else key
 
 
 @torch.inference_mode()
 def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64
                   ) -> tuple[list[list[list[float]]], int]:
     """For each (prompt, steps): one feature row (:data:`FEATURES`) per step, from one forward pass of
-    prompt + steps joined by newlines (batched, right-padded); also the number of tokens run. Needs a
-    character-level tokenizer (one token per character), as the tiny models have."""
+    prompt + steps joined by newlines (batched, right-padded); also the number of tokens run.
+    ``tokenizer``: a tiny :class:`CharTokenizer` or a :class:`StepCodec` (any LM's)."""
+    codec = StepCodec.of(tokenizer)
     enc = []
     for prompt, steps in items:
-        p = [tokenizer.bos_token_id] + tokenizer.encode(prompt)
-        text = "\n".join(steps)
-        c = tokenizer.encode(text)
-        if len(c) != len(text):
-            raise DeliberateError("lprm: the LM's tokenizer must map one character to one token (a tiny checkpoint)")
-        enc.append((p, c, [len(s) for s in steps]))
+        p = ([codec.bos_token_id] if codec.bos_token_id is not None else []) + codec.encode(prompt)
+        if not p:
+            raise DeliberateError("lprm: an empty prompt without a BOS token leaves the first step unpredicted")
+        c = codec.encode(SEPARATOR.join(steps))
+        enc.append((p, c, [len(codec.encode(s)) for s in steps]))
+    sep = len(codec.newline)
     max_len = int(getattr(model.config, "max_position_embeddings", 512))
     out: list[list[list[float]]] = [[] for _ in items]
     n_tokens = 0
@@ -71,7 +167,7 @@ def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], 
         seqs = [(enc[i][0] + enc[i][1])[-max_len:] for i in chunk]
         n_tokens += sum(len(q) for q in seqs)
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(seqs), width), codec.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for r, s in enumerate(seqs):
             ids[r, :len(s)] = torch.tensor(s)
@@ -88,8 +184,8 @@ def step_features(model, tokenizer, items: Sequence[tuple[str, Sequence[str]]], 
             lp = [0.0] * (len(c) - len(lp)) + lp  # completion tokens cut off the front count as certain
             rows, pos, run_min = [], 0, 0.0
             for n in lens:
-                seg = lp[pos:pos + n]  # the step's characters; the newline after it is not scored
-                pos += n + 1
+                seg = lp[pos:pos + n]  # the step's tokens; the separator after it is not scored
+                pos += n + sep
                 run_min = min(run_min, sum(seg))
                 rows.append([sum(seg), min(seg, default=0.0), run_min])
             out[i] = rows
@@ -124,12 +220,13 @@ def fit_calibration(features: Sequence[Sequence[float]], targets: Sequence[float
 
 class LikelihoodPRM(Verifier):
     """Per-step P(correct so far) = calibrated logistic function of the frozen LM's step log-probs; with
-    an outcome calibration (``lorm:``) each step's score is P(right answer) were the solution to end there."""
+    an outcome calibration (``lorm:``) each step's score is P(right answer) were the solution to end there.
+    ``tokenizer``: a tiny :class:`CharTokenizer` or a :class:`StepCodec`."""
 
     def __init__(self, model, tokenizer, calibration: dict[str, Any], task=None, path: str | None = None,
                  batch_size: int = 64):
         super().__init__()
-        self.model, self.tokenizer, self.task, self.path = model.eval(), tokenizer, task, path
+        self.model, self.tokenizer, self.task, self.path = model.eval(), StepCodec.of(tokenizer), task, path
         self.cal, self.batch_size = calibration, batch_size
         self.target = calibration.get("target", "step")
         self.kind = KIND[self.target]
@@ -143,16 +240,16 @@ class LikelihoodPRM(Verifier):
 
     # --- incremental scoring for search ------------------------------------------------------
     # A search scores a child = parent prefix + one new step. The features of every earlier step are the
-    # parent's (remembered in `_memo`); the new step's are its characters' log-probs, which an Engine over
+    # parent's (remembered in `_memo`); the new step's are its tokens' log-probs, which an Engine over
     # the LM computes from the parent's cached KV (`Engine.tail_logprobs`): only the new step's tokens run.
-    # Cold candidates whose earlier steps are unknown, and sequences too long for the LM's context, take
-    # the full batched forward (`step_features`). Both give the same scores up to float noise (tested).
+    # The Engine reads text through the StepCodec, so its tokens are the full forward's whenever the prompt
+    # joins its steps cleanly (`StepCodec.joins`). Cold candidates whose earlier steps are unknown, and
+    # sequences too long for the LM's context, take the full batched forward (`step_features`). Both give
+    # the same scores up to float noise (tested).
     _MEMO_MAX = 500_000
 
     def _engine(self):
         if getattr(self, "_eng", None) is None:
-            from deliberate.models.engine import Engine, is_llama_like
-
             self._eng = Engine(self.model, self.tokenizer, max_batch_size=self.batch_size) \
                 if is_llama_like(self.model) else False
             self._memo: dict[tuple[str, tuple[str, ...]], list[float]] = {}
@@ -165,40 +262,49 @@ class LikelihoodPRM(Verifier):
         for k, f in enumerate(feats):
             self._memo[(prompt, tuple(steps[:k + 1]))] = list(f)
 
+    def _length(self, prompt: str, steps: Sequence[str]) -> int:
+        """Tokens of the full forward over ``prompt`` and ``steps`` (BOS included)."""
+        codec = self.tokenizer
+        if codec.char_level:  # no need to encode: one token per character
+            return 1 + len(prompt) + len(SEPARATOR.join(steps))
+        bos = 0 if codec.bos_token_id is None else 1
+        return bos + len(codec.encode(prompt)) + len(codec.encode(SEPARATOR.join(steps)))
+
     @torch.inference_mode()
     def score_batch(self, items):
         out: list[list[float]] = [[] for _ in items]
         eng = self._engine()
+        codec = self.tokenizer
         inc, full = [], []
         for i, (p, steps) in enumerate(items):
             steps = list(steps)
             if not steps:
                 continue
             prompt = problem_prompt(self.task, p)
-            fits = bool(eng) and 1 + len(prompt) + len("\n".join(steps)) < self._max_len  # not truncated
+            fits = bool(eng) and codec.joins(prompt) and self._length(prompt, steps) < self._max_len  # not truncated
             known = [self._memo.get((prompt, tuple(steps[:k + 1]))) for k in range(len(steps))] if eng else []
+            tail = len(codec.encode(steps[-1])) if fits else 0
             if eng and all(f is not None for f in known):
                 out[i] = self._scores(known)
-            elif fits and all(f is not None for f in known[:-1]) and steps[-1]:
-                inc.append((i, prompt, steps, known[:-1]))
+            elif fits and all(f is not None for f in known[:-1]) and tail:
+                inc.append((i, prompt, steps, known[:-1], tail))
             else:
                 full.append((i, prompt, steps, fits))
         if inc:
             before = eng.stats.prefill_tokens
-            lps = eng.tail_logprobs([prompt + "\n".join(steps) for _, prompt, steps, _ in inc],
-                                    [len(steps[-1]) for _, _, steps, _ in inc])
+            lps = eng.tail_logprobs([prompt + SEPARATOR.join(steps) for _, prompt, steps, _, _ in inc],
+                                    [tail for *_, tail in inc])
             self.stats.calls += 1
             self.stats.sequences += len(inc)
             self.stats.tokens += eng.stats.prefill_tokens - before
-            for (i, prompt, steps, known), lp in zip(inc, lps):
+            for (i, prompt, steps, known, _), lp in zip(inc, lps):
                 seg = lp.tolist()
                 run_min = min(0.0, *(f[0] for f in known), sum(seg))
                 feats = [*known, [sum(seg), min(seg), run_min]]
                 self._remember(prompt, steps, feats)
                 out[i] = self._scores(feats)
         if full:
-            feats, n_tokens = step_features(self.model, self.tokenizer, [(p, s) for _, p, s, _ in full],
-                                            self.batch_size)
+            feats, n_tokens = step_features(self.model, codec, [(p, s) for _, p, s, _ in full], self.batch_size)
             for (i, prompt, steps, fits), f in zip(full, feats):
                 out[i] = self._scores(f)
                 if fits:
@@ -211,14 +317,14 @@ class LikelihoodPRM(Verifier):
     def describe(self):
         return {"name": self.name, "kind": self.kind, "path": self.path,
                 "target": self.target,
-                **{k: self.cal[k] for k in ("lm", "labels", "train_bce", "n_steps", "n_solutions") if k in self.cal}}
+                **{k: self.cal[k] for k in ("lm", "lm_source", "labels", "train_bce", "n_steps", "n_solutions")
+                   if k in self.cal}}
 
 
 def load_lprm(directory: str | Path, task=None, batch_size: int = 64, device: str = "auto") -> LikelihoodPRM:
-    """``device``: where the frozen LM runs (``auto``: a CUDA GPU when there is one, else the CPU), float32."""
-    from deliberate.models.engine import resolve_device
-    from deliberate.models.tiny import load_tiny
-
+    """The verifier in ``directory`` (from :func:`train_lprm`) with its LM: the tiny copy in ``OUT/lm``, or
+    the HF LM its calibration records as ``lm_source``. ``device``: where the frozen LM runs (``auto``: a
+    CUDA GPU when there is one, else the CPU), float32."""
     d = Path(directory)
     f = d / CALIBRATION
     if not f.exists():
@@ -227,12 +333,21 @@ def load_lprm(directory: str | Path, task=None, batch_size: int = 64, device: st
         cal = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise DeliberateError(f"lprm: {f}: malformed JSON ({e})") from None
-    dev = resolve_device(device, what="lprm")
-    model, tok = load_tiny(d / "lm")
-    return LikelihoodPRM(model.to(dev), tok, cal, task=task, path=str(directory), batch_size=batch_size)
+    if (d / "lm").exists():
+        source: str | Path = d / "lm"
+    elif cal.get("lm_source"):
+        source = cal["lm_source"]
+    else:
+        raise DeliberateError(f"lprm: {d} has neither a tiny LM (lm/) nor an HF LM recorded (lm_source)")
+    try:
+        model, codec = load_lm(source, device)
+    except DeliberateError as e:
+        raise DeliberateError(f"lprm: {d}: cannot load its LM {source} ({e})") from None
+    return LikelihoodPRM(model, codec, cal, task=task, path=str(directory), batch_size=batch_size)
 
 
-def _load_checked(kind: str, arg, task, **options: Any) -> LikelihoodPRM:
+def load_checked(kind: str, arg, task, **options: Any) -> LikelihoodPRM:
+    """``kind:arg`` (``lprm`` or ``lorm``) loaded, refusing a calibration fitted to the other target."""
     if not arg:
         flag = "" if kind == KIND["step"] else " --target outcome"
         raise DeliberateError(f"the {kind} verifier needs a directory: {kind}:DIR (from `deliberate train lprm{flag}`)")
@@ -244,32 +359,28 @@ def _load_checked(kind: str, arg, task, **options: Any) -> LikelihoodPRM:
 
 @register_verifier("lprm", options=("batch_size", "device"))
 def _lprm(arg, task=None, **kw: Any):
-    return _load_checked("lprm", arg, task, **{k: v for k, v in kw.items() if k in ("batch_size", "device")})
+    return load_checked("lprm", arg, task, **{k: v for k, v in kw.items() if k in ("batch_size", "device")})
 
 
 @register_verifier("lorm", options=("batch_size", "device"))
 def _lorm(arg, task=None, **kw: Any):
-    return _load_checked("lorm", arg, task, **{k: v for k, v in kw.items() if k in ("batch_size", "device")})
+    return load_checked("lorm", arg, task, **{k: v for k, v in kw.items() if k in ("batch_size", "device")})
 
 
 def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, progress: bool = True,
-               target: str = "step") -> dict[str, Any]:
-    """Fit the calibration of :class:`LikelihoodPRM` with the LM ``lm``, reading each labelled solution
-    after ``task``'s prompt (as the verifier will): to every step's soft label (``target="step"``, a PRM)
-    or to each solution's outcome from its last step (``target="outcome"``, an ORM). Writes ``OUT/lm``
-    (a copy of the LM) and ``OUT/calibration.json`` (last, atomically)."""
-    from tqdm.auto import tqdm
-
-    from deliberate.models.tiny import load_tiny
-    from deliberate.rewards.mc_labels import read_labels
-
+               target: str = "step", device: str = "auto") -> dict[str, Any]:
+    """Fit the calibration of :class:`LikelihoodPRM` with the LM ``lm`` (see :func:`load_lm`), reading each
+    labelled solution after ``task``'s prompt (as the verifier will): to every step's soft label
+    (``target="step"``, a PRM) or to each solution's outcome from its last step (``target="outcome"``, an
+    ORM). Writes ``OUT/calibration.json`` last, atomically, after ``OUT/lm`` (a copy of a tiny LM, which
+    runs on the CPU here); an HF LM runs on ``device`` and is recorded, not copied."""
     if target not in TARGETS:
         raise DeliberateError(f"lprm: target must be one of {', '.join(TARGETS)} (got {target!r})")
     rows = [r for r in read_labels(labels) if r["steps"]]
     if not rows:
         raise DeliberateError(f"lprm: {labels} holds no labelled solution with steps")
-    model, tok = load_tiny(lm)
-    model.eval()
+    tiny = is_tiny_lm(lm)
+    model, codec = load_lm(lm, "cpu" if tiny else device)
     X: list[list[float]] = []
     Y: list[float] = []
     bar = tqdm(total=len(rows), desc="lprm features", disable=not progress, dynamic_ncols=True)
@@ -277,7 +388,7 @@ def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, p
         chunk = rows[lo:lo + 256]
         prompts = [problem_prompt(task, Problem(id=str(r.get("problem_id", "")), question=r["question"],
                                                 answer=str(r.get("gold")))) for r in chunk]
-        feats, _ = step_features(model, tok, [(p, r["steps"]) for p, r in zip(prompts, chunk)])
+        feats, _ = step_features(model, codec, [(p, r["steps"]) for p, r in zip(prompts, chunk)])
         for r, f in zip(chunk, feats):
             if target == "step":
                 X += f
@@ -292,10 +403,13 @@ def train_lprm(lm: str | Path, labels: str | Path, out: str | Path, task=None, p
         del fit["n_steps"]
     cal = {**fit, "target": target, "n_solutions": len(rows), "lm": str(lm), "labels": str(labels),
            "task": getattr(task, "name", None)}
+    if not tiny:
+        cal["lm_source"] = hf_source(lm)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "lm").exists():
+    if (out / "lm").exists():  # also when an HF LM replaces a tiny one: lm/ would take precedence
         shutil.rmtree(out / "lm")
-    shutil.copytree(lm, out / "lm", ignore=shutil.ignore_patterns("optimizer.pt", "rng.pt", "trainer_state.json"))
+    if tiny:
+        shutil.copytree(lm, out / "lm", ignore=shutil.ignore_patterns("optimizer.pt", "rng.pt", "trainer_state.json"))
     write_json_atomic(out / CALIBRATION, cal)
     return cal

@@ -32,8 +32,10 @@ models get their chat template (``--no-chat`` turns it off) and want ``--prompt-
 HF-sized steps (``--lr 1e-5 --batch-size 8 --warmup 0 --dpo-lr 5e-6 --dpo-warmup 0``). The generator
 fine-tunes through :meth:`Policy.finetune`, the verifier through :meth:`Policy.preference_update` (our
 deterministic DPO loop for the tiny model, TRL's ``DPOTrainer`` for HF models); the completions DPO
-sees are the solutions' steps, each ended by a newline (as the DPO verifier scores them). Reading an
-HF-trained verifier with ``dpo:`` is not supported yet (:mod:`deliberate.rewards.dpo` loads tiny ones).
+sees are the solutions' steps, each ended by a newline (as the DPO verifier scores them). ``dpo:OUT/verifier``
+(:mod:`deliberate.rewards.dpo`) reads a tiny or an HF verifier; for an HF run with ``--prompt-style instruct``
+or ``--no-chat`` give the sweep ``--verifier-arg prompt_style=instruct`` / ``chat=false`` (dpo.json does not
+record them).
 
 Each stage writes its output atomically and is skipped when rerun.
 """
