@@ -155,7 +155,8 @@ def test_dpo_verifier_from_an_hf_vstar_run(tiny_hf, task, tmp_path):
                      "--dpo-max-steps", "4", "--dpo-batch-size", "4", "--dpo-warmup", "0", "--val-fraction", "0",
                      "--out", str(out)]) == 0
     verifier = out / "verifier"
-    assert json.loads((verifier / "dpo.json").read_text())["beta"] == 0.5
+    meta = json.loads((verifier / "dpo.json").read_text())
+    assert (meta["beta"], meta["chat"], meta["prompt_style"]) == (0.5, True, "plain")  # how it read its prompts
 
     v = get_verifier(f"dpo:{verifier}", task=task, device="cpu")
     assert v.hf and v.chat and v.beta == 0.5  # the tokenizer has a chat template: vstar trained through it

@@ -84,6 +84,8 @@ class Policy(ABC):
     #: ``True`` for a pretrained language model that reads a natural-language hint in its prompt;
     #: ``False`` for the tiny model, which only knows the formats it was trained on
     pretrained: bool = False
+    #: ``True`` when prompts are rendered with the tokenizer's chat template (an HF policy loaded with chat on)
+    chat: bool = False
 
     @property
     @abstractmethod

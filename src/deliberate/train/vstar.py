@@ -33,9 +33,8 @@ HF-sized steps (``--lr 1e-5 --batch-size 8 --warmup 0 --dpo-lr 5e-6 --dpo-warmup
 fine-tunes through :meth:`Policy.finetune`, the verifier through :meth:`Policy.preference_update` (our
 deterministic DPO loop for the tiny model, TRL's ``DPOTrainer`` for HF models); the completions DPO
 sees are the solutions' steps, each ended by a newline (as the DPO verifier scores them). ``dpo:OUT/verifier``
-(:mod:`deliberate.rewards.dpo`) reads a tiny or an HF verifier; for an HF run with ``--prompt-style instruct``
-or ``--no-chat`` give the sweep ``--verifier-arg prompt_style=instruct`` / ``chat=false`` (dpo.json does not
-record them).
+(:mod:`deliberate.rewards.dpo`) reads a tiny or an HF verifier, with the prompt style and chat setting the
+verifier was trained with (recorded in ``dpo.json``).
 
 Each stage writes its output atomically and is skipped when rerun.
 """
@@ -191,7 +190,9 @@ def train_dpo_verifier(cfg: VStarConfig, rows, task: Task, out: Path, progress: 
     meta = {"beta": cfg.dpo.beta, "task": cfg.task, "task_options": cfg.task_options, "init": str(cfg.verifier_start),
             "ref": str(cfg.verifier_reference), "pairs": len(tr), "val_pairs": len(va), "steps": res.steps,
             "tokens_trained": res.tokens_trained, "train_pair_accuracy": res.train_accuracy,
-            "val_pair_accuracy": res.eval_accuracy, "device": res.device}
+            "val_pair_accuracy": res.eval_accuracy, "device": res.device,
+            # how the verifier read its prompts in training, so `dpo:` scores with the same text
+            "prompt_style": cfg.prompt_style, "chat": start.chat}
     write_json_atomic(meta_path, meta)
     return meta
 
