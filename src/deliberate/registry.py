@@ -1,7 +1,8 @@
 """One registry class for everything chosen by name: tasks, backends, verifiers, search strategies, recipes.
 
 Each kind keeps one :class:`Registry` (``TASKS`` in ``tasks/base.py``, ``BACKENDS`` in ``models/base.py``,
-``VERIFIERS`` in ``rewards/base.py``, ``STRATEGIES`` in ``search/base.py``), so every kind behaves the same:
+``VERIFIERS`` in ``rewards/base.py``, ``STRATEGIES`` in ``search/base.py``, ``RECIPES`` in ``cli/recipes.py``),
+so every kind behaves the same:
 
 * ``@REG.register("name")`` adds a factory: any callable (a class, a function, a strategy itself);
 * every lookup first imports the kind's built-in modules (once) and the user's plug-ins
@@ -26,7 +27,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,13 @@ class Entry:
 
     @property
     def origin(self) -> str:
-        """``module.qualname`` of the factory: which code registered it."""
+        """``module.qualname`` of the factory: which code registered it. An entry object that stands for
+        other code (a recipe built around a plug-in's run function) names that code in its ``origin``:
+        its own class would make every such entry look like the same code re-registered."""
         f = self.factory
+        own = getattr(f, "origin", None)
+        if isinstance(own, str) and own:
+            return own
         return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
 
 
@@ -157,6 +163,10 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         self.load()
         return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        """The names, as :meth:`names` lists them."""
+        return iter(self.names())
 
     def check(self, spec: str, options: dict[str, Any]) -> Entry:
         """The entry of ``spec``, after checking that it takes every key of ``options`` (a typo gets a
