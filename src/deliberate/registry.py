@@ -11,7 +11,8 @@ so every kind behaves the same:
 * an unknown name is refused with the valid names and the closest one ("did you mean");
 * ``create(name, **options)`` checks the option names against the factory (its signature, or the
   ``options`` it was registered with) before calling it, again with a "did you mean";
-* ``names()`` and ``describe(name)`` (first docstring line + options) feed the CLI listings.
+* ``names()`` and ``describe(name)`` (first docstring line, or an entry object's own ``help``, + options)
+  feed the CLI listings.
 
 A name is taken once. Registering a second factory under a taken name is refused, unless the
 newcomer passes ``override=True`` (a plug-in deliberately replacing a built-in): then, as before this
@@ -213,7 +214,8 @@ class Registry:
     def describe(self, name: str) -> Description:
         """First docstring line and options of ``name``, for listings."""
         entry, _ = self.entry(name)
-        doc = (getattr(entry.factory, "__doc__", None) or "").strip().splitlines()
+        own = getattr(entry.factory, "help", None)  # an entry object with its own line (a recipe)
+        doc = (own if isinstance(own, str) else getattr(entry.factory, "__doc__", None) or "").strip().splitlines()
         sig = signature(entry.factory)
         if entry.options is not None or sig is None:
             options = entry.options or ()
