@@ -253,7 +253,8 @@ def test_the_example_recipe_is_listed_and_trains(tmp_path, easy_ckpt, capsys, mo
             "--eval-problems", "6", "--steps", "2", "--batch-size", "8"]
     assert main_cli(argv + ["--out", str(out)]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split() == ["iter", "kept", "solved", "greedy"] and f"config: {out / 'config.yaml'}" in printed[-1]
+    assert printed[0].split() == ["iter", "kept", "solved", "greedy"]
+    assert f"config: {out / 'config.yaml'}" in printed[-1]
     rows = json.loads((out / "summary.json").read_text())["iterations"]
     assert [r["iteration"] for r in rows] == [0, 1] and 0 < rows[1]["solved"] <= rows[1]["kept"] <= 12 * 4
     assert rows[1]["model"] == str(out / "it001" / "model") and (out / "it001" / "model").is_dir()
