@@ -1,8 +1,9 @@
-"""The one registry behind tasks, backends, verifiers and strategies: unknown names, option checks,
+"""The one registry behind tasks, backends, verifiers, strategies and recipes: unknown names, option checks,
 plug-ins and duplicate names behave the same for every kind."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import textwrap
@@ -11,6 +12,8 @@ import types
 import pytest
 
 from deliberate import plugins
+from deliberate.cli import main_cli
+from deliberate.cli.recipes import RECIPES, get_recipe, recipe_names, register_recipe
 from deliberate.errors import DeliberateError
 from deliberate.models.base import BACKENDS, backend_names, get_backend
 from deliberate.registry import Registry
@@ -24,11 +27,16 @@ KINDS = [
     (BACKENDS, get_backend, "tniy", "tiny", "openai"),
     (VERIFIERS, get_verifier, "orcale", "oracle", "prm"),
     (STRATEGIES, get_strategy, "bema", "beam", "majority"),
+    (RECIPES, get_recipe, "rest_em", "rest-em", "grpo"),
 ]
-NAMES = {"task": task_names, "backend": backend_names, "verifier": verifier_kinds, "search strategy": strategy_names}
+NAMES = {"task": task_names, "backend": backend_names, "verifier": verifier_kinds, "search strategy": strategy_names,
+         "recipe": recipe_names}
 
 PLUGIN = '''
 """A plug-in registering one of each kind."""
+from dataclasses import dataclass
+
+from deliberate.cli.recipes import register_recipe
 from deliberate.models.base import Backend, register_backend
 from deliberate.rewards.oracle import OracleVerifier
 from deliberate.rewards.base import register_verifier
@@ -66,7 +74,28 @@ def plug_verifier(arg, task=None, level=0.5, **_):
 def plug_strategy(problems, ctx):
     """Gives up at once, from a plug-in."""
     return []
+
+
+@dataclass(frozen=True)
+class PlugConfig:
+    steps: int = 1
+    out: str = "runs/plug"
+
+
+@register_recipe("plug_recipe", config=PlugConfig)
+def plug_recipe(cfg):
+    """Counts its steps, from a plug-in."""
+    return f"ran {cfg.steps} steps"
 '''
+
+
+@pytest.fixture
+def clean_recipes(clean_registries):
+    """clean_registries, and the recipes a test registered forgotten too."""
+    RECIPES.load()
+    saved = RECIPES.snapshot()
+    yield
+    RECIPES.restore(saved)
 
 
 @pytest.mark.parametrize("registry,lookup,typo,suggested,listed", KINDS, ids=[k[0].kind for k in KINDS])
@@ -174,9 +203,10 @@ def test_any_callable_is_a_factory_and_names_may_take_an_argument():
     (VERIFIERS, lambda: get_verifier("plug_verifier:x", task=get_task("arith"), level=0.9), "plug_verifier",
      "The oracle, from a plug-in."),
     (STRATEGIES, lambda: get_strategy("plug_strategy"), "plug_strategy", "Gives up at once, from a plug-in."),
-], ids=["task", "backend", "verifier", "search strategy"])
+    (RECIPES, lambda: get_recipe("plug_recipe"), "plug_recipe", "Counts its steps, from a plug-in."),
+], ids=["task", "backend", "verifier", "search strategy", "recipe"])
 def test_a_plugin_from_the_environment_registers_each_kind(registry, lookup, name, summary, tmp_path, monkeypatch,
-                                                           clean_registries):
+                                                           capsys, clean_recipes):
     monkeypatch.delenv(plugins.ENV, raising=False)
     with pytest.raises(DeliberateError, match=f"unknown {registry.kind} {name!r}"):
         lookup()
@@ -192,8 +222,15 @@ def test_a_plugin_from_the_environment_registers_each_kind(registry, lookup, nam
         assert (made.arg, made.level) == ("x", 0.9) and registry.describe(name).options == ("level",)
         with pytest.raises(DeliberateError, match="unknown option 'levl' \\(did you mean 'level'\\?\\)"):
             get_verifier("plug_verifier", levl=1)
-    else:
+    elif registry is STRATEGIES:
         assert made.run(["p"], None) == []  # get_strategy gives a Strategy; a plain function is wrapped
+    else:  # `deliberate train plug_recipe`: its config's fields are its flags; config.yaml reruns it
+        assert made.help == summary
+        out = tmp_path / "run"
+        assert main_cli(["train", "plug_recipe", "--steps", "3", "--out", str(out)]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == "ran 3 steps"
+        assert main_cli(["train", "plug_recipe", "--config", str(out / "config.yaml")]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == "ran 3 steps"
 
 
 def test_a_broken_plugin_stops_every_kind_with_the_same_line(tmp_path, monkeypatch, clean_registries):
@@ -201,8 +238,9 @@ def test_a_broken_plugin_stops_every_kind_with_the_same_line(tmp_path, monkeypat
     bad.write_text("import deliberate\n\nraise RuntimeError('no such thing')\n")
     monkeypatch.setenv(plugins.ENV, str(bad))
     said = set()
-    for lookup in (task_names, backend_names, verifier_kinds, strategy_names, lambda: get_task("arith"),
-                   lambda: get_backend("tiny"), lambda: get_verifier("oracle"), lambda: get_strategy("beam")):
+    for lookup in (task_names, backend_names, verifier_kinds, strategy_names, recipe_names, lambda: get_task("arith"),
+                   lambda: get_backend("tiny"), lambda: get_verifier("oracle"), lambda: get_strategy("beam"),
+                   lambda: get_recipe("sft")):
         with pytest.raises(DeliberateError) as e:
             lookup()
         said.add(str(e.value))
@@ -269,3 +307,25 @@ def test_a_builtin_that_fails_on_its_own_code_is_not_hidden(tmp_path, monkeypatc
     reg = Registry("widget", builtins=["widget_broken"])
     with pytest.raises(ModuleNotFoundError, match="deliberate.no_such_module"):
         reg.names()
+
+
+def test_a_recipe_name_is_taken_once_and_typos_get_the_registrys_error(tmp_path, capsys, clean_recipes):
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        out: str = str(tmp_path)
+
+    def mine(cfg):
+        """Mine."""
+
+    with pytest.raises(DeliberateError, match=r"recipe 'sft' is registered twice: by deliberate\.cli\.train\.sft\.main "
+                                              r"and by test_registry\..*mine \(a plug-in that means to replace it"):
+        register_recipe("sft", config=Cfg)(mine)
+    register_recipe("sft", config=Cfg, override=True)(mine)
+    assert get_recipe("sft").help == "Mine." and RECIPES.describe("sft").summary == "Mine."
+    with pytest.raises(DeliberateError, match="config must be a dataclass with an `out` field"):
+        register_recipe("no_out", config=dict)
+    # the CLI refuses an unknown recipe with the same words as every registry, before argparse sees it
+    assert main_cli(["train", "rest_em", "--k", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deliberate: error: unknown recipe 'rest_em'; valid recipes: ")
+    assert err.rstrip().endswith("(did you mean 'rest-em'?)") and err.count("\n") == 1

@@ -1,8 +1,9 @@
-"""Your own tasks, verifiers, search strategies and backends, without editing deliberate.
+"""Your own tasks, verifiers, search strategies, backends and training recipes, without editing deliberate.
 
 A plug-in is a Python module that registers things when it is imported, with the decorators the
 built-ins use: :func:`deliberate.tasks.base.register_task`, :func:`deliberate.rewards.base.register_verifier`,
-:func:`deliberate.search.base.register_strategy` and :func:`deliberate.models.base.register_backend`.
+:func:`deliberate.search.base.register_strategy`, :func:`deliberate.models.base.register_backend` and
+:func:`deliberate.cli.recipes.register_recipe` (``deliberate train NAME``); examples/ holds one of each.
 Every registry (:mod:`deliberate.registry`) imports the plug-ins before it looks a name up, so the
 CLI, the Python API and worker processes see them. A name already taken is refused unless the
 plug-in registers with ``override=True`` (``@register_task("arith", override=True)``): then its

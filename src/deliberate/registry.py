@@ -1,7 +1,8 @@
 """One registry class for everything chosen by name: tasks, backends, verifiers, search strategies, recipes.
 
 Each kind keeps one :class:`Registry` (``TASKS`` in ``tasks/base.py``, ``BACKENDS`` in ``models/base.py``,
-``VERIFIERS`` in ``rewards/base.py``, ``STRATEGIES`` in ``search/base.py``), so every kind behaves the same:
+``VERIFIERS`` in ``rewards/base.py``, ``STRATEGIES`` in ``search/base.py``, ``RECIPES`` in ``cli/recipes.py``),
+so every kind behaves the same:
 
 * ``@REG.register("name")`` adds a factory: any callable (a class, a function, a strategy itself);
 * every lookup first imports the kind's built-in modules (once) and the user's plug-ins
@@ -10,7 +11,8 @@ Each kind keeps one :class:`Registry` (``TASKS`` in ``tasks/base.py``, ``BACKEND
 * an unknown name is refused with the valid names and the closest one ("did you mean");
 * ``create(name, **options)`` checks the option names against the factory (its signature, or the
   ``options`` it was registered with) before calling it, again with a "did you mean";
-* ``names()`` and ``describe(name)`` (first docstring line + options) feed the CLI listings.
+* ``names()`` and ``describe(name)`` (first docstring line, or an entry object's own ``help``, + options)
+  feed the CLI listings.
 
 A name is taken once. Registering a second factory under a taken name is refused, unless the
 newcomer passes ``override=True`` (a plug-in deliberately replacing a built-in): then, as before this
@@ -26,7 +28,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +52,13 @@ class Entry:
 
     @property
     def origin(self) -> str:
-        """``module.qualname`` of the factory: which code registered it."""
+        """``module.qualname`` of the factory: which code registered it. An entry object that stands for
+        other code (a recipe built around a plug-in's run function) names that code in its ``origin``:
+        its own class would make every such entry look like the same code re-registered."""
         f = self.factory
+        own = getattr(f, "origin", None)
+        if isinstance(own, str) and own:
+            return own
         return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
 
 
@@ -158,6 +165,10 @@ class Registry:
         self.load()
         return name in self._entries
 
+    def __iter__(self) -> Iterator[str]:
+        """The names, as :meth:`names` lists them."""
+        return iter(self.names())
+
     def check(self, spec: str, options: dict[str, Any]) -> Entry:
         """The entry of ``spec``, after checking that it takes every key of ``options`` (a typo gets a
         "did you mean"); checked against the signature before any call, so that a TypeError raised
@@ -203,7 +214,8 @@ class Registry:
     def describe(self, name: str) -> Description:
         """First docstring line and options of ``name``, for listings."""
         entry, _ = self.entry(name)
-        doc = (getattr(entry.factory, "__doc__", None) or "").strip().splitlines()
+        own = getattr(entry.factory, "help", None)  # an entry object with its own line (a recipe)
+        doc = (own if isinstance(own, str) else getattr(entry.factory, "__doc__", None) or "").strip().splitlines()
         sig = signature(entry.factory)
         if entry.options is not None or sig is None:
             options = entry.options or ()

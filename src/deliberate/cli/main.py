@@ -8,7 +8,8 @@
 
 Every command also takes ``--config FILE.yaml`` (flags given on the command line override its values).
 Each command's flags and logic live in its own module under :mod:`deliberate.cli` (``add_arguments(parser)``
-+ ``main(args)``); this file only wires them up and turns :class:`~deliberate.errors.DeliberateError`
++ ``main(args)``); the training recipes are chosen by name from :data:`deliberate.cli.recipes.RECIPES`
+(built-ins and plug-ins). This file only wires them up and turns :class:`~deliberate.errors.DeliberateError`
 into a one-line message and exit status 2.
 """
 
@@ -18,10 +19,11 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from deliberate import __version__
 from deliberate.cli.config_file import apply_config_file, relax_required
+from deliberate.cli.recipes import RECIPES
 from deliberate.errors import DeliberateError
 
 COMMANDS = {
@@ -36,29 +38,14 @@ COMMANDS = {
     "report": ("deliberate.cli.report", "self-contained HTML report of a run dir (eval, sweep or training: "
                                         "tables, plots, search trees), or of several side by side"),
 }
-TRAIN_RECIPES = {
-    "sft": ("deliberate.cli.train.sft", "supervised fine-tuning on a task's gold rationales"),
-    "prm": ("deliberate.cli.train.verifier", "process reward model on step labels (BCE at step ends)"),
-    "orm": ("deliberate.cli.train.verifier", "outcome reward model on solution outcomes"),
-    "genrm": ("deliberate.cli.train.verifier", "generative verifier: the LM answers Yes/No per step prefix"),
-    "lprm": ("deliberate.cli.train.lprm", "likelihood PRM / ORM: a frozen LM's step log-probs calibrated on MC step labels or outcomes"),
-    "rest-em": ("deliberate.cli.train.rest_em", "ReST-EM / expert iteration: sample, keep verified, fine-tune base, repeat"),
-    "star": ("deliberate.cli.train.star", "STaR on addition: self-taught rationales, with or without rationalization"),
-    "self-correct": ("deliberate.cli.train.self_correct", "learning to correct: train on (wrong -> right) attempt pairs"),
-    "vstar": ("deliberate.cli.train.vstar", "V-STaR: generator on correct samples + DPO verifier on (correct, incorrect) pairs"),
-    "sos": ("deliberate.cli.train.sos", "Stream of Search on countdown: train on search streams vs optimal paths"),
-    "mcts-ei": ("deliberate.cli.train.mcts_ei", "MCTS expert iteration: MCTS with policy+PRM, train both on the trees' verified solutions and step values"),
-    "grpo": ("deliberate.cli.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
-}
-
-#: commands that run data-parallel under `accelerate launch` / `torchrun` (policy/distributed.py)
-LAUNCH_AWARE = {"deliberate.cli.train.sft", "deliberate.cli.train.grpo"}
+#: ``deliberate train NAME``: the recipe registry (built-ins and plug-ins), under the name the CLI exports
+TRAIN_RECIPES = RECIPES
 
 
-def add_command(sub, name: str, module: str, help_: str) -> argparse.ArgumentParser:
+def add_command(sub, name: str, help_: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+                ) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_, description=help_)
-    p.set_defaults(_module=module)
-    importlib.import_module(module).add_arguments(p)
+    add_arguments(p)
     p.add_argument("--config", metavar="FILE.yaml", default=None,
                    help="read option values from this YAML file (e.g. a run directory's config.yaml); flags given "
                         "on the command line override them")
@@ -70,33 +57,46 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"deliberate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (mod, help_) in COMMANDS.items():
-        add_command(sub, name, mod, help_)
+    for name, (module, help_) in COMMANDS.items():
+        add_command(sub, name, help_, importlib.import_module(module).add_arguments)
     train = sub.add_parser("train", help="training recipes", description="training recipes")
     tsub = train.add_subparsers(dest="recipe", metavar="RECIPE")
-    for name, (mod, help_) in TRAIN_RECIPES.items():
-        add_command(tsub, name, mod, help_)
+    for name in RECIPES.names():
+        recipe = RECIPES.get(name)
+        add_command(tsub, name, recipe.help, recipe.add_arguments)
     return parser
 
 
+def check_recipe_name(argv: Sequence[str]) -> None:
+    """``deliberate train NAME``: an unknown NAME gets the registry's error (the valid recipes, the closest
+    one), as an unknown task or verifier does, rather than argparse's "invalid choice"."""
+    if len(argv) > 1 and argv[0] == "train" and not argv[1].startswith("-"):
+        RECIPES.entry(argv[1])
+
+
 def main_cli(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()  # lists tasks / strategies for --help, so it imports the plug-ins
+        parser = build_parser()  # lists tasks / strategies / recipes for --help, so it imports the plug-ins
+        check_recipe_name(argv)
     except DeliberateError as e:
         print(f"deliberate: error: {e}", file=sys.stderr)
         return 2
-    argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--config" or a.startswith("--config=") for a in argv):
         relax_required(parser)  # the file may hold them
     args = parser.parse_args(argv)
-    if not getattr(args, "_module", None):
+    if args.command is None or (args.command == "train" and args.recipe is None):
         parser.print_help()
         return 2
     try:
         if args.config:
             args = apply_config_file(parser, argv, args)
-        refuse_unlaunchable(args)
-        return int(importlib.import_module(args._module).main(args) or 0)
+        if args.command == "train":
+            recipe = RECIPES.get(args.recipe)
+            refuse_unlaunchable(args, recipe.launch_aware)
+            return int(recipe.main(args) or 0)
+        refuse_unlaunchable(args, False)
+        return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
     except DeliberateError as e:
         print(f"deliberate: error: {e}", file=sys.stderr)
         return 2
@@ -105,17 +105,18 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def refuse_unlaunchable(args) -> None:
-    """Under a launcher (WORLD_SIZE > 1) every other command would run once per process, each
-    writing the same files: refuse it with a clear message instead."""
+def refuse_unlaunchable(args, launch_aware: bool) -> None:
+    """Under a launcher (WORLD_SIZE > 1) every command but the launch-aware recipes would run once per
+    process, each writing the same files: refuse it with a clear message instead."""
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         world = 1
-    if world > 1 and args._module not in LAUNCH_AWARE:
+    if world > 1 and not launch_aware:
         what = f"train {args.recipe}" if getattr(args, "recipe", None) else args.command
+        aware = " and ".join(f"`train {n}`" for n in RECIPES.names() if RECIPES.get(n).launch_aware)
         raise DeliberateError(f"`deliberate {what}` does not run under accelerate launch / torchrun (WORLD_SIZE="
-                              f"{world}); only `train sft` and `train grpo` do. Run it as a single process "
+                              f"{world}); only {aware} do. Run it as a single process "
                               "(sweeps and labelling scale out with --executor ray instead)")
 
 
