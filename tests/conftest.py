@@ -46,12 +46,13 @@ def build_tiny_hf(directory, hidden_size: int, layers: int, heads: int, kv_heads
 def clean_registries():
     """Forget what the plug-ins (and the test) registered, so other tests see only the built-ins."""
     from deliberate import plugins
+    from deliberate.cli.recipes import RECIPES
     from deliberate.models.base import BACKENDS
     from deliberate.rewards.base import VERIFIERS
     from deliberate.search.base import STRATEGIES
     from deliberate.tasks.base import TASKS
 
-    registries = (TASKS, BACKENDS, VERIFIERS, STRATEGIES)
+    registries = (TASKS, BACKENDS, VERIFIERS, STRATEGIES, RECIPES)
     for registry in registries:
         registry.load()  # the built-ins first: restoring the snapshot must not drop them
     saved = [(r, r.snapshot()) for r in registries]

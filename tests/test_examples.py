@@ -17,7 +17,6 @@ from fakes import FakeBackend
 
 from deliberate import plugins
 from deliberate.cli import main_cli
-from deliberate.cli.recipes import RECIPES
 from deliberate.rewards import get_verifier
 from deliberate.search import SearchContext, SearchSettings, run_search
 from deliberate.tasks import get_task
@@ -30,11 +29,8 @@ SMALL_ARITH_FLAGS = [x for k, v in SMALL_ARITH.items() for x in ("--task-arg", f
 @pytest.fixture
 def use_example(monkeypatch, clean_registries):
     """``use_example("my_tasks.py")`` names the example in $DELIBERATE_PLUGINS; what it registered (its
-    recipes too) is forgotten after the test."""
-    RECIPES.load()
-    saved = RECIPES.snapshot()
-    yield lambda *names: monkeypatch.setenv(plugins.ENV, ",".join(str(EXAMPLES / n) for n in names))
-    RECIPES.restore(saved)
+    recipes too) is forgotten after the test (clean_registries)."""
+    return lambda *names: monkeypatch.setenv(plugins.ENV, ",".join(str(EXAMPLES / n) for n in names))
 
 
 @pytest.fixture(scope="module")

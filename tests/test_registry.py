@@ -89,15 +89,6 @@ def plug_recipe(cfg):
 '''
 
 
-@pytest.fixture
-def clean_recipes(clean_registries):
-    """clean_registries, and the recipes a test registered forgotten too."""
-    RECIPES.load()
-    saved = RECIPES.snapshot()
-    yield
-    RECIPES.restore(saved)
-
-
 @pytest.mark.parametrize("registry,lookup,typo,suggested,listed", KINDS, ids=[k[0].kind for k in KINDS])
 def test_an_unknown_name_lists_the_valid_ones_and_the_closest(registry, lookup, typo, suggested, listed):
     with pytest.raises(DeliberateError) as e:
@@ -206,7 +197,7 @@ def test_any_callable_is_a_factory_and_names_may_take_an_argument():
     (RECIPES, lambda: get_recipe("plug_recipe"), "plug_recipe", "Counts its steps, from a plug-in."),
 ], ids=["task", "backend", "verifier", "search strategy", "recipe"])
 def test_a_plugin_from_the_environment_registers_each_kind(registry, lookup, name, summary, tmp_path, monkeypatch,
-                                                           capsys, clean_recipes):
+                                                           capsys, clean_registries):
     monkeypatch.delenv(plugins.ENV, raising=False)
     with pytest.raises(DeliberateError, match=f"unknown {registry.kind} {name!r}"):
         lookup()
@@ -309,7 +300,7 @@ def test_a_builtin_that_fails_on_its_own_code_is_not_hidden(tmp_path, monkeypatc
         reg.names()
 
 
-def test_a_recipe_name_is_taken_once_and_typos_get_the_registrys_error(tmp_path, capsys, clean_recipes):
+def test_a_recipe_name_is_taken_once_and_typos_get_the_registrys_error(tmp_path, capsys, clean_registries):
     @dataclasses.dataclass(frozen=True)
     class Cfg:
         out: str = str(tmp_path)

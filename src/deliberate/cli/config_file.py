@@ -33,7 +33,7 @@ CONFIG_YAML = "config.yaml"
 RECORD_KEY = "flag_record"
 
 #: namespace entries that say which command runs, not how: never written, never read from a file
-NOT_OPTIONS = {"help", "version", "config", "command", "recipe", "label_command", "_module", RECORD_KEY}
+NOT_OPTIONS = {"help", "version", "config", "command", "recipe", "label_command", RECORD_KEY}
 
 
 class FlagRecord:
