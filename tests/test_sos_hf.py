@@ -33,7 +33,8 @@ def test_sos_on_an_hf_model_trains_both_conditions_through_the_policy(tmp_path):
     budget, batch = 600, 2  # a few TRL steps each: a 49k-token vocabulary makes every step cost ~1 s on a CPU
     argv = ["train", "sos", "--model", str(model), "--n-train", "24", "--pretrain-tokens", "100",
             "--facts-per-example", "4", "--tokens", str(budget), "--batch-size", str(batch), "--lr", "1e-4",
-            "--warmup", "0", "--weight-decay", "0", "--max-tokens", "16", "--eval-problems", "3", "--eval-n", "2", "--out", str(out)]
+            "--warmup", "0", "--weight-decay", "0", "--max-tokens", "16", "--eval-problems", "3", "--eval-n", "2",
+            "--out", str(out)]
     assert main_cli(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["config"]["init"] == str(model) and s["eval_max_tokens"] == 16

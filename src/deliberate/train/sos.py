@@ -340,12 +340,10 @@ def diagnose(records: str | Path) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     n = summary["config"]["eval_n"]
     keys = ("greedy", f"pass@{n}", f"maj@{n}")
-    lines = [f"{'trained on':>10} " + " ".join(f"{k:>18}" for k in keys) + f" {'tokens trained':>15} {'greedy gen tok':>14}"]
+    lines = [f"{'trained on':>10} " + " ".join(f"{k:>18}" for k in keys)
+             + f" {'tokens trained':>15} {'greedy gen tok':>14}"]
     for cond, r in summary["results"].items():
-        cells = []
-        for k in keys:
-            e = r["eval"].get(k)
-            cells.append(acc_cell(e))
+        cells = [acc_cell(r["eval"].get(k)) for k in keys]
         lines.append(f"{cond:>10} " + " ".join(f"{c:>18}" for c in cells)
                      + f" {r['tokens_trained']:>15} {r['eval_generated_tokens'].get('greedy') or 0:>14}")
     d = summary["data"]
@@ -370,4 +368,9 @@ HELP = {
     "tokens": "training tokens for each condition (prompt + completion; sos: required, the equal-token budget)",
     "pretrain_tokens": "pre-train the shared initialisation on this many tokens of arithmetic facts (0: from scratch)",
     "facts_per_example": "arithmetic-fact lines per pre-training example",
+    # the --model-* flags shape the tiny model built from scratch when no --model is given
+    **{f"model_{k}": f"from-scratch tiny model (no --model): {what}" for k, what in (
+        ("d_model", "width"), ("n_layers", "layers"), ("n_heads", "attention heads"), ("n_kv_heads", "key/value heads"),
+        ("mlp_ratio", "MLP width / width"), ("max_len", "context length (characters)"),
+        ("rope_theta", "RoPE base"))},
 }
