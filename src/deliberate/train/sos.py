@@ -20,9 +20,9 @@ the **same number of training tokens** (prompt + completion tokens, counted like
 start from one tiny model initialised **from scratch** (the paper's setting; ``--model-*`` set its
 shape); ``--model`` (a tiny or HF checkpoint directory, or ``smollm2``; a raw ``.gguf`` cannot be
 fine-tuned) starts both from that model instead, prompts through its chat template when it has one
-(``--no-chat`` turns it off). Problems whose stream does not fit the model's context (counted with the
-model's own tokenizer and positions, or needs more than ``max_states`` states) are left out of *both*
-conditions. Both are evaluated through the policy's sampler on the same held-out problems with the
+(``--no-chat`` turns it off). Problems whose stream does not fit the model's context (counted in the
+model's own tokens, chat template included) or needs more than ``max_states`` states are left out of
+*both* conditions. Both are evaluated through the policy's sampler on the same held-out problems with the
 task's exact checker: greedy, pass@n and maj@n (votes by expression), and the generated tokens each
 spends (a stream model spends more test-time compute by design; the table says how much).
 ``max_tokens`` caps the generation (default: what the context leaves after the longest test prompt,

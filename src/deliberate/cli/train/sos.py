@@ -1,8 +1,8 @@
 """Stream of Search on countdown: train on search streams vs optimal paths (see :mod:`deliberate.train.sos`).
 
-    deliberate train sos --out runs/sos                      # two tiny models from scratch
-    deliberate train sos --model smollm2 --lr 1e-5 --batch-size 8 --warmup 0 --weight-decay 0 --tokens 60000 \
-        --max-tokens 256 --out runs/sos-smollm2              # both from a pretrained model
+    deliberate train sos --out runs/sos            # two tiny models from scratch
+    deliberate train sos --model smollm2 --n-train 512 --tokens 60000 --lr 1e-5 --batch-size 8 --warmup 0 \
+        --weight-decay 0 --max-tokens 256 --eval-problems 50 --eval-n 4 --out runs/sos-smollm2   # from SmolLM2
 """
 
 from __future__ import annotations
