@@ -843,12 +843,12 @@ def test_finetune_token_budget(tiny_ckpt, tmp_path):
 def test_sos_trains_both_conditions_on_equal_tokens(tmp_path):
     """Stream of Search: same problems, same token budget, both models evaluated by the exact checker."""
     from deliberate.models.tiny import CharTokenizer, TinyConfig
-    from deliberate.train.sos import SoSConfig, build_pairs, run_sos
+    from deliberate.train.sos import ModelContext, SoSConfig, build_pairs, run_sos
 
     cfg = SoSConfig(n_train=60, model=TinyConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, max_len=160),
                     finetune=FinetuneSettings(batch_size=8, lr=3e-3, warmup=2, tokens=3000),
                     eval_problems=8, eval_n=2, out=str(tmp_path / "sos"))
-    pairs, stats = build_pairs(cfg, CharTokenizer())
+    pairs, stats = build_pairs(cfg, ModelContext(CharTokenizer().encode, 1, 160))
     assert [q for q, _ in pairs["stream"]] == [q for q, _ in pairs["path"]]  # the same problems
     assert stats["kept"] + stats["dropped"] == 60 and stats["dropped"] > 0  # long streams left out of both
     assert stats["stream_mean_tokens"] > stats["path_mean_tokens"]
@@ -865,8 +865,18 @@ def test_sos_trains_both_conditions_on_equal_tokens(tmp_path):
     again = run_sos(cfg, progress=False)["results"]  # rerun: finished parts are reused
     assert {c: {k: v for k, v in x.items() if k != "train_wall_s"} for c, x in again.items()} == \
         {c: {k: v for k, v in x.items() if k != "train_wall_s"} for c, x in r.items()}
+    # the context read off the trained checkpoint is the one the filter used: characters, a BOS, 160 positions
+    ctx = ModelContext.of(TinyPolicy(tmp_path / "sos" / "init"))
+    assert (ctx.bos, ctx.max_len, ctx.prompt("Q: 1")) == (1, 160, "Q: 1") and build_pairs(cfg, ctx) == (pairs, stats)
+    assert build_pairs(cfg, ModelContext(CharTokenizer().encode, 1, 120))[1]["kept"] < stats["kept"]
     with pytest.raises(DeliberateError, match="tokens"):
         SoSConfig(finetune=FinetuneSettings())
+    with pytest.raises(DeliberateError, match="--model-"):  # a --model brings its own shape
+        SoSConfig(init="smollm2", model=TinyConfig(d_model=32))
+    with pytest.raises(DeliberateError, match="chat needs --model"):
+        SoSConfig(chat=True)
+    with pytest.raises(DeliberateError, match="max_tokens"):
+        SoSConfig(max_tokens=0)
     from deliberate.eval.report import write_report
 
     page = write_report(tmp_path / "sos").read_text()
@@ -899,9 +909,20 @@ def test_sos_arithmetic_facts_pretrain_the_shared_init(tmp_path):
     fa = pre["fact_accuracy"]
     assert fa["facts"] == 400 and 0 <= fa["accuracy"] <= 1 and set(fa["by_op"]) <= set("+-*/")
     for c in s["results"].values():
-        assert c["init"] == pre["model"] == str(tmp_path / "sos" / "pretrain" / "model") and 2000 <= c["tokens_trained"] < 2000 + 8 * 160
+        assert c["init"] == pre["model"] == str(tmp_path / "sos" / "pretrain" / "model")
+        assert 2000 <= c["tokens_trained"] < 2000 + 8 * 160
     trained = json.loads((tmp_path / "sos" / "pretrain" / "finetune.json").read_text())
     assert trained["tokens_trained"] == pre["tokens_trained"]
+    # --model: the pre-trained init as a tiny checkpoint gives both conditions the same start, so the same models
+    again = run_sos(dataclasses.replace(cfg, init=pre["model"], pretrain_tokens=0, model=TinyConfig(),
+                                        out=str(tmp_path / "from-ckpt")), progress=False)
+    assert again["pretrain"] is None and again["n_params"] == s["n_params"] and again["data"] == s["data"]
+    for cond, c in again["results"].items():
+        assert c["init"] == pre["model"] and c["model"] == str(tmp_path / "from-ckpt" / cond / "model")
+        assert (Path(c["model"]) / "model.safetensors").read_bytes() == \
+            (Path(s["results"][cond]["model"]) / "model.safetensors").read_bytes()
+        assert {k: c[k] for k in ("tokens_trained", "eval", "diagnosis")} == \
+            {k: s["results"][cond][k] for k in ("tokens_trained", "eval", "diagnosis")}
     with pytest.raises(DeliberateError, match="pretrain_tokens"):
         SoSConfig(finetune=FinetuneSettings(tokens=10), pretrain_tokens=-1)
 
