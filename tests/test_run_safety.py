@@ -45,9 +45,11 @@ def eval_argv(model: Path, out: Path, *extra: str) -> list[str]:
 
 
 def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("deliberate: error: "), err
-    return err[0]
+    """The one ``deliberate: error:`` line on stderr (transformers' loading progress bars aside), and no traceback."""
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("deliberate:")]
+    assert "Traceback" not in err and len(ours) == 1 and ours[0].startswith("deliberate: error: "), err
+    return ours[0]
 
 
 # --- fingerprints ---------------------------------------------------------------------------------
