@@ -14,6 +14,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fakes import FakeBackend
@@ -22,6 +23,7 @@ from deliberate.cli import main_cli
 from deliberate.errors import DeliberateError
 from deliberate.eval.evaluate import EvalConfig, run_eval
 from deliberate.eval.sweep import SweepConfig, run_sweep
+from deliberate.executor import LocalExecutor, WorkerSpec
 from deliberate.models.openai import OpenAIBackend
 from deliberate.models.tiny import CharTokenizer, TinyBackend, TinyConfig, build_tiny_model, save_tiny
 from deliberate import records
@@ -106,6 +108,12 @@ def test_model_fingerprint_of_each_backend_kind(tmp_path):
     # a remote server's weights are out of reach: the served model id stands for them
     assert records.model_fingerprint(OpenAIBackend("http://127.0.0.1:9/v1", model="qwen-7b")) == "served:qwen-7b"
     assert records.model_fingerprint(FakeBackend()) is None  # nothing to fingerprint
+    # executors: the local one's backend; Ray workers' --model as this process sees it
+    assert records.model_fingerprint(LocalExecutor(TinyBackend(ckpt), None)) == records.weights_fingerprint(ckpt)
+    ray_like = SimpleNamespace(spec=WorkerSpec("tiny", {"path": str(ckpt)}), model_name=lambda: "tiny")
+    assert records.model_fingerprint(ray_like) == records.weights_fingerprint(ckpt)
+    served = SimpleNamespace(spec=WorkerSpec("openai", {"model": "m"}), model_name=lambda: "m")
+    assert records.model_fingerprint(served) == "served:m"
 
 
 # --- resume checks the weights --------------------------------------------------------------------
