@@ -2,18 +2,41 @@
 moment leaves either the old version or the new one, never a half-written one.
 
 Every layer that writes results or checkpoints (eval records, policies' fine-tunes, training
-checkpoints) uses these, so they live below all of them.
+checkpoints) uses these, so they live below all of them. A full disk while writing (ENOSPC, or a
+quota: EDQUOT) becomes a one-line :class:`~deliberate.errors.DeliberateError` naming the file
+(:func:`disk_full_errors`), so the CLI reports it instead of a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from deliberate.errors import DeliberateError
+
+#: errors that mean "the disk (or the user's quota) is full": a rerun after freeing space resumes
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_full_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ENOSPC / EDQUOT raised inside the block into a one-line :class:`DeliberateError` naming
+    ``path``; every other error passes through unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise DeliberateError(f"{os.strerror(e.errno)} while writing {path}; free some space and rerun the same "
+                              "command (it resumes)") from None
 
 
 def _remove_dead_temps(path: Path) -> None:
@@ -41,18 +64,19 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with disk_full_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2, ensure_ascii=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -5,18 +5,25 @@ A long eval or sweep writes one line per sample as soon as it exists, so a run k
 :class:`RecordWriter` cuts a torn last line off, and the run skips every key already on disk
 (:func:`done_keys`). A key ``(problem_id, strategy, index)`` is written at most once per file.
 Small summary/config files are replaced atomically with :func:`write_json_atomic`.
+
+What keeps two runs from mixing in one output directory: :func:`lock_out_dir` holds an exclusive
+lock on the directory for the whole run, taken before anything (``config.json`` included) is
+written; and a run's config stores :func:`model_fingerprint`, so a resume after the weights changed
+under the same ``--model`` path is refused (:func:`check_fingerprint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
-from deliberate.atomic import write_json_atomic
+from deliberate.atomic import disk_full_errors, write_json_atomic
 from deliberate.errors import DeliberateError
 from deliberate.types import SampleRecord
 
@@ -130,10 +137,7 @@ class RecordWriter:
             new.append(rec.key)
             lines.append(json.dumps(rec.to_dict()) + "\n")  # ASCII: survives lone surrogates
         if lines:
-            self._f.seek(0, os.SEEK_END)
-            self._f.write("".join(lines).encode("utf-8"))
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            append_lines(self._f, self.path, lines)
             self._keys.update(new)
         return len(lines)
 
@@ -149,6 +153,25 @@ class RecordWriter:
 
 
 T = TypeVar("T")
+
+
+def append_lines(f: BinaryIO, path: Path, lines: list[str]) -> None:
+    """Append complete ``lines`` to the open file ``f`` (of ``path``), flush and fsync.
+
+    When the write fails (a full disk: one-line :class:`DeliberateError`) the file is closed, which
+    releases its lock: what reached the disk is at worst a torn last line, cut on the next open."""
+    try:
+        with disk_full_errors(path):
+            f.seek(0, os.SEEK_END)
+            f.write("".join(lines).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            f.close()  # the buffer may still hold bytes that will not fit; they are dropped with the file
+        except OSError:
+            pass
+        raise
 
 
 def open_for_append(path: Path, read: Callable[[Path], tuple[T, int]]) -> tuple[BinaryIO, T]:
@@ -224,10 +247,7 @@ class JsonlAppender:
             self.rows[k] = r
             lines.append(json.dumps(r) + "\n")
         if lines:
-            self._f.seek(0, os.SEEK_END)
-            self._f.write("".join(lines).encode("utf-8"))
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            append_lines(self._f, self.path, lines)
         return len(lines)
 
     def close(self) -> None:
@@ -239,3 +259,160 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- one run per output directory ---------------------------------------------------------------
+
+def make_out_dir(out: str | os.PathLike) -> Path:
+    """Create the output directory ``out`` (and its parents); a file in the way is a one-line error."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DeliberateError(f"--out {out} is not a directory (a file of that name exists); "
+                              "name a new directory or one of an earlier run") from None
+    except NotADirectoryError:
+        raise DeliberateError(f"--out {out}: a path above it is not a directory (a file is in the way)") from None
+    except OSError as e:
+        raise DeliberateError(f"--out {out}: cannot create the directory ({e.strerror or e})") from None
+    return out
+
+
+@contextmanager
+def lock_out_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Create ``out`` and hold an exclusive lock on it for the block: one run at a time per directory.
+
+    Take it before writing anything in ``out``: a second run (same command, or one with other
+    resumable flags) then stops before it touches the first run's ``config.json``. The lock is a
+    ``flock`` on the directory itself, so no lock file is left behind; the kernel drops it when the
+    process dies. Where a file system refuses locks on directories (some NFS mounts) the per-file
+    locks of :func:`open_for_append` still keep two writers off one records file."""
+    out = make_out_dir(out)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DeliberateError(f"{out} is being written by another process (a run is in progress there); "
+                                      "wait for it to finish or use another --out") from None
+            except OSError as e:
+                log.warning("%s: cannot lock the directory (%s); relying on per-file locks", out, e.strerror or e)
+        yield out
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# --- which weights a run was made with ----------------------------------------------------------
+
+#: where a run's config / meta keeps :func:`model_fingerprint`
+FINGERPRINT_KEY = "model_fingerprint"
+#: Weight files totalling less than this are hashed in full: exact, and quick (~40 ms for 64 MiB).
+#: Larger checkpoints (GBs; reading them on every resume would take minutes) contribute per file
+#: its size, its mtime_ns, and its first and last SAMPLE_BYTES. Why the mtime: a fine-tune that
+#: leaves both ends alone (frozen embeddings and head) still rewrites the file. Its cost: a copy of a
+#: large checkpoint that does not keep mtimes (``cp`` without ``-p``) reads as changed weights.
+FULL_HASH_BELOW = 64 * 2**20
+SAMPLE_BYTES = 2**20
+#: what counts as weights in a checkpoint directory (config, tokenizer and training state do not)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".npz")
+NOT_WEIGHTS = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "rng.pt", "training_args.bin")
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight files of a checkpoint: ``path`` itself if it is a file, else the directory's
+    top-level files with a weight suffix (every top-level file when none has one)."""
+    if path.is_file():
+        return [path]
+    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+    weights = [f for f in files if f.suffix.lower() in WEIGHT_SUFFIXES and f.name not in NOT_WEIGHTS]
+    return weights or files
+
+
+def weights_fingerprint(path: str | os.PathLike) -> str | None:
+    """``sha256:HEX`` of the weights at ``path`` (a checkpoint directory or a weights file), None when
+    nothing is there. The same weights give the same fingerprint wherever they are (names are taken
+    relative to the checkpoint); see :data:`FULL_HASH_BELOW` for what a large checkpoint's is made of."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return None
+    stats = [(f, f.stat()) for f in weight_files(p)]
+    full = sum(st.st_size for _, st in stats) < FULL_HASH_BELOW
+    h = hashlib.sha256(b"full\0" if full else b"sampled\0")
+    for f, st in stats:
+        h.update(f"{f.name}\0{st.st_size}\0".encode("utf-8", "surrogateescape"))
+        with open(f, "rb") as fh:
+            if full:
+                for chunk in iter(lambda: fh.read(SAMPLE_BYTES), b""):
+                    h.update(chunk)
+                continue
+            h.update(f"{st.st_mtime_ns}\0".encode())
+            h.update(fh.read(SAMPLE_BYTES))
+            if st.st_size > SAMPLE_BYTES:
+                fh.seek(max(SAMPLE_BYTES, st.st_size - SAMPLE_BYTES))
+                h.update(fh.read(SAMPLE_BYTES))
+    return "sha256:" + h.hexdigest()
+
+
+def tensors_fingerprint(model: Any) -> str:
+    """``sha256:HEX`` of an in-memory torch model's state dict as held (names, dtypes, shapes, values;
+    past :data:`FULL_HASH_BELOW` bytes in all, the first and last :data:`SAMPLE_BYTES` of each tensor).
+    The dtype counts: the same weights cast to bfloat16 give other samples, so another fingerprint."""
+    import torch  # only here: the model passed in is a torch module, so torch is already loaded
+
+    tensors = [(k, v.detach()) for k, v in model.state_dict().items()]
+    full = sum(t.numel() * t.element_size() for _, t in tensors) < FULL_HASH_BELOW
+    h = hashlib.sha256(b"tensors-full\0" if full else b"tensors-sampled\0")
+    for name, t in tensors:
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        flat = t.reshape(-1)
+        k = max(1, SAMPLE_BYTES // max(1, t.element_size()))
+        parts = [flat] if full or flat.numel() <= 2 * k else [flat[:k], flat[-k:]]
+        for part in parts:
+            h.update(part.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def model_fingerprint(source: Any) -> str | None:
+    """What stands for the weights of ``source`` (a backend, or an executor of :mod:`deliberate.executor`):
+
+    - a backend with a checkpoint on disk (``.path``: tiny, hf): :func:`weights_fingerprint` of it;
+    - one built around an in-memory model (``.model``, no checkpoint on disk, e.g. the hf ``smollm2``
+      alias or a tiny model passed in): :func:`tensors_fingerprint`;
+    - a remote OpenAI-compatible server (``.base_url``): ``served:<model id>``, the served model id,
+      since its weights are out of reach (a server that swaps weights under one id goes unnoticed);
+    - a Ray executor: the fingerprint of ``--model`` as this process sees it (a path only the workers
+      have, or an alias, gives None);
+    - anything else (a test's fake): None, and resumes are checked on the model name alone."""
+    worker = getattr(source, "worker", None)
+    if worker is not None:  # LocalExecutor: its backend is right here
+        return model_fingerprint(worker.backend)
+    spec = getattr(source, "spec", None)
+    if spec is not None and hasattr(spec, "backend_kwargs"):  # RayExecutor: the workers build the backend
+        if spec.backend == "openai":
+            return f"served:{source.model_name()}"
+        path = spec.backend_kwargs.get("path")
+        return weights_fingerprint(path) if path else None
+    if hasattr(source, "base_url"):
+        return f"served:{source.model_name}"
+    path = getattr(source, "path", None)
+    if path is not None:
+        fp = weights_fingerprint(path)
+        if fp is not None:
+            return fp
+    model = getattr(source, "model", None)
+    if hasattr(model, "state_dict"):
+        return tensors_fingerprint(model)
+    return None
+
+
+def check_fingerprint(old: Mapping[str, Any], now: str | None, out: str | os.PathLike, model: str | None) -> None:
+    """Refuse, in one line, to resume the run in ``out`` (whose config / meta is ``old``) when the
+    weights changed since it started. A run written before fingerprints existed, or a model with
+    none (:func:`model_fingerprint` is None), is resumed on its config alone."""
+    was = old.get(FINGERPRINT_KEY)
+    if was is None or now is None or was == now:
+        return
+    raise DeliberateError(f"{out} holds a run of {model or 'the model'} made with other weights (fingerprint "
+                          f"{str(was)[:19]} on disk vs {now[:19]} now: the model changed under the same name); "
+                          "use a new --out directory rather than mixing runs")

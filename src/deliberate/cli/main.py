@@ -16,6 +16,7 @@ into a one-line message and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -103,6 +104,11 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deliberate: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk anywhere (a checkpoint, a plot): one line, not a traceback
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"deliberate: error: {e.strerror}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
 
 
 def refuse_unlaunchable(args, launch_aware: bool) -> None:

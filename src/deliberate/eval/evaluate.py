@@ -5,7 +5,9 @@ pass@k and maj@k estimators (``deliberate.eval.metrics``) are computed from the 
 (and, for tasks with a step checker, process-pass@k: pass@k over right answers reached through right steps),
 with 95% bootstrap intervals over problems, and each row carries the compute it stands for.
 Every sample is written to ``<out>/records.jsonl`` the moment it exists, so a killed run resumes
-where it stopped (the seeding contract regenerates identical samples).
+where it stopped (the seeding contract regenerates identical samples). A run holds a lock on ``<out>``
+from before its first write, and a resume is refused when the model's weights changed since the run
+started (``config.json`` keeps their fingerprint).
 
     deliberate eval --task arith --n-problems 100 --n 16 --out runs/eval-arith
 
@@ -31,7 +33,15 @@ from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
-from deliberate.records import RecordWriter, load_records, write_json_atomic
+from deliberate.records import (
+    FINGERPRINT_KEY,
+    RecordWriter,
+    check_fingerprint,
+    load_records,
+    lock_out_dir,
+    model_fingerprint,
+    write_json_atomic,
+)
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
 from deliberate.tasks.base import SPLITS, Task, get_task
@@ -174,8 +184,8 @@ def check_config(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY
     if not path.exists():
         return
     try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DeliberateError(f"{path}: unreadable config of an earlier run ({e})") from None
     if not isinstance(old, dict):
         raise DeliberateError(f"{path}: unreadable config of an earlier run (not a JSON object)")
@@ -183,6 +193,8 @@ def check_config(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY
     if diffs:
         raise DeliberateError(f"{out} holds a run with a different config ({'; '.join(diffs)}); "
                               f"use a new --out directory rather than mixing runs")
+    if FINGERPRINT_KEY in meta:  # absent in the CLI's early check, made before the model loads
+        check_fingerprint(old, meta[FINGERPRINT_KEY], out, meta.get("model"))
 
 
 def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, progress: bool = True) -> dict:
@@ -202,14 +214,21 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
     strategies the sampling time prorated by k/n (each sample is charged an equal share of its
     call's time). ``compute`` is what *this* invocation spent (backend calls, tokens, wall time),
     including samples regenerated and discarded on resume.
+
+    The whole run holds :func:`~deliberate.records.lock_out_dir` on ``out_dir``; ``config.json`` records
+    the weights' :func:`~deliberate.records.model_fingerprint`, and a resume with other weights is refused.
     """
     if task is None:
         task = get_task(config.task, **config.task_options)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with lock_out_dir(config.out_dir) as out:
+        return _run_eval_locked(config, backend, task, out, progress)
+
+
+def _run_eval_locked(config: EvalConfig, backend: Backend, task: Task, out: Path, progress: bool) -> dict:
     max_tokens = config.max_tokens if config.max_tokens is not None else task.max_tokens
     stop = tuple(task.stop)
-    meta = {**config.to_dict(), "max_tokens": max_tokens, "model": backend.model_name, "stop": list(stop)}
+    meta = {**config.to_dict(), "max_tokens": max_tokens, "model": backend.model_name, "stop": list(stop),
+            FINGERPRINT_KEY: model_fingerprint(backend)}
     check_config(out, meta)
     write_json_atomic(out / CONFIG_FILE, meta)
 

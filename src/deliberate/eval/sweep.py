@@ -6,7 +6,9 @@
 
 What it writes in ``--out`` (a rerun with the same flags resumes and skips everything on disk):
 
-- ``config.json`` — the sweep's configuration; a rerun with a different one is refused.
+- ``config.json`` — the sweep's configuration and the fingerprint of the model's weights; a rerun with a
+  different one, or with other weights under the same ``--model``, is refused. The sweep holds a lock on
+  ``--out`` from before this first write to its end.
 - ``pool.jsonl`` — for the strategies that select among full samples (majority, best_of_n, weighted:
   those with a ``select`` hook), ``max(budgets)`` full samples per problem and seed, drawn once; every
   budget N calls the strategy's ``select`` on the first N of them.
@@ -44,7 +46,16 @@ import numpy as np
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
 from deliberate.eval.sweep_curves import compute_matched, taste_curve, token_buckets
-from deliberate.records import JsonlAppender, RecordWriter, load_records, write_json_atomic
+from deliberate.records import (
+    FINGERPRINT_KEY,
+    JsonlAppender,
+    RecordWriter,
+    check_fingerprint,
+    load_records,
+    lock_out_dir,
+    model_fingerprint,
+    write_json_atomic,
+)
 from deliberate.executor import LocalExecutor, chunks, progress_bar
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
@@ -134,9 +145,13 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
         if backend is None:
             raise DeliberateError("run_sweep needs a backend or an executor")
         executor = LocalExecutor(backend, task, verifier)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**config.to_dict(), "model": executor.model_name()}
+    with lock_out_dir(config.out_dir) as out:  # before the first write: one sweep per directory
+        return _run_sweep_locked(config, executor, task, verifier, out, progress)
+
+
+def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verifier | None, out: Path,
+                      progress: bool) -> dict:
+    meta = {**config.to_dict(), "model": executor.model_name(), FINGERPRINT_KEY: model_fingerprint(executor)}
     cfg_path = out / "config.json"
     check_resume(out, meta)
     write_json_atomic(cfg_path, meta)
@@ -266,6 +281,8 @@ def check_resume(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY
     if diffs:
         raise DeliberateError(f"{out} holds a sweep with a different config ({'; '.join(diffs)}); "
                               "use a new --out directory")
+    if FINGERPRINT_KEY in meta:  # absent in the CLI's early check, made before the model loads
+        check_fingerprint(old, meta[FINGERPRINT_KEY], out, meta.get("model"))
 
 
 @dataclass(frozen=True)
@@ -345,12 +362,15 @@ def _copy_pool(src: Path, out: Path, meta: dict) -> None:
     if (out / "pool.jsonl").exists():
         return
     try:
-        old = json.loads((src / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        old = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DeliberateError(f"--pool-from {src}: no readable config.json ({e})") from None
     same_keys = ("task", "task_options", "split", "problem_seed", "model")
     sampling = ("temperature", "top_p", "max_tokens", "prompt_style")
     diffs = [k for k in same_keys if old.get(k) != meta[k]]
+    was, now = old.get(FINGERPRINT_KEY), meta.get(FINGERPRINT_KEY)
+    if was is not None and now is not None and was != now:
+        diffs.append("the model's weights")
     diffs += [f"settings.{k}" for k in sampling
               if (old.get("settings") or {}).get(k) != (meta["settings"] or {}).get(k)]
     if diffs:

@@ -22,13 +22,14 @@ Output, in ``OUT/``:
 - ``rollouts.jsonl``: the rollout cache, one row per distinct (problem, prefix): how many of the
   ``k`` rollouts were correct. Rollouts are seeded per prompt (the seeding contract), so a cached
   result is exactly what recomputing would give.
-- ``meta.json``: the config and the compute spent (generated/prompt tokens, model calls, wall),
-  summed over resumed runs.
+- ``meta.json``: the config, the fingerprint of the model's weights, and the compute spent
+  (generated/prompt tokens, model calls, wall), summed over resumed runs.
 
 Resume: rerunning the same command skips every solution already in ``labels.jsonl`` (a torn last
 line, from a killed run, is cut off) and every prefix in the cache; a different config in the same
-``OUT`` is an error. Only ``--n-problems`` may change (problems are a deterministic list, so more
-problems extends the same list).
+``OUT`` is an error, and so are other weights under the same ``--model``. Only ``--n-problems`` may
+change (problems are a deterministic list, so more problems extends the same list). A run holds a
+lock on ``OUT`` from before its first write.
 
 PRM800K (OpenAI, "Let's Verify Step by Step") rows, one per labelled solution::
 
@@ -58,7 +59,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.records import JsonlAppender, write_json_atomic
+from deliberate.records import (
+    FINGERPRINT_KEY,
+    JsonlAppender,
+    check_fingerprint,
+    lock_out_dir,
+    model_fingerprint,
+    write_json_atomic,
+)
 from deliberate.records import read_jsonl_rows as _read_jsonl
 from deliberate.types import Compute, Problem
 
@@ -177,14 +185,14 @@ def _prefix_key(problem_id: str, steps: Sequence[str], i: int) -> str:
     return f"{problem_id}\x00{i}\x00{h}"
 
 
-def check_resume(cfg: MCConfig) -> dict[str, Any] | None:
+def check_resume(cfg: MCConfig, fingerprint: str | None = None) -> dict[str, Any] | None:
     """The ``meta.json`` of an earlier run in ``cfg.out`` (None if there is none); an error if that
-    run used a different config."""
+    run used a different config, or weights whose fingerprint is not ``fingerprint`` (when given)."""
     meta_path = Path(cfg.out) / META_FILE
     if not meta_path.exists():
         return None
     try:
-        old = json.loads(meta_path.read_text())
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DeliberateError(f"{meta_path}: malformed JSON ({e})") from None
     if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
@@ -194,6 +202,7 @@ def check_resume(cfg: MCConfig) -> dict[str, Any] | None:
     if diff:
         raise DeliberateError(f"{cfg.out} holds labels made with a different config ({', '.join(diff)} differ); "
                               "use another --out")
+    check_fingerprint(old, fingerprint, cfg.out, old.get("backend"))
     return old
 
 
@@ -253,7 +262,6 @@ def label_mc(cfg: MCConfig, backend=None, task=None, progress: bool = True, exec
     ``batch_problems`` problems per unit), by default in this process on ``backend``; only this
     process writes the labels and the cache."""
     from deliberate.executor import LocalExecutor
-    from deliberate.models.sampling import SamplingParams
     from deliberate.tasks import get_task
 
     task = task or get_task(cfg.task, **cfg.task_options)
@@ -261,12 +269,18 @@ def label_mc(cfg: MCConfig, backend=None, task=None, progress: bool = True, exec
         if backend is None:
             raise DeliberateError("label_mc needs a backend or an executor")
         executor = LocalExecutor(backend, task)
+    with lock_out_dir(cfg.out) as out:  # before the first write: one labelling run per directory
+        return _label_mc_locked(cfg, task, executor, out, progress)
+
+
+def _label_mc_locked(cfg: MCConfig, task, executor, out: Path, progress: bool) -> dict[str, Any]:
+    from deliberate.models.sampling import SamplingParams
+
     model_name = executor.model_name()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = model_fingerprint(executor)
     meta_path = out / META_FILE
     cfg_dict = cfg.to_dict()
-    old = check_resume(cfg)
+    old = check_resume(cfg, fingerprint)
     spent = Compute(**(old or {}).get("compute", {})) if old else Compute()
 
     problems = task.problems(cfg.split, cfg.n_problems, cfg.seed)
@@ -279,7 +293,7 @@ def label_mc(cfg: MCConfig, backend=None, task=None, progress: bool = True, exec
 
     def write_meta(writer: JsonlAppender) -> dict[str, Any]:
         meta = {"config": cfg_dict, "compute": spent.to_dict(), "rows": len(writer.rows), "backend": model_name,
-                "executor": {"name": executor.name, **executor.stats}}
+                FINGERPRINT_KEY: fingerprint, "executor": {"name": executor.name, **executor.stats}}
         write_json_atomic(meta_path, meta)
         return meta
 

@@ -9,27 +9,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from deliberate.errors import DeliberateError
 
+#: what ``errors="surrogateescape"`` turns an undecodable byte into; valid UTF-8 never decodes to these
+#: (an escaped ``"\udcff"`` in JSON is ASCII on disk), so one in a line means the file is not UTF-8 there
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
 
 def read_jsonl(path: str | os.PathLike, required_fields: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows of a JSONL file, each with ``_line`` (1-based line number) added; blank lines skipped.
 
-    Raises :class:`DeliberateError` naming the file and line for a malformed JSON line, a line that
-    is not an object, or a row missing one of ``required_fields``.
+    Raises :class:`DeliberateError` naming the file and line for a byte that is not UTF-8, a malformed
+    JSON line, a line that is not an object, or a row missing one of ``required_fields``.
     """
     p = Path(path)
     try:
-        fh = p.open(encoding="utf-8")
+        fh = p.open(encoding="utf-8", errors="surrogateescape")
     except OSError as e:
         raise DeliberateError(f"cannot read {p}: {e.strerror or e}") from None
     rows: list[dict[str, Any]] = []
     with fh:
         for lineno, line in enumerate(fh, 1):
+            bad = _UNDECODED.search(line)
+            if bad:
+                raise DeliberateError(f"{p}:{lineno}: not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x} "
+                                      f"at column {bad.start() + 1}); save the file as UTF-8")
             if not line.strip():
                 continue
             try:
