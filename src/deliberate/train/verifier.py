@@ -272,14 +272,6 @@ class YesNo:
             raise DeliberateError(f"train genrm: the answers {answers!r} start with the same token")
 
 
-def _head_logits(model, kind: str, ids, mask, rows, cols, yn: YesNo | None) -> torch.Tensor:
-    """Logit of P(correct) at the supervised positions (GenRM: log P(Yes) - log P(No))."""
-    if kind == "genrm":
-        logits = model(input_ids=ids, attention_mask=mask).logits[rows, cols]
-        return logits[:, yn.yes] - logits[:, yn.no]
-    return model(input_ids=ids, attention_mask=mask).logits[rows, cols, 0]
-
-
 def _loss(model, kind: str, batch, yn: YesNo | None) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask, rows, cols, tgt = batch
     if kind == "genrm":
