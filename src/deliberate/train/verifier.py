@@ -466,7 +466,9 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str 
     bar.close()
     model.eval()
     metrics = {"first_loss": first_loss, "final_loss_ema": loss_ema, "train_examples": len(train_ex),
-               "val_examples": len(val_ex), **evaluate_examples(model, cfg.kind, val_ex, tok.pad_token_id, yn),
+               "val_examples": len(val_ex),
+               # an HF model's logits over its whole vocabulary at every position: training-sized batches
+               **evaluate_examples(model, cfg.kind, val_ex, tok.pad_token_id, yn, 256 if tiny else cfg.batch_size),
                "compute": meter.to_dict(), "device": str(dev)}
     write_json_atomic(out / "metrics.json", metrics)
     final = out / "model"
