@@ -143,12 +143,12 @@ def test_reward_model_learns_step_correctness(kind, labels_file, outcome_labels_
 def test_reward_model_batching_is_consistent(tiny_ckpt, task, tmp_path):
     """Scores do not depend on what else is in the batch (right padding + causal attention)."""
     from deliberate.models.tiny import CharTokenizer
-    from deliberate.rewards.models import TinyRewardModel, build_reward_model
+    from deliberate.rewards.models import StepRewardModel, build_reward_model
 
     tok = CharTokenizer.load(tiny_ckpt)
     model = build_reward_model(tok, init_from=tiny_ckpt)
     torch.nn.init.normal_(model.score.weight, std=0.5)
-    v = TinyRewardModel(model, tok, kind="prm", task=task, batch_size=3)
+    v = StepRewardModel(model, tok, kind="prm", task=task, batch_size=3)
     items = [(p, list(p.metadata["steps"])) for p in task.problems("test", 7)]
     together = v._score_full(items)
     alone = [v._score_full([(p, s)])[0] for p, s in items]
@@ -160,12 +160,12 @@ def test_reward_model_batching_is_consistent(tiny_ckpt, task, tmp_path):
 def test_incremental_scoring_matches_full_forward(tiny_ckpt, task):
     """Search scores children of scored parents from the parent's cached KV: same numbers, fewer tokens."""
     from deliberate.models.tiny import CharTokenizer
-    from deliberate.rewards.models import TinyRewardModel, build_reward_model
+    from deliberate.rewards.models import StepRewardModel, build_reward_model
 
     tok = CharTokenizer.load(tiny_ckpt)
     model = build_reward_model(tok, init_from=tiny_ckpt)
     torch.nn.init.normal_(model.score.weight, std=0.5)
-    v = TinyRewardModel(model, tok, kind="prm", task=task)
+    v = StepRewardModel(model, tok, kind="prm", task=task)
     probs = task.problems("test", 6)
     chains = [(p, list(p.metadata["steps"]) + [f"Answer: {p.answer}"]) for p in probs]
     full = v._score_full(chains)

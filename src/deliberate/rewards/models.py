@@ -1,8 +1,12 @@
-"""Learned verifiers on the tiny model: the tiny PRM/ORM (a 1-logit token-classification head).
+"""The PRM/ORM that ``deliberate train prm|orm`` writes: a causal LM's backbone with a 1-logit
+token-classification head.
 
 ``prm:DIR`` / ``orm:DIR`` — a checkpoint written by ``deliberate train prm|orm``: the tiny char-level
-Llama with a ``LlamaForTokenClassification`` head (one logit per position), usually initialised from
-the policy's SFT weights (the backbone already reads the task's format). The scored text is::
+Llama as a ``LlamaForTokenClassification``, or a Hugging Face causal LM (``--model`` naming an HF
+directory, a ``.gguf`` or ``smollm2``) as its ``AutoModelForTokenClassification`` with the HF tokenizer,
+usually initialised from the policy's weights (the backbone already reads the task's format). Training
+and scoring encode a candidate with the same :func:`encode_steps` (the tokenizer's own BOS first, then
+each ``step + STEP_END`` as one chunk), so the positions scored are the positions trained. The scored text is::
 
     <bos> Q: ...\\nA:\\n  step 1 \\n  step 2 \\n ...
 
@@ -15,12 +19,15 @@ one score per step.
 Hugging Face checkpoints (``hf-prm:``, ``hf-orm:`` and the published PRM formats) live in
 ``classifier.py``, ``math_shepherd.py``, ``rlhflow.py`` and ``qwen_prm.py``; the encoding helpers here
 (:func:`encode_steps`, :func:`pad_right`, :func:`keep_tail`, :func:`head_probability`) are shared with them.
+A trained HF PRM is also an ordinary 1-logit token classifier, so ``hf-prm:DIR/model`` loads it too (it encodes
+each step and its separator apart, which can tokenize differently; ``prm:`` reads it exactly as trained).
 
 Every verifier here counts its compute in ``stats``: forward calls, sequences, tokens.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,12 +36,17 @@ from typing import Any
 import torch
 
 from deliberate.errors import DeliberateError
+from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.types import Problem
 
 #: file in a verifier checkpoint that says what it is (kind, task, how it was trained)
 VERIFIER_META = "verifier.json"
 VERIFIER_KINDS = ("prm", "orm")
+#: what ends every step in the text a learned verifier reads (the tasks' default step delimiter)
+STEP_END = "\n"
+#: a tiny checkpoint holds this file (an HF one holds the HF tokenizer's files instead)
+CHAR_TOKENIZER_FILE = "char_tokenizer.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,16 +107,67 @@ def head_probability(logits: torch.Tensor, positive_label: int = 1) -> torch.Ten
 
 
 # --------------------------------------------------------------------------------------------
-# The tiny PRM / ORM
+# Building, saving and loading the PRM / ORM (tiny or Hugging Face)
 # --------------------------------------------------------------------------------------------
 
+class HFStepTokenizer:
+    """A Hugging Face tokenizer behind the small protocol the learned verifiers train and score with.
+
+    ``encode`` adds no special tokens; ``bos_token_id`` is the tokenizer's own BOS (None when it has
+    none), put first as TRL's PRMTrainer and the ``hf-prm`` / ``genrm`` scorers put it; ``pad_token_id`` is
+    the pad token, else EOS, else 0 (padding is masked, its id never matters)."""
+
+    def __init__(self, tokenizer):
+        self.hf = tokenizer
+        self.bos_token_id = tokenizer.bos_token_id
+        self.eos_token_id = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else (self.eos_token_id if self.eos_token_id is not None else 0)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def save(self, directory: str | Path) -> None:
+        self.hf.save_pretrained(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> HFStepTokenizer:
+        from transformers import AutoTokenizer  # heavy; only HF verifiers need it
+
+        try:
+            return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+        except (OSError, ValueError, KeyError) as e:
+            raise DeliberateError(f"cannot load the tokenizer of {directory}: {e}") from None
+
+
+def is_tiny_dir(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a tiny (char-tokenizer) checkpoint rather than a Hugging Face one."""
+    return Path(directory, CHAR_TOKENIZER_FILE).is_file()
+
+
+def classification_head(model) -> torch.nn.Linear:
+    """The token-classification head of ``model`` (``score`` for Llama-like models, ``classifier`` for others)."""
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise DeliberateError(f"{type(model).__name__} has no linear classification head (score / classifier)")
+    return head
+
+
+def zero_head(model) -> None:
+    """A fresh head starting at logit 0 (p = 0.5) keeps the first steps' gradients sane."""
+    head = classification_head(model)
+    torch.nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        torch.nn.init.zeros_(head.bias)
+
+
 def build_reward_model(tokenizer, init_from: str | Path | None = None, model_config=None, seed: int = 0):
-    """A ``LlamaForTokenClassification`` with one logit per position.
+    """The tiny PRM/ORM: a ``LlamaForTokenClassification`` with one logit per position.
 
     ``init_from`` (a tiny policy checkpoint) gives the backbone its trained weights and a fresh
     head; otherwise a fresh model of ``model_config`` (a :class:`~deliberate.models.tiny.TinyConfig`).
     Dropout on the head is off: the tiny models are trained without dropout."""
-    from transformers import LlamaForTokenClassification
+    from transformers import AutoConfig, LlamaForTokenClassification  # heavy; only the verifiers' training needs it
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -112,29 +175,42 @@ def build_reward_model(tokenizer, init_from: str | Path | None = None, model_con
             d = Path(init_from)
             if not (d / "config.json").exists():
                 raise DeliberateError(f"--init-from {str(d)!r} is not a model checkpoint (no config.json)")
-            from transformers import AutoConfig
-
             cfg = AutoConfig.from_pretrained(d, local_files_only=True)
             cfg.num_labels = 1
             cfg.classifier_dropout = 0.0
             model = LlamaForTokenClassification.from_pretrained(d, config=cfg, local_files_only=True)
         else:
-            from deliberate.models.tiny import TinyConfig, build_tiny_model
-
             causal = build_tiny_model(model_config or TinyConfig(), tokenizer, seed=seed)
             cfg = causal.config
             cfg.num_labels = 1
             cfg.classifier_dropout = 0.0
             model = LlamaForTokenClassification(cfg)
-    # a fresh head starting at logit ~0 (p = 0.5) keeps the first steps' gradients sane
-    torch.nn.init.zeros_(model.score.weight)
-    if model.score.bias is not None:
-        torch.nn.init.zeros_(model.score.bias)
+    zero_head(model)
+    return model
+
+
+def reward_model_from_lm(lm, seed: int = 0):
+    """An ``AutoModelForTokenClassification`` with one logit per position: the Hugging Face causal LM
+    ``lm``'s backbone weights (copied) under a fresh zero head, in float32, classifier dropout off."""
+    from transformers import AutoModelForTokenClassification  # heavy; only HF verifiers need it
+
+    cfg = copy.deepcopy(lm.config)
+    cfg.num_labels = 1
+    cfg.classifier_dropout = 0.0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        try:
+            model = AutoModelForTokenClassification.from_config(cfg, dtype=torch.float32)
+        except ValueError as e:
+            raise DeliberateError(f"a {cfg.model_type!r} model has no token-classification class in transformers, "
+                                  f"so it cannot become a PRM/ORM ({str(e).splitlines()[0]})") from None
+    model.base_model.load_state_dict(lm.base_model.state_dict())  # strict: every backbone weight is copied
+    zero_head(model)
     return model
 
 
 def save_reward_model(model, tokenizer, directory: str | Path, meta: dict[str, Any]) -> None:
-    """Weights + char tokenizer + ``verifier.json`` (kind, task, training provenance)."""
+    """Weights + tokenizer (char or HF) + ``verifier.json`` (kind, task, training provenance)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
@@ -143,10 +219,8 @@ def save_reward_model(model, tokenizer, directory: str | Path, meta: dict[str, A
 
 
 def load_reward_model(directory: str | Path):
-    """(model, tokenizer, meta) of a ``deliberate train prm|orm`` checkpoint."""
-    from transformers import LlamaForTokenClassification
-
-    from deliberate.models.tiny import CharTokenizer
+    """(model, tokenizer, meta) of a ``deliberate train prm|orm`` checkpoint (tiny or HF, in float32)."""
+    from transformers import AutoModelForTokenClassification, LlamaForTokenClassification  # heavy
 
     d = Path(directory)
     if not d.is_dir():
@@ -162,13 +236,22 @@ def load_reward_model(directory: str | Path):
         meta = json.loads(meta_f.read_text())
     except json.JSONDecodeError as e:
         raise DeliberateError(f"{meta_f}: malformed JSON ({e})") from None
-    tok = CharTokenizer.load(d)
-    model = LlamaForTokenClassification.from_pretrained(d, local_files_only=True)
+    if is_tiny_dir(d):
+        tok = CharTokenizer.load(d)
+        model = LlamaForTokenClassification.from_pretrained(d, local_files_only=True)
+    else:
+        tok = HFStepTokenizer.load(d)
+        model = AutoModelForTokenClassification.from_pretrained(d, local_files_only=True, dtype=torch.float32)
     return model.eval(), tok, meta
 
 
-class TinyRewardModel(Verifier):
-    """PRM or ORM on the tiny char-level Llama: one forward pass per batch scores every step prefix."""
+# --------------------------------------------------------------------------------------------
+# The PRM / ORM verifier
+# --------------------------------------------------------------------------------------------
+
+
+class StepRewardModel(Verifier):
+    """PRM or ORM (tiny or HF): one forward pass per batch scores every step prefix."""
 
     def __init__(self, model, tokenizer, kind: str = "prm", task=None, batch_size: int = 256,
                  path: str | None = None, meta: dict[str, Any] | None = None):
@@ -187,7 +270,7 @@ class TinyRewardModel(Verifier):
         return problem_prompt(self.task, problem)
 
     def encode(self, problem: Problem, steps: Sequence[str]) -> tuple[list[int], list[int]]:
-        ids, ends = encode_steps(self.tokenizer, self._prompt(problem), steps, "\n", self.tokenizer.bos_token_id)
+        ids, ends = encode_steps(self.tokenizer, self._prompt(problem), steps, STEP_END, self.tokenizer.bos_token_id)
         return keep_tail(ids, ends, self.max_len)
 
     # --- incremental scoring for search ------------------------------------------------------
@@ -202,8 +285,10 @@ class TinyRewardModel(Verifier):
         if getattr(self, "_eng", None) is None:
             from deliberate.models.engine import Engine, is_llama_like
 
+            # the engine encodes a whole text at once, which equals encoding it step by step only for the
+            # char tokenizer: an HF tokenizer's merges could move the step ends, so HF models take the full pass
             self._eng = Engine(self.model, self.tokenizer, max_batch_size=self.batch_size) \
-                if is_llama_like(self.model) else False
+                if is_llama_like(self.model) and isinstance(self.tokenizer, CharTokenizer) else False
             self._memo: dict[tuple[str, tuple[str, ...]], float] = {}
         return self._eng
 
@@ -235,7 +320,7 @@ class TinyRewardModel(Verifier):
                 full.append(i)
         if inc:
             before = eng.stats.prefill_tokens
-            texts = [prompt + "".join(st + "\n" for st in steps) for _, prompt, steps, _ in inc]
+            texts = [prompt + "".join(st + STEP_END for st in steps) for _, prompt, steps, _ in inc]
             probs = head_probability(eng.last_logits(texts)).tolist()
             self.stats.calls += 1
             self.stats.sequences += len(inc)
@@ -273,8 +358,8 @@ class TinyRewardModel(Verifier):
                 **{k: self.meta[k] for k in ("task", "task_options", "labels", "label_type") if k in self.meta}}
 
 
-def _load_tiny_verifier(arg: str | None, kind: str, task=None, batch_size: int = 256, device: str = "auto",
-                        **_: Any) -> TinyRewardModel:
+def _load_verifier(arg: str | None, kind: str, task=None, batch_size: int = 256, device: str = "auto",
+                   **_: Any) -> StepRewardModel:
     """``device``: where the verifier runs (``auto``: a CUDA GPU when there is one, else the CPU), float32."""
     from deliberate.models.engine import resolve_device
 
@@ -285,14 +370,14 @@ def _load_tiny_verifier(arg: str | None, kind: str, task=None, batch_size: int =
     model = model.to(dev)  # on the CPU: the same object
     if meta.get("kind") not in (None, kind):
         raise DeliberateError(f"{arg} holds a {meta.get('kind')!r} model, not {kind!r} (use {meta.get('kind')}:{arg})")
-    return TinyRewardModel(model, tok, kind=kind, task=task, batch_size=batch_size, path=arg, meta=meta)
+    return StepRewardModel(model, tok, kind=kind, task=task, batch_size=batch_size, path=arg, meta=meta)
 
 
 @register_verifier("prm", options=("batch_size", "device"))
 def _prm(arg, task=None, **kw):
-    return _load_tiny_verifier(arg, "prm", task=task, **kw)
+    return _load_verifier(arg, "prm", task=task, **kw)
 
 
 @register_verifier("orm", options=("batch_size", "device"))
 def _orm(arg, task=None, **kw):
-    return _load_tiny_verifier(arg, "orm", task=task, **kw)
+    return _load_verifier(arg, "orm", task=task, **kw)

