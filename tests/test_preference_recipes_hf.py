@@ -138,9 +138,10 @@ def test_self_correct_on_an_hf_model(tiny_hf, tmp_path):
     assert all(r[0].completion_tokens > 0 for r in revised)
 
 
-def test_mcts_ei_on_an_hf_model_with_a_tiny_prm(tiny_hf, random_tiny, tmp_path):
+def test_mcts_ei_on_an_hf_model_with_a_prm_of_the_same_model(tiny_hf, tmp_path):
     """The training search's rows are planted (a random model finds no verified solution), so the HF policy
-    fine-tunes on them; the held-out MCTS then searches with the HF policy and the tiny PRM."""
+    fine-tunes on them and the PRM (an HF token classifier started from the same model) trains on their
+    steps; the held-out MCTS then searches with the HF policy and that PRM."""
     from deliberate.policy import FinetuneSettings
     from deliberate.tasks import get_task
     from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
@@ -149,8 +150,6 @@ def test_mcts_ei_on_an_hf_model_with_a_tiny_prm(tiny_hf, random_tiny, tmp_path):
                        batch_problems=2, finetune=FinetuneSettings(steps=1, batch_size=2, lr=1e-4, warmup=0),
                        prm_steps=1, prm_batch_size=4, eval_problems=2, eval_n=1, eval_mcts_n=1,
                        out=str(tmp_path / "run"))
-    with pytest.raises(DeliberateError, match="prm-init-from"):  # an HF policy: the PRM needs a tiny start
-        run_mcts_ei(dataclasses.replace(cfg, out=str(tmp_path / "refused")), progress=False)
     task = get_task("arith", **ARITH)
     d = tmp_path / "run" / "it001"
     d.mkdir(parents=True)
@@ -161,9 +160,9 @@ def test_mcts_ei_on_an_hf_model_with_a_tiny_prm(tiny_hf, random_tiny, tmp_path):
             f.write(json.dumps({"problem_id": p.id, "question": p.question, "gold": p.answer, "answer": p.answer,
                                 "correct": True, "solutions": [sol], "generated_tokens": 10, "prompt_tokens": 20,
                                 "prefill_tokens": 20, "verifier_tokens": 0}) + "\n")
-    s = run_mcts_ei(dataclasses.replace(cfg, prm_init_from=str(random_tiny)), progress=False)
+    s = run_mcts_ei(cfg, progress=False)
     rows = s["iterations"]
     assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["kept"] == 2
     assert rows[1]["policy_tokens_trained"] > 0 and (d / "model" / "config.json").exists()  # an HF checkpoint
-    assert rows[1]["prm_tokens_trained"] > 0 and (d / "prm" / "model").exists()
+    assert rows[1]["prm_tokens_trained"] > 0 and (d / "prm" / "model" / "tokenizer.json").exists()  # an HF PRM
     assert set(rows[1]["eval"]) >= {"greedy", "pass@1", "mcts@1"} and rows[1]["eval"]["mcts@1"]["generated_tokens"] > 0

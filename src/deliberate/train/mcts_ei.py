@@ -33,9 +33,10 @@ finished iteration (``OUT/iterations/NNN.json``) is never redone.
 ``--model`` (alias ``--init``) is any policy (:func:`deliberate.policy.load_policy`): a tiny checkpoint,
 an HF checkpoint directory or ``smollm2``; the search samples through its backend (chat template for
 instruct models) and the policy fine-tunes through :meth:`Policy.finetune` (give HF models an HF-sized
-step: ``--lr 1e-5 --batch-size 8 --warmup 0``). The PRM side is the tiny model's only: each iteration's
-PRM trains from the tiny checkpoint ``--prm-init-from`` (default: ``--model``, when that is a tiny one),
-reading the HF policy's steps as text; its FLOPs are counted with the policy's parameter count.
+step: ``--lr 1e-5 --batch-size 8 --warmup 0``, and the PRM one: ``--prm-lr 1e-5 --prm-batch-size 8``).
+Each iteration's PRM trains from ``--prm-init-from`` (default: ``--model``; any model ``deliberate train prm``
+takes: an HF one becomes a token classifier with a fresh head), reading the policy's steps as text; its
+FLOPs are counted with the policy's parameter count.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci
 from deliberate.records import write_json_atomic
-from deliberate.policy import FinetuneSettings, Policy, TinyPolicy, load_policy
+from deliberate.policy import FinetuneSettings, Policy, load_policy
 from deliberate.rewards.base import get_verifier
 from deliberate.rewards.oracle import OutcomeVerifier
 from deliberate.search.base import SearchSettings
@@ -84,7 +85,7 @@ class MCTSEIConfig:
     mcts_c: float = 1.0
     value: str = "prm"  # prm (the previous iteration's PRM; rollouts until one exists) | rollout
     prm_init: str | None = None  # a PRM to value nodes with in iteration 1 (else rollouts)
-    prm_init_from: str | None = None  # the tiny checkpoint every PRM trains from (None: init, if tiny)
+    prm_init_from: str | None = None  # the model every PRM trains from (None: init)
     temperature: float = 1.0
     max_per_problem: int = 4
     batch_problems: int = 64
@@ -174,9 +175,6 @@ def run_mcts_ei(cfg: MCTSEIConfig, progress: bool = True) -> dict[str, Any]:
     base = load_policy(cfg.init, chat=cfg.chat)
     try:
         prm_from = cfg.prm_init_from if cfg.prm_init_from is not None else str(cfg.init)
-        if cfg.prm_init_from is None and not isinstance(base, TinyPolicy):
-            raise DeliberateError(f"mcts-ei: the PRM trains from a tiny checkpoint; {cfg.init} is not one "
-                                  "(give --prm-init-from TINY_CHECKPOINT)")
         return _run(cfg, out, cfg_dict, base, prm_from, progress)
     finally:
         base.close()

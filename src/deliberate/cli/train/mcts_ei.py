@@ -20,7 +20,7 @@ HELP = {
     "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2); every policy is trained "
             "from it, and every PRM too when it is a tiny checkpoint",
     "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prm_init_from": "the tiny checkpoint every PRM trains from (default: --model; needed when that is not tiny)",
+    "prm_init_from": "the model every PRM trains from (default: --model)",
     "n_train": "training problems searched in each iteration",
     "mcts_n": "MCTS iterations per training problem",
     "expansions": "steps sampled per expanded node",
