@@ -1,6 +1,6 @@
 """Runs that cannot mix data (issue 32, item 5).
 
-- a resume (``eval``, ``sweep``, ``label mc``) refuses, in one line, when the model's weights changed
+- a resume (``eval``, ``sweep``, ``label mc``, and the train recipes' ``--init``) refuses, in one line, when the model's weights changed
   under the same ``--model`` path (or an in-memory model changed), and accepts the same weights;
 - the lock on ``--out`` is taken before anything, ``config.json`` included, is written;
 - ``--out`` naming an existing file, a non-UTF-8 byte in a JSONL we read, and a full disk (ENOSPC)
@@ -338,3 +338,22 @@ def test_full_disk_in_a_jsonl_appender_and_elsewhere(tmp_path, capsys, monkeypat
     assert main_cli(eval_argv(ckpt, tmp_path / "run")) == 2
     line = one_error_line(capsys)
     assert "no space left on device" in line.lower() and "accuracy_vs_n.png" in line
+
+
+def test_a_recipe_resume_refuses_other_weights_behind_the_same_init(tmp_path):
+    """The recipes' start_run keeps a fingerprint of --init's weights; other weights at that path stop a rerun
+    of a run that has started, the same weights pass, and a run that wrote nothing yet is taken over."""
+    from deliberate.train.rest_em import RestEMConfig
+    from deliberate.train.selfimprove import INIT_FINGERPRINT, start_run
+
+    init = make_tiny(tmp_path / "init", seed=0)
+    cfg = RestEMConfig(init=str(init), out=str(tmp_path / "run"))
+    out, _ = start_run(cfg)
+    assert json.loads((out / INIT_FINGERPRINT).read_text())["fingerprint"] == records.weights_fingerprint(init)
+    make_tiny(tmp_path / "init", seed=1)  # only config + fingerprint so far: nothing to protect
+    start_run(cfg)
+    (out / "iterations").mkdir()  # the run has started
+    start_run(cfg)  # the same weights
+    make_tiny(tmp_path / "init", seed=2)
+    with pytest.raises(DeliberateError, match="weights at --init .* changed"):
+        start_run(cfg)

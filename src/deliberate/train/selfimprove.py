@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.evaluate import EvalConfig, run_eval
-from deliberate.records import JsonlAppender, write_json_atomic
+from deliberate.records import JsonlAppender, weights_fingerprint, write_json_atomic
 from deliberate.models.engine import count_parameters
 from deliberate.models.hf import ALIASES
 from deliberate.models.tiny import load_tiny
@@ -87,6 +87,10 @@ def with_new_defaults(stored: dict[str, Any], current: dict[str, Any], cls) -> d
     return out
 
 
+#: where a recipe's run directory keeps the fingerprint of its --init weights (records.weights_fingerprint)
+INIT_FINGERPRINT = "init_fingerprint.json"
+
+
 def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict[str, Any]]:
     """Create ``cfg.out``, check ``cfg.init`` exists (for configs that have one), and refuse an output
     directory that holds a run of another config (other than in the ``extendable`` fields, by default
@@ -105,11 +109,20 @@ def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict
 
     # a directory holding nothing but the config (a run refused by a check right after this, e.g. a --keep the
     # task cannot check) has no work to protect: the corrected command takes it over
-    nothing_else = all(f.name == p.name for f in out.iterdir())
+    nothing_else = all(f.name in (p.name, INIT_FINGERPRINT) for f in out.iterdir())
     if p.exists() and not nothing_else and \
             fixed(with_new_defaults(json.loads(p.read_text()), cfg_dict, type(cfg))) != fixed(cfg_dict):
         raise DeliberateError(f"{out} holds a run with a different config; use another --out or delete it")
+    # the same --init path with other weights behind it would mix two models' data in one run
+    fp, fp_file = (weights_fingerprint(init) if init is not None else None), out / INIT_FINGERPRINT
+    if fp is not None and fp_file.exists() and not nothing_else:
+        before = json.loads(fp_file.read_text()).get("fingerprint")
+        if before != fp:
+            raise DeliberateError(f"the weights at --init {init} changed since {out} was started ({before} -> {fp}); "
+                                  "use another --out or delete it")
     write_json_atomic(p, cfg_dict)
+    if fp is not None:
+        write_json_atomic(fp_file, {"init": str(init), "fingerprint": fp})
     return out, cfg_dict
 
 
