@@ -94,7 +94,6 @@ CASES = [
     ("batch_size 0", lambda d: ["eval", "--task", "arith", "--batch-size", "0", "--model", "m"], ["batch_size"]),
     ("seed < 0", lambda d: ["eval", "--task", "arith", "--seed", "-1", "--model", "m"], ["seed", "-1"]),
     ("ns k > n", lambda d: ["eval", "--task", "arith", "--n", "4", "--ns", "1,8", "--model", "m"], ["ns", "8"]),
-    ("ns not integers", lambda d: ["eval", "--task", "arith", "--ns", "1,x", "--model", "m"], ["--ns", "'1,x'"]),
     # --- task options ---------------------------------------------------------------------
     ("task-arg not KEY=VALUE", lambda d: ["eval", "--task", "arith", "--task-arg", "nonsense", "--model", "m"],
      ["--task-arg", "KEY=VALUE"]),
@@ -138,12 +137,9 @@ CASES = [
     ("setting bad choice", lambda d: sweep("--setting", "aggregation=nope"), ["aggregation", "'nope'"]),
     ("setting wrong type", lambda d: sweep("--setting", "temperature=hot"), ["temperature", "'hot'"]),
     ("setting reserved key", lambda d: sweep("--setting", "n=3"), ["--setting n", "--budgets"]),
-    ("budgets not integers", lambda d: sweep("--budgets", "4,x"), ["--budgets", "'4,x'"]),
     ("budget 0", lambda d: sweep("--budgets", "0,4"), ["budgets", ">= 1"]),
     ("budget list empty", lambda d: sweep("--budgets", ","), ["budgets"]),
-    ("seeds not integers", lambda d: sweep("--seeds", "0,a"), ["--seeds", "'0,a'"]),
     ("seed negative", lambda d: sweep("--seeds", "-1"), ["seeds", ">= 0"]),
-    ("taste not numbers", lambda d: sweep("--taste", "a"), ["--taste", "'a'"]),
     ("taste negative", lambda d: sweep("--taste", "0,-1"), ["taste", ">= 0"]),
     ("trees per run negative", lambda d: sweep("--trees-per-run", "-1"), ["trees_per_run", "-1"]),
     ("sweep n_problems 0", lambda d: sweep("--n-problems", "0"), ["n_problems", ">= 1"]),
@@ -244,6 +240,11 @@ def test_catalogue_size():
     (["sweep", "--task", "arith", "--split", "dev"], "argument --split: invalid choice: 'dev'"),
     (["train", "prm", "--label-type", "fuzzy"], "argument --label-type: invalid choice: 'fuzzy'"),
     (["label", "mc", "--rollouts", "1.5"], "argument --rollouts: invalid int value: '1.5'"),
+    # comma lists are typed flags too (cli/flags.py), so a bad item is argparse's error like any other
+    (["eval", "--task", "arith", "--ns", "1,x"], "argument --ns: expected comma-separated integers (got '1,x')"),
+    (["sweep", "--task", "arith", "--budgets", "4,x"], "argument --budgets: expected comma-separated integers"),
+    (["sweep", "--task", "arith", "--seeds", "0,a"], "argument --seeds: expected comma-separated integers"),
+    (["sweep", "--task", "arith", "--taste", "a"], "argument --taste: expected comma-separated numbers (got 'a')"),
 ])
 def test_argparse_type_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:

@@ -284,13 +284,14 @@ def test_rest_em_process_filter_drops_lucky_samples(easy_ckpt, tmp_path, monkeyp
 
 
 def test_a_refused_start_does_not_block_the_corrected_command(easy_ckpt, tmp_path):
-    """A check that fails after the output directory was made leaves only config.json: no work to protect."""
+    """A check that fails after the output directory was made leaves only config.json (and the --init weights'
+    fingerprint): no work to protect."""
     pytest.importorskip("reasoning_gym")
     out = tmp_path / "gym"  # a generated task without a step checker (no data files needed)
     with pytest.raises(DeliberateError, match="needs a task with a step checker"):
         run_rest_em(RestEMConfig(init=str(easy_ckpt), task="gym:chain_sum", task_options={}, keep="process",
                                  out=str(out)), progress=False)
-    assert [f.name for f in out.iterdir()] == ["config.json"]
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "init_fingerprint.json"]
     cfg = RestEMConfig(init=str(easy_ckpt), task="gym:chain_sum", task_options={}, keep="outcome", out=str(out))
     from deliberate.train.selfimprove import start_run
 

@@ -37,12 +37,18 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str, int]
 
 
+def json_line(raw: bytes, where: str, what: str = "JSON line") -> Any:
+    """One JSONL line's value; a non-UTF-8 byte or bad JSON raises :class:`DeliberateError` naming ``where``
+    (``file:line``)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DeliberateError(f"{where}: malformed {what} ({e})") from None
+
+
 def _parse_line(raw: bytes, path: Path, lineno: int) -> SampleRecord:
     where = f"{path}:{lineno}"
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DeliberateError(f"{where}: malformed record line ({e})") from None
+    row = json_line(raw, where, "record line")
     if not isinstance(row, dict):
         raise DeliberateError(f"{where}: a record line must be a JSON object, got {type(row).__name__}")
     try:
@@ -209,10 +215,7 @@ def read_jsonl_rows(path: Path, validate: Callable[[dict, str], None] | None = N
         if not raw.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DeliberateError(f"{where}: malformed JSON line ({e})") from None
+        row = json_line(raw, where)
         if not isinstance(row, dict):
             raise DeliberateError(f"{where}: a line must be a JSON object, got {type(row).__name__}")
         if validate is not None:

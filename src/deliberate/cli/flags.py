@@ -48,6 +48,8 @@ LIST_TYPES = {int: (parse_ints, "N,N,..."), float: (parse_floats, "X,X,..."), st
 
 #: Help of flags many recipes share (a recipe's own ``helps`` override these).
 COMMON_HELP = {
+    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
+    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
     "bf16": "bfloat16 autocast in every fine-tune (float32 weights and optimizer): up to ~2.3x faster on a CPU "
             "with AVX512-BF16 (10.9M parameters, dense batches; docs/BENCHMARKS.md); float rounding, so the samples, "
             "differ from a float32 run",
@@ -105,7 +107,8 @@ class ConfigFlags:
     """How one command's flags come from its config dataclass ``cls``; all mappings are keyed by the
     field's destination (``n_problems``; a nested one flattened: ``epochs``).
 
-    ``helps``: help texts ("(default: ...)" is added unless the text has its own); ``names``: a flag name
+    ``helps``: help texts ("(default: ...)" is added unless the text has its own; a callable is called when
+    the flags are added, for texts that list registered names); ``names``: a flag name
     other than the field's (``{"out_dir": "out"}``: ``--out``, namespace ``out``; a mapping field becomes a
     flag only when named here, ``task_options`` always is ``--task-arg``); ``aliases``: more option strings
     (``{"init": ("--model",)}``); ``choices``; ``metavars``; ``skip``: fields that are no flags (they keep
@@ -115,7 +118,7 @@ class ConfigFlags:
     dataclasses whose fields take no prefix; ``threads``: the help of ``--threads`` (None: no such flag)."""
 
     cls: type
-    helps: Mapping[str, str] = field(default_factory=dict)
+    helps: Mapping[str, str | Callable[[], str]] = field(default_factory=dict)
     names: Mapping[str, str] = field(default_factory=dict)
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     choices: Mapping[str, tuple] = field(default_factory=dict)
@@ -163,6 +166,8 @@ class ConfigFlags:
             dest = self.flag_dest(f)
             default = self.defaults.get(f.dest, f.default)
             text = helps.get(f.dest, "")
+            if callable(text):  # a help that lists registered names: read when the parser is built, after plug-ins load
+                text = text()
             kw: dict[str, Any] = {"dest": dest}
             if self.is_mapping(f):
                 kw.update(action="append", default=None, metavar="KEY=VALUE")
@@ -170,7 +175,7 @@ class ConfigFlags:
                 kw["default"] = None if default is MISSING else default
                 if default is MISSING:
                     kw["required"] = True
-                elif "(default" not in text:
+                elif "(default" not in text and default is not None:  # "(default: None)" says nothing
                     text += f" (default: {show(default)})"
                 if f.type is bool:
                     kw["action"] = argparse.BooleanOptionalAction

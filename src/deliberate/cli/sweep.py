@@ -78,13 +78,13 @@ FLAGS = ConfigFlags(
     helps={
         "task": "task name, e.g. arith, mawps, gym:<name>",
         "task_options": "task option (repeatable)",
-        "strategies": f"comma-separated, from: {', '.join(strategy_names())}",
+        "strategies": lambda: f"comma-separated, from: {', '.join(strategy_names())}",
         "budgets": "budgets N, comma-separated",
         "seeds": "sampling seeds, comma-separated",
         "n_problems": "problems",
         "problem_seed": "seed of the generated problems",
-        "verifier": (f"verifier spec KIND[:ARG], e.g. prm:DIR, lprm:DIR, hf-prm:DIR, dpo:DIR, oracle, noisy:SIGMA; "
-                     f"kinds: {', '.join(verifier_kinds())}"),
+        "verifier": lambda: ("verifier spec KIND[:ARG], e.g. prm:DIR, lprm:DIR, hf-prm:DIR, dpo:DIR, oracle, "
+                             f"noisy:SIGMA; kinds: {', '.join(verifier_kinds())}"),
         "verifier_args": ("verifier option (repeatable): device=cuda (learned verifiers; default auto), batch_size=N, "
                           "dtype=bfloat16 (hf-prm, hf-orm, genrm); hf-prm/hf-orm also separator=..., "
                           "positive_label=N, prompt_style=instruct"),

@@ -63,6 +63,7 @@ from deliberate.records import (
     FINGERPRINT_KEY,
     JsonlAppender,
     check_fingerprint,
+    json_line,
     lock_out_dir,
     model_fingerprint,
     write_json_atomic,
@@ -416,11 +417,7 @@ def read_prm800k(path: str | os.PathLike, neutral: float = 1.0) -> list[dict]:
         if not raw.strip():
             continue
         where = f"{f}:{lineno}"
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DeliberateError(f"{where}: malformed JSON line ({e})") from None
-        row = _prm800k_row(obj, where, neutral)
+        row = _prm800k_row(json_line(raw, where), where, neutral)
         if row is not None:
             rows.append(row)
     if not rows:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,18 @@ class ComputeMeter:
         self.tick()
         return {"tokens_trained": self.tokens_trained, "tokens_sampled": self.tokens_sampled,
                 "flops": self.flops, "wall_s": round(self.wall_s, 3), "n_params": self.n_params}
+
+
+#: the arithmetic the policy recipes train on by default (the quickstart model's task)
+ARITH_OPTIONS = {"min_ops": 1, "max_ops": 3, "max_operand": 15}
+
+
+@dataclass(frozen=True)
+class PolicyRecipeConfig:
+    """The fields a policy recipe's config starts with (ReST-EM, GRPO, V-STaR, self-correction, MCTS-EI):
+    written once, so their flags, defaults and meaning cannot drift apart."""
+
+    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
+    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=lambda: dict(ARITH_OPTIONS))

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ from deliberate.policy.distributed import Dist, Single
 from deliberate.policy.gradient import LOSS_TYPES, PolicyGradient, PolicyGradientSettings
 from deliberate.policy.supervised import Example, batch_indices
 from deliberate.tasks import get_task
+from deliberate.train.common import PolicyRecipeConfig
 from deliberate.train.advantages import (
     group_advantages,
     outcome_step_advantages,
@@ -102,11 +103,7 @@ PROMPT_STYLES = ("plain", "instruct")
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
-    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
-    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
-    task: str = "arith"
-    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+class GRPOConfig(PolicyRecipeConfig):
     prompt_style: str = "plain"  # the task's prompt format: plain (the tiny model's) or instruct (HF instruct models)
     n_train: int = 4000
     steps: int = 80

@@ -57,6 +57,7 @@ from deliberate.rewards.base import get_verifier
 from deliberate.rewards.oracle import OutcomeVerifier
 from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
+from deliberate.train.common import PolicyRecipeConfig
 from deliberate.train.selfimprove import (
     IterationLog,
     Stopwatch,
@@ -73,11 +74,7 @@ VALUES = ("prm", "rollout")
 
 
 @dataclass(frozen=True)
-class MCTSEIConfig:
-    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
-    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
-    task: str = "arith"
-    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+class MCTSEIConfig(PolicyRecipeConfig):
     iterations: int = 2
     n_train: int = 2000
     mcts_n: int = 16  # MCTS iterations (selection-expansion-evaluation-backup rounds) per training problem

@@ -45,6 +45,7 @@ from deliberate.rewards.base import get_verifier
 from deliberate.search.base import SearchSettings
 from deliberate.tasks import get_task
 from deliberate.policy import FinetuneSettings, Policy, load_policy
+from deliberate.train.common import PolicyRecipeConfig
 from deliberate.train.selfimprove import (
     VERIFIED,
     IterationLog,
@@ -64,11 +65,7 @@ E_STEPS = ("sample", "beam")
 
 
 @dataclass(frozen=True)
-class RestEMConfig:
-    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
-    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
-    task: str = "arith"
-    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+class RestEMConfig(PolicyRecipeConfig):
     # the defaults are the configuration that raised held-out greedy accuracy of the three seed models
     # by +39.0 / +23.5 / +12.5 points (docs/RESULTS.md, "ReST-EM with 8000 problems per E-step"); the
     # paper's plain answer filter with fewer problems gained less and not on every seed
@@ -246,8 +243,6 @@ def format_iterations(rows, n: int) -> str:
 HELP = {
     "init": "seed policy: a tiny checkpoint, an HF checkpoint directory, a .gguf or smollm2; every M-step "
             "restarts from it",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
     "max_tokens": "new tokens per sample at most (default: the task's)",
     "eval_temperature": "sampling temperature of the held-out maj@n / pass@n",
     "batch_problems": "problems per sampling call (each with k samples)",

@@ -170,3 +170,15 @@ def cached_rollouts(path: Path, sample) -> list[list[Rollout]]:
     rows = sample()
     save_rollouts(path, rows)
     return rows
+
+
+def sample_train_problems(policy: Policy, task: Task, out: Path, *, n_train: int, k: int, seed: int,
+                          prompt_style: str, progress: bool, desc: str
+                          ) -> tuple[list[Problem], list[list[Rollout]]]:
+    """The first ``n_train`` training problems (problem seed ``seed``) and ``k`` rollouts of each at
+    temperature 1 (sampling seed ``seed``), cached in ``out/samples.jsonl``: the E-step that V-STaR and
+    self-correction share."""
+    train = task.problems("train", n_train, seed=seed)
+    prompts = [task.prompt(p, prompt_style) for p in train]
+    return train, cached_rollouts(out / "samples.jsonl", lambda: rollouts(
+        policy, task, train, k, seed=seed, prompts=prompts, progress=progress, desc=desc))

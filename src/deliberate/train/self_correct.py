@@ -39,6 +39,8 @@ from deliberate.records import write_json_atomic
 from deliberate.policy import FinetuneSettings, Policy, load_policy
 from deliberate.search.base import REFLECTION_CUE
 from deliberate.tasks import get_task
+from deliberate.train.common import PolicyRecipeConfig
+from deliberate.train.rollouts import sample_train_problems
 from deliberate.train.selfimprove import (
     Stopwatch,
     cached_rollouts,
@@ -54,11 +56,7 @@ def revision_prompt(prompt: str, attempt: str, cue: str = REFLECTION_CUE) -> str
 
 
 @dataclass(frozen=True)
-class SelfCorrectConfig:
-    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
-    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
-    task: str = "arith"
-    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
+class SelfCorrectConfig(PolicyRecipeConfig):
     prompt_style: str = "plain"  # the task's prompt format: plain (Q: ... A:) or instruct
     n_train: int = 3000
     k: int = 4
@@ -146,10 +144,8 @@ def run_self_correct(cfg: SelfCorrectConfig, progress: bool = True) -> dict[str,
     try:
         clock = Stopwatch()
         task = get_task(cfg.task, **cfg.task_options)
-        train = task.problems("train", cfg.n_train, seed=cfg.seed)
-        prompts = [task.prompt(p, cfg.prompt_style) for p in train]
-        rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
-            base, task, train, cfg.k, seed=cfg.seed, prompts=prompts, progress=progress, desc="attempts"))
+        train, rows = sample_train_problems(base, task, out, n_train=cfg.n_train, k=cfg.k, seed=cfg.seed,
+                                            prompt_style=cfg.prompt_style, progress=progress, desc="attempts")
         gen, prompt = sampled_tokens(rows)
         pairs, counts = build_pairs(rows, cfg)
         t_sample = clock()

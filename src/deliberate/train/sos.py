@@ -359,7 +359,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 HELP = {
     "init": "start both conditions from this model: a tiny or HF checkpoint directory or smollm2 (default: a tiny "
             "model from scratch, shaped by --model-*)",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
     "max_tokens": "new tokens per evaluation sample at most (default: what the context leaves)",
     "strategy": "search that writes the streams",
     "heuristic": "order each node's children by distance to the target",

@@ -361,7 +361,6 @@ def format_star(rows) -> str:
 HELP = {
     "init": "seed policy: a tiny or HF checkpoint directory, a .gguf or smollm2 (default: train a tiny seed on "
             "addition)",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
     "prompt": "prompt template with {question}; '' uses the task's prompt in --prompt-style",
     "hint": "sentence with {answer} appended to a failed problem's prompt for rationalization (default: the "
             "policy's: inline '(hint: N)' for the tiny model, '(Hint: the answer is N.)' for a pretrained one)",

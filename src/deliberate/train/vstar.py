@@ -57,13 +57,13 @@ from deliberate.policy import FinetuneSettings, Policy, PreferenceSettings, load
 from deliberate.policy.preference import Pair, check_reference
 from deliberate.tasks import get_task
 from deliberate.tasks.base import Task
+from deliberate.train.common import PolicyRecipeConfig
+from deliberate.train.rollouts import sample_train_problems
 from deliberate.train.selfimprove import (
     VERIFIED,
     Rollout,
     Stopwatch,
-    cached_rollouts,
     check_verified_mode,
-    rollouts,
     sampled_tokens,
     start_run,
     verified,
@@ -77,13 +77,9 @@ class DPOSettings(PreferenceSettings):
 
 
 @dataclass(frozen=True)
-class VStarConfig:
-    init: str = "runs/quickstart/sft/model"  # the policy: --model (alias --init)
-    chat: bool | None = None  # chat template: None = when the model's tokenizer has one
+class VStarConfig(PolicyRecipeConfig):
     verifier_init: str | None = None  # None: the verifier starts from ``init``
     verifier_ref: str | None = None  # None: the DPO reference is the verifier's starting point
-    task: str = "arith"
-    task_options: dict[str, Any] = field(default_factory=lambda: {"min_ops": 1, "max_ops": 3, "max_operand": 15})
     prompt_style: str = "plain"  # the task's prompt format: plain (Q: ... A:) or instruct
     n_train: int = 2000
     k: int = 8
@@ -215,10 +211,8 @@ def _run(cfg: VStarConfig, out: Path, cfg_dict: dict[str, Any], base: Policy, st
          progress: bool) -> dict[str, Any]:
     clock = Stopwatch()
     task = get_task(cfg.task, **cfg.task_options)
-    train = task.problems("train", cfg.n_train, seed=cfg.seed)
-    prompts = [task.prompt(p, cfg.prompt_style) for p in train]
-    rows = cached_rollouts(out / "samples.jsonl", lambda: rollouts(
-        base, task, train, cfg.k, seed=cfg.seed, prompts=prompts, progress=progress, desc="samples"))
+    train, rows = sample_train_problems(base, task, out, n_train=cfg.n_train, k=cfg.k, seed=cfg.seed,
+                                        prompt_style=cfg.prompt_style, progress=progress, desc="samples")
     gen, prompt = sampled_tokens(rows)
     t_sample = clock()
     check_verified_mode(task, cfg.keep, "vstar --keep")

@@ -16,8 +16,6 @@ from deliberate.train.rest_em import format_iterations
 
 HELP = {
     "init": "the policy and KL reference: a tiny checkpoint, an HF checkpoint directory, a .gguf or smollm2",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
     "max_tokens": "new tokens per completion, in training and evaluation (default: the task's)",
     "eval_temperature": "sampling temperature of the held-out maj@n / pass@n",
     "steps": "sampling steps in all; rerunning a finished run with more continues it (old total a multiple "

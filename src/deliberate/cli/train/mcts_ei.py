@@ -19,7 +19,6 @@ def format_iterations(rows, n: int, mcts_n: int) -> str:
 HELP = {
     "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2); every policy is trained "
             "from it, and every PRM too when it is a tiny checkpoint",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
     "prm_init_from": "the model every PRM trains from (default: --model)",
     "n_train": "training problems searched in each iteration",
     "mcts_n": "MCTS iterations per training problem",

@@ -30,8 +30,6 @@ def format_correction(ev: dict[str, Any]) -> str:
 HELP = {
     "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2): makes the training attempts "
             "and the first attempts at eval; the corrector is fine-tuned from it",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
     "keep_fraction": "share of right->right pairs in the training set",
 }
 

@@ -3,11 +3,10 @@
     deliberate train prm --labels runs/labels --model runs/quickstart/sft/model --out runs/prm
     deliberate train prm --labels runs/labels --model smollm2 --steps 200 --batch-size 8 --lr 1e-5 --out runs/prm-smollm2
 
-One module serves the three recipes: the kind is the recipe's name. The flags are written here, not derived by
-:mod:`deliberate.cli.flags`, because that helper needs a config that is valid with no arguments and this one
-needs ``--labels`` or ``--samples``; every default still comes from
-:class:`~deliberate.train.verifier.VerifierTrainConfig`. ``--model`` names its ``init_from`` (``--init-from``,
-the field's own flag, stays accepted).
+One module serves the three recipes: the kind is the recipe's name. The flags come from
+:class:`~deliberate.train.verifier.VerifierTrainConfig` (:class:`~deliberate.cli.flags.ConfigFlags`); ``--model``
+names its ``init_from`` (``--init-from``, the field's own flag, stays accepted); a fresh tiny model's size is
+``--d-model`` / ``--n-layers``.
 """
 
 from __future__ import annotations
@@ -16,53 +15,49 @@ import json
 import time
 from pathlib import Path
 
-from deliberate.cli.common import set_threads
-from deliberate.cli.config_file import write_run_config
-from deliberate.cli.flags import config_fields, flag_name
-from deliberate.models.base import parse_kv
+from deliberate.cli.config_file import add_flag, write_run_config
+from deliberate.cli.flags import ConfigFlags
 from deliberate.train.verifier import VerifierTrainConfig, train_verifier
+
+FLAGS = ConfigFlags(
+    VerifierTrainConfig,
+    helps={
+        "labels": "labels.jsonl or a `deliberate label mc` output directory",
+        "samples": "ORM only: a `deliberate eval` output directory (outcome labels from its samples)",
+        "label_type": "PRM/GenRM step targets: Monte-Carlo fraction (soft) or any-correct (hard)",
+        "init_from": "model to start from: a tiny checkpoint, a Hugging Face causal-LM directory, a .gguf file "
+                     "or smollm2 (default: a fresh tiny model)",
+        "head_lr_mult": "prm/orm: learning-rate multiplier of the fresh classification head",
+        "val_frac": "fraction of the problems held out (by a hash of the question) for metrics.json",
+        "sft_mix": "genrm: fraction of each batch from SFT data",
+        "out": "output directory (default: runs/<kind>)",
+    },
+    aliases={"init_from": ("--model",)},
+    choices={"label_type": ("soft", "hard")},
+    metavars={"init_from": "MODEL"},
+    skip={"kind", "model"},  # the kind is the recipe's name; a fresh model's size has its own two flags
+)
 
 
 def add_arguments(parser) -> None:
-    d = VerifierTrainConfig(labels="(defaults)")
-    parser.add_argument("--labels", default=None, help="labels.jsonl or a `deliberate label mc` output directory")
-    parser.add_argument("--samples", default=None,
-                        help="ORM only: a `deliberate eval` output directory (outcome labels from its samples)")
-    parser.add_argument("--label-type", choices=("soft", "hard"), default=d.label_type,
-                        help="PRM/GenRM step targets: Monte-Carlo fraction (soft) or any-correct (hard)")
-    parser.add_argument("--task", default=d.task)
-    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--model", "--init-from", dest="init_from", default=d.init_from, metavar="MODEL",
-                        help="model to start from: a tiny checkpoint, a Hugging Face causal-LM directory, a .gguf file "
-                             "or smollm2 (default: a fresh tiny model)")
-    parser.add_argument("--d-model", type=int, default=None, help="fresh tiny model width (without --model)")
-    parser.add_argument("--n-layers", type=int, default=None, help="fresh tiny model depth (without --model)")
-    for name in ("steps", "batch_size", "warmup", "seed", "checkpoint_every"):
-        parser.add_argument(flag_name(name), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "grad_clip", "val_frac"):
-        parser.add_argument(flag_name(name), type=float, default=getattr(d, name))
-    parser.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
-                        help="prm/orm: learning-rate multiplier of the fresh classification head")
-    parser.add_argument("--sft-mix", type=float, default=d.sft_mix, help="genrm: fraction of each batch from SFT data")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--out", default=None, help="output directory (default: runs/<kind>)")
-    parser.add_argument("--device", default="auto",
-                        help="where to train: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
-                             "(default: %(default)s)")
+    FLAGS.add_to(parser)
+    add_flag(parser, "--d-model", type=int, default=None, help="fresh tiny model width (without --model)")
+    add_flag(parser, "--n-layers", type=int, default=None, help="fresh tiny model depth (without --model)")
+    add_flag(parser, "--device", default="auto",
+             help="where to train: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
+                  "(default: %(default)s)")
 
 
 def config_from_args(kind: str, args) -> VerifierTrainConfig:
     """The config of ``train <kind>`` from the parsed flags (the kind is the recipe's name, not a flag)."""
-    values = {dest: getattr(args, dest) for dest, _f, _t, _p in config_fields(VerifierTrainConfig) if hasattr(args, dest)}
     model = {k: v for k, v in (("d_model", args.d_model), ("n_layers", args.n_layers)) if v}
-    return VerifierTrainConfig(**values, kind=kind, task_options=parse_kv(args.task_arg or [], "--task-arg"),
-                               model=model)
+    return FLAGS.config(args, kind=kind, model=model)
 
 
 def main(args) -> int:
     kind = args.recipe
-    set_threads(args.threads or None)
     cfg = config_from_args(kind, args)
+    args.out = cfg.out  # config.yaml names the directory this run went to
     t0 = time.perf_counter()
     final = train_verifier(cfg, device=args.device)
     write_run_config(cfg.out, args)

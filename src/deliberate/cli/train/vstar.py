@@ -14,8 +14,6 @@ from deliberate.train.vstar import VStarConfig, run_vstar
 HELP = {
     "init": "seed policy (a tiny checkpoint, an HF checkpoint directory or smollm2): samples the training "
             "solutions; the generator starts from it, and so does the verifier unless --verifier-init is given",
-    "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
-    "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
     "verifier_init": "a checkpoint of the same kind to start the DPO verifier from (default: --init), e.g. an LM "
                      "stronger than the policy",
     "verifier_ref": "the DPO reference, same tokenizer as the verifier's start (default: the verifier's start); "
