@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
+from deliberate.policy.lora import ALL_LINEAR, lora_problems
 from deliberate.policy.preference import PreferenceResult, PreferenceSettings
 from deliberate.types import Completion
 
@@ -33,7 +34,9 @@ if TYPE_CHECKING:  # annotations only: the trainer module imports torch
 class FinetuneSettings:
     """One supervised fine-tune. The defaults suit the tiny model (~1M parameters, lr 1e-3); a
     pretrained HF model wants a far smaller step: lr 1e-5 to 3e-5, batch_size 8, warmup 0,
-    weight_decay 0 (the README's real-model ReST-EM and STaR commands)."""
+    weight_decay 0 (the README's real-model ReST-EM and STaR commands). ``lora_r`` > 0 trains LoRA adapters
+    instead of every weight (HF policies only; :mod:`deliberate.policy.lora`), merged into the checkpoint
+    written; LoRA usually wants a larger lr than a full fine-tune (~1e-4 to 2e-4)."""
 
     steps: int | None = None  # None -> epochs over the data
     epochs: float = 2.0
@@ -45,6 +48,15 @@ class FinetuneSettings:
     grad_clip: float = 1.0
     tokens: int | None = None  # train on this many tokens instead (equal-token comparisons); overrides steps
     bf16: bool = False  # bfloat16 autocast (float32 weights): faster matmuls (BENCHMARKS), other float rounding
+    lora_r: int = 0  # LoRA rank (HF models, needs peft); 0 = full fine-tune
+    lora_alpha: int = 16  # LoRA scaling numerator (the update is scaled by alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_targets: str = ALL_LINEAR  # modules that get adapters: a comma list of names, or all-linear
+
+    def __post_init__(self) -> None:
+        problems = lora_problems(self)
+        if problems:
+            raise DeliberateError("finetune: " + "; ".join(problems))
 
     def n_steps(self, n_examples: int, mean_len: float | None = None) -> int:
         """Optimizer steps: ``steps``; else for a ``tokens`` budget (given the examples' mean length in
@@ -77,6 +89,7 @@ class Policy(ABC):
       template applied for chat models), so a fine-tune trains on what the model saw.
     * :meth:`finetune` — supervised fine-tuning of *this* checkpoint on (prompt, completion) pairs.
     * :meth:`preference_update` — DPO of *this* checkpoint on (prompt, chosen, rejected) triples.
+    * :meth:`logprobs` — the summed log-probability of completions given their prompts.
     * :meth:`with_checkpoint` — the same kind of policy, with the same options, at another checkpoint
       (the model a fine-tune wrote).
     """
@@ -108,6 +121,13 @@ class Policy(ABC):
     def training_prompt(self, prompt: str) -> str:
         """The text the model was given for ``prompt`` when :meth:`sample` ran it."""
         return prompt
+
+    @abstractmethod
+    def logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """The summed log-probability of each ``(prompt, completion)`` pair's completion tokens given the
+        prompt as this policy renders it (:meth:`training_prompt`: the chat template for chat models) and
+        the BOS the sampler prepends; no EOS (the completion as text), temperature 1. Batched, without
+        gradients, in eval mode, on the weights :meth:`sample` uses."""
 
     @abstractmethod
     def finetune(self, examples: Sequence[tuple[str, str]], out: str | Path, settings: FinetuneSettings, *,

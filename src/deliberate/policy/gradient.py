@@ -45,7 +45,8 @@ from deliberate.atomic import recover_dir, replace_dir
 from deliberate.errors import DeliberateError
 from deliberate.policy.checkpoint import load_state, restore_rng, save_checkpoint
 from deliberate.policy.distributed import Dist, Single
-from deliberate.policy.supervised import IGNORE, Example, collate
+from deliberate.policy.scoring import pair_example, summed_logprobs, token_logprobs
+from deliberate.policy.supervised import Example, collate
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
@@ -81,20 +82,6 @@ class PolicyGradientSettings:
             problems.append(f"micro_batch must be an integer >= 0 (got {self.micro_batch!r})")
         if problems:
             raise DeliberateError("policy gradient: " + "; ".join(problems))
-
-
-def token_logprobs(model, batch: dict[str, torch.Tensor],
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of each sequence's completion tokens [B, L-1] and their mask, under the policy
-    that sampled them: logits divided by the sampling ``temperature`` (as TRL's GRPOTrainer does), so the
-    ratio and the KL refer to the distribution the completions came from."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    target = batch["labels"][:, 1:]
-    mask = target != IGNORE
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
-    return lp * mask, mask
 
 
 def loss_denominator(loss_type: str, completion_tokens: list[int], max_len: int | None = None) -> float:
@@ -218,10 +205,7 @@ class PolicyGradient:
         """The token ids of a sampled completion ``text`` of ``prompt`` (the prompt as the sampler rendered
         it, with the BOS the sampler prepends), EOS appended when the completion ``finished`` on it. Its
         completion part (``ids[n_prompt:]``) is empty for an empty unfinished completion."""
-        bos = self.tokenizer.bos_token_id
-        p = ([bos] if bos is not None else []) + list(self.tokenizer.encode(self._training_prompt(prompt)))
-        c = list(self.tokenizer.encode(text)) + ([self.tokenizer.eos_token_id] if finished else [])
-        return Example(tuple(p + c), len(p))
+        return pair_example(self.tokenizer, self._training_prompt(prompt), text, eos=finished)
 
     def step(self, examples: Sequence[Example], advantages: Sequence, minibatches: Sequence[Sequence[int]],
              lr: float) -> dict[str, float]:
@@ -281,16 +265,7 @@ class PolicyGradient:
     def logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """The summed log-probability (temperature 1) of each ``(prompt, completion)`` pair's completion
         tokens under the current weights (no EOS: the completion as text)."""
-        if not pairs:
-            return []
-        exs = [self.example(p, c, finished=False) for p, c in pairs]
-        batch = self.dist.to_device(collate(exs, self.pad_id))
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            lp, _ = token_logprobs(self.model, batch)
-        self.model.train(was_training)
-        return [float(x) for x in lp.sum(dim=1).cpu()]
+        return summed_logprobs(self.model, [self.example(p, c, finished=False) for p, c in pairs], self.pad_id)
 
     def save_model(self, directory: str | Path) -> Path:
         """Write the current weights and the tokenizer to ``directory`` atomically (a checkpoint any

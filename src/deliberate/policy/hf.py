@@ -4,8 +4,10 @@ Sampling goes through the ``hf`` backend (our batched, KV-cached engine: the sam
 as the tiny model), with the tokenizer's chat template when ``chat`` is on. Fine-tuning is TRL's
 ``SFTTrainer`` on a prompt-completion dataset: the prompt is exactly the text the engine was given
 (:meth:`HFPolicy.training_prompt`), the loss is on the completion only and TRL appends the EOS. It
-runs on the device TRL/transformers pick (bf16 on a GPU that supports it) in this one process;
-LoRA/PEFT is not wired (peft is not a dependency).
+runs on the device TRL/transformers pick (bf16 on a GPU that supports it) in this one process.
+``lora_r`` > 0 in the settings trains LoRA adapters instead (TRL's ``peft_config``; peft is optional),
+merged into the weights at the end, so every checkpoint written is a plain HF model
+(:mod:`deliberate.policy.lora`). :meth:`HFPolicy.logprobs` scores completions on the sampler's model.
 
 A raw ``.gguf`` file samples but cannot be fine-tuned (``smollm2`` is converted to a checkpoint
 directory automatically, see :mod:`deliberate.models.smollm2`).
@@ -14,21 +16,26 @@ directory automatically, see :mod:`deliberate.models.smollm2`).
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from deliberate.atomic import recover_dir, replace_dir, write_json_atomic
+from deliberate.atomic import write_json_atomic
 from deliberate.errors import DeliberateError
 from deliberate.models.hf import ChatText, HFBackend, HFTokenizer, generation_eos
 from deliberate.models.sampling import SamplingParams
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
 from deliberate.policy.gradient import PolicyGradient, PolicyGradientSettings
-from deliberate.policy.preference import PreferenceResult, PreferenceSettings, hf_preference_update
+from deliberate.policy.lora import lora_config, merged, parameter_counts
+from deliberate.policy.preference import (PreferenceResult, PreferenceSettings, hf_preference_update,
+                                         save_pretrained_atomic)
+from deliberate.policy.scoring import pair_example, summed_logprobs
 from deliberate.types import Completion
+
+log = logging.getLogger(__name__)
 
 
 class HFPolicy(Policy):
@@ -70,6 +77,14 @@ class HFPolicy(Policy):
             return prompt
         return self._sampler().chat_prompt([{"role": "user", "content": prompt}])
 
+    def logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Scored on the sampler's model and tokenizer (its dtype and device), the prompt rendered by
+        :meth:`training_prompt`, with the BOS the engine prepends (none with ``chat``)."""
+        backend = self._sampler()
+        codec, hf = backend.tokenizer, backend.hf_tokenizer
+        pad = hf.pad_token_id if hf.pad_token_id is not None else codec.eos_token_id
+        return summed_logprobs(backend.model, [pair_example(codec, self.training_prompt(p), c) for p, c in pairs], pad)
+
     def worker_spec(self) -> tuple[str, dict]:
         return "hf", {"path": str(self.path), "chat": self.chat, "device": self.device, **self.options}
 
@@ -82,7 +97,12 @@ class HFPolicy(Policy):
         data, at most ``max_steps``; or ``steps``/``tokens``) of batch ``batch_size`` at ``lr`` with
         ``warmup`` linear warmup steps and cosine decay, ``weight_decay``, gradient clipping at
         ``grad_clip``; bf16 when asked or on a GPU that supports it. ``out/model`` (weights and tokenizer)
-        and ``out/m_step.json`` are written atomically; when both exist the call returns at once."""
+        and ``out/m_step.json`` are written atomically; when both exist the call returns at once.
+
+        ``settings.lora_r`` > 0: TRL trains LoRA adapters (rank ``lora_r``, ``lora_alpha``, ``lora_dropout``
+        on ``lora_targets``) and they are merged into the weights before saving, so ``out/model`` is a plain
+        HF checkpoint like a full fine-tune's; ``m_step.json`` records the trainable and total parameter
+        counts under ``lora``."""
         out = Path(out)
         final, meta = out / "model", out / "m_step.json"
         if final.exists() and meta.exists():
@@ -100,6 +120,7 @@ class HFPolicy(Policy):
         except ImportError as e:
             raise DeliberateError(f"fine-tuning an HF model needs TRL: pip install trl ({e})") from e
 
+        peft_config = lora_config(settings)
         tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(self.path), local_files_only=True)
         if tok.pad_token is None:
@@ -116,20 +137,19 @@ class HFPolicy(Policy):
                          max_length=1024, completion_only_loss=True, disable_tqdm=not progress,
                          dataloader_num_workers=0, bf16=settings.bf16 or (gpu and torch.cuda.is_bf16_supported()),
                          use_cpu=not gpu)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config)
+        lora = {"lora": {"r": settings.lora_r, **parameter_counts(trainer.model)}} if peft_config is not None else {}
+        if lora:
+            log.info("%s with LoRA r=%d: %d of %d parameters trainable", desc, settings.lora_r,
+                     lora["lora"]["trainable_params"], lora["lora"]["params"])
         result = trainer.train()
         # tokens run through the model (prompt + completion): the dataset's, scaled by the passes over it
         per_pass = sum(len(x) for x in trainer.train_dataset["input_ids"])
         trained = round(per_pass * result.global_step * settings.batch_size / len(examples))
-        recover_dir(final, "config.json")
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        replace_dir(tmp, final)
+        save_pretrained_atomic(merged(trainer.model), tok, final)
         write_json_atomic(meta, {"tokens_trained": trained, "examples": len(examples),
-                                 "train_loss": result.training_loss, "steps": result.global_step, "seed": seed})
+                                 "train_loss": result.training_loss, "steps": result.global_step, "seed": seed,
+                                 **lora})
         shutil.rmtree(work, ignore_errors=True)
         return FinetuneResult(final, trained, result.global_step)
 

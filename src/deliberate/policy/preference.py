@@ -11,7 +11,8 @@ rejected one — is measured on the first :data:`ACCURACY_PAIRS` training pairs 
   no weight decay), linear warmup + cosine schedule, batches a pure function of (seed, step), the
   reference's log-probs computed once per distinct completion; the completion carries no EOS.
 * :func:`hf_preference_update` — TRL's ``DPOTrainer`` for any Hugging Face causal LM (TRL appends the
-  EOS to each completion); the same schedule, clipping and optimizer settings.
+  EOS to each completion); the same schedule, clipping and optimizer settings; optionally LoRA
+  adapters (``lora_r`` > 0), merged into the checkpoint written.
 
 Both write ``OUT/model`` and ``OUT/preference.json`` atomically and return at once when both exist.
 """
@@ -19,6 +20,7 @@ Both write ``OUT/model`` and ``OUT/preference.json`` atomically and return at on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -34,7 +36,10 @@ from deliberate.atomic import recover_dir, replace_dir, write_json_atomic
 from deliberate.errors import DeliberateError
 from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import CharTokenizer, load_tiny
+from deliberate.policy.lora import ALL_LINEAR, lora_config, lora_problems, merged, parameter_counts
 from deliberate.policy.supervised import Example, batch_indices, collate, lr_at
+
+log = logging.getLogger(__name__)
 
 #: training pairs the reported train pair accuracy is measured on (the first ones): a bound on its cost
 ACCURACY_PAIRS = 2000
@@ -44,7 +49,9 @@ Pair = tuple[str, str, str]  # (prompt, chosen completion, rejected completion)
 
 @dataclass(frozen=True)
 class PreferenceSettings:
-    """One DPO run. The defaults suit the tiny model; a pretrained HF model wants lr ~1e-6 to 5e-6."""
+    """One DPO run. The defaults suit the tiny model; a pretrained HF model wants lr ~1e-6 to 5e-6 (LoRA:
+    ~5e-5 to 1e-4). ``lora_r`` > 0 trains LoRA adapters, merged into the checkpoint written (HF policies
+    only; :mod:`deliberate.policy.lora`)."""
 
     beta: float = 0.1
     lr: float = 2e-4
@@ -52,6 +59,15 @@ class PreferenceSettings:
     max_steps: int = 600
     batch_size: int = 32  # pairs per step
     warmup: int = 20
+    lora_r: int = 0  # LoRA rank (HF models, needs peft); 0 = full fine-tune
+    lora_alpha: int = 16  # LoRA scaling numerator (the update is scaled by alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_targets: str = ALL_LINEAR  # modules that get adapters: a comma list of names, or all-linear
+
+    def __post_init__(self) -> None:
+        problems = lora_problems(self)
+        if problems:
+            raise DeliberateError("preference update: " + "; ".join(problems))
 
     def n_steps(self, n_pairs: int) -> int:
         """Optimizer steps: ``epochs`` over the pairs, at least 1, at most ``max_steps``."""
@@ -238,7 +254,13 @@ def hf_preference_update(path: Path, ref_path: Path | None, pairs: Sequence[Pair
     """TRL ``DPOTrainer`` from the HF checkpoint ``path`` against ``ref_path`` (None: a frozen copy of
     ``path``); pair accuracies are TRL's ``rewards/accuracies`` on the first training pairs and on the
     held-out ones (its mean over evaluation batches of ``batch_size`` pairs: exact when they fill whole
-    batches); bf16 when asked or on a GPU that supports it."""
+    batches); bf16 when asked or on a GPU that supports it.
+
+    With ``settings.lora_r`` > 0 TRL trains LoRA adapters (``peft_config``); against the start itself
+    (``ref_path`` None or ``path``) the reference is TRL's: the same model with the adapters disabled, i.e.
+    the start's weights, so the loss and accuracies mean what they mean without LoRA; another ``ref_path``
+    is loaded and used as given. The adapters are merged before saving: ``OUT/model`` is a plain HF
+    checkpoint, and ``preference.json`` records the trainable and total parameter counts under ``lora``."""
     done = finished(out)
     if done is not None:
         return done
@@ -257,11 +279,15 @@ def hf_preference_update(path: Path, ref_path: Path | None, pairs: Sequence[Pair
 
     if ref_path is not None:
         check_reference(path, ref_path)
+    peft_config = lora_config(settings)
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
-    ref = AutoModelForCausalLM.from_pretrained(str(ref_path or path), local_files_only=True)
+    # LoRA against the start itself: TRL scores the reference with the adapters disabled, which is exactly
+    # the start's weights, so no second copy is loaded
+    own_ref = peft_config is not None and (ref_path is None or Path(ref_path).resolve() == Path(path).resolve())
+    ref = None if own_ref else AutoModelForCausalLM.from_pretrained(str(ref_path or path), local_files_only=True)
 
     def data(ps: Sequence[Pair]):
         return Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in ps])
@@ -276,7 +302,12 @@ def hf_preference_update(path: Path, ref_path: Path | None, pairs: Sequence[Pair
                      logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed, max_length=1024,
                      disable_tqdm=not progress, dataloader_num_workers=0,
                      bf16=bf16 or (gpu and torch.cuda.is_bf16_supported()), use_cpu=not gpu)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data(pairs), processing_class=tok)
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data(pairs), processing_class=tok,
+                         peft_config=peft_config)
+    lora = {"lora": {"r": s.lora_r, **parameter_counts(trainer.model)}} if peft_config is not None else {}
+    if lora:
+        log.info("DPO with LoRA r=%d: %d of %d parameters trainable", s.lora_r, lora["lora"]["trainable_params"],
+                 lora["lora"]["params"])
     trained = trainer.train()
 
     def accuracy(ps: Sequence[Pair]) -> float | None:
@@ -291,9 +322,9 @@ def hf_preference_update(path: Path, ref_path: Path | None, pairs: Sequence[Pair
     d = trainer.train_dataset
     per_pass = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(d["prompt_ids"], d["chosen_ids"], d["rejected_ids"]))
     tokens = round(per_pass * trained.global_step * s.batch_size / len(pairs))
-    save_pretrained_atomic(trainer.model, tok, out / "model")
+    save_pretrained_atomic(merged(trainer.model), tok, out / "model")
     shutil.rmtree(work, ignore_errors=True)
     result = PreferenceResult(out / "model", tokens, trained.global_step, train_acc, eval_acc,
                               str(trainer.args.device))
     return write_result(out, result, pairs=len(pairs), eval_pairs=len(eval_pairs), seed=seed,
-                        ref=str(ref_path or path), train_loss=trained.training_loss)
+                        ref=str(ref_path or path), train_loss=trained.training_loss, **lora)

@@ -7,7 +7,10 @@ same samples and the same numbers on every run (and, up to float rounding, on ev
   rows per forward, the settings every recipe has sampled with;
 * :meth:`TinyPolicy.finetune` is next-token cross-entropy on the completion (+EOS), AdamW, linear
   warmup + cosine schedule, batches a pure function of (seed, step) — so an interrupted fine-tune
-  redone from its start gives the same model.
+  redone from its start gives the same model;
+* :meth:`TinyPolicy.logprobs` scores completions on the model :meth:`sample` uses.
+
+Our loops train every weight: LoRA (``lora_r`` > 0) is refused with one error.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from deliberate.models.tiny import CharTokenizer, TinyBackend, load_tiny, save_t
 from deliberate.policy.base import FinetuneResult, FinetuneSettings, Policy
 from deliberate.policy.gradient import PolicyGradient, PolicyGradientSettings
 from deliberate.policy.preference import PreferenceResult, PreferenceSettings, tiny_preference_update
+from deliberate.policy.scoring import pair_example, summed_logprobs
 from deliberate.policy.supervised import adamw, batch_indices, collate, lr_at, make_example, supervised_step
 from deliberate.types import Completion
 
@@ -48,6 +52,13 @@ def save_model(model, tokenizer: CharTokenizer, directory: str | Path) -> Path:
     save_tiny(model, tokenizer, tmp)
     replace_dir(tmp, directory)
     return directory
+
+
+def refuse_lora(settings: FinetuneSettings | PreferenceSettings, desc: str) -> None:
+    """One clear error for LoRA settings on the tiny model, whose loops always train every weight."""
+    if settings.lora_r:
+        raise DeliberateError(f"{desc}: the tiny model trains every weight (no LoRA); drop --lora-r / --dpo-lora-r "
+                              f"(got lora_r={settings.lora_r}) or use an HF model")
 
 
 def load_sampler(path: str | Path, device: str = "auto", *, what: str = "sampling"):
@@ -104,6 +115,10 @@ class TinyPolicy(Policy):
             model.eval()  # an in-memory model may have been put back in train mode since
         return self._engine.generate(list(prompts), params)
 
+    def logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        model, tok = self._loaded()
+        return summed_logprobs(model, [pair_example(tok, p, c) for p, c in pairs], tok.pad_token_id)
+
     def worker_spec(self) -> tuple[str, dict]:
         # float32 as in this process (TinyBackend's auto dtype is bf16 on a GPU)
         return "tiny", {"path": str(self.path), "device": self.device, "dtype": "float32"}
@@ -122,6 +137,7 @@ class TinyPolicy(Policy):
         if meta.exists() and final.exists():
             m = json.loads(meta.read_text())
             return FinetuneResult(final, int(m["tokens_trained"]), int(m.get("steps", 0)))
+        refuse_lora(settings, desc)
         if not examples:
             raise DeliberateError(f"{desc}: no training examples (no verified samples to learn from)")
         out.mkdir(parents=True, exist_ok=True)
@@ -174,5 +190,6 @@ class TinyPolicy(Policy):
                           seed: int = 0, progress: bool = True) -> PreferenceResult:
         if ref is not None and not isinstance(ref, TinyPolicy):
             raise DeliberateError(f"a tiny policy's DPO reference must be a tiny checkpoint (got {ref.path})")
+        refuse_lora(settings, "preference update")
         return tiny_preference_update(self.path, (ref or self).path, pairs, Path(out), settings, save_model,
                                       eval_pairs=eval_pairs, seed=seed, device=self.device, progress=progress)
