@@ -48,6 +48,10 @@ LIST_TYPES = {int: (parse_ints, "N,N,..."), float: (parse_floats, "X,X,..."), st
 
 #: Help of flags many recipes share (a recipe's own ``helps`` override these).
 COMMON_HELP = {
+    "lora_r": "LoRA rank of an HF model's fine-tune (peft; 0: full fine-tune); the adapter is merged into the checkpoint",
+    "lora_alpha": "LoRA scaling alpha (with --lora-r)",
+    "lora_dropout": "LoRA dropout (with --lora-r)",
+    "lora_targets": "modules LoRA adapts: all-linear, or comma-separated module names (with --lora-r)",
     "chat": "prompts through the chat template (default: when the model's tokenizer has one)",
     "prompt_style": "the task's prompt format: plain (Q: ... A:, the tiny model's) or instruct (HF instruct models)",
     "bf16": "bfloat16 autocast in every fine-tune (float32 weights and optimizer): up to ~2.3x faster on a CPU "
