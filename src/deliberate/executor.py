@@ -37,7 +37,9 @@ from typing import Any
 from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
+from deliberate.models.base import get_backend
 from deliberate.plugins import ENV as PLUGINS_ENV
+from deliberate.tasks.base import get_task
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,9 @@ class Worker:
     @classmethod
     def from_spec(cls, spec: WorkerSpec, threads: int | None = None) -> Worker:
         if threads:
-            import torch
+            import torch  # lazy: torch, only to set a worker's thread count; the executor itself never needs it
 
             torch.set_num_threads(int(threads))
-        from deliberate.models.base import get_backend
-        from deliberate.tasks.base import get_task
-
         if spec.plugins:
             os.environ[PLUGINS_ENV] = spec.plugins  # read by the registries' plug-in loading
         task = get_task(spec.task, **spec.task_options)
@@ -127,7 +126,7 @@ class LocalExecutor:
 
 def _ray():
     try:
-        import ray
+        import ray  # lazy: ray is an optional extra, needed only by --executor ray
     except ImportError:
         raise DeliberateError("--executor ray needs Ray: pip install 'ray>=2.9' "
                               "(or pip install -e '.[ray]')") from None

@@ -91,6 +91,7 @@ def load_plugins() -> None:
         os.environ[ENV] = ",".join(absolute)
     if not _entry_points_done:
         _entry_points_done = True
+        # lazy: importlib.metadata adds ~17 ms (half of `import deliberate.tasks`), and only a lookup needs it
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=GROUP):

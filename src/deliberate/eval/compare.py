@@ -60,7 +60,7 @@ def _png(fig) -> bytes:
 
 
 def _figure(panels: int, width: float = 5.2):
-    # matplotlib loads lazily, as in eval/plots.py: every CLI command imports this module to build its parser
+    # lazy: matplotlib, as in eval/plots.py: every CLI command imports this module to build its parser
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deliberate.errors import DeliberateError
+from deliberate.eval import plots  # the module, not its names: tests replace its functions
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
 from deliberate.records import (
     FINGERPRINT_KEY,
@@ -268,10 +269,8 @@ def _run_eval_locked(config: EvalConfig, backend: Backend, task: Task, out: Path
 
     summary = summarize(config, load_records(records_path), problems, task, backend.model_name, spent).to_dict()
     write_json_atomic(out / SUMMARY_FILE, summary)
-    from deliberate.eval.plots import plot_accuracy_vs_n, plot_accuracy_vs_tokens
-
-    plot_accuracy_vs_n(summary, out / "accuracy_vs_n.png")
-    plot_accuracy_vs_tokens(summary, out / "accuracy_vs_tokens.png")
+    plots.plot_accuracy_vs_n(summary, out / "accuracy_vs_n.png")
+    plots.plot_accuracy_vs_tokens(summary, out / "accuracy_vs_tokens.png")
     return summary
 
 

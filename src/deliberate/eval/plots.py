@@ -26,6 +26,7 @@ def _greedy(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def _figure():
+    # lazy: matplotlib; evaluate and sweep import this module, and every CLI command imports those to build its parser
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -83,6 +84,7 @@ def plot_accuracy_vs_tokens(summary: Mapping[str, Any], path: str | Path) -> Non
 def plot_sweep(summary: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """The sweep's figures: ``accuracy.png`` (vs N and vs generated tokens per problem, every strategy,
     95% CI bands), ``token_buckets.png`` and ``taste.png`` when the summary has those curves."""
+    # lazy: matplotlib, for the reason given in _figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

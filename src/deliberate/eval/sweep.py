@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +46,7 @@ import numpy as np
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
+from deliberate.eval.plots import plot_sweep
 from deliberate.eval.sweep_curves import compute_matched, taste_curve, token_buckets
 from deliberate.records import (
     FINGERPRINT_KEY,
@@ -246,8 +248,6 @@ def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verif
     rows = {k: SweepRow.from_dict(r, str(results_path)) for k, r in done.items()}
     summary = summarize(config, task, problems, rows, pool, meta["model"], compute, have_verifier).to_dict()
     write_json_atomic(out / "summary.json", summary)
-    from deliberate.eval.plots import plot_sweep
-
     plot_sweep(summary, out)
     return summary
 
@@ -377,8 +377,6 @@ def _copy_pool(src: Path, out: Path, meta: dict) -> None:
         raise DeliberateError(f"--pool-from {src}: its samples were drawn differently ({', '.join(diffs)} differ)")
     if not (src / "pool.jsonl").exists():
         raise DeliberateError(f"--pool-from {src}: no pool.jsonl there")
-    import shutil
-
     shutil.copyfile(src / "pool.jsonl", out / "pool.jsonl")
 
 

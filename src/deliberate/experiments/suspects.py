@@ -40,9 +40,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
-from deliberate.records import write_json_atomic
+from deliberate.models.tiny import TinyBackend
 from deliberate.policy import FinetuneSettings
+from deliberate.records import write_json_atomic
+from deliberate.rewards.mc_labels import MCConfig, label_mc
+from deliberate.train.grpo import GRPOConfig, run_grpo
+from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
+from deliberate.train.rest_em import RestEMConfig, run_rest_em
+from deliberate.train.self_correct import SelfCorrectConfig, run_self_correct
 from deliberate.train.selfimprove import acc_cell, evaluate_policy, n_params_of
+from deliberate.train.verifier import VerifierTrainConfig, train_verifier
 
 SUSPECTS = ("guess-check", "process-rewards", "search", "correct", "grpo")
 
@@ -106,8 +113,6 @@ def _curve(rows: list[dict], offset: float = 0.0) -> list[dict]:
 
 
 def _guess_check(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dict]:
-    from deliberate.train.rest_em import RestEMConfig, run_rest_em
-
     rc = RestEMConfig(**_common(cfg, "guess-check"), iterations=20, n_train=cfg.n_train, k=cfg.k, keep="outcome",
                       finetune=cfg.finetune, max_train_flops=cfg.budget)
     rows = run_rest_em(rc, progress=progress)["iterations"]
@@ -115,11 +120,6 @@ def _guess_check(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path,
 
 
 def _process_rewards(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dict]:
-    from deliberate.models.tiny import TinyBackend
-    from deliberate.rewards.mc_labels import MCConfig, label_mc
-    from deliberate.train.rest_em import RestEMConfig, run_rest_em
-    from deliberate.train.verifier import VerifierTrainConfig, train_verifier
-
     out = Path(cfg.out) / "process-rewards"
     mc = MCConfig(task="arith", task_options=cfg.task_options, n_problems=cfg.label_problems, samples=4,
                   rollouts=cfg.label_rollouts, seed=cfg.seed + 7, model=cfg.init, out=str(out / "labels"))
@@ -144,8 +144,6 @@ def _process_rewards(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], P
 
 
 def _search(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dict]:
-    from deliberate.train.mcts_ei import MCTSEIConfig, run_mcts_ei
-
     mc = MCTSEIConfig(**_common(cfg, "search"), iterations=20, n_train=cfg.n_train, mcts_n=cfg.mcts_n,
                       finetune=cfg.finetune, prm_steps=cfg.prm_steps, eval_mcts_n=0, max_train_flops=cfg.budget)
     rows = run_mcts_ei(mc, progress=progress)["iterations"]
@@ -153,8 +151,6 @@ def _search(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dict
 
 
 def _correct(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dict]:
-    from deliberate.train.self_correct import SelfCorrectConfig, run_self_correct
-
     c = _common(cfg, "correct")
     sc = SelfCorrectConfig(init=c["init"], task_options=cfg.task_options, n_train=cfg.n_train, k=4,
                            finetune=replace(cfg.finetune, epochs=3.0), eval_problems=cfg.eval_problems,
@@ -176,8 +172,6 @@ def _correct(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dic
 
 
 def _grpo(cfg: SuspectsConfig, progress: bool) -> tuple[list[dict], Path, dict]:
-    from deliberate.train.grpo import GRPOConfig, run_grpo
-
     gc = GRPOConfig(**_common(cfg, "grpo"), n_train=cfg.n_train, steps=cfg.grpo_steps,
                     eval_every=cfg.grpo_eval_every, checkpoint_every=cfg.grpo_eval_every,
                     max_train_flops=cfg.budget)
@@ -237,10 +231,10 @@ def run_suspects(cfg: SuspectsConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def plot_suspects(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only this plot needs it and `deliberate --help` imports this module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after use("Agg"), so pyplot never picks a display backend
 
     n = summary["config"]["eval_n"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.errors import DeliberateError
+from deliberate.models import smollm2  # the module, not its names: tests replace its loaders
 from deliberate.models.base import Backend, register_backend
+from deliberate.models.engine import Engine, default_max_batch_size, resolve_device, resolve_dtype
 from deliberate.models.sampling import SamplingParams
 from deliberate.types import Completion
 
@@ -124,9 +126,7 @@ def resolve_path(path: str | Path, cache_dir: str | Path | None = None) -> tuple
     """``path`` option -> (checkpoint dir or .gguf file, readable name); raises for anything else."""
     key = str(path).strip()
     if key.lower() in ALIASES:
-        from deliberate.models.smollm2 import smollm2_checkpoint
-
-        return smollm2_checkpoint(cache_dir), ALIASES[key.lower()]
+        return smollm2.smollm2_checkpoint(cache_dir), ALIASES[key.lower()]
     p = Path(key).expanduser()
     if p.is_file() and p.suffix.lower() == ".gguf":
         return p, p.stem
@@ -142,25 +142,20 @@ def resolve_path(path: str | Path, cache_dir: str | Path | None = None) -> tuple
 
 
 def _torch_dtype(dtype: Any, device: str):
-    from deliberate.models.engine import resolve_dtype
-
     return resolve_dtype(dtype, device, what="hf backend")
 
 
 def _check_device(device: Any) -> str:
-    from deliberate.models.engine import resolve_device
-
     return str(resolve_device(device, what="hf backend"))
 
 
 def load_hf(path: Path, *, dtype, device: str):
     """Load (model, HF tokenizer) from a checkpoint dir or a .gguf file, offline, in eval mode."""
+    # lazy: transformers (seconds to import); every backend lookup imports this module, only loading needs it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if path.suffix.lower() == ".gguf":
-        from deliberate.models.smollm2 import load_gguf
-
-        model, tokenizer = load_gguf(path)
+        model, tokenizer = smollm2.load_gguf(path)
         model = model.to(dtype)
     else:
         try:
@@ -196,8 +191,6 @@ class HFBackend(Backend):
     def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = "auto",
                  device: str = "auto", max_batch_size: int | None = None, cache_dir: str | Path | None = None,
                  model: Any = None, tokenizer: Any = None):
-        from deliberate.models.engine import Engine, default_max_batch_size
-
         device = _check_device(device)
         torch_dtype = _torch_dtype(dtype, device)
         if max_batch_size is None:

@@ -78,6 +78,7 @@ def load_gguf(gguf: Path):
     The returned model has its GGUF quantizer detached, so it behaves (and saves) like a plain
     float32 model.
     """
+    # lazy: transformers (seconds to import); the hf backend imports this module for every backend lookup
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import is_accelerate_available
 
@@ -101,7 +102,7 @@ def load_gguf(gguf: Path):
 
 def _same_logits(a, b, tokenizer) -> float:
     """Largest absolute logit difference of two models on a short fixed text."""
-    import torch
+    import torch  # lazy: torch, which this module needs only while converting
 
     ids = torch.tensor([tokenizer.encode("The sum of 2 and 3 is", add_special_tokens=False)])
     with torch.no_grad():
@@ -141,6 +142,7 @@ def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None, *, verbose: b
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the cache should look like any dir
+        # lazy: torch and transformers, needed only by a conversion (see load_gguf)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

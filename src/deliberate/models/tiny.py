@@ -87,6 +87,7 @@ class TinyConfig:
 
 def build_tiny_model(config: TinyConfig, tokenizer: CharTokenizer, seed: int = 0):
     """A freshly initialised ``LlamaForCausalLM`` for ``config`` (deterministic under ``seed``)."""
+    # lazy: transformers (seconds to import); every backend lookup imports this module, only a model needs it
     from transformers import LlamaConfig, LlamaForCausalLM
 
     inter = round(config.d_model * config.mlp_ratio / 16) * 16
@@ -113,7 +114,7 @@ def save_tiny(model, tokenizer: CharTokenizer, directory: str | Path) -> None:
 
 
 def load_tiny(directory: str | Path):
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM  # lazy: transformers, as in build_tiny_model
 
     directory = Path(directory)
     if not directory.is_dir():

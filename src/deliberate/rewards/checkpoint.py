@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 
 from deliberate.errors import DeliberateError
@@ -45,8 +46,6 @@ TRUTHY = ("1", "true", "yes", "on")
 def hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` is set (the hub client reads it once at import; read it again here so a
     caller that sets it later is honoured too)."""
-    import huggingface_hub
-
     return bool(huggingface_hub.constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in TRUTHY
 
 
@@ -104,7 +103,7 @@ class StepCheckpointVerifier(Verifier):
     def __init__(self, path: str | None, task=None, batch_size: int = 8, device: str = "auto", dtype: str = "auto",
                  revision: str | None = None):
         super().__init__()
-        import transformers
+        import transformers  # lazy: transformers (seconds); every verifier lookup imports this module
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DeliberateError(f"batch_size must be a positive integer (got {batch_size!r})")
@@ -126,7 +125,7 @@ class StepCheckpointVerifier(Verifier):
 
     def from_pretrained(self, auto_class: str, **kw: Any):
         """``transformers.<auto_class>.from_pretrained`` in the target dtype, refusing random weights."""
-        import transformers
+        import transformers  # lazy: transformers, as in __init__
 
         cls = getattr(transformers, auto_class)
         try:

@@ -24,6 +24,9 @@ from typing import Any
 import torch
 
 from deliberate.errors import DeliberateError
+from deliberate.models.engine import resolve_device, resolve_dtype
+from deliberate.models.hf import ALIASES, resolve_path
+from deliberate.models.tiny import load_tiny
 from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.types import Problem
 
@@ -128,9 +131,6 @@ def load_genrm(path: str | Path, task=None, device: str = "auto", dtype: str = "
     SmolLM2-135M-Instruct, converted once and cached as for ``--model smollm2``), on ``device`` (``auto``: a
     CUDA GPU when there is one, else the CPU); ``dtype`` ``auto`` is float32 for a tiny checkpoint and, for an HF
     one, bfloat16 on Ampere+ GPUs, else float32."""
-    from deliberate.models.engine import resolve_device, resolve_dtype
-    from deliberate.models.hf import ALIASES, resolve_path
-
     dev = resolve_device(device, what="genrm")
     d = Path(path)
     if not d.is_dir() and str(path).strip().lower() in ALIASES:  # genrm:smollm2, as --model smollm2
@@ -143,13 +143,11 @@ def load_genrm(path: str | Path, task=None, device: str = "auto", dtype: str = "
         d = d / "model"  # a `train genrm` output directory (its config.json is the training config)
     opts = {k: v for k, v in kw.items() if k in ("cue", "answers", "prompt_style", "batch_size")}
     if (d / "char_tokenizer.json").exists():
-        from deliberate.models.tiny import load_tiny
-
         model, tok = load_tiny(d)
         model = model.to(device=dev, dtype=torch.float32 if dtype == "auto" else resolve_dtype(dtype, dev, what="genrm"))
         return GenerativeVerifier(model, tok.encode, tok.bos_token_id, tok.pad_token_id, task=task,
                                   path=str(path), **opts)
-    import transformers
+    import transformers  # lazy: transformers (seconds); every verifier lookup imports this module, only HF needs it
 
     if not (d / "config.json").exists():
         raise DeliberateError(f"genrm: {str(d)!r} is neither a tiny checkpoint nor an HF model directory")

@@ -59,6 +59,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
+from deliberate.executor import LocalExecutor
+from deliberate.models.sampling import SamplingParams
 from deliberate.records import (
     FINGERPRINT_KEY,
     JsonlAppender,
@@ -69,6 +71,7 @@ from deliberate.records import (
     write_json_atomic,
 )
 from deliberate.records import read_jsonl_rows as _read_jsonl
+from deliberate.tasks import get_task
 from deliberate.types import Compute, Problem
 
 log = logging.getLogger(__name__)
@@ -262,9 +265,6 @@ def label_mc(cfg: MCConfig, backend=None, task=None, progress: bool = True, exec
     The sampling and rollouts run on ``executor`` (``deliberate.executor``: Ray workers, one chunk of
     ``batch_problems`` problems per unit), by default in this process on ``backend``; only this
     process writes the labels and the cache."""
-    from deliberate.executor import LocalExecutor
-    from deliberate.tasks import get_task
-
     task = task or get_task(cfg.task, **cfg.task_options)
     if executor is None:
         if backend is None:
@@ -275,8 +275,6 @@ def label_mc(cfg: MCConfig, backend=None, task=None, progress: bool = True, exec
 
 
 def _label_mc_locked(cfg: MCConfig, task, executor, out: Path, progress: bool) -> dict[str, Any]:
-    from deliberate.models.sampling import SamplingParams
-
     model_name = executor.model_name()
     fingerprint = model_fingerprint(executor)
     meta_path = out / META_FILE

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from deliberate.errors import DeliberateError
+from deliberate.models.engine import Engine, is_llama_like, resolve_device
 from deliberate.models.tiny import CharTokenizer, TinyConfig, build_tiny_model
 from deliberate.rewards.base import Verifier, problem_prompt, register_verifier
 from deliberate.types import Problem
@@ -220,7 +221,8 @@ def save_reward_model(model, tokenizer, directory: str | Path, meta: dict[str, A
 
 def load_reward_model(directory: str | Path):
     """(model, tokenizer, meta) of a ``deliberate train prm|orm`` checkpoint (tiny or HF, in float32)."""
-    from transformers import AutoModelForTokenClassification, LlamaForTokenClassification  # heavy
+    # lazy: transformers (seconds to import); every verifier lookup imports this module, only loading needs it
+    from transformers import AutoModelForTokenClassification, LlamaForTokenClassification
 
     d = Path(directory)
     if not d.is_dir():
@@ -283,8 +285,6 @@ class StepRewardModel(Verifier):
 
     def _engine(self):
         if getattr(self, "_eng", None) is None:
-            from deliberate.models.engine import Engine, is_llama_like
-
             # the engine encodes a whole text at once, which equals encoding it step by step only for the
             # char tokenizer: an HF tokenizer's merges could move the step ends, so HF models take the full pass
             self._eng = Engine(self.model, self.tokenizer, max_batch_size=self.batch_size) \
@@ -361,8 +361,6 @@ class StepRewardModel(Verifier):
 def _load_verifier(arg: str | None, kind: str, task=None, batch_size: int = 256, device: str = "auto",
                    **_: Any) -> StepRewardModel:
     """``device``: where the verifier runs (``auto``: a CUDA GPU when there is one, else the CPU), float32."""
-    from deliberate.models.engine import resolve_device
-
     if not arg:
         raise DeliberateError(f"the {kind} verifier needs a checkpoint: {kind}:DIR")
     dev = resolve_device(device, what=f"{kind} verifier")

@@ -35,6 +35,7 @@ _ANSWER = re.compile(r"(?im)^[ \t*]*answer\s*:")
 
 def gym_names() -> list[str]:
     """Names of every registered reasoning-gym dataset."""
+    # lazy: reasoning_gym (over a second to import); every task lookup imports this module, only gym tasks need it
     from reasoning_gym.factory import DATASETS
 
     return sorted(DATASETS)
@@ -57,7 +58,7 @@ class GymTask(Task):
 
     def __init__(self, dataset: str, test_size: int = 500, disjoint: bool = True, extract: str = "strict",
                  **config: Any):
-        import reasoning_gym
+        import reasoning_gym  # lazy: reasoning_gym, as in gym_names
 
         if extract not in EXTRACT_MODES:
             raise DeliberateError(f"gym: extract must be one of {', '.join(EXTRACT_MODES)} (got {extract!r})")
@@ -82,7 +83,7 @@ class GymTask(Task):
             raise DeliberateError(f"bad options for reasoning-gym dataset {dataset!r}: {e}") from None
 
     def _dataset(self, split: str, seed: int, size: int):
-        import reasoning_gym
+        import reasoning_gym  # lazy: reasoning_gym, as in gym_names
 
         return reasoning_gym.create_dataset(self.dataset, size=size, seed=_split_seed(self.dataset, split, seed),
                                             **self.config)

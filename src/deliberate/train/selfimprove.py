@@ -297,10 +297,10 @@ def n_params_of(model_dir: str | Path) -> int:
 
 def plot_curve(rows: Sequence[dict[str, Any]], path: Path, title: str, keys: Sequence[str] = ("greedy",)) -> None:
     """Held-out accuracy (with CIs) against cumulative train FLOPs."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only this plot needs it and `deliberate --help` imports this module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after use("Agg"), so pyplot never picks a display backend
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in keys:

@@ -328,10 +328,10 @@ def switch(old: Policy, new: Policy, seed: Policy) -> Policy:
 
 def plot_by_group(rows, path: Path, title: str) -> None:
     """Held-out greedy accuracy per iteration, one line per key of the rows' ``eval`` (digit counts)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only this plot needs it and `deliberate --help` imports this module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after use("Agg"), so pyplot never picks a display backend
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -330,7 +330,8 @@ def resolve_base(cfg: VerifierTrainConfig) -> Path | None:
 def _load_model(cfg: VerifierTrainConfig, ckpt: Path | None, base: Path | None):
     """(model, tokenizer) to train: from the checkpoint when resuming, else built from ``base``
     (:func:`resolve_base`) or fresh. HF models load in float32."""
-    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification  # heavy; loading only
+    # lazy: transformers (seconds to import); `deliberate --help` imports this module, only loading a model needs it
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
     from transformers import LlamaForCausalLM, LlamaForTokenClassification
 
     genrm = cfg.kind == "genrm"
