@@ -149,11 +149,6 @@ def test_no_private_name_imported_across_modules():
     assert not bad, "private names imported from another module:\n" + "\n".join(bad)
 
 
-#: modules whose function-level imports are not yet checked for a reason: policy/ is being rewritten in a
-#: parallel branch (issue 30, item 1); its lazy imports get their comments there, then this entry goes
-LAZY_IMPORT_AUDIT_PENDING = ("deliberate.policy",)
-
-
 def uncommented_lazy_imports(source: str) -> list[int]:
     """Lines of the imports inside functions that no comment explains. Imports on consecutive lines of one
     block form a group: a comment on any of its lines, or on a comment-only line just above it, covers it."""
@@ -211,7 +206,5 @@ def test_every_import_inside_a_function_says_why():
     bad = []
     for path in sorted(SRC.rglob("*.py")):
         mod = module_name(path)
-        if any(mod == p or mod.startswith(p + ".") for p in LAZY_IMPORT_AUDIT_PENDING):
-            continue
         bad += [f"{mod}:{line}" for line in uncommented_lazy_imports(path.read_text())]
     assert not bad, "imports inside functions with no comment saying why (move them to the top?):\n" + "\n".join(bad)

@@ -136,7 +136,8 @@ class Accelerated(Dist):
     """One rank of a data-parallel job, over ``accelerate.Accelerator``."""
 
     def __init__(self, recipe: str):
-        try:  # lazy: accelerate is an optional dependency (the train extra), needed only under a launcher
+        try:
+            # lazy: accelerate is an optional dependency (the train extra), needed only under a launcher
             from accelerate import Accelerator
         except ImportError as e:  # pragma: no cover - accelerate is a dependency of the train extra
             raise DeliberateError(f"{recipe}: launched under a distributed launcher but accelerate is not "

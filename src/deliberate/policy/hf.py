@@ -113,7 +113,8 @@ class HFPolicy(Policy):
                                   "directory first (smollm2 is converted automatically)")
         if not examples:
             raise DeliberateError(f"{desc}: no training examples (no verified samples to learn from)")
-        try:  # TRL and datasets: optional dependencies, needed only to fine-tune an HF model
+        try:
+            # lazy: TRL and datasets: optional dependencies, needed only to fine-tune an HF model
             from datasets import Dataset
             from transformers import AutoModelForCausalLM, AutoTokenizer
             from trl import SFTConfig, SFTTrainer

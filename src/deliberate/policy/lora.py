@@ -49,7 +49,8 @@ def lora_config(settings: Any):
     """The ``peft.LoraConfig`` for a causal LM that ``settings`` asks for, or None when ``lora_r`` is 0."""
     if not settings.lora_r:
         return None
-    try:  # peft: an optional dependency, needed only for LoRA
+    try:
+        # lazy: peft: an optional dependency, needed only for LoRA
         from peft import LoraConfig
     except ImportError as e:
         raise DeliberateError(f"lora_r = {settings.lora_r} needs peft: pip install peft ({e})") from e

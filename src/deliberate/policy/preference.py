@@ -270,7 +270,8 @@ def hf_preference_update(path: Path, ref_path: Path | None, pairs: Sequence[Pair
         if p is not None and p.suffix.lower() == ".gguf":
             raise DeliberateError(f"preference update: a raw .gguf file ({p}) cannot be trained or referenced; "
                                   "convert it to a checkpoint directory first (smollm2 is converted automatically)")
-    try:  # TRL and datasets: optional dependencies, needed only to train an HF model
+    try:
+        # lazy: TRL and datasets: optional dependencies, needed only to train an HF model
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import DPOConfig, DPOTrainer

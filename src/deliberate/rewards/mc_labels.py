@@ -68,9 +68,9 @@ from deliberate.records import (
     json_line,
     lock_out_dir,
     model_fingerprint,
+    read_jsonl_rows,
     write_json_atomic,
 )
-from deliberate.records import read_jsonl_rows as _read_jsonl
 from deliberate.tasks import get_task
 from deliberate.types import Compute, Problem
 
@@ -124,7 +124,7 @@ def read_labels(path: str | os.PathLike) -> list[dict]:
     f = labels_file(path)
     if not f.exists():
         raise DeliberateError(f"labels file {str(f)!r} not found (make one with `deliberate label mc`)")
-    rows, end = _read_jsonl(f, validate_label_row)
+    rows, end = read_jsonl_rows(f, validate_label_row)
     if end < f.stat().st_size:
         log.warning("%s: ignoring a partial last line (a run was killed mid-write)", f)
     if not rows:
