@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
-from deliberate.policy.lora import ALL_LINEAR, lora_problems
+from deliberate.policy.lora import LoraFields
 from deliberate.policy.preference import PreferenceResult, PreferenceSettings
 from deliberate.types import Completion
 
@@ -31,12 +31,14 @@ if TYPE_CHECKING:  # annotations only: the trainer module imports torch
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(LoraFields):
     """One supervised fine-tune. The defaults suit the tiny model (~1M parameters, lr 1e-3); a
     pretrained HF model wants a far smaller step: lr 1e-5 to 3e-5, batch_size 8, warmup 0,
     weight_decay 0 (the README's real-model ReST-EM and STaR commands). ``lora_r`` > 0 trains LoRA adapters
     instead of every weight (HF policies only; :mod:`deliberate.policy.lora`), merged into the checkpoint
     written; LoRA usually wants a larger lr than a full fine-tune (~1e-4 to 2e-4)."""
+
+    WHAT = "finetune"
 
     steps: int | None = None  # None -> epochs over the data
     epochs: float = 2.0
@@ -48,15 +50,6 @@ class FinetuneSettings:
     grad_clip: float = 1.0
     tokens: int | None = None  # train on this many tokens instead (equal-token comparisons); overrides steps
     bf16: bool = False  # bfloat16 autocast (float32 weights): faster matmuls (BENCHMARKS), other float rounding
-    lora_r: int = 0  # LoRA rank (HF models, needs peft); 0 = full fine-tune
-    lora_alpha: int = 16  # LoRA scaling numerator (the update is scaled by alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA input
-    lora_targets: str = ALL_LINEAR  # modules that get adapters: a comma list of names, or all-linear
-
-    def __post_init__(self) -> None:
-        problems = lora_problems(self)
-        if problems:
-            raise DeliberateError("finetune: " + "; ".join(problems))
 
     def n_steps(self, n_examples: int, mean_len: float | None = None) -> int:
         """Optimizer steps: ``steps``; else for a ``tokens`` budget (given the examples' mean length in

@@ -14,12 +14,31 @@ LoRA run starts. The tiny model's loops and policy-gradient training have no LoR
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from deliberate.errors import DeliberateError
 
 #: ``lora_targets`` value for every linear layer but the output head (PEFT's own shorthand)
 ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class LoraFields:
+    """The LoRA fields a settings dataclass inherits (fine-tune and preference update), checked once."""
+
+    #: what a refusal names (the subclass's own word)
+    WHAT: ClassVar[str] = "settings"
+
+    lora_r: int = 0  # LoRA rank (HF models, needs peft); 0 = full fine-tune
+    lora_alpha: int = 16  # LoRA scaling numerator (the update is scaled by alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_targets: str = ALL_LINEAR  # modules that get adapters: a comma list of names, or all-linear
+
+    def __post_init__(self) -> None:
+        problems = lora_problems(self)
+        if problems:
+            raise DeliberateError(f"{self.WHAT}: " + "; ".join(problems))
 
 
 def lora_problems(settings: Any) -> list[str]:

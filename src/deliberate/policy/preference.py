@@ -36,7 +36,7 @@ from deliberate.atomic import recover_dir, replace_dir, write_json_atomic
 from deliberate.errors import DeliberateError
 from deliberate.models.engine import resolve_device
 from deliberate.models.tiny import CharTokenizer, load_tiny
-from deliberate.policy.lora import ALL_LINEAR, lora_config, lora_problems, merged, parameter_counts
+from deliberate.policy.lora import LoraFields, lora_config, merged, parameter_counts
 from deliberate.policy.supervised import Example, batch_indices, collate, lr_at
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,12 @@ Pair = tuple[str, str, str]  # (prompt, chosen completion, rejected completion)
 
 
 @dataclass(frozen=True)
-class PreferenceSettings:
+class PreferenceSettings(LoraFields):
     """One DPO run. The defaults suit the tiny model; a pretrained HF model wants lr ~1e-6 to 5e-6 (LoRA:
     ~5e-5 to 1e-4). ``lora_r`` > 0 trains LoRA adapters, merged into the checkpoint written (HF policies
     only; :mod:`deliberate.policy.lora`)."""
+
+    WHAT = "preference update"
 
     beta: float = 0.1
     lr: float = 2e-4
@@ -59,15 +61,6 @@ class PreferenceSettings:
     max_steps: int = 600
     batch_size: int = 32  # pairs per step
     warmup: int = 20
-    lora_r: int = 0  # LoRA rank (HF models, needs peft); 0 = full fine-tune
-    lora_alpha: int = 16  # LoRA scaling numerator (the update is scaled by alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA input
-    lora_targets: str = ALL_LINEAR  # modules that get adapters: a comma list of names, or all-linear
-
-    def __post_init__(self) -> None:
-        problems = lora_problems(self)
-        if problems:
-            raise DeliberateError("preference update: " + "; ".join(problems))
 
     def n_steps(self, n_pairs: int) -> int:
         """Optimizer steps: ``epochs`` over the pairs, at least 1, at most ``max_steps``."""
