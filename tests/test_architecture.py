@@ -30,7 +30,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "deliberate"
 
 LAYERS: dict[str, int] = {
-    "": 0, "types": 0, "errors": 0, "registry": 0, "plugins": 0, "atomic": 0, "records": 0,
+    "": 0, "types": 0, "errors": 0, "registry": 0, "plugins": 0, "atomic": 0, "records": 0, "fingerprint": 0,
     "sandbox": 1,
     "tasks": 2, "models": 2,
     "policy": 3, "executor": 3,

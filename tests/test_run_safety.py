@@ -26,7 +26,7 @@ from deliberate.eval.sweep import SweepConfig, run_sweep
 from deliberate.executor import LocalExecutor, WorkerSpec
 from deliberate.models.openai import OpenAIBackend
 from deliberate.models.tiny import CharTokenizer, TinyBackend, TinyConfig, build_tiny_model, save_tiny
-from deliberate import records
+from deliberate import fingerprint, records
 from deliberate.records import JsonlAppender, RecordWriter, load_records
 from deliberate.rewards.mc_labels import MCConfig, label_mc, read_labels, read_prm800k
 from deliberate.tasks.jsonl import read_jsonl
@@ -60,60 +60,60 @@ def test_weights_fingerprint_tracks_content_not_path_or_mtime(tmp_path):
     a = make_tiny(tmp_path / "a", seed=0)
     b = make_tiny(tmp_path / "b", seed=0)
     c = make_tiny(tmp_path / "c", seed=1)
-    fa = records.weights_fingerprint(a)
+    fa = fingerprint.weights_fingerprint(a)
     assert fa.startswith("sha256:")
-    assert records.weights_fingerprint(b) == fa  # the same weights elsewhere: a small checkpoint is hashed in full
-    assert records.weights_fingerprint(c) != fa
+    assert fingerprint.weights_fingerprint(b) == fa  # the same weights elsewhere: a small checkpoint is hashed in full
+    assert fingerprint.weights_fingerprint(c) != fa
     os.utime(a / "model.safetensors", ns=(1, 1))  # a touch of a fully hashed file changes nothing
-    assert records.weights_fingerprint(a) == fa
+    assert fingerprint.weights_fingerprint(a) == fa
 
 
 def test_sampled_fingerprint_of_large_weights_sees_size_mtime_head_and_tail(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "FULL_HASH_BELOW", 1024)  # treat this small file as a large one
-    monkeypatch.setattr(records, "SAMPLE_BYTES", 64)
+    monkeypatch.setattr(fingerprint, "FULL_HASH_BELOW", 1024)  # treat this small file as a large one
+    monkeypatch.setattr(fingerprint, "SAMPLE_BYTES", 64)
     d = tmp_path / "m"
     d.mkdir()
     f = d / "model.safetensors"
     f.write_bytes(bytes(range(256)) * 16)
     (d / "notes.txt").write_text("not a weight file")
     st = f.stat()
-    base = records.weights_fingerprint(d)
+    base = fingerprint.weights_fingerprint(d)
 
     def changed(edit) -> str:
         data = bytearray(bytes(range(256)) * 16)
         edit(data)
         f.write_bytes(bytes(data))
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-        return records.weights_fingerprint(d)
+        return fingerprint.weights_fingerprint(d)
 
     assert changed(lambda b: None) == base
     assert changed(lambda b: b.__setitem__(0, 255)) != base  # head
     assert changed(lambda b: b.__setitem__(len(b) - 1, 0)) != base  # tail
     changed(lambda b: None)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert records.weights_fingerprint(d) != base  # mtime
+    assert fingerprint.weights_fingerprint(d) != base  # mtime
     (d / "notes.txt").write_text("other notes")  # not a weight file: ignored
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert records.weights_fingerprint(d) == base
+    assert fingerprint.weights_fingerprint(d) == base
 
 
 def test_model_fingerprint_of_each_backend_kind(tmp_path):
     ckpt = make_tiny(tmp_path / "m", seed=0)
-    assert records.model_fingerprint(TinyBackend(ckpt)) == records.weights_fingerprint(ckpt)
+    assert fingerprint.model_fingerprint(TinyBackend(ckpt)) == fingerprint.weights_fingerprint(ckpt)
     tok = CharTokenizer()
     m0, m1 = build_tiny_model(SMALL, tok, seed=0), build_tiny_model(SMALL, tok, seed=1)
-    f0 = records.model_fingerprint(TinyBackend(model=m0, tokenizer=tok))  # no path: the tensors in memory
-    assert f0 == records.model_fingerprint(TinyBackend(model=build_tiny_model(SMALL, tok, seed=0), tokenizer=tok))
-    assert f0 != records.model_fingerprint(TinyBackend(model=m1, tokenizer=tok))
+    f0 = fingerprint.model_fingerprint(TinyBackend(model=m0, tokenizer=tok))  # no path: the tensors in memory
+    assert f0 == fingerprint.model_fingerprint(TinyBackend(model=build_tiny_model(SMALL, tok, seed=0), tokenizer=tok))
+    assert f0 != fingerprint.model_fingerprint(TinyBackend(model=m1, tokenizer=tok))
     # a remote server's weights are out of reach: the served model id stands for them
-    assert records.model_fingerprint(OpenAIBackend("http://127.0.0.1:9/v1", model="qwen-7b")) == "served:qwen-7b"
-    assert records.model_fingerprint(FakeBackend()) is None  # nothing to fingerprint
+    assert fingerprint.model_fingerprint(OpenAIBackend("http://127.0.0.1:9/v1", model="qwen-7b")) == "served:qwen-7b"
+    assert fingerprint.model_fingerprint(FakeBackend()) is None  # nothing to fingerprint
     # executors: the local one's backend; Ray workers' --model as this process sees it
-    assert records.model_fingerprint(LocalExecutor(TinyBackend(ckpt), None)) == records.weights_fingerprint(ckpt)
+    assert fingerprint.model_fingerprint(LocalExecutor(TinyBackend(ckpt), None)) == fingerprint.weights_fingerprint(ckpt)
     ray_like = SimpleNamespace(spec=WorkerSpec("tiny", {"path": str(ckpt)}), model_name=lambda: "tiny")
-    assert records.model_fingerprint(ray_like) == records.weights_fingerprint(ckpt)
+    assert fingerprint.model_fingerprint(ray_like) == fingerprint.weights_fingerprint(ckpt)
     served = SimpleNamespace(spec=WorkerSpec("openai", {"model": "m"}), model_name=lambda: "m")
-    assert records.model_fingerprint(served) == "served:m"
+    assert fingerprint.model_fingerprint(served) == "served:m"
 
 
 # --- resume checks the weights --------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_eval_resume_refuses_changed_weights_in_one_line(tmp_path, capsys):
     make_tiny(ckpt, seed=0)
     assert main_cli(eval_argv(ckpt, out)) == 0
     on_disk = (out / "records.jsonl").read_bytes()
-    assert json.loads((out / "config.json").read_text())["model_fingerprint"] == records.weights_fingerprint(ckpt)
+    assert json.loads((out / "config.json").read_text())["model_fingerprint"] == fingerprint.weights_fingerprint(ckpt)
     assert main_cli(eval_argv(ckpt, out, "--n", "3", "--ns", "1,2")) == 0  # same weights: the run extends
     capsys.readouterr()
     make_tiny(ckpt, seed=1)  # retrained in place
@@ -163,7 +163,7 @@ def test_label_mc_resume_refuses_changed_weights(tmp_path):
     cfg = MCConfig(task="arith", n_problems=1, samples=1, rollouts=1, max_tokens=6, model=str(ckpt),
                    out=str(tmp_path / "labels"))
     meta = label_mc(cfg, TinyBackend(ckpt), progress=False)
-    assert meta["model_fingerprint"] == records.weights_fingerprint(ckpt)
+    assert meta["model_fingerprint"] == fingerprint.weights_fingerprint(ckpt)
     label_mc(cfg, TinyBackend(ckpt), progress=False)
     make_tiny(ckpt, seed=1)
     with pytest.raises(DeliberateError, match="weights"):
@@ -349,7 +349,7 @@ def test_a_recipe_resume_refuses_other_weights_behind_the_same_init(tmp_path):
     init = make_tiny(tmp_path / "init", seed=0)
     cfg = RestEMConfig(init=str(init), out=str(tmp_path / "run"))
     out, _ = start_run(cfg)
-    assert json.loads((out / INIT_FINGERPRINT).read_text())["fingerprint"] == records.weights_fingerprint(init)
+    assert json.loads((out / INIT_FINGERPRINT).read_text())["fingerprint"] == fingerprint.weights_fingerprint(init)
     make_tiny(tmp_path / "init", seed=1)  # only config + fingerprint so far: nothing to protect
     start_run(cfg)
     (out / "iterations").mkdir()  # the run has started

@@ -34,13 +34,11 @@ from tqdm import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.eval import plots  # the module, not its names: tests replace its functions
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
+from deliberate.fingerprint import FINGERPRINT_KEY, check_fingerprint, model_fingerprint
 from deliberate.records import (
-    FINGERPRINT_KEY,
     RecordWriter,
-    check_fingerprint,
     load_records,
     lock_out_dir,
-    model_fingerprint,
     write_json_atomic,
 )
 from deliberate.models.base import Backend
@@ -217,7 +215,7 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
     including samples regenerated and discarded on resume.
 
     The whole run holds :func:`~deliberate.records.lock_out_dir` on ``out_dir``; ``config.json`` records
-    the weights' :func:`~deliberate.records.model_fingerprint`, and a resume with other weights is refused.
+    the weights' :func:`~deliberate.fingerprint.model_fingerprint`, and a resume with other weights is refused.
     """
     if task is None:
         task = get_task(config.task, **config.task_options)

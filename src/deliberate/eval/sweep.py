@@ -48,14 +48,12 @@ from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
 from deliberate.eval.plots import plot_sweep
 from deliberate.eval.sweep_curves import compute_matched, taste_curve, token_buckets
+from deliberate.fingerprint import FINGERPRINT_KEY, check_fingerprint, model_fingerprint
 from deliberate.records import (
-    FINGERPRINT_KEY,
     JsonlAppender,
     RecordWriter,
-    check_fingerprint,
     load_records,
     lock_out_dir,
-    model_fingerprint,
     write_json_atomic,
 )
 from deliberate.executor import LocalExecutor, chunks, progress_bar

@@ -61,13 +61,11 @@ from tqdm.auto import tqdm
 from deliberate.errors import DeliberateError
 from deliberate.executor import LocalExecutor
 from deliberate.models.sampling import SamplingParams
+from deliberate.fingerprint import FINGERPRINT_KEY, check_fingerprint, model_fingerprint
 from deliberate.records import (
-    FINGERPRINT_KEY,
     JsonlAppender,
-    check_fingerprint,
     json_line,
     lock_out_dir,
-    model_fingerprint,
     read_jsonl_rows,
     write_json_atomic,
 )

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.evaluate import EvalConfig, run_eval
-from deliberate.records import JsonlAppender, weights_fingerprint, write_json_atomic
+from deliberate.fingerprint import weights_fingerprint
+from deliberate.records import JsonlAppender, write_json_atomic
 from deliberate.models.engine import count_parameters
 from deliberate.models.hf import ALIASES
 from deliberate.models.tiny import load_tiny
@@ -87,7 +88,7 @@ def with_new_defaults(stored: dict[str, Any], current: dict[str, Any], cls) -> d
     return out
 
 
-#: where a recipe's run directory keeps the fingerprint of its --init weights (records.weights_fingerprint)
+#: where a recipe's run directory keeps the fingerprint of its --init weights (fingerprint.weights_fingerprint)
 INIT_FINGERPRINT = "init_fingerprint.json"
 
 
