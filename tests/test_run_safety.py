@@ -349,11 +349,11 @@ def test_a_recipe_resume_refuses_other_weights_behind_the_same_init(tmp_path):
     init = make_tiny(tmp_path / "init", seed=0)
     cfg = RestEMConfig(init=str(init), out=str(tmp_path / "run"))
     out, _ = start_run(cfg)
-    assert json.loads((out / INIT_FINGERPRINT).read_text())["fingerprint"] == fingerprint.weights_fingerprint(init)
+    assert json.loads((out / INIT_FINGERPRINT).read_text())["model_fingerprint"] == fingerprint.weights_fingerprint(init)
     make_tiny(tmp_path / "init", seed=1)  # only config + fingerprint so far: nothing to protect
     start_run(cfg)
     (out / "iterations").mkdir()  # the run has started
     start_run(cfg)  # the same weights
     make_tiny(tmp_path / "init", seed=2)
-    with pytest.raises(DeliberateError, match="weights at --init .* changed"):
+    with pytest.raises(DeliberateError, match="run of --init .* other weights"):
         start_run(cfg)

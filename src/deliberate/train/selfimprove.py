@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.evaluate import EvalConfig, run_eval
-from deliberate.fingerprint import weights_fingerprint
+from deliberate.fingerprint import FINGERPRINT_KEY, check_fingerprint, weights_fingerprint
 from deliberate.records import JsonlAppender, write_json_atomic
 from deliberate.models.engine import count_parameters
 from deliberate.models.hf import ALIASES
@@ -117,13 +117,10 @@ def start_run(cfg, extendable: tuple[str, ...] = EXTENDABLE) -> tuple[Path, dict
     # the same --init path with other weights behind it would mix two models' data in one run
     fp, fp_file = (weights_fingerprint(init) if init is not None else None), out / INIT_FINGERPRINT
     if fp is not None and fp_file.exists() and not nothing_else:
-        before = json.loads(fp_file.read_text()).get("fingerprint")
-        if before != fp:
-            raise DeliberateError(f"the weights at --init {init} changed since {out} was started ({before} -> {fp}); "
-                                  "use another --out or delete it")
+        check_fingerprint(json.loads(fp_file.read_text()), fp, out, f"--init {init}")
     write_json_atomic(p, cfg_dict)
     if fp is not None:
-        write_json_atomic(fp_file, {"init": str(init), "fingerprint": fp})
+        write_json_atomic(fp_file, {"init": str(init), FINGERPRINT_KEY: fp})
     return out, cfg_dict
 
 
