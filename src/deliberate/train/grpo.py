@@ -109,7 +109,7 @@ class GRPOConfig(PolicyRecipeConfig):
     steps: int = 80
     problems_per_step: int = 64
     group: int = 8
-    temperature: float = 1.0  # sampling temperature; log-probs use logits / T. 0.7 was level with 1.0 (docs/RESULTS.md)
+    temperature: float = 1.0  # sampling temperature; log-probs use logits / T. 0.7 was level with 1.0 (docs/RESULTS-archive.md)
     max_tokens: int | None = None  # new tokens per completion (training and evaluation); None: the task's
     reward: str = "outcome"  # "outcome": right answer; "process": right answer and every step right (step checker)
     # "sequence": one advantage per completion; "steps" / "steps-to-go": per-token advantages from the step
