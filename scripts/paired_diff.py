@@ -9,8 +9,10 @@ For each problem the accuracy difference A - B is averaged over the sweep's seed
 problems gets the project's 95% bootstrap CI over problems (`eval.metrics.bootstrap_ci`). Because both strategies
 select from the same samples, the paired CI is much tighter than comparing the two unpaired CIs.
 Also prints on how many problems A is ahead / behind, and the per-seed accuracies. ``--also`` pools
-other sweeps (e.g. the same sweep of models from other training seeds): each sweep's problems count as
-separate units, so the CI covers problems and training runs together. ``--b-from`` takes strategy B
+other sweeps (e.g. the same sweep of models from other training seeds) as independent pipelines: the CI is
+the two-stage cluster bootstrap (`eval.metrics.pooled_pipelines_ci`: sweeps, then problems, one problem draw
+shared by sweeps that ran the same problems), so a problem common to every sweep is not counted as several
+independent units. ``--b-from`` takes strategy B
 from another sweep instead, e.g. one run with ``--pool-from`` the first: the same samples selected with
 another verifier, so A - B compares the verifiers.
 """
@@ -18,12 +20,13 @@ another verifier, so A - B compares the verifiers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from deliberate.eval.metrics import bootstrap_ci
+from deliberate.eval.metrics import bootstrap_ci, pooled_pipelines_ci
 
 
 def load(results: Path) -> list[dict]:
@@ -32,21 +35,32 @@ def load(results: Path) -> list[dict]:
 
 
 def paired(rows: list[dict], a: str, b: str, n: int) -> dict | None:
-    """A - B at budget ``n`` over the (problem, seed) pairs both have; None when there are none."""
-    by: dict[str, dict[tuple[str, int], bool]] = {a: {}, b: {}}
+    """A - B at budget ``n`` over the (problem, seed) pairs both have; None when there are none.
+
+    Rows may carry ``run`` (which pooled sweep they came from; default 0): each run is one pipeline of the
+    cluster bootstrap, and its problems are averaged over its seeds first.
+    """
+    by: dict[str, dict[tuple[int, str, int], bool]] = {a: {}, b: {}}
     for r in rows:
         if r["strategy"] in by and r["n"] == n:
-            by[r["strategy"]][(r["problem_id"], r["seed"])] = bool(r["correct"])
+            by[r["strategy"]][(r.get("run", 0), r["problem_id"], r["seed"])] = bool(r["correct"])
     keys = sorted(set(by[a]) & set(by[b]))
     if not keys:
         return None
-    per_problem: dict[str, list[float]] = defaultdict(list)
+    per_problem: dict[tuple[int, str], list[float]] = defaultdict(list)
     per_seed: dict[int, list[tuple[bool, bool]]] = defaultdict(list)
-    for pid, s in keys:
-        per_problem[pid].append(by[a][pid, s] - by[b][pid, s])
-        per_seed[s].append((by[a][pid, s], by[b][pid, s]))
-    d = [sum(v) / len(v) for v in per_problem.values()]
-    return {"n": n, "problems": len(d), "mean_diff": sum(d) / len(d), "ci": list(bootstrap_ci(d)),
+    for run, pid, s in keys:
+        per_problem[run, pid].append(by[a][run, pid, s] - by[b][run, pid, s])
+        per_seed[s].append((by[a][run, pid, s], by[b][run, pid, s]))
+    per_run: dict[int, dict[str, float]] = defaultdict(dict)
+    for (run, pid), v in per_problem.items():
+        per_run[run][pid] = sum(v) / len(v)
+    d = list(itertools.chain.from_iterable(x.values() for x in per_run.values()))
+    if len(per_run) == 1:
+        mean, ci = sum(d) / len(d), bootstrap_ci(d)
+    else:
+        mean, ci = pooled_pipelines_ci(list(per_run.values()))
+    return {"n": n, "problems": len(d), "runs": len(per_run), "mean_diff": mean, "ci": list(ci),
             "ahead": sum(x > 0 for x in d), "behind": sum(x < 0 for x in d),
             "per_seed": {s: [sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v)]
                          for s, v in sorted(per_seed.items())}}
@@ -81,10 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for i, sweep in enumerate(sweeps):
-        # pooled sweeps may share problem ids: prefix them so each run's problems stay separate units
-        rows += [r if not args.also else {**r, "problem_id": f"{i}:{r['problem_id']}"}
-                 for r in load(sweep / "results.jsonl")]
-    print(f"{args.a} - {args.b}, paired over problems (mean over seeds), 95% bootstrap CI")
+        rows += [{**r, "run": i} for r in load(sweep / "results.jsonl")]
+    ci = "95% cluster-bootstrap CI (sweeps, then problems)" if args.also else "95% bootstrap CI"
+    print(f"{args.a} - {args.b}, paired over problems (mean over seeds), {ci}")
     _print(rows, args.a, args.b, args.n)
     return 0
 
@@ -96,7 +109,8 @@ def _print(rows: list[dict], a: str, b: str, ns: list[int] | None) -> None:
             continue
         seeds = "  ".join(f"seed {s}: {x:.3f} vs {y:.3f}" for s, (x, y) in r["per_seed"].items())
         print(f"N={n:<4} diff {100 * r['mean_diff']:+.1f} points [{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]"
-              f"  ahead on {r['ahead']}, behind on {r['behind']} of {r['problems']} problems  |  {seeds}")
+              f"  ahead on {r['ahead']}, behind on {r['behind']} of {r['problems']} problems"
+              + (f" ({r['runs']} sweeps)" if r["runs"] > 1 else "") + f"  |  {seeds}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ per iteration and per ``eval_by`` group, over the same greedy-answered test prob
     python scripts/star_hf_paired.py runs/star-hf/rat-s0 runs/star-hf/norat-s0 [more A B pairs ...] [--plot curve.png]
 
 ``--plot``: A's and B's accuracy per iteration and group (all pairs' problems pooled), solid / dashed,
-iterations each side ran (B may run longer than A). Reads each iteration's ``itNNN/eval.jsonl``; prints A - B accuracy in points with a 95% bootstrap CI
-over problems. Several pairs (e.g. training seeds) are pooled: every (pair, problem) is one resampled
-unit, so the pooled CI treats seeds as independent draws of the same test problems.
+iterations each side ran (B may run longer than A). Reads each iteration's ``itNNN/eval.jsonl``; prints A - B
+accuracy in points with a 95% CI. Several pairs (e.g. training seeds) are pooled with the two-stage cluster
+bootstrap (``eval.metrics.pooled_pipelines_ci``): pairs are resampled, then problems, one problem draw shared
+by every pair because all seeds answer the same test problems (counting each (pair, problem) as independent
+made earlier intervals too narrow).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from deliberate.eval.metrics import bootstrap_ci
+from deliberate.eval.metrics import pooled_pipelines_ci
 from deliberate.tasks import get_task
 
 
@@ -74,29 +76,31 @@ def main() -> None:
     print("| iter | group | pairs | problems | A | B | A - B (points) [95% CI] |")
     print("|---|---|---|---|---|---|---|")
     for it in range(100):
-        diffs: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        n_pairs = 0
+        # group -> one {problem: (a, b)} per pair that reached this iteration
+        diffs: dict[str, list[dict[str, tuple[float, float]]]] = defaultdict(list)
         for ra, rb in pairs:
             xa, xb = answers(ra, it), answers(rb, it)
             common = [k for k in xa if k in xb]
             if not common:
                 continue
-            n_pairs += 1
+            per_group: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
             for k in common:
                 for g in ("all", str(test[k].metadata.get(cfg.get("eval_by") or "", ""))):
                     if g:
-                        diffs[g].append((float(xa[k]), float(xb[k])))
-        if not n_pairs:
+                        per_group[g][k] = (float(xa[k]), float(xb[k]))
+            for g, v in per_group.items():
+                diffs[g].append(v)
+        if not diffs:
             if it:
                 break
             continue
         for g in sorted(diffs, key=lambda g: (g != "all", len(g), g)):
-            v = diffs[g]
-            d = [x - y for x, y in v]
-            lo, hi = bootstrap_ci(d)
-            print(f"| {it} | {g} | {n_pairs} | {len(v)} | {sum(x for x, _ in v) / len(v):.3f} | "
-                  f"{sum(y for _, y in v) / len(v):.3f} | {100 * sum(d) / len(d):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
-
+            per_pair = diffs[g]
+            mean, (lo, hi) = pooled_pipelines_ci([{k: x - y for k, (x, y) in v.items()} for v in per_pair])
+            acc_a = sum(sum(x for x, _ in v.values()) / len(v) for v in per_pair) / len(per_pair)
+            acc_b = sum(sum(y for _, y in v.values()) / len(v) for v in per_pair) / len(per_pair)
+            print(f"| {it} | {g} | {len(per_pair)} | {sum(map(len, per_pair))} | {acc_a:.3f} | {acc_b:.3f} | "
+                  f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
 
 if __name__ == "__main__":
     main()

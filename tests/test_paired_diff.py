@@ -36,7 +36,7 @@ def test_paired_difference_counts_and_ci(tmp_path, capsys):
     assert mod.main([str(tmp_path / "nope"), "A", "B"]) == 2
 
 
-def test_also_pools_sweeps_as_separate_problems(tmp_path, capsys):
+def test_also_pools_sweeps_as_pipelines_on_shared_problems(tmp_path, capsys):
     mod = _load()
     for name, a_right in (("one", True), ("two", False)):  # the same problem ids in both sweeps
         d = tmp_path / name
@@ -47,7 +47,10 @@ def test_also_pools_sweeps_as_separate_problems(tmp_path, capsys):
     assert mod.main([str(tmp_path / "one"), "A", "B", "--also", str(tmp_path / "two")]) == 0
     out = capsys.readouterr().out
     # 10 units (5 problems x 2 sweeps), +1 on five and -1 on five: not 5 problems averaged to 0
-    assert "+0.0 points" in out and "ahead on 5, behind on 5 of 10 problems" in out
+    assert "+0.0 points" in out and "ahead on 5, behind on 5 of 10 problems (2 sweeps)" in out
+    # the sweeps disagree completely, so resampling sweeps spans -1 .. +1: a flat bootstrap over the 10
+    # units would give about +-0.3
+    assert "[-100.0, +100.0]" in out and "cluster-bootstrap" in out
     assert mod.main([str(tmp_path / "one"), "A", "B", "--also", str(tmp_path / "nope")]) == 2
 
 

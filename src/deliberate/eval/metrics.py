@@ -3,7 +3,8 @@
 Every estimator here answers "what accuracy would a method that drew k samples get?" from a
 *larger* pool of n samples, so one sampling run gives the whole curve k = 1, 2, 4, ... n with less
 variance than drawing k samples afresh for each k. Per-problem values are averaged over problems by
-the caller; :func:`bootstrap_ci` turns the per-problem values into a 95% interval.
+the caller; :func:`bootstrap_ci` turns the per-problem values into a 95% interval, and
+:func:`hierarchical_bootstrap_ci` does so for several independent pipelines (seeds) on shared problems.
 
 All functions are pure (no I/O, no global random state: every random choice takes a ``seed``).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,75 @@ def bootstrap_ratio_ci(numerator: Sequence[float], denominator: Sequence[float],
         raise DeliberateError("bootstrap_ratio_ci: the denominator is 0 in every resample")
     lo, hi = np.quantile(r, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def hierarchical_bootstrap_ci(values: Sequence[Sequence[float]], n_boot: int = 2000, alpha: float = 0.05,
+                              seed: int = 0, shared_problems: bool = True) -> tuple[float, float]:
+    """Two-stage (cluster) bootstrap interval of the grand mean over several independent pipelines.
+
+    ``values[p][i]`` is pipeline ``p``'s value on problem ``i`` (an accuracy, or a paired difference of
+    two strategies averaged over that pipeline's seeds). Each resample draws pipelines with replacement,
+    then problems with replacement. With ``shared_problems`` (every pipeline was evaluated on the same
+    problems, in the same order: a rectangular array) one draw of problems serves all pipelines, so a
+    problem that is hard for every pipeline counts once, not once per pipeline; treating the
+    (pipeline, problem) pairs as independent would make the interval too narrow. Without it each
+    pipeline has its own problems (rows may differ in length) and each draws its own.
+
+    In simulations with known variance (tests/test_hierarchical_bootstrap.py) the 95% interval covers the
+    true mean ~93% of the time when problems dominate the variance, where the flat per-(pipeline,
+    problem) bootstrap covers ~72%; with only 3 pipelines and between-pipeline variance dominating, any
+    bootstrap over 3 clusters is short (~75% coverage, the flat one ~26%): more pipelines is the cure.
+
+    >>> hierarchical_bootstrap_ci([[1.0, 1.0], [1.0, 1.0]])
+    (1.0, 1.0)
+    >>> lo, hi = hierarchical_bootstrap_ci([[0, 1] * 20, [1, 0] * 20, [0, 1] * 20])
+    >>> lo < 0.5 < hi
+    True
+    """
+    rows = [np.asarray(r, dtype=np.float64).ravel() for r in values]
+    if not rows or any(r.size == 0 for r in rows):
+        raise DeliberateError("hierarchical_bootstrap_ci needs at least one pipeline and one problem each")
+    if shared_problems and len({r.size for r in rows}) != 1:
+        raise DeliberateError("shared_problems needs every pipeline on the same problems (equal row lengths); "
+                              "pass shared_problems=False for pipelines with their own problems")
+    _check_bootstrap("hierarchical_bootstrap_ci", rows, n_boot, alpha)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    if shared_problems:
+        grid = np.stack(rows)
+        n_pipes, n_probs = grid.shape
+        chunk = max(1, 4_000_000 // grid.size)  # bound memory at ~32 MB of gathered values per chunk
+        for start in range(0, n_boot, chunk):
+            m = min(chunk, n_boot - start)
+            pipes = rng.integers(0, n_pipes, size=(m, n_pipes, 1))
+            probs = rng.integers(0, n_probs, size=(m, 1, n_probs))
+            means[start:start + m] = grid[pipes, probs].mean(axis=(1, 2))
+    else:
+        for b in range(n_boot):
+            pipes = rng.integers(0, len(rows), size=len(rows))
+            means[b] = np.mean([rows[p][rng.integers(0, rows[p].size, size=rows[p].size)].mean() for p in pipes])
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def pooled_pipelines_ci(per_pipeline: Sequence[Mapping[str, float]], n_boot: int = 2000, alpha: float = 0.05,
+                        seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Grand mean and :func:`hierarchical_bootstrap_ci` of per-problem values from several pipelines.
+
+    ``per_pipeline[p]`` maps problem id -> value for pipeline ``p`` (e.g. one training seed's paired
+    difference per test problem). Pipelines that all answered the same problems share the problem draw
+    (the usual case: every seed on one test set); otherwise each keeps its own problems.
+
+    >>> pooled_pipelines_ci([{"a": 1.0, "b": 0.0}, {"b": 0.0, "a": 1.0}], n_boot=10)[0]
+    0.5
+    """
+    if not per_pipeline or any(not d for d in per_pipeline):
+        raise DeliberateError("pooled_pipelines_ci needs at least one pipeline with at least one problem")
+    ids = sorted(per_pipeline[0])
+    shared = all(sorted(d) == ids for d in per_pipeline)
+    rows = [[d[k] for k in ids] for d in per_pipeline] if shared else [list(d.values()) for d in per_pipeline]
+    mean = float(np.mean([np.mean(r) for r in rows]))
+    return mean, hierarchical_bootstrap_ci(rows, n_boot=n_boot, alpha=alpha, seed=seed, shared_problems=shared)
 
 
 def _check_bootstrap(what: str, arrays: Sequence[np.ndarray], n_boot: Any, alpha: Any) -> None:
