@@ -71,7 +71,7 @@ class HFTokenizer:
     def __init__(self, tokenizer: Any, *, chat: bool = False, extra_eos: Iterable[int] = ()):
         self.hf = tokenizer
         self.chat = chat
-        self.bos_token_id: int | None = None if chat else _added_bos(tokenizer)
+        self.bos_token_id: int | None = None if chat else added_bos(tokenizer)
         eos: list[int] = []
         if tokenizer.eos_token_id is not None:
             eos.append(int(tokenizer.eos_token_id))
@@ -99,7 +99,7 @@ class HFTokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def _added_bos(tokenizer: Any) -> int | None:
+def added_bos(tokenizer: Any) -> int | None:
     """The BOS id the HF tokenizer adds to a plain text by itself, or ``None`` if it adds none."""
     bos = tokenizer.bos_token_id
     if bos is None:
@@ -212,7 +212,9 @@ class HFBackend(Backend):
 
     ``path``: hub id (``revision``: branch, tag or commit), checkpoint directory, ``.gguf`` file, or
     ``smollm2`` (converted once and cached, see :mod:`deliberate.models.smollm2`; ``cache_dir`` overrides
-    where). ``trust_remote_code``, ``device_map``: as ``from_pretrained`` takes them (module docstring). ``chat``: render each prompt
+    where). ``trust_remote_code``, ``device_map``: as ``from_pretrained`` takes them (module docstring).
+    ``system_prompt``: with ``chat``, a system message before each prompt's user message (the ``openai``
+    backend's option of the same name renders the same text). ``chat``: render each prompt
     as one user message with the tokenizer's chat template. ``model``/``tokenizer``: use an
     already-built transformers model and tokenizer instead of loading ``path`` (it is moved and cast
     in place). ``device``/``dtype``: see the module docstring; ``max_batch_size``: rows per forward
@@ -224,9 +226,12 @@ class HFBackend(Backend):
     def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = "auto",
                  device: str = "auto", max_batch_size: int | None = None, cache_dir: str | Path | None = None,
                  model: Any = None, tokenizer: Any = None, revision: str | None = None,
-                 trust_remote_code: bool = False, device_map: Any = None):
+                 trust_remote_code: bool = False, device_map: Any = None, system_prompt: str | None = None):
         if not isinstance(trust_remote_code, bool):
             raise DeliberateError(f"hf backend: trust_remote_code must be true or false (got {trust_remote_code!r})")
+        if system_prompt is not None and (not chat or not isinstance(system_prompt, str)):
+            raise DeliberateError("hf backend: system_prompt must be a string and needs chat=True")
+        self.system_prompt = system_prompt or None
         device = _check_device(device)
         torch_dtype = _torch_dtype(dtype, device)
         if max_batch_size is None:
@@ -283,19 +288,22 @@ class HFBackend(Backend):
             raise DeliberateError(f"hf backend: chat template failed: {e}") from e
         return ChatText(text)
 
-    def _wrap(self, prompt: str) -> str:
+    def render(self, prompt: str) -> str:
+        """The text the engine continues for ``prompt``: as is, or (``chat``) as the user's message after the
+        system prompt, ready for the assistant's reply; a :class:`ChatText` is already rendered."""
         if not self.chat or isinstance(prompt, ChatText):
             return prompt
-        return self.chat_prompt([{"role": "user", "content": prompt}])
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return self.chat_prompt([*system, {"role": "user", "content": prompt}])
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
-        return self.engine.generate([self._wrap(p) for p in prompts], params)
+        return self.engine.generate([self.render(p) for p in prompts], params)
 
     def continue_many(self, requests: Sequence[tuple[str, str]], params: SamplingParams) -> list[list[Completion]]:
         """With ``chat`` each prefix continues the assistant's reply to its prompt."""
-        return self.engine.generate([self._wrap(p) + pre for p, pre in requests], params)
+        return self.engine.generate([self.render(p) + pre for p, pre in requests], params)
 
     def continue_from(self, prompt: str, prefixes: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         """With ``chat`` the prefix continues the assistant's reply, not the user's message."""
-        head = self._wrap(prompt)
+        head = self.render(prompt)
         return self.engine.generate([head + p for p in prefixes], params)
