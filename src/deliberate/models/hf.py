@@ -10,7 +10,7 @@ protocol, and applies the chat template when asked.
     deliberate eval --backend hf --model Qwen/Qwen2.5-Math-1.5B-Instruct --backend-arg revision=main ...
 
 A hub id (``org/name``, optionally ``revision=`` a branch, tag or commit) comes through the normal
-Hugging Face cache (:mod:`deliberate.models.hub`: fetched once, ``HF_HUB_OFFLINE=1`` honoured) and
+Hugging Face cache (:mod:`deliberate.hub`: fetched once, ``HF_HUB_OFFLINE=1`` honoured) and
 loads from its snapshot directory; a local directory or ``.gguf`` loads as it is. ``trust_remote_code``
 (default off) lets a checkpoint run its own modelling code; ``device_map`` (e.g. ``auto``) hands the
 placement to accelerate, for a model larger than one device (the engine then feeds the first one).
@@ -40,7 +40,7 @@ from deliberate.errors import DeliberateError
 from deliberate.models import smollm2  # the module, not its names: tests replace its loaders
 from deliberate.models.base import Backend, register_backend
 from deliberate.models.engine import Engine, default_max_batch_size, resolve_device, resolve_dtype
-from deliberate.models.hub import is_hub_id, snapshot
+from deliberate.hub import is_hub_id, snapshot
 from deliberate.models.sampling import SamplingParams
 from deliberate.types import Completion
 
@@ -142,7 +142,7 @@ def resolve_path(path: str | Path, cache_dir: str | Path | None = None, revision
     """``path`` option -> (checkpoint dir or .gguf file, readable name); raises for anything else.
 
     A hub id resolves to its snapshot directory in the HF cache at ``revision`` (see
-    :func:`deliberate.models.hub.snapshot`); ``revision`` is refused for anything but a hub id."""
+    :func:`deliberate.hub.snapshot`); ``revision`` is refused for anything but a hub id."""
     key = str(path).strip()
     if revision is not None and not is_hub_id(key):
         raise DeliberateError(f"revision={revision!r} applies to a hub id (org/name), not to {key!r}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deliberate.errors import DeliberateError
 from deliberate.models.hf import ALIASES, resolve_path
-from deliberate.models.hub import is_hub_id
+from deliberate.hub import is_hub_id
 from deliberate.policy.base import Policy
 from deliberate.policy.hf import HFPolicy
 from deliberate.policy.tiny import TinyPolicy, is_tiny_checkpoint

@@ -31,7 +31,7 @@ import torch
 
 from deliberate.errors import DeliberateError
 from deliberate.models.engine import resolve_device, resolve_dtype
-from deliberate.models.hub import HUB_ID, hub_offline
+from deliberate.hub import HUB_ID, hub_offline
 from deliberate.rewards.base import Verifier
 from deliberate.rewards.models import keep_tail, pad_right
 from deliberate.types import Problem

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.errors import DeliberateError
-from deliberate.models.hub import hub_offline, is_hub_id, snapshot
+from deliberate.hub import hub_offline, is_hub_id, snapshot
 from deliberate.tasks.base import Task, check_split, register_task
 from deliberate.tasks.grading import canonical_number, extract_answer, math_equal, normalize_latex, numbers_equal
 from deliberate.tasks.gsm8k import NumericWordProblemTask, numeric_extract, parse_gsm8k_answer
