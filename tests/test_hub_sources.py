@@ -137,7 +137,8 @@ def test_the_cli_loads_a_hub_model_and_a_hub_dataset_with_the_env_alone(hub, tmp
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "deliberate", "eval", "--backend", "hf", "--model", REPO, "--task",
            "dataset:tiny-org/sums", "--task-arg", "question_field=input", "--task-arg", "answer_field=target",
-           "--n-problems", "3", "--n", "1", "--no-greedy", "--max-tokens", "4", "--out", str(out), "--backend-arg", "device=cpu"]
+           "--n-problems", "3", "--n", "1", "--no-greedy", "--max-tokens", "4", "--out", str(out),
+           "--backend-arg", "device=cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

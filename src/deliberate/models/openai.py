@@ -15,8 +15,9 @@ Chat models (``chat=True``): ``generate`` sends ``[system,] user`` messages, and
 served model's chat template applied here (``tokenizer=`` its hub id or directory; requests go to
 ``/v1/completions``, byte for byte what the ``hf`` backend renders) or through the server's template
 (``/v1/chat/completions`` with ``continue_final_message``); see :mod:`deliberate.models.chat_format`.
-``system_prompt`` adds a system message; ``extra_body`` is merged into every request body (vLLM's
-``top_k``, ``repetition_penalty``, ``chat_template_kwargs`` ...). docs/servers.md: vLLM and SGLang.
+``system_prompt`` adds a system message; ``extra_body`` (a mapping, or JSON text from the command line:
+``--backend-arg 'extra_body={"top_k": 20}'``) is merged into every request body (vLLM's ``top_k``,
+``repetition_penalty``, ``chat_template_kwargs`` ...). docs/servers.md: vLLM and SGLang.
 
 Behaviour worth knowing:
 
@@ -158,7 +159,7 @@ class OpenAIBackend(Backend):
         max_retries: int = 6,
         retry_base_delay: float = 0.5,
         retry_max_delay: float = 60.0,
-        extra_body: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | str | None = None,
         affinity_margin: int | None = None,
         system_prompt: str | None = None,
         tokenizer: str | None = None,
@@ -177,6 +178,14 @@ class OpenAIBackend(Backend):
             problems.append(f"retry_max_delay must be >= 0 (got {retry_max_delay!r})")
         if affinity_margin is not None and (not isinstance(affinity_margin, int) or affinity_margin < 0):
             problems.append(f"affinity_margin must be an integer >= 0 (got {affinity_margin!r})")
+        if isinstance(extra_body, str):  # from the command line: --backend-arg 'extra_body={"top_k": 20}'
+            try:
+                extra_body = json.loads(extra_body)
+            except ValueError as e:
+                problems.append(f"extra_body must be a JSON object ({e})")
+                extra_body = None
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            problems.append(f"extra_body must be a JSON object (got {type(extra_body).__name__})")
         if system_prompt is not None and (not isinstance(system_prompt, str) or not chat):
             problems.append("system_prompt must be a string and needs chat=True (a plain completion has no "
                             "system message)")
