@@ -73,11 +73,12 @@ def snapshot(repo_id: str, *, revision: str | None = None, repo_type: str = "mod
                                                  local_files_only=offline, allow_patterns=patterns)
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
-        raise DeliberateError(f"{repo_type} {repo_id}{at} is not in the Hugging Face cache "
-                              f"({huggingface_hub.constants.HF_HUB_CACHE}) and {why}; fetch it once online "
+        raise DeliberateError(f"{repo_id}{at} is no local path, and {repo_type} {repo_id} is not in the Hugging Face "
+                              f"cache ({huggingface_hub.constants.HF_HUB_CACHE}) and {why}; fetch it once online "
                               f"(`hf download {repo_id}{' --repo-type dataset' if repo_type == 'dataset' else ''}`)"
                               ) from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DeliberateError(f"{repo_type} {repo_id}{at}: cannot fetch it from the hub ({first})") from None
+        raise DeliberateError(f"{repo_id}{at} is no local path, and the hub does not give {repo_type} {repo_id} "
+                              f"({first})") from None
     return Path(path)
