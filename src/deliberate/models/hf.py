@@ -1,4 +1,4 @@
-"""The ``hf`` backend: any local transformers causal LM (checkpoint directory or GGUF file).
+"""The ``hf`` backend: any transformers causal LM (hub id, checkpoint directory or GGUF file).
 
 Generation goes through the project's own sampling engine (:mod:`deliberate.models.engine`), so
 an HF model gets the same seeding contract, stop strings, log-probs and token counts as the tiny
@@ -7,8 +7,13 @@ protocol, and applies the chat template when asked.
 
     deliberate eval --backend hf --model smollm2 --chat ...        # built-in SmolLM2-135M-Instruct
     deliberate eval --backend hf --model /path/to/checkpoint ...   # any local checkpoint / .gguf
+    deliberate eval --backend hf --model Qwen/Qwen2.5-Math-1.5B-Instruct --backend-arg revision=main ...
 
-Nothing is ever downloaded: every ``from_pretrained`` call is ``local_files_only``.
+A hub id (``org/name``, optionally ``revision=`` a branch, tag or commit) comes through the normal
+Hugging Face cache (:mod:`deliberate.hub`: fetched once, ``HF_HUB_OFFLINE=1`` honoured) and
+loads from its snapshot directory; a local directory or ``.gguf`` loads as it is. ``trust_remote_code``
+(default off) lets a checkpoint run its own modelling code; ``device_map`` (e.g. ``auto``) hands the
+placement to accelerate, for a model larger than one device (the engine then feeds the first one).
 
 Device and dtype (``--backend-arg device=cuda --backend-arg dtype=bfloat16``): ``device`` is
 ``auto`` (default: ``cuda`` when CUDA is available, else ``cpu``), ``cpu``, ``cuda`` or ``cuda:N``;
@@ -35,6 +40,7 @@ from deliberate.errors import DeliberateError
 from deliberate.models import smollm2  # the module, not its names: tests replace its loaders
 from deliberate.models.base import Backend, register_backend
 from deliberate.models.engine import Engine, default_max_batch_size, resolve_device, resolve_dtype
+from deliberate.hub import is_hub_id, snapshot
 from deliberate.models.sampling import SamplingParams
 from deliberate.types import Completion
 
@@ -65,7 +71,7 @@ class HFTokenizer:
     def __init__(self, tokenizer: Any, *, chat: bool = False, extra_eos: Iterable[int] = ()):
         self.hf = tokenizer
         self.chat = chat
-        self.bos_token_id: int | None = None if chat else _added_bos(tokenizer)
+        self.bos_token_id: int | None = None if chat else added_bos(tokenizer)
         eos: list[int] = []
         if tokenizer.eos_token_id is not None:
             eos.append(int(tokenizer.eos_token_id))
@@ -93,7 +99,7 @@ class HFTokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def _added_bos(tokenizer: Any) -> int | None:
+def added_bos(tokenizer: Any) -> int | None:
     """The BOS id the HF tokenizer adds to a plain text by itself, or ``None`` if it adds none."""
     bos = tokenizer.bos_token_id
     if bos is None:
@@ -122,9 +128,24 @@ def _message_text(content: Any) -> str:
     raise DeliberateError(f"chat message content must be a string (got {type(content).__name__})")
 
 
-def resolve_path(path: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, str]:
-    """``path`` option -> (checkpoint dir or .gguf file, readable name); raises for anything else."""
+def snapshot_name(path: Path) -> str | None:
+    """``org/name@commit`` for a snapshot directory of the HF cache (``models--org--name/snapshots/<commit>``),
+    so a hub model keeps its readable name after it has been resolved to a path; else ``None``."""
+    repo = path.parent.parent.name
+    if path.parent.name != "snapshots" or not repo.startswith("models--"):
+        return None
+    return repo[len("models--"):].replace("--", "/") + "@" + path.name[:12]
+
+
+def resolve_path(path: str | Path, cache_dir: str | Path | None = None, revision: str | None = None
+                 ) -> tuple[Path, str]:
+    """``path`` option -> (checkpoint dir or .gguf file, readable name); raises for anything else.
+
+    A hub id resolves to its snapshot directory in the HF cache at ``revision`` (see
+    :func:`deliberate.hub.snapshot`); ``revision`` is refused for anything but a hub id."""
     key = str(path).strip()
+    if revision is not None and not is_hub_id(key):
+        raise DeliberateError(f"revision={revision!r} applies to a hub id (org/name), not to {key!r}")
     if key.lower() in ALIASES:
         return smollm2.smollm2_checkpoint(cache_dir), ALIASES[key.lower()]
     p = Path(key).expanduser()
@@ -133,11 +154,16 @@ def resolve_path(path: str | Path, cache_dir: str | Path | None = None) -> tuple
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise DeliberateError(f"{p} is not a transformers checkpoint directory (no config.json)")
-        return p, p.name
+        return p, snapshot_name(p) or p.name
+    if is_hub_id(key):
+        where = snapshot(key, revision=revision)
+        if not (where / "config.json").is_file():
+            raise DeliberateError(f"hub model {key} has no config.json: not a transformers checkpoint")
+        return where, key
     what = "file is not a .gguf" if p.is_file() else "no such file or directory"
     raise DeliberateError(
         f"hf backend: cannot load {key!r} ({what}); give a checkpoint directory with config.json, "
-        f"a .gguf file, or one of the built-in names: {', '.join(ALIASES)}"
+        f"a .gguf file, a hub id (org/name), or one of the built-in names: {', '.join(ALIASES)}"
     )
 
 
@@ -149,20 +175,26 @@ def _check_device(device: Any) -> str:
     return str(resolve_device(device, what="hf backend"))
 
 
-def load_hf(path: Path, *, dtype, device: str):
-    """Load (model, HF tokenizer) from a checkpoint dir or a .gguf file, offline, in eval mode."""
+def load_hf(path: Path, *, dtype, device: str, trust_remote_code: bool = False, device_map: Any = None):
+    """Load (model, HF tokenizer) from a checkpoint dir or a .gguf file, offline, in eval mode: in
+    ``dtype`` directly (no float32 copy first), then moved to ``device`` unless ``device_map`` places it."""
     # lazy: transformers (seconds to import); every backend lookup imports this module, only loading needs it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if path.suffix.lower() == ".gguf":
+        if device_map is not None:
+            raise DeliberateError("hf backend: device_map does not apply to a .gguf file")
         model, tokenizer = smollm2.load_gguf(path)
         model = model.to(dtype)
     else:
+        kw = {"local_files_only": True, "trust_remote_code": bool(trust_remote_code)}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **kw)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, device_map=device_map, **kw)
         except (OSError, ValueError, KeyError) as e:
             raise DeliberateError(f"hf backend: could not load checkpoint {path}: {e}") from e
+    if device_map is not None:
+        return model.eval(), tokenizer
     return model.to(device).eval(), tokenizer
 
 
@@ -178,8 +210,11 @@ def generation_eos(model) -> list[int]:
 class HFBackend(Backend):
     """A local transformers causal LM behind the sampling engine.
 
-    ``path``: checkpoint directory, ``.gguf`` file, or ``smollm2`` (converted once and cached, see
-    :mod:`deliberate.models.smollm2`; ``cache_dir`` overrides where). ``chat``: render each prompt
+    ``path``: hub id (``revision``: branch, tag or commit), checkpoint directory, ``.gguf`` file, or
+    ``smollm2`` (converted once and cached, see :mod:`deliberate.models.smollm2`; ``cache_dir`` overrides
+    where). ``trust_remote_code``, ``device_map``: as ``from_pretrained`` takes them (module docstring).
+    ``system_prompt``: with ``chat``, a system message before each prompt's user message (the ``openai``
+    backend's option of the same name renders the same text). ``chat``: render each prompt
     as one user message with the tokenizer's chat template. ``model``/``tokenizer``: use an
     already-built transformers model and tokenizer instead of loading ``path`` (it is moved and cast
     in place). ``device``/``dtype``: see the module docstring; ``max_batch_size``: rows per forward
@@ -190,7 +225,13 @@ class HFBackend(Backend):
 
     def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = "auto",
                  device: str = "auto", max_batch_size: int | None = None, cache_dir: str | Path | None = None,
-                 model: Any = None, tokenizer: Any = None):
+                 model: Any = None, tokenizer: Any = None, revision: str | None = None,
+                 trust_remote_code: bool = False, device_map: Any = None, system_prompt: str | None = None):
+        if not isinstance(trust_remote_code, bool):
+            raise DeliberateError(f"hf backend: trust_remote_code must be true or false (got {trust_remote_code!r})")
+        if system_prompt is not None and (not chat or not isinstance(system_prompt, str)):
+            raise DeliberateError("hf backend: system_prompt must be a string and needs chat=True")
+        self.system_prompt = system_prompt or None
         device = _check_device(device)
         torch_dtype = _torch_dtype(dtype, device)
         if max_batch_size is None:
@@ -201,10 +242,13 @@ class HFBackend(Backend):
         if model is None:
             if path is None:
                 raise DeliberateError(
-                    "--backend hf needs --model: a checkpoint directory, a .gguf file, or 'smollm2'"
+                    "--backend hf needs --model: a hub id, a checkpoint directory, a .gguf file, or 'smollm2'"
                 )
-            where, self._name = resolve_path(path, cache_dir)
-            model, tokenizer = load_hf(where, dtype=torch_dtype, device=device)
+            where, self._name = resolve_path(path, cache_dir, revision)
+            model, tokenizer = load_hf(where, dtype=torch_dtype, device=device,
+                                       trust_remote_code=trust_remote_code, device_map=device_map)
+            if device_map is not None:  # accelerate placed it: inputs go where the embeddings are
+                device = str(model.get_input_embeddings().weight.device)
         else:
             if tokenizer is None:
                 raise DeliberateError("HFBackend(model=...) also needs tokenizer=")
@@ -244,19 +288,22 @@ class HFBackend(Backend):
             raise DeliberateError(f"hf backend: chat template failed: {e}") from e
         return ChatText(text)
 
-    def _wrap(self, prompt: str) -> str:
+    def render(self, prompt: str) -> str:
+        """The text the engine continues for ``prompt``: as is, or (``chat``) as the user's message after the
+        system prompt, ready for the assistant's reply; a :class:`ChatText` is already rendered."""
         if not self.chat or isinstance(prompt, ChatText):
             return prompt
-        return self.chat_prompt([{"role": "user", "content": prompt}])
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return self.chat_prompt([*system, {"role": "user", "content": prompt}])
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
-        return self.engine.generate([self._wrap(p) for p in prompts], params)
+        return self.engine.generate([self.render(p) for p in prompts], params)
 
     def continue_many(self, requests: Sequence[tuple[str, str]], params: SamplingParams) -> list[list[Completion]]:
         """With ``chat`` each prefix continues the assistant's reply to its prompt."""
-        return self.engine.generate([self._wrap(p) + pre for p, pre in requests], params)
+        return self.engine.generate([self.render(p) + pre for p, pre in requests], params)
 
     def continue_from(self, prompt: str, prefixes: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         """With ``chat`` the prefix continues the assistant's reply, not the user's message."""
-        head = self._wrap(prompt)
+        head = self.render(prompt)
         return self.engine.generate([head + p for p in prefixes], params)

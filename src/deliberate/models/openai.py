@@ -10,6 +10,15 @@ prompt (``n`` choices each), at most ``concurrency`` at a time per server, retry
     # several servers of the same model: a list, or one comma-separated string (CLI: --base-url a,b)
     backend = get_backend("openai", base_url="http://gpu0:8000/v1,http://gpu1:8000/v1", concurrency=64)
 
+Chat models (``chat=True``): ``generate`` sends ``[system,] user`` messages, and ``continue_many`` /
+``continue_from`` continue each partial solution as the *assistant's* message, either through the
+served model's chat template applied here (``tokenizer=`` its hub id or directory; requests go to
+``/v1/completions``, byte for byte what the ``hf`` backend renders) or through the server's template
+(``/v1/chat/completions`` with ``continue_final_message``); see :mod:`deliberate.models.chat_format`.
+``system_prompt`` adds a system message; ``extra_body`` (a mapping, or JSON text from the command line:
+``--backend-arg 'extra_body={"top_k": 20}'``) is merged into every request body (vLLM's ``top_k``,
+``repetition_penalty``, ``chat_template_kwargs`` ...). docs/servers.md: vLLM and SGLang.
+
 Behaviour worth knowing:
 
 * Several servers: ``concurrency`` is per server (total in flight = ``concurrency`` x servers).
@@ -88,6 +97,7 @@ from deliberate.errors import DeliberateError
 from deliberate.models.balancer import Server, Slots, affinity_index, shard_sizes
 from deliberate.models.base import Backend, register_backend
 from deliberate.models.base_urls import parse_base_urls
+from deliberate.models.chat_format import ClientTemplate, request_fields
 from deliberate.models.choices import parse_choices
 from deliberate.models.http_errors import RemoteError, Retryable, error_message, parse_retry_after
 from deliberate.models.redaction import Secret, redact_userinfo, url_passwords
@@ -149,8 +159,10 @@ class OpenAIBackend(Backend):
         max_retries: int = 6,
         retry_base_delay: float = 0.5,
         retry_max_delay: float = 60.0,
-        extra_body: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | str | None = None,
         affinity_margin: int | None = None,
+        system_prompt: str | None = None,
+        tokenizer: str | None = None,
     ):
         urls = parse_base_urls(base_url)
         problems = []
@@ -166,6 +178,19 @@ class OpenAIBackend(Backend):
             problems.append(f"retry_max_delay must be >= 0 (got {retry_max_delay!r})")
         if affinity_margin is not None and (not isinstance(affinity_margin, int) or affinity_margin < 0):
             problems.append(f"affinity_margin must be an integer >= 0 (got {affinity_margin!r})")
+        if isinstance(extra_body, str):  # from the command line: --backend-arg 'extra_body={"top_k": 20}'
+            try:
+                extra_body = json.loads(extra_body)
+            except ValueError as e:
+                problems.append(f"extra_body must be a JSON object ({e})")
+                extra_body = None
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            problems.append(f"extra_body must be a JSON object (got {type(extra_body).__name__})")
+        if system_prompt is not None and (not isinstance(system_prompt, str) or not chat):
+            problems.append("system_prompt must be a string and needs chat=True (a plain completion has no "
+                            "system message)")
+        if tokenizer is not None and not chat:
+            problems.append("tokenizer= applies the chat template client-side: it needs chat=True")
         if problems:
             raise DeliberateError("openai backend: " + "; ".join(problems))
         self.model = model
@@ -187,6 +212,8 @@ class OpenAIBackend(Backend):
         self.retry_base_delay = float(retry_base_delay)
         self.retry_max_delay = float(retry_max_delay)
         self.extra_body = dict(extra_body or {})
+        self.system_prompt = system_prompt or None
+        self.template = ClientTemplate(str(tokenizer)) if tokenizer is not None else None
         self._jitter = random.Random()  # jitter only spreads retries in time; it never affects results
 
     def __repr__(self) -> str:
@@ -232,14 +259,16 @@ class OpenAIBackend(Backend):
         prompts = list(prompts)
         if not prompts:
             return []
-        return _run_sync(self._with_client(lambda client: self._generate_all(client, prompts, params, prompts)))
+        requests = [(p, "") for p in prompts]
+        return _run_sync(self._with_client(lambda client: self._generate_all(client, requests, params, prompts)))
 
     def continue_from(self, prompt: str, prefixes: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         return self.continue_many([(prompt, p) for p in prefixes], params)
 
     def continue_many(self, requests: Sequence[tuple[str, str]], params: SamplingParams) -> list[list[Completion]]:
-        """As :meth:`Backend.continue_many` (the server sees ``prompt + prefix``), sent grouped by prompt,
-        shortest prefix first, with the prompt as affinity key; results in the caller's order."""
+        """As :meth:`Backend.continue_many`, sent grouped by prompt, shortest prefix first, with the prompt
+        as affinity key; results in the caller's order. A plain model sees ``prompt + prefix``; a chat model
+        continues ``prefix`` as the assistant's reply (module docstring)."""
         requests = list(requests)
         if not requests:
             return []
@@ -247,9 +276,9 @@ class OpenAIBackend(Backend):
         for prompt, _ in requests:
             first.setdefault(prompt, len(first))
         order = sorted(range(len(requests)), key=lambda i: (first[requests[i][0]], len(requests[i][1])))
-        texts = [requests[i][0] + requests[i][1] for i in order]
+        ordered = [requests[i] for i in order]
         keys = [requests[i][0] for i in order]
-        rows = _run_sync(self._with_client(lambda client: self._generate_all(client, texts, params, keys)))
+        rows = _run_sync(self._with_client(lambda client: self._generate_all(client, ordered, params, keys)))
         out: list[list[Completion]] = [[] for _ in requests]
         for row, i in zip(rows, order):
             out[i] = row
@@ -296,13 +325,13 @@ class OpenAIBackend(Backend):
             self.model = models[0]
         return self.model
 
-    async def _generate_all(self, client: _Clients, prompts: list[str], params: SamplingParams,
+    async def _generate_all(self, client: _Clients, requests: list[tuple[str, str]], params: SamplingParams,
                             keys: Sequence[str]) -> list[list[Completion]]:
         await self._resolve_model(client)
         slots = self._new_slots()
         k = len(self._servers)
-        tasks = [asyncio.ensure_future(self._generate_one(client, slots, p, params, affinity_index(key, k)))
-                 for p, key in zip(prompts, keys)]
+        tasks = [asyncio.ensure_future(self._generate_one(client, slots, p, pre, params, affinity_index(key, k)))
+                 for (p, pre), key in zip(requests, keys)]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
@@ -310,7 +339,9 @@ class OpenAIBackend(Backend):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _payload(self, prompt: str, params: SamplingParams, n: int, seed: int) -> dict[str, Any]:
+    def _payload(self, text: dict[str, Any], chat: bool, params: SamplingParams, n: int, seed: int) -> dict[str, Any]:
+        """The request body: ``text`` (``prompt`` or ``messages`` and their fields), the sampling settings,
+        then ``extra_body`` over all of it."""
         body: dict[str, Any] = {
             "model": self.model,
             "n": n,
@@ -321,28 +352,26 @@ class OpenAIBackend(Backend):
         }
         if params.stop:
             body["stop"] = list(params.stop)
-        if self.chat:
-            body["messages"] = [{"role": "user", "content": prompt}]
-            if params.logprobs:
-                body["logprobs"] = True
-        else:
-            body["prompt"] = prompt
-            if params.logprobs:
-                body["logprobs"] = 1
+        body.update(text)
+        if params.logprobs:
+            body["logprobs"] = True if chat else 1
         body.update(self.extra_body)
         return body
 
-    async def _generate_one(self, client: _Clients, slots: Slots, prompt: str, params: SamplingParams, preferred: int):
-        path = "/chat/completions" if self.chat else "/completions"
+    async def _generate_one(self, client: _Clients, slots: Slots, prompt: str, prefix: str, params: SamplingParams,
+                            preferred: int):
+        path, text = request_fields(prompt, prefix, chat=self.chat, template=self.template,
+                                    system_prompt=self.system_prompt)
+        chat = path == "/chat/completions"
         got: list[Completion] = []
         round_ = 0
         while len(got) < params.n:
             # The first request carries the caller's seed (so `deliberate serve` reproduces in-process
             # samples); follow-ups for servers that ignored `n` carry a derived seed (module docstring).
-            seed = params.seed if round_ == 0 else sequence_seed(params.seed, prompt, round_) & 0x7FFFFFFF
-            payload = self._payload(prompt, params, params.n - len(got), seed)
+            seed = params.seed if round_ == 0 else sequence_seed(params.seed, prompt + prefix, round_) & 0x7FFFFFFF
+            payload = self._payload(text, chat, params, params.n - len(got), seed)
             body = await self._request(client, "POST", path, payload, slots, preferred,
-                                       parse=lambda b: parse_choices(b, self.chat))
+                                       parse=lambda b: parse_choices(b, chat))
             got.extend(body)
             round_ += 1
             if round_ == 1 and len(got) < params.n:

@@ -6,7 +6,9 @@ the rest once:
 
 - **where from**: a local directory, or a hub id (``org/name``) through ``from_pretrained`` and the
   normal HF cache (``revision=`` picks a branch, tag or commit). ``local_files_only`` is set only for a
-  local directory or when ``HF_HUB_OFFLINE`` is set, so a hub id downloads once and is then cached;
+  local directory or when ``HF_HUB_OFFLINE`` is set, so a hub id downloads once and is then cached.
+  ``trust_remote_code=true`` lets a checkpoint whose config names its own modelling code run it (off by
+  default: the built-in families need none, ``qwen-prm`` builds its head here);
 - **in what precision**: the weights load in their target dtype (``dtype=`` at ``from_pretrained``, no
   float32 copy first: a 7B verifier in bfloat16 needs ~15 GB of host memory, not ~30 GB), then move to
   ``device``;
@@ -20,33 +22,22 @@ the rest once:
 
 from __future__ import annotations
 
-import os
-import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub
 import torch
 
 from deliberate.errors import DeliberateError
 from deliberate.models.engine import resolve_device, resolve_dtype
+from deliberate.hub import HUB_ID, hub_offline
 from deliberate.rewards.base import Verifier
 from deliberate.rewards.models import keep_tail, pad_right
 from deliberate.types import Problem
 
 #: options every published-checkpoint verifier takes (runtime ones plus where the weights come from)
-CHECKPOINT_OPTIONS = ("batch_size", "device", "dtype", "revision")
-#: a hub repository id: ``name`` or ``org/name``
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-TRUTHY = ("1", "true", "yes", "on")
-
-
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` is set (the hub client reads it once at import; read it again here so a
-    caller that sets it later is honoured too)."""
-    return bool(huggingface_hub.constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in TRUTHY
+CHECKPOINT_OPTIONS = ("batch_size", "device", "dtype", "revision", "trust_remote_code")
 
 
 def resolve_source(path: str | None, kind: str) -> tuple[str, bool]:
@@ -101,16 +92,19 @@ class StepCheckpointVerifier(Verifier):
     kind = "hf"
 
     def __init__(self, path: str | None, task=None, batch_size: int = 8, device: str = "auto", dtype: str = "auto",
-                 revision: str | None = None):
+                 revision: str | None = None, trust_remote_code: bool = False):
         super().__init__()
         import transformers  # lazy: transformers (seconds); every verifier lookup imports this module
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DeliberateError(f"batch_size must be a positive integer (got {batch_size!r})")
+        if not isinstance(trust_remote_code, bool):
+            raise DeliberateError(f"{self.kind}: trust_remote_code must be true or false (got {trust_remote_code!r})")
         self.source, local = resolve_source(path, self.kind)
         self.device = resolve_device(device, what=self.kind)
         self.dtype = resolve_dtype(dtype, self.device, what=self.kind)
-        self.load_kw = {"revision": revision, "local_files_only": local or hub_offline(), "trust_remote_code": False}
+        self.load_kw = {"revision": revision, "local_files_only": local or hub_offline(),
+                        "trust_remote_code": trust_remote_code}
         self.task, self.batch_size, self.revision = task, batch_size, revision
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.source, **self.load_kw)

@@ -117,7 +117,7 @@ class Task(ABC):
 
 #: the task registry; ``gym:<name>`` and ``code:PATH`` pass the text after the colon to the factory
 TASKS = Registry("task", builtins=[f"deliberate.tasks.{m}" for m in
-                                   ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym", "code")])
+                                   ("arith", "addition", "countdown", "gsm8k", "math500", "mawps", "gym", "code", "dataset")])
 
 
 def register_task(name: str, *, argument: str | None = None, metavar: str | None = None,
