@@ -23,7 +23,8 @@ def add_backend_arguments(parser) -> None:
     g = parser.add_argument_group("model backend")
     add_flag(parser, "--backend", group=g, default="tiny", help="backend name: tiny | hf | openai (default: tiny)")
     add_flag(parser, "--model", group=g, default=None,
-             help="tiny/hf: checkpoint directory, .gguf file, or 'smollm2'; openai: served model name")
+             help="tiny/hf: checkpoint directory, .gguf file, 'smollm2', or an HF hub id (org/name; --backend-arg "
+                  "revision=...); openai: served model name")
     add_flag(parser, "--base-url", group=g, default=None, help="openai: server base URL, e.g. http://127.0.0.1:8000/v1")
     add_flag(parser, "--chat", group=g, action="store_true", help="wrap prompts as chat messages (instruct models)")
     add_flag(parser, "--backend-arg", group=g, action="append", default=[], metavar="KEY=VALUE",

@@ -73,9 +73,10 @@ class HFPolicy(Policy):
         return self._sampler().generate(prompts, params)
 
     def training_prompt(self, prompt: str) -> str:
+        # the sampler's render: the same chat layout (system prompt included) that sampling used
         if not self.chat or isinstance(prompt, ChatText):
             return prompt
-        return self._sampler().chat_prompt([{"role": "user", "content": prompt}])
+        return self._sampler().render(prompt)
 
     def logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Scored on the sampler's model and tokenizer (its dtype and device), the prompt rendered by
