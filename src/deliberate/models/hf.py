@@ -36,6 +36,7 @@ from deliberate.models import smollm2  # the module, not its names: tests replac
 from deliberate.models.base import Backend, register_backend
 from deliberate.models.engine import Engine, default_max_batch_size, resolve_device, resolve_dtype
 from deliberate.models.sampling import SamplingParams
+from deliberate.models.thinking import thinking_decoder
 from deliberate.types import Completion
 
 ALIASES = {"smollm2": "SmolLM2-135M-Instruct"}
@@ -183,14 +184,15 @@ class HFBackend(Backend):
     as one user message with the tokenizer's chat template. ``model``/``tokenizer``: use an
     already-built transformers model and tokenizer instead of loading ``path`` (it is moved and cast
     in place). ``device``/``dtype``: see the module docstring; ``max_batch_size``: rows per forward
-    (default :data:`MAX_BATCH` for the device).
+    (default :data:`MAX_BATCH` for the device). ``think``/``think_temperature``: think-then-predict decoding
+    with the checkpoint's Quiet-STaR head (:mod:`deliberate.models.thinking`).
     """
 
     name = "hf"
 
     def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = "auto",
                  device: str = "auto", max_batch_size: int | None = None, cache_dir: str | Path | None = None,
-                 model: Any = None, tokenizer: Any = None):
+                 model: Any = None, tokenizer: Any = None, think: int | bool = 0, think_temperature: float = 1.0):
         device = _check_device(device)
         torch_dtype = _torch_dtype(dtype, device)
         if max_batch_size is None:
@@ -221,6 +223,9 @@ class HFBackend(Backend):
         self.tokenizer = HFTokenizer(tokenizer, chat=self.chat, extra_eos=generation_eos(model))
         self.engine = Engine(model, self.tokenizer, device=device, max_batch_size=max_batch_size,
                              eos_token_ids=self.tokenizer.eos_token_ids)
+        if think:
+            self.engine = thinking_decoder(path and resolve_path(path, cache_dir)[0], model, self.tokenizer, think,
+                                           think_temperature, max_batch_size, self.tokenizer.eos_token_ids)
 
     @property
     def model_name(self) -> str:

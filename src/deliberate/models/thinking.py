@@ -119,6 +119,17 @@ def thought_length(think: int | bool, meta: dict[str, Any]) -> int:
     return n
 
 
+def thinking_decoder(path, model, tokenizer, think: int | bool, think_temperature: float, max_batch_size: int,
+                     eos_token_ids: Sequence[int] | None = None) -> ThinkingDecoder:
+    """The decoder a backend swaps in for its engine under ``--backend-arg think=...``: the head is read
+    from the checkpoint directory ``path``."""
+    if path is None or not Path(path).is_dir():
+        raise DeliberateError(f"think=...: needs a checkpoint directory holding {HEAD_FILE} (got {path!r})")
+    head, meta = load_head(path)
+    return ThinkingDecoder(model, tokenizer, head, thought_length(think, meta), think_temperature=think_temperature,
+                           max_batch_size=max_batch_size, eos_token_ids=eos_token_ids)
+
+
 class ThinkingDecoder:
     """Think-then-predict decoding with the engine's ``generate(prompts, params)`` contract (stop strings,
     EOS, ``n`` samples seeded per (seed, prompt, index), log-probs of the visible tokens under the mixed
