@@ -254,5 +254,5 @@ def quiet_star_loss(p: ThoughtPass, ids: torch.Tensor, lengths: torch.Tensor, n_
     lm, mixed_nll, policy = lm.detach(), mixed_nll.detach(), policy.detach()
     stats = {"loss": float(loss.detach()), "lm": float(lm), "mixed_nll": float(mixed_nll), "policy": float(policy),
              "reward": float((reward * real).sum() / real.sum().clamp(min=1)),
-             "mix_weight": float((p.weight * p.target_valid).sum() / nv)}
+             "mix_weight": float((p.weight.detach() * p.target_valid).sum() / nv)}
     return loss, stats

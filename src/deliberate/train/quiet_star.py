@@ -50,6 +50,10 @@ from deliberate.train.common import ARITH_OPTIONS, ComputeMeter, adamw, batch_in
 from deliberate.train.selfimprove import start_run
 
 
+#: fields that only choose the held-out evaluation: a finished run is rerun with another split to score it there
+EVAL_FIELDS = ("eval_split", "eval_problems", "eval_thoughts", "eval_seed")
+
+
 @dataclass(frozen=True)
 class QuietStarConfig:
     init: str = "runs/quickstart/sft/model"  # --model: tiny or HF checkpoint directory, or smollm2
@@ -195,7 +199,7 @@ def run_quiet_star(cfg: QuietStarConfig, progress: bool = True) -> dict[str, Any
     """Train (or resume, or return the finished) run in ``cfg.out``; evaluate it on held-out problems."""
     from deliberate.train.quiet_star_eval import evaluate_run  # the eval module imports this one's loaders
 
-    out, cfg_dict = start_run(cfg, extendable=())
+    out, cfg_dict = start_run(cfg, extendable=EVAL_FIELDS)
     final, ckpt = out / "model", out / "checkpoint"
     recover_dir(ckpt, "trainer_state.json")
     if not (final / "trainer_state.json").exists():
