@@ -144,7 +144,8 @@ def test_loss_gradient_reaches_thoughts_head_and_embeddings():
     s = ThoughtSettings(thought_len=2, n_thoughts=2, n_positions=4, horizon=2)
     streams = Streams.at(*pick_positions(lengths, 4, g), 2)
     thoughts = sample_thoughts(model, head, ids, lengths, streams, s, g)
-    loss, stats = quiet_star_loss(thought_forward(model, head, ids, lengths, streams, thoughts, s), ids, lengths, 2, 1.0)
+    passed = thought_forward(model, head, ids, lengths, streams, thoughts, s)
+    loss, stats = quiet_star_loss(passed, ids, lengths, 2, 1.0)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (head.start, head.end, head.mixer[0].weight))
     assert set(stats) == {"loss", "lm", "mixed_nll", "policy", "reward", "mix_weight"}

@@ -24,12 +24,18 @@ language-modelling losses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from deliberate.errors import DeliberateError
+from deliberate.models.engine import resolve_device
+from deliberate.models.hf import HFTokenizer, load_hf, resolve_path
 from deliberate.models.thinking import ThinkingHead, decoder_parts, input_embeddings
+from deliberate.models.tiny import load_tiny, save_tiny
+from deliberate.policy.tiny import is_tiny_checkpoint
 
 
 @dataclass(frozen=True)
@@ -256,3 +262,38 @@ def quiet_star_loss(p: ThoughtPass, ids: torch.Tensor, lengths: torch.Tensor, n_
              "reward": float((reward * real).sum() / real.sum().clamp(min=1)),
              "mix_weight": float((p.weight.detach() * p.target_valid).sum() / nv)}
     return loss, stats
+
+
+@dataclass
+class LM:
+    """A causal LM and its tokenizer as training sees them (``encode`` without specials, ``bos_token_id``
+    possibly None, ``eos_token_id``), and how to write it as a checkpoint the backends load."""
+
+    model: Any
+    tokenizer: Any
+    kind: str  # tiny | hf
+    hf_tokenizer: Any = None
+
+    def save(self, directory: Path) -> None:
+        if self.kind == "tiny":
+            save_tiny(self.model, self.tokenizer, directory)
+        else:
+            self.model.save_pretrained(directory)
+            self.hf_tokenizer.save_pretrained(directory)
+
+    def encode_text(self, text: str, max_len: int) -> list[int]:
+        tok = self.tokenizer
+        ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok.encode(text) + [tok.eos_token_id]
+        return ids[:max_len]
+
+
+def load_lm(path: str | Path, device: str) -> LM:
+    dev = resolve_device(device, what="quiet-star")
+    if is_tiny_checkpoint(Path(path)):
+        model, tok = load_tiny(path)
+        return LM(model.to(dev), tok, "tiny")
+    where, _ = resolve_path(path)
+    model, hf_tok = load_hf(where, dtype=torch.float32, device=str(dev))
+    if where.suffix.lower() == ".gguf":
+        raise DeliberateError(f"quiet-star: {where} is a raw .gguf; give a checkpoint directory or smollm2")
+    return LM(model, HFTokenizer(hf_tok), "hf", hf_tok)

@@ -38,15 +38,12 @@ from tqdm.auto import tqdm
 
 from deliberate.atomic import recover_dir, replace_dir, write_json_atomic
 from deliberate.errors import DeliberateError
-from deliberate.models.engine import resolve_device
-from deliberate.models.hf import HFTokenizer, load_hf, resolve_path
 from deliberate.models.thinking import INIT_KINDS, ThinkingHead, init_embedding, load_head, save_head
-from deliberate.models.tiny import load_tiny, save_tiny
-from deliberate.policy.thinking import (Streams, ThoughtSettings, pick_positions, plain_nll, quiet_star_loss,
-                                        sample_thoughts, thought_forward)
-from deliberate.policy.tiny import is_tiny_checkpoint
+from deliberate.policy.thinking import (LM, Streams, ThoughtSettings, load_lm, pick_positions, plain_nll,
+                                        quiet_star_loss, sample_thoughts, thought_forward)
 from deliberate.tasks import get_task
 from deliberate.train.common import ARITH_OPTIONS, ComputeMeter, adamw, batch_indices, lr_at, trim_log
+from deliberate.train.quiet_star_eval import evaluate_run
 from deliberate.train.selfimprove import start_run
 
 
@@ -100,41 +97,6 @@ class QuietStarConfig:
     @property
     def settings(self) -> ThoughtSettings:
         return ThoughtSettings(self.thought_len, self.n_thoughts, self.n_positions, self.horizon, self.temperature)
-
-
-@dataclass
-class LM:
-    """A causal LM and its tokenizer as training sees them (``encode`` without specials, ``bos_token_id``
-    possibly None, ``eos_token_id``), and how to write it as a checkpoint the backends load."""
-
-    model: Any
-    tokenizer: Any
-    kind: str  # tiny | hf
-    hf_tokenizer: Any = None
-
-    def save(self, directory: Path) -> None:
-        if self.kind == "tiny":
-            save_tiny(self.model, self.tokenizer, directory)
-        else:
-            self.model.save_pretrained(directory)
-            self.hf_tokenizer.save_pretrained(directory)
-
-    def encode_text(self, text: str, max_len: int) -> list[int]:
-        tok = self.tokenizer
-        ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok.encode(text) + [tok.eos_token_id]
-        return ids[:max_len]
-
-
-def load_lm(path: str | Path, device: str) -> LM:
-    dev = resolve_device(device, what="quiet-star")
-    if is_tiny_checkpoint(Path(path)):
-        model, tok = load_tiny(path)
-        return LM(model.to(dev), tok, "tiny")
-    where, _ = resolve_path(path)
-    model, hf_tok = load_hf(where, dtype=torch.float32, device=str(dev))
-    if where.suffix.lower() == ".gguf":
-        raise DeliberateError(f"quiet-star: {where} is a raw .gguf; give a checkpoint directory or smollm2")
-    return LM(model, HFTokenizer(hf_tok), "hf", hf_tok)
 
 
 def training_texts(cfg: QuietStarConfig) -> list[str]:
@@ -197,8 +159,6 @@ def save_training(directory: Path, lm: LM, head: ThinkingHead | None, opt, state
 
 def run_quiet_star(cfg: QuietStarConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or return the finished) run in ``cfg.out``; evaluate it on held-out problems."""
-    from deliberate.train.quiet_star_eval import evaluate_run  # the eval module imports this one's loaders
-
     out, cfg_dict = start_run(cfg, extendable=EVAL_FIELDS)
     final, ckpt = out / "model", out / "checkpoint"
     recover_dir(ckpt, "trainer_state.json")

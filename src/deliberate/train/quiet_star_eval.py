@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from deliberate.models.engine import Engine
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.thinking import HEAD_FILE, ThinkingDecoder, load_head
-from deliberate.policy.thinking import Streams, ThoughtSettings, pick_positions, sample_thoughts, thought_forward
+from deliberate.policy.thinking import (Streams, ThoughtSettings, load_lm, pick_positions, sample_thoughts,
+                                        thought_forward)
 from deliberate.records import write_json_atomic
 from deliberate.tasks import get_task
 from deliberate.types import Problem
@@ -82,8 +83,6 @@ def token_logliks(lm, head, text: str, settings: ThoughtSettings, n_thoughts: in
 def evaluate_run(cfg, model_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Score ``model_dir`` on ``cfg.eval_split``; per-problem records to ``OUT/eval_<split>.jsonl``,
     the means returned."""
-    from deliberate.train.quiet_star import load_lm  # the recipe module imports this one lazily: no cycle
-
     out = Path(cfg.out) / f"eval_{cfg.eval_split}.jsonl"
     done = out.with_suffix(".json")
     if done.exists():
