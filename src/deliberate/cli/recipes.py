@@ -66,6 +66,7 @@ BUILTIN = {
     "mcts-ei": ("deliberate.cli.train.mcts_ei", "MCTS expert iteration: MCTS with policy+PRM, train both on the "
                                                 "trees' verified solutions and step values"),
     "grpo": ("deliberate.cli.train.grpo", "GRPO: RL with verifiable rewards (group-normalised advantages, clip, KL)"),
+    "quiet-star": ("deliberate.cli.train.quiet_star", "Quiet-STaR: learn to think before every token of plain text"),
 }
 #: built-ins that run data-parallel under a launcher (policy/distributed.py)
 LAUNCH_AWARE = ("sft", "grpo")

@@ -42,6 +42,7 @@ from deliberate.models.base import Backend, register_backend
 from deliberate.models.engine import Engine, default_max_batch_size, resolve_device, resolve_dtype
 from deliberate.hub import is_hub_id, snapshot
 from deliberate.models.sampling import SamplingParams
+from deliberate.models.thinking import thinking_decoder
 from deliberate.types import Completion
 
 ALIASES = {"smollm2": "SmolLM2-135M-Instruct"}
@@ -218,7 +219,8 @@ class HFBackend(Backend):
     as one user message with the tokenizer's chat template. ``model``/``tokenizer``: use an
     already-built transformers model and tokenizer instead of loading ``path`` (it is moved and cast
     in place). ``device``/``dtype``: see the module docstring; ``max_batch_size``: rows per forward
-    (default :data:`MAX_BATCH` for the device).
+    (default :data:`MAX_BATCH` for the device). ``think``/``think_temperature``: think-then-predict decoding
+    with the checkpoint's Quiet-STaR head (:mod:`deliberate.models.thinking`).
     """
 
     name = "hf"
@@ -226,7 +228,8 @@ class HFBackend(Backend):
     def __init__(self, path: str | Path | None = None, *, chat: bool = False, dtype: str | None = "auto",
                  device: str = "auto", max_batch_size: int | None = None, cache_dir: str | Path | None = None,
                  model: Any = None, tokenizer: Any = None, revision: str | None = None,
-                 trust_remote_code: bool = False, device_map: Any = None, system_prompt: str | None = None):
+                 trust_remote_code: bool = False, device_map: Any = None, system_prompt: str | None = None,
+                 think: int | bool = 0, think_temperature: float = 1.0):
         if not isinstance(trust_remote_code, bool):
             raise DeliberateError(f"hf backend: trust_remote_code must be true or false (got {trust_remote_code!r})")
         if system_prompt is not None and (not chat or not isinstance(system_prompt, str)):
@@ -265,6 +268,10 @@ class HFBackend(Backend):
         self.tokenizer = HFTokenizer(tokenizer, chat=self.chat, extra_eos=generation_eos(model))
         self.engine = Engine(model, self.tokenizer, device=device, max_batch_size=max_batch_size,
                              eos_token_ids=self.tokenizer.eos_token_ids)
+        if think:
+            where = resolve_path(path, cache_dir, revision)[0] if path is not None else None
+            self.engine = thinking_decoder(where, model, self.tokenizer, think, think_temperature, max_batch_size,
+                                           self.tokenizer.eos_token_ids)
 
     @property
     def model_name(self) -> str:

@@ -24,6 +24,7 @@ from deliberate.errors import DeliberateError
 from deliberate.models.base import Backend, register_backend
 from deliberate.models.engine import Engine, default_max_batch_size, resolve_device, resolve_dtype
 from deliberate.models.sampling import SamplingParams
+from deliberate.models.thinking import thinking_decoder
 from deliberate.types import Completion
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -146,14 +147,16 @@ class TinyBackend(Backend):
     ``cuda:N``; ``dtype``: ``auto`` (default: bfloat16 on an Ampere-or-newer GPU, else float32),
     ``float32``, ``bfloat16`` or ``float16`` -- e.g. ``--backend-arg device=cuda --backend-arg
     dtype=bfloat16``. A ``model=`` given directly is moved and cast in place. ``max_batch_size``: rows
-    per forward (default :data:`MAX_BATCH` for the device: 256 on CPU, 1024 on CUDA).
+    per forward (default :data:`MAX_BATCH` for the device: 256 on CPU, 1024 on CUDA). ``think``: decode
+    think-then-predict with the checkpoint's Quiet-STaR head (:mod:`deliberate.models.thinking`; ``true`` or
+    tokens per thought), thoughts sampled at ``think_temperature``.
     """
 
     name = "tiny"
 
     def __init__(self, path: str | Path | None = None, model=None, tokenizer: CharTokenizer | None = None,
                  max_batch_size: int | None = None, threads: int | None = None, device: str = "auto",
-                 dtype: str = "auto"):
+                 dtype: str = "auto", think: int | bool = 0, think_temperature: float = 1.0):
         dev = resolve_device(device, what="tiny backend")
         torch_dtype = resolve_dtype(dtype, dev, what="tiny backend")
         if max_batch_size is None:
@@ -172,6 +175,8 @@ class TinyBackend(Backend):
         self.device, self.dtype = dev, torch_dtype
         self.model, self.tokenizer = model.to(device=dev, dtype=torch_dtype).eval(), tokenizer
         self.engine = Engine(self.model, tokenizer, device=dev, max_batch_size=max_batch_size)
+        if think:
+            self.engine = thinking_decoder(path, self.model, tokenizer, think, think_temperature, max_batch_size)
 
     @property
     def model_name(self) -> str:
