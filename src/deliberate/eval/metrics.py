@@ -112,8 +112,8 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, see
     ``answers[i]`` is sample i's normalised answer (None when it has none), ``correct[i]`` whether
     it is right. Within a subset the most frequent answer wins; None never votes, and a subset of
     only None scores 0. A tie goes to the answer voted first in sample order (the module's rule).
-    ``k == n`` is the plain majority vote over all samples. The expectation is exact (all subsets enumerated) when ``C(n, k) <= exact_limit``,
-    else estimated from ``n_draws`` random subsets drawn with ``seed`` (standard error at most
+    ``k == n`` is the plain majority vote over all samples. The expectation is exact (all subsets
+    enumerated) when ``C(n, k) <= exact_limit``, else estimated from ``n_draws`` random subsets drawn with ``seed`` (standard error at most
     ``0.5 / sqrt(n_draws)``).
 
     >>> maj_at_k(["7", "7", "3", None], [True, True, False, False], k=4)
