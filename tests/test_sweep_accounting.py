@@ -153,7 +153,8 @@ def test_the_engine_reports_each_finished_sample():
 def test_taste_is_off_unless_asked(tmp_path):
     summary, _ = sweep(tmp_path, strategies=("beam",))
     assert not (tmp_path / "s" / "pool.jsonl").exists()  # a beam-only sweep samples no pool
-    assert not summary["extra"].get("taste")
+    summary, _ = sweep(tmp_path, name="m", strategies=("majority",))
+    assert "taste" not in summary["extra"] and not (tmp_path / "m" / "taste.png").exists()
     summary, _ = sweep(tmp_path, name="t", strategies=("beam",), taste_sigmas=(0.0, 1.0))
     assert (tmp_path / "t" / "pool.jsonl").exists() and summary["extra"]["taste"]
 

@@ -10,22 +10,31 @@ What it writes in ``--out`` (a rerun with the same flags resumes and skips every
   different one, or with other weights under the same ``--model``, is refused. The sweep holds a lock on
   ``--out`` from before this first write to its end.
 - ``pool.jsonl`` — for the strategies that select among full samples (majority, best_of_n, weighted:
-  those with a ``select`` hook), ``max(budgets)`` full samples per problem and seed, drawn once; every
+  those with a ``select`` hook), ``max(budgets)`` full samples per problem and seed, drawn once (or
+  taken from an earlier sweep or eval with ``--pool-from``: :mod:`deliberate.eval.sweep_pool`); every
   budget N calls the strategy's ``select`` on the first N of them.
 - ``pool_scores.jsonl`` — the verifier's per-step scores of every pool sample (cached), its steps split
   as search splits them (the task's ``split_steps`` with the ``step_delimiter`` setting).
 - ``results.jsonl`` — one :class:`~deliberate.types.SweepRow` per (problem, strategy, budget, seed):
   the selected answer, whether it is correct, whether any candidate was (the strategy's own ceiling),
-  and its compute.
+  and its compute (``verifier_sequences``: the step prefixes the verifier scored, each counted once).
+- ``table.parquet`` — one row per (problem, seed): question, gold, completions, per-step scores and
+  ``pred_{maj,weighted,naive}@N`` as search-and-learn writes them (:mod:`deliberate.eval.sweep_table`).
+- ``invocations.jsonl`` — what each invocation spent; ``summary.json``'s ``compute`` is their sum.
 - ``trees.jsonl`` — the search trees of the tree strategies (first ``--trees-per-run`` problems).
 - ``summary.json`` — a :class:`~deliberate.types.RunSummary`: ``{"task","model","seed","n_problems",
   "results":[{"strategy","n","accuracy","ci","n_problems","generated_tokens","prompt_tokens",
   "verifier_sequences","wall_s","pass_at_n","fraction_of_ceiling","accuracy_std","accuracy_per_seed",
   "own_ceiling"}],"extra":{...},"compute":{...},"config":{...},"kind":"sweep"}``; ``extra`` holds the
-  compute-matched table, the token-bucket curve and the verifier-noise ("taste") curve.
+  compute-matched table, the token-bucket curve and, with ``--taste``, the verifier-noise curve.
 - ``accuracy.png`` (accuracy vs N and vs generated tokens, every strategy, 95% CIs),
   ``token_buckets.png`` (plain sampling, accuracy per bucket of tokens used),
-  ``taste.png`` (best-of-N with verifiers of known noise vs N, against pass@N).
+  ``taste.png`` with ``--taste 0,0.5,1,2`` (best-of-N with verifiers of known noise vs N, against pass@N;
+  off unless asked, as it samples a full pool even for a beam-only sweep).
+
+Search settings: ``--preset instruct`` (:mod:`deliberate.search.presets`) for instruct models, then
+``--setting`` over it; ``config.json`` records the settings the sweep ran with (``search_settings``).
+Majority votes and their ties follow :mod:`deliberate.eval.metrics`' rule (the answer voted first).
 
 Accuracy is averaged over seeds per problem, then over problems; CIs bootstrap over problems.
 pass@N (the ceiling of any selection at N) is the unbiased estimator over the pool's samples.
@@ -359,6 +368,7 @@ def summarize(config: SweepConfig, task: Task, problems: Sequence[Problem], rows
     extra: dict[str, Any] = {"compute_matched": compute_matched(results)}
     if pool:
         extra["token_buckets"] = token_buckets(pool)
+    if pool and config.taste_sigmas:
         extra["taste"] = taste_curve(task, problems, pool, budgets=config.budgets, seeds=config.seeds,
                                      sigmas=config.taste_sigmas,
                                      delimiter=SearchSettings(**config.search_settings()).step_delimiter,

@@ -102,7 +102,7 @@ def sample_pool(seeds, executor, task: Task, problems, base: SearchSettings, max
 
 def sampling_identity(cfg: dict[str, Any], task: Task) -> dict[str, Any]:
     """What decides a run's samples, from its config.json (a sweep's or an eval's), defaults resolved."""
-    settings = cfg.get("settings")
+    settings = cfg.get("search_settings", cfg.get("settings"))  # preset applied; older sweeps: settings
     if isinstance(settings, dict):  # a sweep: sampling in its search settings
         s = SearchSettings(**settings)
         sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens or task.max_tokens,
