@@ -211,3 +211,18 @@ def test_the_per_problem_table_loads_with_datasets(tmp_path):
                 ans = results[(r["problem_id"], strategy, n)]["answer"]
                 assert r[f"pred_{key}@{n}"] == (None if ans is None else "\\boxed{" + ans + "}")
     assert table.to_pandas().shape[0] == 6
+
+
+def test_a_preset_is_named_in_a_config_file(tmp_path, tiny_ckpt):
+    from deliberate.cli import main_cli
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("task: arith\ntask_arg: [max_ops=2]\npreset: instruct\nverifier: oracle\nn_problems: 2\n"
+                   "budgets: [2]\nstrategies: [best_of_n]\nsetting: [prompt_style=plain, max_tokens=48]\n")
+    out = tmp_path / "run"
+    assert main_cli(["sweep", "--config", str(cfg), "--model", str(tiny_ckpt), "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["preset"] == "instruct"
+    assert saved["search_settings"] == {**preset_settings("instruct", "oracle"), "prompt_style": "plain",
+                                        "max_tokens": 48}
+    assert "preset: instruct" in (out / "config.yaml").read_text()  # the rerun recipe keeps it
