@@ -47,3 +47,9 @@ class FakeBackend(Backend):
                 row.append(Completion(text, len(p), ntok, reason, lps))
             out.append(row)
         return out
+
+
+def step_prefixes(step_lists) -> int:
+    """The distinct step prefixes of some solutions' steps: the verifier work a search or sweep reports
+    (``verifier_sequences``), counted here without the library's code."""
+    return len({tuple(steps[:i]) for steps in step_lists for i in range(1, len(steps) + 1)})

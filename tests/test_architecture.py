@@ -4,7 +4,8 @@ another module's private names.
 Layers, lowest first (a module may import its own package and anything below it, never above, and
 never a sibling package of its own layer):
 
-    0  deliberate (the package), types, errors, registry, plugins, atomic, records, fingerprint, hub
+    0  deliberate (the package), types, errors, registry, plugins, atomic, records, fingerprint, hub,
+       progress
        (may import each other)
     1  sandbox
     2  tasks, models
@@ -31,7 +32,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "deliberate"
 
 LAYERS: dict[str, int] = {
-    "": 0, "types": 0, "errors": 0, "registry": 0, "plugins": 0, "atomic": 0, "records": 0, "fingerprint": 0, "hub": 0,
+    "": 0, "types": 0, "errors": 0, "registry": 0, "plugins": 0, "atomic": 0, "records": 0, "fingerprint": 0,
+    "hub": 0, "progress": 0,
     "sandbox": 1,
     "tasks": 2, "models": 2,
     "policy": 3, "executor": 3,

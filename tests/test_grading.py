@@ -242,6 +242,32 @@ def test_listing_candidate_numbers_is_not_an_answer():
         assert not any(numbers_equal(ans, str(g)) for g in (3, 4, 5, 6))
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("so 30 - 11 = 19.\nThe answer is N = 19.", "19"),  # held-out SmolLM2 completions graded wrong before
+    ("The answer is 30 - 11 = 19", "19"),
+    ("The answer is 19. Check: 30 - 11 = 19.", "19"),
+    ("The answer is $1,000.", "1000"), ("The answer is 18 dollars.", "18"), ("#### 3/4", "3/4"),
+    ("we had 7 apples\nThe answer is N.", "7"),  # a span without a number: the text's last number
+    ("The answer is 3 or 4", None), ("The answer is between 3 and 8", None),  # hedges are no answer
+])
+def test_numeric_answers_take_the_last_number_of_the_answer_span(text, expected):
+    from deliberate.tasks.gsm8k import GSM8KTask
+
+    task = GSM8KTask()
+    assert task.extract_answer(text) == expected
+    assert task.normalize(task.extract_answer(text)) == expected
+
+
+def test_only_well_formed_numeric_answers_vote():
+    from deliberate.tasks.gsm8k import GSM8KTask
+
+    task = GSM8KTask(last_number_fallback=False)
+    assert task.extract_answer("The answer is N.") is None
+    for junk in ("N = 19", "unknown", "3 or 4"):  # records written by an older extractor hold such strings
+        assert task.normalize(junk) is None
+    assert task.normalize("1,000") == "1000"
+
+
 def test_echoing_the_question_numbers_is_not_graded_correct():
     from deliberate.tasks.gsm8k import numeric_extract
 

@@ -49,7 +49,7 @@ def test_pass_at_k_errors(args):
 
 
 def brute_vote(answers, correct, k, weights=None):
-    """Independent reference: enumerate subsets, exact fractions, uniform tie-breaking."""
+    """Independent reference: enumerate subsets, exact fractions, a tie to the answer voted first."""
     weights = weights or [1] * len(answers)
     acc = {}
     for a, c in zip(answers, correct):
@@ -64,8 +64,7 @@ def brute_vote(answers, correct, k, weights=None):
         if not mass:
             continue
         top = max(mass.values())
-        winners = [a for a, m in mass.items() if m == top]
-        total += Fraction(sum(acc[a] for a in winners), len(winners))
+        total += acc[next(a for a, m in mass.items() if m == top)]  # Counter keeps first-vote order
     return float(total / len(subsets))
 
 
@@ -88,7 +87,8 @@ def test_maj_at_k_exact_matches_enumeration():
 def test_maj_at_k_known_cases():
     assert maj_at_k([None, None, None], [False] * 3, 3) == 0.0
     assert maj_at_k(["5", None, None], [True, False, False], 3) == 1.0  # None never outvotes an answer
-    assert maj_at_k(["5", "5", "6", "6", "7"], [True, True, False, False, False], 5) == 0.5  # 2-way tie
+    assert maj_at_k(["5", "5", "6", "6", "7"], [True, True, False, False, False], 5) == 1.0  # tie: first vote
+    assert maj_at_k(["6", "5", "5", "6", "7"], [False, True, True, False, False], 5) == 0.0
     # k == n is the plain majority vote
     assert maj_at_k(["4", "9", "9"], [True, False, False], 3) == 0.0
     assert maj_at_k(["4", "4", "9"], [True, True, False], 1) == pytest.approx(2 / 3)
@@ -112,6 +112,22 @@ def test_maj_at_k_errors():
         maj_at_k(["1"], [True], 2)
     with pytest.raises(DeliberateError):
         maj_at_k(["1", "2"], [True], 1)
+
+
+def test_eval_maj_at_n_is_the_sweeps_majority_on_the_same_samples():
+    """One tie rule: maj@n (eval) and the sweep's majority / weighted ``vote`` pick the same answer."""
+    from deliberate.search.base import vote
+    from deliberate.tasks import get_task
+
+    task, rng = get_task("arith"), random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 6)
+        answers, correct = random_case(rng, n)
+        won = vote(task, answers)
+        assert maj_at_k(answers, correct, n) == float(won == "2"), answers
+        scores = [rng.choice([0.0, 0.5, 1.0]) for _ in range(n)]
+        won = vote(task, answers, scores)
+        assert weighted_at_k(answers, correct, scores, n) == float(won == "2"), (answers, scores)
 
 
 def test_weighted_at_k_matches_enumeration():

@@ -13,7 +13,7 @@ import random
 import re
 
 import pytest
-from fakes import FakeBackend
+from fakes import FakeBackend, step_prefixes
 
 from deliberate.errors import DeliberateError
 from deliberate.cli.sweep import parse_verifier_args
@@ -70,7 +70,7 @@ def test_best_of_n_with_a_perfect_verifier_reaches_pass_at_n(ctx_factory):
         any_ok = any(TASK.is_correct(c.answer, p) for c in r.candidates)
         assert TASK.is_correct(r.answer, p) == any_ok
         assert r.generated_tokens == sum(len(c.text) + 2 for c in r.candidates)  # "\n\n" stop counted
-        assert r.verifier_sequences == 8 and r.model_calls == 1
+        assert r.verifier_sequences == step_prefixes(c.steps for c in r.candidates) and r.model_calls == 1
 
 
 def test_majority_and_weighted_follow_their_rules(ctx_factory):

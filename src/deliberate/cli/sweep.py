@@ -28,6 +28,7 @@ from deliberate.executor import RayExecutor, WorkerSpec
 from deliberate.models.base import parse_kv
 from deliberate.rewards.base import get_verifier, verifier_kinds
 from deliberate.search.base import SearchSettings, get_strategy, strategy_names
+from deliberate.search.presets import PRESETS
 from deliberate.tasks.base import Task, get_task
 
 log = logging.getLogger("deliberate.eval.sweep")  # the sweep's own warnings, under its logger's name
@@ -91,14 +92,17 @@ FLAGS = ConfigFlags(
         "settings": ("search setting (repeatable), e.g. expansions=4, aggregation=last, temperature=0.8, "
                      "prompt_style=instruct, mcts_value=rollout"),
         "batch_problems": "problems searched together",
-        "taste_sigmas": "noise levels of the taste curve ('' to skip)",
+        "taste_sigmas": "noise levels of the taste curve, e.g. 0,0.5,1,2 (default: none; it samples a full pool)",
+        "preset": lambda: ("model preset: search settings for a kind of generator, aggregation per the verifier's "
+                           f"card; --setting overrides it ({', '.join(PRESETS)})"),
         "trees_per_run": "search trees kept per (strategy, N, seed)",
-        "pool_from": "reuse the samples of an earlier sweep (e.g. to compare verifiers on the same samples)",
+        "pool_from": ("reuse the samples of an earlier sweep or eval run (e.g. to compare verifiers on the same "
+                      "samples)"),
         "out_dir": "output directory; rerun with the same one to resume (default: runs/sweep-<task>-<timestamp>)",
     },
     names={"out_dir": "out", "verifier_args": "verifier_arg", "settings": "setting", "taste_sigmas": "taste"},
-    choices={"split": ("train", "test")},
-    metavars={"pool_from": "SWEEP_DIR"},
+    choices={"split": ("train", "test"), "preset": tuple(PRESETS)},
+    metavars={"pool_from": "RUN_DIR"},
     defaults={"out_dir": None},
     readers={"verifier_args": parse_verifier_args, "settings": parse_settings},
     threads=None,
@@ -130,9 +134,10 @@ def main(args) -> int:
     task = get_task(config.task, **config.task_options)
     task.problems(config.split, config.n_problems, config.problem_seed)  # bad data fails before a model loads
     chosen = {s: get_strategy(s) for s in config.strategies}
-    if config.pool_from and not (Path(config.pool_from) / "pool.jsonl").is_file():
-        raise DeliberateError(f"--pool-from {config.pool_from}: no pool.jsonl there (not a sweep output directory)")
-    settings = SearchSettings(**config.settings)
+    if config.pool_from and not any((Path(config.pool_from) / f).is_file() for f in ("pool.jsonl", "records.jsonl")):
+        raise DeliberateError(f"--pool-from {config.pool_from}: neither pool.jsonl nor records.jsonl there "
+                              "(not a sweep or eval output directory)")
+    settings = SearchSettings(**config.search_settings())
     needs = [s for s, strategy in chosen.items() if strategy.needs_verifier(settings)]
     if needs and not config.verifier:
         raise DeliberateError(f"strategies {', '.join(sorted(needs))} need --verifier")

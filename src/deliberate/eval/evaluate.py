@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
-
 from deliberate.errors import DeliberateError
 from deliberate.eval import plots  # the module, not its names: tests replace its functions
+from deliberate.eval.invocations import record_invocation
 from deliberate.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
+from deliberate.executor import progress_bar
 from deliberate.fingerprint import FINGERPRINT_KEY, check_fingerprint, model_fingerprint
 from deliberate.records import (
     RecordWriter,
@@ -43,6 +42,7 @@ from deliberate.records import (
 )
 from deliberate.models.base import Backend
 from deliberate.models.sampling import SamplingParams
+from deliberate.progress import SampleTicks
 from deliberate.tasks.base import SPLITS, Task, get_task
 from deliberate.types import EVAL_ROW_KEYS, Compute, Problem, ResultRow, RunSummary, SampleRecord
 
@@ -211,8 +211,9 @@ def run_eval(config: EvalConfig, backend: Backend, task: Task | None = None, pro
     is the expected tokens the strategy generates over all problems (k x the problem's mean tokens per sample, summed;
     greedy: its actual tokens); ``wall_s`` is the measured time of the greedy calls, and for sampled
     strategies the sampling time prorated by k/n (each sample is charged an equal share of its
-    call's time). ``compute`` is what *this* invocation spent (backend calls, tokens, wall time),
-    including samples regenerated and discarded on resume.
+    call's time). ``compute`` is what the run's invocations spent together (backend calls, tokens, wall
+    time, samples regenerated and discarded on resume included; ``invocations`` counts them, see
+    :mod:`deliberate.eval.invocations`).
 
     The whole run holds :func:`~deliberate.records.lock_out_dir` on ``out_dir``; ``config.json`` records
     the weights' :func:`~deliberate.fingerprint.model_fingerprint`, and a resume with other weights is refused.
@@ -254,8 +255,9 @@ def _run_eval_locked(config: EvalConfig, backend: Backend, task: Task, out: Path
         missing_s = {i: sum((p.id, "sample", j) not in writer for j in range(config.n)) for i, p in enumerate(problems)}
         need_s = {i for i, m in missing_s.items() if m}
         todo = sorted(need_g | need_s)
-        with tqdm(total=len(need_g) + sum(missing_s.values()), desc=f"eval {config.task}", unit="sample",
-                  file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        total = len(need_g) + sum(missing_s.values())
+        # the backend ticks the bar per finished sample; each call then settles it to the records written
+        with progress_bar(total, f"eval {config.task}", "sample", progress) as bar, SampleTicks(bar).during(total) as ticks:
             for start in range(0, len(todo), config.batch_size):
                 chunk = todo[start:start + config.batch_size]
                 for strategy, need, params in (("greedy", need_g, greedy_params), ("sample", need_s, sample_params)):
@@ -263,9 +265,10 @@ def _run_eval_locked(config: EvalConfig, backend: Backend, task: Task, out: Path
                     if idxs:
                         c, written = _generate(backend, task, problems, prompts, idxs, params, strategy, writer)
                         spent += c
-                        bar.update(written)
+                        ticks.settle(written)
 
-    summary = summarize(config, load_records(records_path), problems, task, backend.model_name, spent).to_dict()
+    compute = record_invocation(out, spent.to_dict())  # the sum over every invocation of this run
+    summary = summarize(config, load_records(records_path), problems, task, backend.model_name, compute).to_dict()
     write_json_atomic(out / SUMMARY_FILE, summary)
     plots.plot_accuracy_vs_n(summary, out / "accuracy_vs_n.png")
     plots.plot_accuracy_vs_tokens(summary, out / "accuracy_vs_tokens.png")
@@ -275,7 +278,7 @@ def _run_eval_locked(config: EvalConfig, backend: Backend, task: Task, out: Path
 # --- scoring ------------------------------------------------------------------------------------
 
 def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Sequence[Problem], task: Task,
-              model: str, compute: Compute | None = None) -> RunSummary:
+              model: str, compute: Compute | Mapping[str, Any] | None = None) -> RunSummary:
     """The summary of :func:`run_eval` from records (extra records, e.g. of a larger earlier run, are ignored)."""
     by_key = {r.key: r for r in records}
     n, P = config.n, len(problems)
@@ -317,7 +320,8 @@ def summarize(config: EvalConfig, records: Sequence[SampleRecord], problems: Seq
         vals = [maj_at_k(answers[i], correct[i].tolist(), k, seed=config.seed * 1_000_003 + i) for i in range(P)]
         results.append(row("maj@k", k, vals, k * mean_tokens, sample_wall * k / n))
     return RunSummary(task=config.task, model=model, seed=config.seed, results=tuple(results),
-                      compute=(compute or Compute()).to_dict(), config=config.to_dict())
+                      compute=dict(compute) if isinstance(compute, Mapping) else (compute or Compute()).to_dict(),
+                      config=config.to_dict())
 
 
 def _process_correct(task: Task, problems: Sequence[Problem], samples: Sequence[Sequence[SampleRecord]],

@@ -7,6 +7,13 @@ the caller; :func:`bootstrap_ci` turns the per-problem values into a 95% interva
 :func:`hierarchical_bootstrap_ci` does so for several independent pipelines (seeds) on shared problems.
 
 All functions are pure (no I/O, no global random state: every random choice takes a ``seed``).
+
+Votes (maj@k, weighted@k) follow the rule of the sweep's majority and weighted strategies
+(:func:`deliberate.search.base.vote`), so maj@n of an eval equals the sweep's majority at N = n on the
+same samples: only well-formed answers vote (the task's ``normalize`` gives None otherwise, and None
+never votes); the largest count (or score mass) wins; a tie goes to the tied answer whose first vote
+comes earliest in sample order, as search-and-learn's ``find_majority_answer`` picks; a subset with no
+vote scores 0.
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ def _vote_at_k(answers: Sequence[str | None], correct: Sequence[bool], weights: 
         subsets = np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
     else:
         rng = np.random.default_rng(seed)
-        subsets = np.argsort(rng.random((n_draws, n)), axis=1)[:, :k]
+        subsets = np.sort(np.argsort(rng.random((n_draws, n)), axis=1)[:, :k], axis=1)  # in sample order
     m, n_ans = len(subsets), len(ids)
     # (m, A) tables of how often / with what mass each answer occurs in each subset; None never votes
     sub_col = col[subsets]
@@ -87,11 +94,15 @@ def _vote_at_k(answers: Sequence[str | None], correct: Sequence[bool], weights: 
     present = np.bincount(cell, minlength=m * n_ans).reshape(m, n_ans) > 0
     totals = np.bincount(cell, weights=weights[subsets][votes], minlength=m * n_ans).reshape(m, n_ans)
     top = totals.max(axis=1, keepdims=True)
-    # the winners: present answers with the top mass (all present ones if every weight is 0);
-    # a subset of only answer-less samples has no winner and scores 0
+    # the tied top answers (all present ones if every weight is 0); of those, the one voted first in
+    # sample order wins; a subset of only answer-less samples has no winner and scores 0
     tied = present & np.isclose(totals, top, rtol=1e-9, atol=0.0)
-    n_tied = tied.sum(axis=1)
-    value = np.where(n_tied > 0, (tied @ ans_correct) / np.maximum(n_tied, 1), 0.0)
+    first = np.full((m, n_ans), k)
+    for t in range(k - 1, -1, -1):  # backwards, so each answer keeps its earliest position
+        voted = sub_col[:, t] >= 0
+        first[np.flatnonzero(voted), sub_col[voted, t]] = t
+    winner = np.where(tied, first, k + 1).argmin(axis=1)
+    value = np.where(tied.any(axis=1), ans_correct[winner], 0.0)
     return float(value.mean())
 
 
@@ -101,16 +112,15 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, see
 
     ``answers[i]`` is sample i's normalised answer (None when it has none), ``correct[i]`` whether
     it is right. Within a subset the most frequent answer wins; None never votes, and a subset of
-    only None scores 0. Ties are broken uniformly at random, so a subset contributes the fraction
-    of its tied top answers that are correct. ``k == n`` is the plain majority vote over all
-    samples. The expectation is exact (all subsets enumerated) when ``C(n, k) <= exact_limit``,
-    else estimated from ``n_draws`` random subsets drawn with ``seed`` (standard error at most
+    only None scores 0. A tie goes to the answer voted first in sample order (the module's rule).
+    ``k == n`` is the plain majority vote over all samples. The expectation is exact (all subsets
+    enumerated) when ``C(n, k) <= exact_limit``, else estimated from ``n_draws`` random subsets drawn with ``seed`` (standard error at most
     ``0.5 / sqrt(n_draws)``).
 
     >>> maj_at_k(["7", "7", "3", None], [True, True, False, False], k=4)
     1.0
-    >>> maj_at_k(["7", "3"], [True, False], k=2)  # a tie: a coin flip
-    0.5
+    >>> maj_at_k(["7", "3"], [True, False], k=2), maj_at_k(["3", "7"], [False, True], k=2)  # ties: first vote
+    (1.0, 0.0)
     >>> round(maj_at_k(["7", "7", "3"], [True, True, False], k=1), 4)  # k=1 is plain accuracy
     0.6667
     """
@@ -121,7 +131,7 @@ def weighted_at_k(answers: Sequence[str | None], correct: Sequence[bool], scores
                   seed: int = 0, *, exact_limit: int = EXACT_SUBSET_LIMIT, n_draws: int = MC_DRAWS) -> float:
     """Like :func:`maj_at_k`, but each answer's vote is the sum of its samples' verifier ``scores``.
 
-    Scores must be finite and >= 0 (probabilities, say). Exact ties split uniformly at random.
+    Scores must be finite and >= 0 (probabilities, say). Exact ties go to the answer voted first.
 
     >>> weighted_at_k(["7", "3", "3"], [True, False, False], [0.9, 0.2, 0.3], k=3)
     1.0

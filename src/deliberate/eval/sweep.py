@@ -10,22 +10,31 @@ What it writes in ``--out`` (a rerun with the same flags resumes and skips every
   different one, or with other weights under the same ``--model``, is refused. The sweep holds a lock on
   ``--out`` from before this first write to its end.
 - ``pool.jsonl`` — for the strategies that select among full samples (majority, best_of_n, weighted:
-  those with a ``select`` hook), ``max(budgets)`` full samples per problem and seed, drawn once; every
+  those with a ``select`` hook), ``max(budgets)`` full samples per problem and seed, drawn once (or
+  taken from an earlier sweep or eval with ``--pool-from``: :mod:`deliberate.eval.sweep_pool`); every
   budget N calls the strategy's ``select`` on the first N of them.
 - ``pool_scores.jsonl`` — the verifier's per-step scores of every pool sample (cached), its steps split
   as search splits them (the task's ``split_steps`` with the ``step_delimiter`` setting).
 - ``results.jsonl`` — one :class:`~deliberate.types.SweepRow` per (problem, strategy, budget, seed):
   the selected answer, whether it is correct, whether any candidate was (the strategy's own ceiling),
-  and its compute.
+  and its compute (``verifier_sequences``: the step prefixes the verifier scored, each counted once).
+- ``table.parquet`` — one row per (problem, seed): question, gold, completions, per-step scores and
+  ``pred_{maj,weighted,naive}@N`` as search-and-learn writes them (:mod:`deliberate.eval.sweep_table`).
+- ``invocations.jsonl`` — what each invocation spent; ``summary.json``'s ``compute`` is their sum.
 - ``trees.jsonl`` — the search trees of the tree strategies (first ``--trees-per-run`` problems).
 - ``summary.json`` — a :class:`~deliberate.types.RunSummary`: ``{"task","model","seed","n_problems",
   "results":[{"strategy","n","accuracy","ci","n_problems","generated_tokens","prompt_tokens",
   "verifier_sequences","wall_s","pass_at_n","fraction_of_ceiling","accuracy_std","accuracy_per_seed",
   "own_ceiling"}],"extra":{...},"compute":{...},"config":{...},"kind":"sweep"}``; ``extra`` holds the
-  compute-matched table, the token-bucket curve and the verifier-noise ("taste") curve.
+  compute-matched table, the token-bucket curve and, with ``--taste``, the verifier-noise curve.
 - ``accuracy.png`` (accuracy vs N and vs generated tokens, every strategy, 95% CIs),
   ``token_buckets.png`` (plain sampling, accuracy per bucket of tokens used),
-  ``taste.png`` (best-of-N with verifiers of known noise vs N, against pass@N).
+  ``taste.png`` with ``--taste 0,0.5,1,2`` (best-of-N with verifiers of known noise vs N, against pass@N;
+  off unless asked, as it samples a full pool even for a beam-only sweep).
+
+Search settings: ``--preset instruct`` (:mod:`deliberate.search.presets`) for instruct models, then
+``--setting`` over it; ``config.json`` records the settings the sweep ran with (``search_settings``).
+Majority votes and their ties follow :mod:`deliberate.eval.metrics`' rule (the answer voted first).
 
 Accuracy is averaged over seeds per problem, then over problems; CIs bootstrap over problems.
 pass@N (the ceiling of any selection at N) is the unbiased estimator over the pool's samples.
@@ -35,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -47,18 +55,14 @@ import numpy as np
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
 from deliberate.eval.plots import plot_sweep
+from deliberate.eval.invocations import record_invocation
 from deliberate.eval.sweep_curves import compute_matched, taste_curve, token_buckets
+from deliberate.eval.sweep_pool import copy_pool, load_pool, sample_pool, score_pool
+from deliberate.eval.sweep_table import table_rows, write_table
 from deliberate.fingerprint import FINGERPRINT_KEY, check_fingerprint, model_fingerprint
-from deliberate.records import (
-    JsonlAppender,
-    RecordWriter,
-    load_records,
-    lock_out_dir,
-    write_json_atomic,
-)
+from deliberate.records import JsonlAppender, lock_out_dir, write_json_atomic
 from deliberate.executor import LocalExecutor, chunks, progress_bar
 from deliberate.models.base import Backend
-from deliberate.models.sampling import SamplingParams
 from deliberate.rewards.base import RUNTIME_OPTIONS, Verifier, aggregate, check_verifier_options, get_verifier
 from deliberate.search.base import (
     Candidate,
@@ -66,11 +70,13 @@ from deliberate.search.base import (
     SearchSettings,
     Strategy,
     get_strategy,
+    new_prefixes,
     run_search,
     strategy_names,
 )
+from deliberate.search.presets import PRESETS, preset_settings
 from deliberate.tasks.base import Task, get_task
-from deliberate.types import SWEEP_ROW_KEYS, Problem, ResultRow, RunSummary, SampleRecord, SweepRow
+from deliberate.types import SWEEP_ROW_KEYS, Problem, ResultRow, RunSummary, SweepRow
 
 log = logging.getLogger(__name__)
 #: verifier kinds trained on outcome labels (scored at every step end, meant to be read at the last)
@@ -92,8 +98,9 @@ class SweepConfig:
     # the verifier's options (--verifier-arg), e.g. {"device": "cuda"} or {"positive_label": 1} for hf-prm
     verifier_args: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # SearchSettings overrides (n and seed are set per run)
+    preset: str | None = None  # a model preset (search/presets.py), e.g. "instruct"; `settings` override it
     batch_problems: int = 50
-    taste_sigmas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    taste_sigmas: tuple[float, ...] = ()  # off unless asked: it samples a full pool even for beam-only sweeps
     trees_per_run: int = 20
     pool_from: str | None = None  # reuse the sample pool of an earlier sweep (same task, problems, sampling)
 
@@ -116,18 +123,20 @@ class SweepConfig:
             raise DeliberateError(f"trees_per_run must be an integer >= 0 (got {self.trees_per_run!r})")
         if any(not isinstance(s, (int, float)) or not 0 <= s < float("inf") for s in self.taste_sigmas):
             raise DeliberateError(f"taste sigmas must be finite numbers >= 0 (got {self.taste_sigmas!r})")
-        SearchSettings(**self.settings)  # validate the overrides now, before any model loads
+        if self.preset is not None and self.preset not in PRESETS:
+            raise DeliberateError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        SearchSettings(**self.search_settings())  # validate the overrides now, before any model loads
         if self.verifier_args and not self.verifier:
             raise DeliberateError("--verifier-arg needs --verifier")
         if self.verifier:
             check_verifier_options(self.verifier, self.verifier_args)
 
+    def search_settings(self) -> dict[str, Any]:
+        """The search settings the sweep runs with: the preset's (if any), then ``settings`` over them."""
+        return {**(preset_settings(self.preset, self.verifier) if self.preset else {}), **self.settings}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _pool_key(seed: int) -> str:
-    return f"pool-s{seed}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,14 +160,15 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
 
 def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verifier | None, out: Path,
                       progress: bool) -> dict:
-    meta = {**config.to_dict(), "model": executor.model_name(), FINGERPRINT_KEY: model_fingerprint(executor)}
+    meta = {**config.to_dict(), "search_settings": config.search_settings(), "model": executor.model_name(),
+            FINGERPRINT_KEY: model_fingerprint(executor)}
     cfg_path = out / "config.json"
     check_resume(out, meta)
     write_json_atomic(cfg_path, meta)
     problems = list(task.problems(config.split, config.n_problems, config.problem_seed))
     if not problems:
         raise DeliberateError(f"task {config.task!r} has no {config.split!r} problems")
-    base = SearchSettings(**config.settings)
+    base = SearchSettings(**config.search_settings())
     max_tokens = base.max_tokens or task.max_tokens
     t_start = time.perf_counter()
     spent = {"generated_tokens": 0, "prompt_tokens_sent": 0, "backend_calls": 0}
@@ -169,14 +179,14 @@ def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verif
     pool_needed = bool(pooled) or bool(config.taste_sigmas)
     pool_n = max(config.budgets)
     if pool_needed and config.pool_from:
-        _copy_pool(Path(config.pool_from), out, meta)
+        copy_pool(Path(config.pool_from), out, meta, task, problems, config.seeds, pool_n)
     if pool_needed:
-        _sample_pool(config, executor, task, problems, base, max_tokens, pool_n, out, spent, progress)
-    pool = _load_pool(out, problems, config.seeds, pool_n) if pool_needed else {}
+        sample_pool(config.seeds, executor, task, problems, base, max_tokens, pool_n, out, spent, progress)
+    pool = load_pool(out, problems, config.seeds, pool_n) if pool_needed else {}
     pool_scores: dict[tuple[str, int, int], list[float]] = {}
     have_verifier = verifier is not None or bool(config.verifier)
     if pool_needed and have_verifier and any(chosen[s].needs_verifier(base) for s in pooled):
-        pool_scores = _score_pool(out, task, problems, pool, base.step_delimiter, executor, progress)
+        pool_scores = score_pool(out, task, problems, pool, base.step_delimiter, executor, progress)
 
     results_path = out / "results.jsonl"
     def run_key(r: dict) -> tuple:
@@ -243,8 +253,11 @@ def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verif
     elif "verifier" in counters1:
         compute["verifier"] = counters1["verifier"]
     compute["executor"] = {"name": executor.name, **executor.stats}
+    compute = record_invocation(out, compute)  # the sum over every invocation of this sweep
     rows = {k: SweepRow.from_dict(r, str(results_path)) for k, r in done.items()}
     summary = summarize(config, task, problems, rows, pool, meta["model"], compute, have_verifier).to_dict()
+    write_table(out, table_rows(task, problems, config.seeds, config.budgets, base, pool, pool_scores, rows,
+                                config.strategies))
     write_json_atomic(out / "summary.json", summary)
     plot_sweep(summary, out)
     return summary
@@ -252,7 +265,8 @@ def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verif
 
 #: config entries a rerun into the same --out must match (budgets, seeds, strategies and n_problems may grow;
 #: of ``verifier_args`` only the options that change scores count, see :func:`_scoring_args`)
-IDENTITY = ("task", "task_options", "split", "problem_seed", "verifier", "verifier_args", "settings", "model")
+IDENTITY = ("task", "task_options", "split", "problem_seed", "verifier", "verifier_args", "settings", "preset",
+            "model")
 
 
 def _scoring_args(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -284,22 +298,6 @@ def check_resume(out: Path, meta: dict[str, Any], keys: Sequence[str] = IDENTITY
 
 
 @dataclass(frozen=True)
-class PoolUnit:
-    """Samples for one chunk of problems under one seed (prompts rendered by the driver)."""
-
-    seed: int
-    problems: tuple[Problem, ...]
-    prompts: tuple[str, ...]
-    params: SamplingParams
-
-
-def _pool_unit(worker, u: PoolUnit):
-    t0 = time.perf_counter()
-    outs = worker.backend.generate(list(u.prompts), u.params)
-    return outs, time.perf_counter() - t0
-
-
-@dataclass(frozen=True)
 class SearchUnit:
     """One search strategy at budget ``n`` and ``seed`` over one batch of problems."""
 
@@ -316,101 +314,6 @@ def _search_unit(worker, u: SearchUnit):
     return res, (ctx.generated, ctx.prompt_sent, ctx.calls)
 
 
-def _score_unit(worker, unit):
-    return worker.verifier.score_batch(list(unit[1]))
-
-
-def _sample_pool(config, executor, task, problems, base, max_tokens, pool_n, out, spent, progress) -> None:
-    prompts = {p.id: task.prompt(p, base.prompt_style) for p in problems}
-    with RecordWriter(out / "pool.jsonl") as writer:
-        need = [(seed, p) for seed in config.seeds for p in problems
-                if any((p.id, _pool_key(seed), j) not in writer for j in range(pool_n))]
-        units = []
-        for seed in config.seeds:
-            todo = [p for s, p in need if s == seed]
-            params = SamplingParams(n=pool_n, temperature=base.temperature, top_p=base.top_p,
-                                    max_tokens=max_tokens, stop=tuple(task.stop), seed=seed)
-            units += [PoolUnit(seed, tuple(chunk), tuple(prompts[p.id] for p in chunk), params)
-                      for chunk in chunks(todo, max(1, 256 // pool_n))]
-        with progress_bar(len(need) * pool_n, "sweep pool", "sample", progress) as bar:
-            def write(u: PoolUnit, got) -> None:
-                outs, dt = got
-                spent["backend_calls"] += 1
-                recs = []
-                for p, comps in zip(u.problems, outs):
-                    spent["prompt_tokens_sent"] += comps[0].prompt_tokens if comps else 0
-                    for j, c in enumerate(comps):
-                        spent["generated_tokens"] += c.completion_tokens
-                        if (p.id, _pool_key(u.seed), j) in writer:
-                            continue
-                        ans = task.extract_answer(c.text)
-                        recs.append(SampleRecord(
-                            problem_id=p.id, strategy=_pool_key(u.seed), index=j, seed=u.seed, text=c.text,
-                            answer=ans, gold=p.answer, correct=bool(task.is_correct(ans, p)),
-                            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                            finish_reason=c.finish_reason, wall_s=dt / (len(u.problems) * pool_n)))
-                bar.update(writer.append(recs, on_duplicate="error"))
-
-            executor.map(_pool_unit, units, write)
-
-
-def _copy_pool(src: Path, out: Path, meta: dict) -> None:
-    """Start this sweep's pool from an earlier sweep's, so verifiers/strategies are compared on the
-    very same samples; refused unless the samples were drawn the same way."""
-    if (out / "pool.jsonl").exists():
-        return
-    try:
-        old = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DeliberateError(f"--pool-from {src}: no readable config.json ({e})") from None
-    same_keys = ("task", "task_options", "split", "problem_seed", "model")
-    sampling = ("temperature", "top_p", "max_tokens", "prompt_style")
-    diffs = [k for k in same_keys if old.get(k) != meta[k]]
-    was, now = old.get(FINGERPRINT_KEY), meta.get(FINGERPRINT_KEY)
-    if was is not None and now is not None and was != now:
-        diffs.append("the model's weights")
-    diffs += [f"settings.{k}" for k in sampling
-              if (old.get("settings") or {}).get(k) != (meta["settings"] or {}).get(k)]
-    if diffs:
-        raise DeliberateError(f"--pool-from {src}: its samples were drawn differently ({', '.join(diffs)} differ)")
-    if not (src / "pool.jsonl").exists():
-        raise DeliberateError(f"--pool-from {src}: no pool.jsonl there")
-    shutil.copyfile(src / "pool.jsonl", out / "pool.jsonl")
-
-
-def _load_pool(out: Path, problems, seeds, pool_n) -> dict[tuple[str, int], list[SampleRecord]]:
-    recs = {r.key: r for r in load_records(out / "pool.jsonl")}
-    pool = {}
-    for seed in seeds:
-        for p in problems:
-            try:
-                pool[(p.id, seed)] = [recs[(p.id, _pool_key(seed), j)] for j in range(pool_n)]
-            except KeyError:
-                raise DeliberateError(f"{out / 'pool.jsonl'}: missing samples for {p.id} seed {seed}") from None
-    return pool
-
-
-def _score_pool(out: Path, task: Task, problems, pool, delimiter: str, executor, progress: bool) -> dict:
-    """Per-step verifier scores of every pool sample, cached in ``pool_scores.jsonl`` (resumable); a
-    sample's steps are ``task.split_steps(text, delimiter)``, as search would score the same text."""
-    by_id = {p.id: p for p in problems}
-    with JsonlAppender(out / "pool_scores.jsonl", key=lambda r: (r["problem_id"], r["seed"], r["index"])) as f:
-        todo = [(pid, seed, j, r) for (pid, seed), rs in pool.items() for j, r in enumerate(rs)
-                if (pid, seed, j) not in f]
-        # a unit: the keys of up to 256 samples and the (problem, steps) the verifier scores
-        units = [(tuple((pid, seed, j) for pid, seed, j, _ in chunk),
-                  tuple((by_id[pid], list(task.split_steps(r.text, delimiter))) for pid, _, _, r in chunk))
-                 for chunk in chunks(todo, 256)]
-        with progress_bar(len(todo), "sweep verifier", "sample", progress) as bar:
-            def write(unit, scores) -> None:
-                f.append({"problem_id": pid, "seed": seed, "index": j, "scores": [round(float(x), 6) for x in sc]}
-                         for (pid, seed, j), sc in zip(unit[0], scores))
-                bar.update(len(unit[0]))
-
-            executor.map(_score_unit, units, write)
-        return {k: v["scores"] for k, v in f.rows.items()}
-
-
 def _pool_row(task, p: Problem, strategy: str, chooser: Strategy, n: int, seed: int, pool, pool_scores,
               settings: SearchSettings) -> SweepRow:
     """``strategy`` at budget ``n``: its ``select`` over the first ``n`` pool samples."""
@@ -424,12 +327,14 @@ def _pool_row(task, p: Problem, strategy: str, chooser: Strategy, n: int, seed: 
     if needs_verifier and any(c.score is None for c in cands):
         raise DeliberateError(f"strategy {strategy!r} needs a verifier (--verifier ...)")
     best = chooser.select(task, p, cands)
+    seen: set[tuple[str, ...]] = set()  # the step prefixes the verifier scored, each counted once (as search)
+    scored = sum(new_prefixes(seen, c.steps) for c in cands) if needs_verifier else 0
     return SweepRow(problem_id=p.id, strategy=strategy, n=n, seed=seed, answer=best.answer if best else None,
                     gold=p.answer, correct=bool(best is not None and task.is_correct(best.answer, p)),
                     any_correct=any(r.correct for r in recs), candidates=n,
                     generated_tokens=sum(r.completion_tokens for r in recs),
                     prompt_tokens=sum(r.prompt_tokens for r in recs), model_calls=1,
-                    verifier_sequences=n if needs_verifier else 0,
+                    verifier_sequences=scored,
                     wall_s=sum(r.wall_s for r in recs), text=best.text if best else "")
 
 
@@ -463,9 +368,10 @@ def summarize(config: SweepConfig, task: Task, problems: Sequence[Problem], rows
     extra: dict[str, Any] = {"compute_matched": compute_matched(results)}
     if pool:
         extra["token_buckets"] = token_buckets(pool)
+    if pool and config.taste_sigmas:
         extra["taste"] = taste_curve(task, problems, pool, budgets=config.budgets, seeds=config.seeds,
                                      sigmas=config.taste_sigmas,
-                                     delimiter=SearchSettings(**config.settings).step_delimiter,
+                                     delimiter=SearchSettings(**config.search_settings()).step_delimiter,
                                      noise_seed=config.problem_seed)
     return RunSummary(task=config.task, model=model, seed=tuple(config.seeds), n_problems=P, results=tuple(results),
                       extra=extra, compute=compute, config=config.to_dict(), kind="sweep")

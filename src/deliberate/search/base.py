@@ -14,8 +14,9 @@ reuses the KV cache of a prefix it has computed (automatic prefix caching), as v
 so continuing a partial solution costs only its new tokens.
 
 Every result carries its compute: generated tokens, prompt tokens sent (before any prefix caching),
-backend calls, verifier sequences; :class:`SearchContext` also keeps run totals. What the local
-engine actually ran after prefix caching is in ``backend.engine.stats`` (the sweep records it).
+backend calls, verifier sequences (the step prefixes scored, each counted once: :func:`new_prefixes`);
+:class:`SearchContext` also keeps run totals. What the local engine actually ran after prefix caching
+is in ``backend.engine.stats`` (the sweep records it).
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ class SearchContext:
         self.max_tokens = settings.max_tokens or task.max_tokens
         self.generated = self.prompt_sent = self.calls = 0
         self.per_problem: dict[str, dict[str, int]] = {}
+        self.scored: dict[str, set[tuple[str, ...]]] = {}  # per problem, the step prefixes scored so far
         self._round = 0
 
     # --- prompts ---------------------------------------------------------------------------
@@ -278,8 +280,8 @@ class SearchContext:
             raise DeliberateError("this strategy needs a verifier (--verifier prm:DIR, orm:DIR, oracle ...)")
         if not items:
             return []
-        for p, _ in items:
-            self._count(p.id, "verifier_sequences", 1)
+        for p, steps in items:
+            self._count(p.id, "verifier_sequences", new_prefixes(self.scored.setdefault(p.id, set()), steps))
         per_step = self.verifier.score_batch([(p, list(s)) for p, s in items])
         return [aggregate(sc, self.settings.aggregation) for sc in per_step]
 
@@ -302,6 +304,21 @@ class SearchContext:
                             model_calls=d.get("model_calls", 0), verifier_sequences=d.get("verifier_sequences", 0),
                             wall_s=wall_share, tree=tree.to_json(self.task) if tree is not None else None)
 
+
+
+def new_prefixes(seen: set[tuple[str, ...]], steps: Sequence[str]) -> int:
+    """How many step prefixes of ``steps`` are not in ``seen`` (added to it): a solution's verifier cost.
+
+    A verifier scores every prefix of the steps it is given; one already scored (a tree node's ancestors,
+    a step shared by two samples) costs nothing new. So a beam's child counts 1 and a full sample of 5
+    steps 5; a sweep's ``verifier_sequences`` is this count, per problem.
+
+    >>> seen = set(); new_prefixes(seen, ["a", "b"]), new_prefixes(seen, ["a", "c"]), new_prefixes(seen, ["a"])
+    (2, 1, 0)
+    """
+    fresh = {tuple(steps[:i]) for i in range(1, len(steps) + 1)} - seen
+    seen |= fresh
+    return len(fresh)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 - :func:`extract_answer` finds the final answer a completion states (its ``\\boxed{}`` answer, else
   the last ``Answer: X`` / ``#### X`` / ``The answer is X`` line); :func:`extract_last_number` is an
-  opt-in fallback for real models that end without an answer line.
+  opt-in fallback; :func:`extract_number_answer` (numeric tasks) takes the last number of the span.
 - Answer-hacking rules: several *different* boxed answers are a hedge and give no answer
   (:func:`final_boxed`); a trailing list of three or more numbers is no answer for the last-number
   fallback; :func:`math_equal` rejects answers over :data:`MAX_ANSWER_CHARS`, unbalanced braces and
@@ -110,8 +110,7 @@ def final_boxed(text: str) -> tuple[bool, str | None]:
 
 
 def _clean_answer(s: str) -> str:
-    s = s.strip()
-    s = re.sub(r"^\*+|\*+$", "", s).strip()  # markdown bold
+    s = re.sub(r"^\*+|\*+$", "", s.strip()).strip()  # markdown bold
     if len(s) >= 2 and s.startswith("$") and s.endswith("$") and s.count("$") == 2:
         s = s[1:-1].strip()
     elif s.startswith("\\(") and s.endswith("\\)"):
@@ -157,12 +156,12 @@ def extract_answer(text: str) -> str | None:
 _LIST_SEP = re.compile(r"(?:\s*(?:[,;|&]|\bor\b|\band\b))*\s*", re.IGNORECASE)
 
 
-def extract_last_number(text: str) -> str | None:
+def extract_last_number(text: str, list_len: int = 3) -> str | None:
     """The last number written in ``text`` ("1,234.5", "-3", "3/4"), or None.
 
     Opt-in fallback for real models that do not end with an answer line (lm-eval-harness's
     "flexible extract"); synthetic tasks never use it, so a trained model must state its answer.
-    Guard against listing candidates: when the last number ends a list of three or more numbers
+    Guard against listing candidates: when the last number ends a list of ``list_len`` or more numbers
     separated only by commas, semicolons, "or"/"and" or spaces ("... 40, 41, 42"), there is no
     answer (None), so a completion that enumerates guesses is not graded on its last guess.
     """
@@ -171,11 +170,20 @@ def extract_last_number(text: str) -> str | None:
     found = list(NUMBER_RE.finditer(text))
     if not found:
         return None
-    if len(found) >= 3:
-        a, b, c = found[-3:]
-        if _LIST_SEP.fullmatch(text, a.end(), b.start()) and _LIST_SEP.fullmatch(text, b.end(), c.start()):
-            return None
+    tail = found[-list_len:]
+    if len(tail) == list_len and all(_LIST_SEP.fullmatch(text, a.end(), b.start()) for a, b in zip(tail, tail[1:])):
+        return None
     return found[-1].group(0).replace(" ", "").replace("−", "-")
+
+
+def extract_number_answer(text: str, last_number_fallback: bool = True) -> str | None:
+    """A numeric task's answer, canonical: the :func:`extract_answer` span when it is a number, else its
+    last number (lm-eval's flexible-extract inside the span: "The answer is 30 - 11 = 19" gives 19; "3 or
+    4" none); with ``last_number_fallback``, the text's last number when there is no span with a number."""
+    span = extract_answer(text)
+    if span is not None and NUMBER_RE.search(span):
+        return canonical_number(span) or canonical_number(extract_last_number(span, list_len=2))
+    return canonical_number(extract_last_number(text)) if last_number_fallback else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,9 +463,6 @@ def _equal(pred: str, gold: str, deadline: float) -> bool:
     return _check(pred, gold, deadline)
 
 
-_LETTER = re.compile(r"[A-Za-z]")
-
-
 def _balanced(s: str) -> bool:
     """Whether the unescaped ``{`` / ``}`` of ``s`` are balanced."""
     depth, j = 0, 0
@@ -475,6 +480,7 @@ def _balanced(s: str) -> bool:
         j += 1
     return depth == 0
 _LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+_LETTER = re.compile(r"[A-Za-z]")
 
 
 def _check(pred: str, gold: str, deadline: float) -> bool:

@@ -18,7 +18,7 @@ import re
 
 from deliberate.errors import DeliberateError
 from deliberate.tasks.base import Task, check_split, register_task
-from deliberate.tasks.grading import canonical_number, extract_answer, extract_last_number, numbers_equal
+from deliberate.tasks.grading import canonical_number, extract_number_answer, numbers_equal
 from deliberate.tasks.jsonl import read_jsonl, resolve_data_file
 from deliberate.types import Problem
 
@@ -40,13 +40,8 @@ def parse_gsm8k_answer(answer: str) -> tuple[list[str], str | None, list[tuple[s
 
 
 def numeric_extract(text: str, last_number_fallback: bool) -> str | None:
-    """``extract_answer`` then (optionally) the last number, as a canonical number when numeric."""
-    ans = extract_answer(text)
-    if ans is None and last_number_fallback:
-        ans = extract_last_number(text)
-    if ans is None:
-        return None
-    return canonical_number(ans) or ans.strip() or None
+    """The answer as a canonical number (:func:`~deliberate.tasks.grading.extract_number_answer`)."""
+    return extract_number_answer(text, last_number_fallback)
 
 
 class NumericWordProblemTask(Task):
@@ -69,7 +64,8 @@ class NumericWordProblemTask(Task):
         return numbers_equal(answer, problem.answer)
 
     def normalize(self, answer: str | None) -> str | None:
-        return None if answer is None else (canonical_number(answer) or answer.strip() or None)
+        """The canonical number; None for anything else, so only well-formed answers vote."""
+        return canonical_number(answer)
 
 
 @register_task("gsm8k")

@@ -41,6 +41,7 @@ from deliberate.models.engine.hf_runner import HFRunner
 from deliberate.models.engine.llama_runner import LlamaRunner, is_llama_like
 from deliberate.models.engine.prefix_cache import PrefixCache
 from deliberate.models.sampling import SamplingParams, sequence_seed
+from deliberate.progress import sample_done
 from deliberate.types import Completion
 
 
@@ -360,6 +361,7 @@ class Engine:
                     row.finish = "length"
                     continue
                 keep.append(b)
+            sample_done((len(active) - len(keep)) * (params.n if params.greedy else 1))  # a bar listening
             if cache is not None and len(keep) < len(active):
                 # rows leaving the batch: keep the KV of everything they fed (not the token just sampled)
                 kept = set(keep)
