@@ -123,7 +123,7 @@ def make_executor(args, config: SweepConfig, task: Task | None = None):
         return None
     name, kwargs = backend_spec_from_args(args)
     spec = WorkerSpec(backend=name, backend_kwargs=kwargs, task=config.task, task_options=dict(config.task_options),
-                      verifier=partial(get_verifier, config.verifier, **config.verifier_args) if config.verifier else None)
+                      verifier=partial(get_verifier, config.verifier, **config.verifier_options()) if config.verifier else None)
     return RayExecutor(spec, **opts)
 
 
@@ -157,7 +157,7 @@ def main(args) -> int:
         finally:
             executor.close()
     else:
-        verifier = get_verifier(config.verifier, task=task, **config.verifier_args) if config.verifier else None
+        verifier = get_verifier(config.verifier, task=task, **config.verifier_options()) if config.verifier else None
         backend = backend_from_args(args)
         try:
             summary = run_sweep(config, backend, task=task, verifier=verifier)

@@ -135,6 +135,22 @@ class SweepConfig:
         """The search settings the sweep runs with: the preset's (if any), then ``settings`` over them."""
         return {**(preset_settings(self.preset, self.verifier) if self.preset else {}), **self.settings}
 
+    def verifier_options(self) -> dict[str, Any]:
+        """``verifier_args``, plus the generator's prompt style when the sweep sets one (``--preset`` or
+        ``--setting prompt_style=``), the verifier reads problems through a prompt style, and
+        ``--verifier-arg prompt_style=`` does not say otherwise: one prompt-style setting for generator and
+        verifier, so the verifier scores the text the generator answered. ``dpo`` keeps the style its
+        ``dpo.json`` records (the one it was trained with)."""
+        opts = dict(self.verifier_args)
+        style = self.search_settings().get("prompt_style")
+        if not self.verifier or style is None or "prompt_style" in opts or self.verifier.startswith("dpo:"):
+            return opts
+        try:
+            check_verifier_options(self.verifier, {"prompt_style": style})
+        except DeliberateError:  # this verifier has no prompt style (e.g. oracle, published chat PRMs)
+            return opts
+        return {**opts, "prompt_style": style}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -149,7 +165,7 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
     or this process); by default in this process on ``backend``. Only this process writes records."""
     task = task or get_task(config.task, **config.task_options)
     if verifier is None and config.verifier and executor is None:
-        verifier = get_verifier(config.verifier, task=task, **config.verifier_args)
+        verifier = get_verifier(config.verifier, task=task, **config.verifier_options())
     if executor is None:
         if backend is None:
             raise DeliberateError("run_sweep needs a backend or an executor")
@@ -160,7 +176,8 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
 
 def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verifier | None, out: Path,
                       progress: bool) -> dict:
-    meta = {**config.to_dict(), "search_settings": config.search_settings(), "model": executor.model_name(),
+    meta = {**config.to_dict(), "search_settings": config.search_settings(),
+            "verifier_options": config.verifier_options(), "model": executor.model_name(),
             FINGERPRINT_KEY: model_fingerprint(executor)}
     cfg_path = out / "config.json"
     check_resume(out, meta)
