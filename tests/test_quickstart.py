@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from deliberate.cli import main_cli
 from deliberate.errors import DeliberateError
-from deliberate.experiments.quickstart import QuickstartConfig, paired_difference
+from deliberate.experiments.quickstart import QuickstartConfig, paired_difference, run_quickstart
 from deliberate.experiments.quickstart_checkpoints import (
     MANIFEST,
     BuildConfig,
@@ -93,5 +93,4 @@ def test_paired_difference_is_clustered_by_problem() -> None:
 
 def test_seed_and_steps_need_from_scratch() -> None:
     with pytest.raises(DeliberateError, match="--from-scratch"):
-        QuickstartConfig(seed=1)
-    QuickstartConfig(seed=1, from_scratch=True)
+        run_quickstart(QuickstartConfig(seed=1, out="/nonexistent/never-written"))

@@ -60,8 +60,8 @@ METHODS = (("greedy", "greedy", "majority"), ("majority", "prm", "majority"),
 
 @dataclass(frozen=True)
 class QuickstartConfig:
-    """The quickstart's knobs. Without ``from_scratch`` it uses the shipped checkpoints and ``seed`` / ``steps``
-    must stay at their defaults (they describe the build)."""
+    """The quickstart's knobs. Without ``from_scratch`` it uses the shipped checkpoints, and ``seed`` / ``steps``
+    (they describe a build) must stay at their defaults: :func:`run_quickstart` refuses them."""
 
     from_scratch: bool = False
     seed: int = 0  # training seed of a from-scratch build
@@ -75,14 +75,14 @@ class QuickstartConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise DeliberateError(f"quickstart: {name} must be an integer >= 1 (got {v!r})")
-        if not self.from_scratch and (self.seed != 0 or self.steps != DEFAULT_STEPS):
-            raise DeliberateError("quickstart: --seed and --steps describe a build; add --from-scratch "
-                                  "(the shipped checkpoints are seed 0, 450 steps)")
 
 
 def run_quickstart(cfg: QuickstartConfig, build_cfg: BuildConfig | None = None) -> dict[str, Any]:
     """Install (or build) the checkpoints, run the sweeps, print the table, write plots and report; returns the
     merged summary (``OUT/summary.json``). ``build_cfg`` overrides the build's sizes (tests)."""
+    if not cfg.from_scratch and (cfg.seed != 0 or cfg.steps != DEFAULT_STEPS):
+        raise DeliberateError("quickstart: --seed and --steps describe a build; add --from-scratch "
+                              "(the shipped checkpoints are seed 0, 450 steps)")
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     out = Path(cfg.out)

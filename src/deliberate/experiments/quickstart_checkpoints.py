@@ -131,7 +131,7 @@ def sha256(path: Path) -> str:
 
 def shipped_dir() -> Path:
     """The package's own copy of the checkpoints (``deliberate/assets/quickstart``)."""
-    return Path(str(files("deliberate.assets"))) / ASSETS
+    return Path(str(files("deliberate"))) / "assets" / ASSETS
 
 
 def convert_weights(src: Path, dst: Path, dtype: torch.dtype) -> None:
