@@ -110,23 +110,29 @@ def test_train_sft_and_eval_smoke(tmp_path, capsys):
 
 
 def test_quickstart_smoke(tmp_path, capsys):
-    code, o, _ = run(["quickstart", "--steps", "3", "--n-problems", "3", "--n", "2", "--out", str(tmp_path)], capsys)
+    """The shipped checkpoints on 3 problems: every method's row, both plots, the report, and next commands
+    that the real parser accepts."""
+    code, o, _ = run(["quickstart", "--n-problems", "3", "--sampling-seeds", "1", "--out", str(tmp_path)], capsys)
     assert code == 0
-    s = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    strategies = {(r["strategy"], r["n"]) for r in s["results"]}
-    assert ("greedy", 1) in strategies and any(st.startswith("maj") for st, _ in strategies)
-    assert (tmp_path / "eval" / "accuracy_vs_n.png").exists()
-    # the "next:" commands it prints are valid command lines (parsed by the real parser), and the first runs
+    s = json.loads((tmp_path / "summary.json").read_text())
+    methods = [t["method"] for t in s["extra"]["quickstart"]]
+    assert methods == ["pass@N (ceiling)", "greedy", "majority", "PRM best-of-N", "PRM weighted", "ORM best-of-N",
+                       "ORM weighted", "PRM beam search", "PRM MCTS"]
+    assert {r["n"] for r in s["results"] if r["strategy"] == "PRM MCTS@N"} == {1, 2, 4, 8, 16}
+    assert "PRM best-of-N" in o and "- maj@16 [95% CI]" in o
+    for f in ("accuracy_vs_n.png", "accuracy_vs_tokens.png"):
+        assert (tmp_path / f).stat().st_size > 1000
+    assert (tmp_path / "report.html").stat().st_size > 10_000 and (tmp_path / "trees.jsonl").stat().st_size > 0
     import shlex
 
     from deliberate.cli import build_parser
 
     hint = o.split("\nnext:\n", 1)[1].replace("\\\n", " ")
     commands = [shlex.split(line.split("#", 1)[0]) for line in hint.splitlines() if line.strip()]
-    assert [c[:2] for c in commands] == [["deliberate", "report"], ["deliberate", "sweep"], ["deliberate", "train"]]
+    assert [c[:2] for c in commands] == [["deliberate", "sweep"], ["deliberate", "train"], ["deliberate", "sweep"]]
+    assert "smollm2" in commands[2]
     for argv in commands:
         build_parser().parse_args(argv[1:])
-    assert run(commands[0][1:], capsys)[0] == 0 and (tmp_path / "eval" / "report.html").exists()
 
 
 def test_commands_that_cannot_run_data_parallel_are_refused_under_a_launcher(monkeypatch, capsys):

@@ -1,25 +1,27 @@
-"""``deliberate quickstart``: train the tiny model on arith, evaluate greedy / maj@n / pass@n, plot
-(see :mod:`deliberate.experiments.quickstart`).
+"""``deliberate quickstart``: the shipped tiny policy, likelihood PRM and ORM on fresh held-out arith problems:
+greedy, majority, best-of-N, weighted, beam search and MCTS at N = 1..16 against pass@N, one table, two plots and
+an HTML report (see :mod:`deliberate.experiments.quickstart`).
 
-    deliberate quickstart                 # writes runs/quickstart/
-    deliberate quickstart --seed 1 --out runs/qs-seed1
+    deliberate quickstart                                   # writes runs/quickstart/
+    deliberate quickstart --from-scratch                    # rebuild the shipped checkpoints first, timed
+    deliberate quickstart --from-scratch --seed 1 --out runs/qs-seed1
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from deliberate.cli.config_file import write_run_config
 from deliberate.cli.flags import ConfigFlags
-from deliberate.experiments.quickstart import DEFAULT_TASK_OPTIONS, QuickstartConfig, run_quickstart
-
+from deliberate.experiments.quickstart import QuickstartConfig, run_quickstart
 
 #: the flags: :class:`QuickstartConfig`'s fields
 FLAGS = ConfigFlags(QuickstartConfig, helps={
-    "seed": "training seed (eval problems and sampling use --eval-seed)",
-    "steps": "SFT steps",
-    "n_problems": "held-out problems to evaluate",
-    "n": "samples per problem",
+    "from_scratch": "rebuild the checkpoints with the project's commands (policy SFT, verifier backbone, "
+                    "Monte-Carlo labels, PRM/ORM calibration) instead of using the shipped ones; says how long",
+    "seed": "training seed of a --from-scratch build (OUT/sft/model is then `deliberate quickstart --seed S`'s "
+            "policy of earlier versions, byte for byte)",
+    "steps": "the policy's SFT steps in a --from-scratch build",
+    "n_problems": "fresh held-out problems",
+    "sampling_seeds": "sampling seeds per problem",
 })
 
 
@@ -31,14 +33,4 @@ def main(args) -> int:
     cfg = FLAGS.config(args)
     run_quickstart(cfg)
     write_run_config(cfg.out, args)
-    out = Path(cfg.out)
-    print(f"summary: {out / 'eval' / 'summary.json'}   plot: {out / 'eval' / 'accuracy_vs_n.png'}")
-    policy = out / "sft" / "model"
-    task = " ".join(f"--task-arg {k}={v}" for k, v in DEFAULT_TASK_OPTIONS.items())
-    print("\nnext:\n"
-          f"  deliberate report {out / 'eval'}     # the table and plots as one HTML page\n"
-          f"  deliberate sweep --task arith {task} --model {policy} \\\n"
-          f"      --verifier oracle --strategies majority,best_of_n,beam --budgets 4,16 --out runs/sweep"
-          f"   # search with a verifier\n"
-          f"  deliberate train rest-em --init {policy} --out runs/rest-em   # self-improvement (~1 h on 2 cores)")
     return 0
