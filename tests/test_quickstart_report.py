@@ -23,7 +23,7 @@ def browser():
 
 
 def test_quickstart_report_in_chromium(tmp_path: Path, browser: Browser, capsys) -> None:
-    assert main_cli(["quickstart", "--n-problems", "2", "--sampling-seeds", "1", "--out", str(tmp_path)]) == 0
+    assert main_cli(["quickstart", "--n-problems", "2", "--sampling-seeds", "1", "--workers", "1", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     browser.open((tmp_path / "report.html").resolve().as_uri())
     assert browser.js_errors() == []

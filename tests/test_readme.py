@@ -149,9 +149,14 @@ def shown_commands(page: Path) -> list[list[str]]:
     for info, body in split_fences(page.read_text(encoding="utf-8"))[1]:
         if info not in ("", "bash", "sh", "console"):
             continue
+        shell_vars: dict[str, str] = {}  # NAME="..." lines of the block, expanded in its commands
         for line in body.replace("\\\n", " ").splitlines():
+            if m := re.match(r'^([A-Z_][A-Z0-9_]*)=("[^"]*"|\S+)\s*$', line):
+                shell_vars[m.group(1)] = shlex.split(m.group(2))[0]
+                continue
             if not COMMAND_LINE.match(line):
                 continue
+            line = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda v: shell_vars.get(v.group(1), v.group(0)), line)
             words = shlex.split(line, comments=True)
             while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
                 words = words[1:]  # DELIBERATE_PLUGINS=... deliberate ...

@@ -160,9 +160,10 @@ class SweepConfig:
 # --------------------------------------------------------------------------------------------
 
 def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | None = None,
-              verifier: Verifier | None = None, progress: bool = True, executor=None) -> dict:
+              verifier: Verifier | None = None, progress: bool = True, executor=None, extras: bool = True) -> dict:
     """Run (or resume) the sweep. The work runs on ``executor`` (``deliberate.executor``: Ray workers
-    or this process); by default in this process on ``backend``. Only this process writes records."""
+    or this process); by default in this process on ``backend``. Only this process writes records.
+    ``extras=False`` skips ``table.parquet`` and the plots (a caller that merges sweeps draws its own)."""
     task = task or get_task(config.task, **config.task_options)
     if verifier is None and config.verifier and executor is None:
         verifier = get_verifier(config.verifier, task=task, **config.verifier_options())
@@ -171,11 +172,11 @@ def run_sweep(config: SweepConfig, backend: Backend | None = None, task: Task | 
             raise DeliberateError("run_sweep needs a backend or an executor")
         executor = LocalExecutor(backend, task, verifier)
     with lock_out_dir(config.out_dir) as out:  # before the first write: one sweep per directory
-        return _run_sweep_locked(config, executor, task, verifier, out, progress)
+        return _run_sweep_locked(config, executor, task, verifier, out, progress, extras)
 
 
 def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verifier | None, out: Path,
-                      progress: bool) -> dict:
+                      progress: bool, extras: bool = True) -> dict:
     meta = {**config.to_dict(), "search_settings": config.search_settings(),
             "verifier_options": config.verifier_options(), "model": executor.model_name(),
             FINGERPRINT_KEY: model_fingerprint(executor)}
@@ -273,10 +274,12 @@ def _run_sweep_locked(config: SweepConfig, executor, task: Task, verifier: Verif
     compute = record_invocation(out, compute)  # the sum over every invocation of this sweep
     rows = {k: SweepRow.from_dict(r, str(results_path)) for k, r in done.items()}
     summary = summarize(config, task, problems, rows, pool, meta["model"], compute, have_verifier).to_dict()
-    write_table(out, table_rows(task, problems, config.seeds, config.budgets, base, pool, pool_scores, rows,
-                                config.strategies))
+    if extras:
+        write_table(out, table_rows(task, problems, config.seeds, config.budgets, base, pool, pool_scores, rows,
+                                    config.strategies))
     write_json_atomic(out / "summary.json", summary)
-    plot_sweep(summary, out)
+    if extras:
+        plot_sweep(summary, out)
     return summary
 
 

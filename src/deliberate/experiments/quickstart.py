@@ -19,19 +19,24 @@ A rerun with the same ``--out`` resumes: finished sweeps and finished build stag
 from __future__ import annotations
 
 import json
-import shutil
+import multiprocessing
+import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers.utils import logging as hf_logging
 
 from deliberate.errors import DeliberateError
 from deliberate.eval.metrics import bootstrap_ci, pass_at_k
 from deliberate.eval.plots import plot_accuracy_vs_n, plot_accuracy_vs_tokens
 from deliberate.eval.report import write_report
 from deliberate.eval.sweep import SweepConfig, run_sweep
+from deliberate.eval.sweep_curves import compute_matched
 from deliberate.experiments.quickstart_checkpoints import (
     DEFAULT_MODEL,
     DEFAULT_STEPS,
@@ -45,6 +50,7 @@ from deliberate.models.tiny import TinyBackend
 from deliberate.records import write_json_atomic
 from deliberate.rewards.base import get_verifier
 from deliberate.tasks import get_task
+from deliberate.types import ResultRow
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_TASK_OPTIONS", "QuickstartConfig", "run_quickstart"]
 
@@ -55,7 +61,10 @@ BUDGETS = (1, 2, 4, 8, 16)
 METHODS = (("greedy", "greedy", "majority"), ("majority", "prm", "majority"),
            ("PRM best-of-N", "prm", "best_of_n"), ("PRM weighted", "prm", "weighted"),
            ("ORM best-of-N", "orm", "best_of_n"), ("ORM weighted", "orm", "weighted"),
-           ("PRM beam search", "prm", "beam"), ("PRM MCTS", "prm", "mcts"))
+           ("PRM beam search", "beam", "beam"), ("PRM MCTS", "mcts", "mcts"))
+#: the sweeps split over two processes, one per core, balanced by generated tokens (at the default size: the PRM
+#: pool ~78k and beam ~147k against MCTS ~176k and greedy ~5k); "orm" selects from "prm"'s pool, so it follows it
+GROUPS = (("prm", "orm", "beam"), ("mcts", "greedy"))
 
 
 @dataclass(frozen=True)
@@ -68,10 +77,11 @@ class QuickstartConfig:
     steps: int = DEFAULT_STEPS  # the policy's SFT steps in a from-scratch build
     n_problems: int = 100  # held-out problems
     sampling_seeds: int = 2  # sampling seeds per problem (accuracy averages over them)
+    workers: int = 2  # processes the sweeps run in side by side, one torch thread each (1: in this process)
     out: str = "runs/quickstart"
 
     def __post_init__(self) -> None:
-        for name in ("n_problems", "sampling_seeds", "steps"):
+        for name in ("n_problems", "sampling_seeds", "steps", "workers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise DeliberateError(f"quickstart: {name} must be an integer >= 1 (got {v!r})")
@@ -84,7 +94,7 @@ def run_quickstart(cfg: QuickstartConfig, build_cfg: BuildConfig | None = None) 
         raise DeliberateError("quickstart: --seed and --steps describe a build; add --from-scratch "
                               "(the shipped checkpoints are seed 0, 450 steps)")
     t0 = time.perf_counter()
-    cpu0 = time.process_time()
+    cpu0, children0 = time.process_time(), children_cpu()
     out = Path(cfg.out)
     if cfg.from_scratch:
         bcfg = build_cfg or BuildConfig(seed=cfg.seed, policy_steps=cfg.steps)
@@ -96,22 +106,23 @@ def run_quickstart(cfg: QuickstartConfig, build_cfg: BuildConfig | None = None) 
     else:
         assets = shipped_dir()
     paths = install(assets, out / "checkpoints")
-    t_load = time.perf_counter()
-    task = get_task("arith", **DEFAULT_TASK_OPTIONS)
-    backend = TinyBackend(paths["policy"])
-    lprm = get_verifier(f"lprm:{paths['lprm']}", task=task)
-    lorm = get_verifier(f"lorm:{paths['lorm']}", task=task)
-    print(f"loaded the policy, PRM and ORM in {time.perf_counter() - t_load:.1f}s; {cfg.n_problems} held-out "
-          f"problems x {cfg.sampling_seeds} sampling seeds, N = {','.join(map(str, BUDGETS))}", flush=True)
-    sweeps = _run_sweeps(cfg, out, task, backend, lprm, lorm)
+    print(f"{cfg.n_problems} held-out problems x {cfg.sampling_seeds} sampling seeds, N = "
+          f"{','.join(map(str, BUDGETS))}; {min(cfg.workers, len(GROUPS))} process(es)", flush=True)
+    sweeps = _run_sweeps(cfg, out, paths)
     summary = merge(cfg, out, sweeps)
     print()
     print(format_table(summary))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    print(f"\nwall {wall:.0f}s, CPU {cpu:.0f}s (this process); plots {out / 'accuracy_vs_n.png'}, "
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0 + children_cpu() - children0
+    print(f"\nwall {wall:.0f}s, CPU {cpu:.0f}s (all processes); plots {out / 'accuracy_vs_n.png'}, "
           f"{out / 'accuracy_vs_tokens.png'}; report {out / 'report.html'}")
     print(next_commands(paths))
     return summary
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (the sweep workers)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _say_if_shipped(assets: Path, built: dict[str, Any]) -> None:
@@ -121,24 +132,58 @@ def _say_if_shipped(assets: Path, built: dict[str, Any]) -> None:
           f"{assets / 'manifest.json'})" + ("" if same else ": expected for another seed, size, machine or thread count"))
 
 
-def _run_sweeps(cfg: QuickstartConfig, out: Path, task, backend, lprm, lorm) -> dict[str, dict]:
+def sweep_configs(cfg: QuickstartConfig, out: Path, paths: dict[str, Path]) -> dict[str, tuple[SweepConfig, str | None]]:
+    """Each sweep's configuration and the verifier spec it runs with (None: none)."""
     base = dict(task="arith", task_options=dict(DEFAULT_TASK_OPTIONS), n_problems=cfg.n_problems,
                 problem_seed=PROBLEM_SEED, taste_sigmas=(), batch_problems=cfg.n_problems, trees_per_run=5)
     seeds = tuple(range(cfg.sampling_seeds))
-    runs = {
-        "greedy": (SweepConfig(**base, out_dir=str(out / "sweeps" / "greedy"), strategies=("majority",), budgets=(1,),
-                               seeds=(0,), settings={"temperature": 0.0}), None),
-        "prm": (SweepConfig(**base, out_dir=str(out / "sweeps" / "prm"), budgets=BUDGETS, seeds=seeds,
-                            strategies=("majority", "best_of_n", "weighted", "beam", "mcts"), verifier=lprm.name), lprm),
-        "orm": (SweepConfig(**base, out_dir=str(out / "sweeps" / "orm"), budgets=BUDGETS, seeds=seeds,
-                            strategies=("best_of_n", "weighted"), verifier=lorm.name, settings={"aggregation": "last"},
-                            pool_from=str(out / "sweeps" / "prm")), lorm),
+    lprm, lorm = f"lprm:{paths['lprm']}", f"lorm:{paths['lorm']}"
+
+    def sweep(name: str, **kw: Any) -> SweepConfig:
+        return SweepConfig(**base, out_dir=str(out / "sweeps" / name), **{"budgets": BUDGETS, "seeds": seeds, **kw})
+
+    return {
+        "greedy": (sweep("greedy", strategies=("majority",), budgets=(1,), seeds=(0,), settings={"temperature": 0.0}),
+                   None),
+        "prm": (sweep("prm", strategies=("majority", "best_of_n", "weighted"), verifier=lprm), lprm),
+        "orm": (sweep("orm", strategies=("best_of_n", "weighted"), verifier=lorm, settings={"aggregation": "last"},
+                      pool_from=str(out / "sweeps" / "prm")), lorm),
+        "beam": (sweep("beam", strategies=("beam",), verifier=lprm), lprm),
+        "mcts": (sweep("mcts", strategies=("mcts",), verifier=lprm), lprm),
     }
+
+
+def run_group(names: tuple[str, ...], cfg: QuickstartConfig, out: Path, paths: dict[str, Path],
+              threads: int | None) -> dict[str, dict]:
+    """Run the sweeps ``names`` in order in this process (a worker's entry point); their summaries by name."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per checkpoint would bury the table
+    task = get_task("arith", **DEFAULT_TASK_OPTIONS)
+    backend = TinyBackend(paths["policy"])
+    configs = sweep_configs(cfg, out, paths)
+    verifiers: dict[str, Any] = {}
     done = {}
-    for name, (config, verifier) in runs.items():
-        t = time.perf_counter()
-        done[name] = run_sweep(config, backend, task=task, verifier=verifier, progress=False)
-        print(f"  sweep {name:<6} {time.perf_counter() - t:5.1f}s -> {config.out_dir}", flush=True)
+    for name in names:
+        config, spec = configs[name]
+        if spec is not None and spec not in verifiers:
+            verifiers[spec] = get_verifier(spec, task=task)
+        t, c = time.perf_counter(), time.process_time()
+        done[name] = run_sweep(config, backend, task=task, verifier=verifiers.get(spec), progress=False, extras=False)
+        print(f"  sweep {name:<6} {time.perf_counter() - t:5.1f}s wall, {time.process_time() - c:5.1f}s CPU "
+              f"-> {config.out_dir}", flush=True)
+    return done
+
+
+def _run_sweeps(cfg: QuickstartConfig, out: Path, paths: dict[str, Path]) -> dict[str, dict]:
+    if cfg.workers == 1:
+        return run_group(tuple(n for g in GROUPS for n in g), cfg, out, paths, threads=None)
+    # spawned, not forked: a forked child would inherit this process's torch thread pool state
+    with ProcessPoolExecutor(max_workers=len(GROUPS), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_group, group, cfg, out, paths, 1) for group in GROUPS]
+        done: dict[str, dict] = {}
+        for f in futures:
+            done.update(f.result())
     return done
 
 
@@ -199,10 +244,10 @@ def merge(cfg: QuickstartConfig, out: Path, sweeps: dict[str, dict]) -> dict[str
             d = paired_difference(per, base)
             entry.update({"minus maj@16": d["diff"], "CI low": d["ci"][0], "CI high": d["ci"][1]})
         table.append(entry)
-    prm = sweeps["prm"]
+    matched = compute_matched([ResultRow.from_dict(r) for r in rows if r["strategy"] not in ("pass@N",)])
     summary = {"task": "arith", "model": "shipped tiny policy" if not cfg.from_scratch else f"seed-{cfg.seed} build",
                "seed": list(range(cfg.sampling_seeds)), "n_problems": cfg.n_problems, "results": rows,
-               "extra": {"quickstart": table, "compute_matched (PRM sweep)": prm["extra"].get("compute_matched", [])},
+               "extra": {"quickstart": table, "compute_matched": matched},
                "compute": {name: s.get("compute", {}) for name, s in sweeps.items()},
                "config": {**asdict(cfg), "problem_seed": PROBLEM_SEED, "budgets": list(BUDGETS),
                           "task_options": DEFAULT_TASK_OPTIONS}, "kind": "sweep"}
@@ -210,7 +255,9 @@ def merge(cfg: QuickstartConfig, out: Path, sweeps: dict[str, dict]) -> dict[str
     write_json_atomic(out / "config.json", summary["config"])
     plot_accuracy_vs_n(summary, out / "accuracy_vs_n.png")
     plot_accuracy_vs_tokens(summary, out / "accuracy_vs_tokens.png")
-    shutil.copyfile(out / "sweeps" / "prm" / "trees.jsonl", out / "trees.jsonl")
+    with open(out / "trees.jsonl", "w") as f:  # both tree searches' trees, for the report's viewer
+        for name in ("beam", "mcts"):
+            f.write((out / "sweeps" / name / "trees.jsonl").read_text())
     write_report(out)
     return summary
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.errors import DeliberateError
+from deliberate.fingerprint import weights_fingerprint
 from deliberate.models.engine import Engine, is_llama_like, resolve_device
 from deliberate.models.hf import HFTokenizer, load_hf, resolve_path
 from deliberate.models.tiny import CharTokenizer, load_tiny
@@ -122,18 +124,29 @@ def is_tiny_lm(source: str | Path) -> bool:
     return (Path(str(source).strip()).expanduser() / "char_tokenizer.json").is_file()
 
 
+#: frozen LMs already loaded in this process, by (weights fingerprint, device): a likelihood PRM and ORM on one
+#: backbone (each directory holds its own copy of a tiny LM) share the model, and through it the step-feature
+#: memo, so the ORM scores a pool the PRM has scored without running the LM again
+_LOADED: dict[tuple[str, str], tuple[Any, StepCodec]] = {}
+
+
 def load_lm(source: str | Path, device: str = "auto"):
     """(frozen model in eval mode, :class:`StepCodec`) of ``source`` on ``device`` (``auto``: a CUDA GPU when
     there is one, else the CPU): a tiny checkpoint directory, an HF causal-LM directory, a ``.gguf`` file or
-    ``smollm2``; float32."""
+    ``smollm2``; float32. The same weights on the same device load once per process (never modify the model)."""
     key = str(source).strip()
     dev = resolve_device(device, what="lprm")
-    if is_tiny_lm(key):
-        model, tok = load_tiny(Path(key).expanduser())
-        return model.to(dev).eval(), StepCodec.of(tok)
-    path, _ = resolve_path(key)
-    model, tok = load_hf(path, dtype=torch.float32, device=str(dev))
-    return model, StepCodec.of_hf(tok)
+    tiny = is_tiny_lm(key)
+    path = Path(key).expanduser() if tiny else resolve_path(key)[0]
+    ident = (weights_fingerprint(path) or str(path), str(dev))
+    if ident not in _LOADED:
+        if tiny:
+            model, tok = load_tiny(path)
+            _LOADED[ident] = (model.to(dev).eval(), StepCodec.of(tok))
+        else:
+            model, tok = load_hf(path, dtype=torch.float32, device=str(dev))
+            _LOADED[ident] = (model.eval(), StepCodec.of_hf(tok))
+    return _LOADED[ident]
 
 
 def hf_source(source: str | Path) -> str:
@@ -218,6 +231,10 @@ def fit_calibration(features: Sequence[Sequence[float]], targets: Sequence[float
             "train_bce": loss, "n_steps": len(targets)}
 
 
+#: per frozen LM (weakly held): its incremental-scoring engine and step-feature memo (see LikelihoodPRM._engine)
+_SHARED: "weakref.WeakKeyDictionary[Any, tuple[Any, dict]]" = weakref.WeakKeyDictionary()
+
+
 class LikelihoodPRM(Verifier):
     """Per-step P(correct so far) = calibrated logistic function of the frozen LM's step log-probs; with
     an outcome calibration (``lorm:``) each step's score is P(right answer) were the solution to end there.
@@ -250,9 +267,12 @@ class LikelihoodPRM(Verifier):
 
     def _engine(self):
         if getattr(self, "_eng", None) is None:
-            self._eng = Engine(self.model, self.tokenizer, max_batch_size=self.batch_size) \
-                if is_llama_like(self.model) else False
-            self._memo: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+            # one engine and feature memo per model object: verifiers sharing a loaded LM share them
+            if self.model not in _SHARED:
+                eng = Engine(self.model, self.tokenizer, max_batch_size=self.batch_size) \
+                    if is_llama_like(self.model) else False
+                _SHARED[self.model] = (eng, {})
+            self._eng, self._memo = _SHARED[self.model]
             self._max_len = int(getattr(self.model.config, "max_position_embeddings", 512))
         return self._eng
 
