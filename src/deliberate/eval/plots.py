@@ -21,6 +21,13 @@ def _lines(summary: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
     return {s: sorted(rs, key=lambda r: r["n"]) for s, rs in lines.items()}
 
 
+def _label(strategy: str) -> str:
+    # "@N" marks a line; a named method ("PRM best-of-N@N", the quickstart's) reads better without it
+    if " " in strategy and strategy.endswith("@N"):
+        return strategy[:-2]
+    return strategy.replace("@k", "@n")
+
+
 def _greedy(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return next((r for r in summary["results"] if r["strategy"] == "greedy"), None)
 
@@ -52,8 +59,8 @@ def plot_accuracy_vs_n(summary: Mapping[str, Any], path: str | Path) -> None:
     fig, ax = _figure()
     for strategy, rows in _lines(summary).items():
         xs = [r["n"] for r in rows]
-        (line,) = ax.plot(xs, [r["accuracy"] for r in rows], marker="o", label=strategy.replace("@k", "@n"))
-        ax.fill_between(xs, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows], color=line.get_color(), alpha=0.2)
+        (line,) = ax.plot(xs, [r["accuracy"] for r in rows], marker="o", label=_label(strategy))
+        ax.fill_between(xs, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows], color=line.get_color(), alpha=0.1)
     g = _greedy(summary)
     if g is not None:
         ax.axhline(g["accuracy"], color="k", linestyle="--", linewidth=1, label="greedy")
@@ -70,8 +77,8 @@ def plot_accuracy_vs_tokens(summary: Mapping[str, Any], path: str | Path) -> Non
     fig, ax = _figure()
     for strategy, rows in _lines(summary).items():
         xs = [max(r["generated_tokens"], 1e-9) for r in rows]
-        (line,) = ax.plot(xs, [r["accuracy"] for r in rows], marker="o", label=strategy.replace("@k", "@n"))
-        ax.fill_between(xs, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows], color=line.get_color(), alpha=0.2)
+        (line,) = ax.plot(xs, [r["accuracy"] for r in rows], marker="o", label=_label(strategy))
+        ax.fill_between(xs, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows], color=line.get_color(), alpha=0.1)
     g = _greedy(summary)
     if g is not None:
         lo, hi = g["ci"]
