@@ -1,14 +1,25 @@
-"""Shared fixtures: a small trained tiny model (trained once per session, a few seconds)."""
+"""Shared fixtures: two small trained tiny models (each trained once per session, a few seconds), one
+torch thread for the whole run and every process it starts."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Before torch is imported, so this process and every child (CLI subprocesses, servers, launched ranks)
+# start with one intra-op thread: the test models are tiny, and two threads on a busy 2-core machine spin
+# against each other (measured: a 120-step tiny SFT took 88 s of CPU with 2 threads, 7 s with 1).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SMALL_ARITH = {"min_ops": 1, "max_ops": 1, "max_operand": 5}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _few_threads():
-    torch.set_num_threads(2)
+def _one_thread():
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +31,19 @@ def tiny_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     cfg = SFTConfig(steps=30, n_train=400, batch_size=16, lr=5e-3, model=TinyConfig(d_model=48, n_layers=2, n_heads=2,
                                                                                      n_kv_heads=2), out=str(out))
+    return train_sft(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def easy_ckpt(tmp_path_factory):
+    """A tiny model that solves ~30% of one-operation arith (``SMALL_ARITH``): verified samples, real
+    equations and GRPO groups with mixed rewards exist."""
+    from deliberate.models.tiny import TinyConfig
+    from deliberate.train.sft import SFTConfig, train_sft
+
+    cfg = SFTConfig(task_options=SMALL_ARITH, steps=120, n_train=400, batch_size=16, lr=5e-3,
+                    model=TinyConfig(d_model=48, n_layers=2, n_heads=2, n_kv_heads=2),
+                    out=str(tmp_path_factory.mktemp("easy")))
     return train_sft(cfg, progress=False)
 
 

@@ -31,7 +31,8 @@ import torch
 
 pytest.importorskip("accelerate", reason="accelerate is not installed (pip install accelerate)")
 
-from deliberate.models.tiny import TinyConfig, load_tiny
+from conftest import SMALL_ARITH  # the task options easy_ckpt was trained on
+from deliberate.models.tiny import load_tiny
 from deliberate.policy.distributed import Single, launched, setup, shard_bounds
 
 pytestmark = pytest.mark.slow
@@ -43,8 +44,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS
 for _k in [k for k in ENV if k.startswith("ACCELERATE_") or k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")]:
     del ENV[_k]
 TIMEOUT = 240
-SMALL_ARITH = {"min_ops": 1, "max_ops": 1, "max_operand": 5}
-MODEL = TinyConfig(d_model=48, n_layers=2, n_heads=2, n_kv_heads=2)
 
 
 def launch_cmd(argv: list[str], config: str = "cpu_ddp_2.yaml") -> list[str]:
@@ -234,16 +233,6 @@ def test_sft_two_processes_match_one_and_resume_exactly(tmp_path):
 
     assert strip(jsonl(killed / "train_log.jsonl")) == strip(r2)
     no_leftovers(killed)
-
-
-@pytest.fixture(scope="module")
-def easy_ckpt(tmp_path_factory):
-    """A tiny model that solves some one-operation arith: GRPO groups with mixed rewards exist."""
-    from deliberate.train.sft import SFTConfig, train_sft
-
-    cfg = SFTConfig(task_options=SMALL_ARITH, steps=120, n_train=400, batch_size=16, lr=5e-3, model=MODEL,
-                    out=str(tmp_path_factory.mktemp("easy")))
-    return train_sft(cfg, progress=False)
 
 
 # dapo: ranks hold different token counts; micro_batch 4: gradient accumulation under DDP (no_sync until each

@@ -13,6 +13,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_ARITH  # the task options easy_ckpt was trained on
 from fakes import FakeBackend, step_prefixes
 
 from deliberate import plugins
@@ -22,7 +23,6 @@ from deliberate.search import SearchContext, SearchSettings, run_search
 from deliberate.tasks import get_task
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SMALL_ARITH = {"min_ops": 1, "max_ops": 1, "max_operand": 5}
 SMALL_ARITH_FLAGS = [x for k, v in SMALL_ARITH.items() for x in ("--task-arg", f"{k}={v}")]
 
 
@@ -31,18 +31,6 @@ def use_example(monkeypatch, clean_registries):
     """``use_example("my_tasks.py")`` names the example in $DELIBERATE_PLUGINS; what it registered (its
     recipes too) is forgotten after the test (clean_registries)."""
     return lambda *names: monkeypatch.setenv(plugins.ENV, ",".join(str(EXAMPLES / n) for n in names))
-
-
-@pytest.fixture(scope="module")
-def easy_ckpt(tmp_path_factory):
-    """A tiny model that solves ~30% of one-operation arith: verified samples and real equations exist."""
-    from deliberate.models.tiny import TinyConfig
-    from deliberate.train.sft import SFTConfig, train_sft
-
-    cfg = SFTConfig(task_options=SMALL_ARITH, steps=120, n_train=400, batch_size=16, lr=5e-3,
-                    model=TinyConfig(d_model=48, n_layers=2, n_heads=2, n_kv_heads=2),
-                    out=str(tmp_path_factory.mktemp("easy")))
-    return train_sft(cfg, progress=False)
 
 
 def jsonl(path: Path) -> list[dict]:

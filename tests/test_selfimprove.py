@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_ARITH  # the task options easy_ckpt was trained on
 
 from deliberate.errors import DeliberateError
 from deliberate.models.tiny import load_tiny
@@ -25,20 +26,6 @@ from deliberate.train.grpo import GRPOConfig, lr_at, run_grpo
 from deliberate.train.rest_em import RestEMConfig, run_rest_em
 from deliberate.policy import FinetuneResult, FinetuneSettings, TinyPolicy
 from deliberate.train.selfimprove import finetune, rollouts
-
-SMALL_ARITH = {"min_ops": 1, "max_ops": 1, "max_operand": 5}
-
-
-@pytest.fixture(scope="module")
-def easy_ckpt(tmp_path_factory):
-    """A tiny model that solves ~30% of one-operation arith: enough for verified samples to exist."""
-    from deliberate.models.tiny import TinyConfig
-    from deliberate.train.sft import SFTConfig, train_sft
-
-    cfg = SFTConfig(task_options=SMALL_ARITH, steps=120, n_train=400, batch_size=16, lr=5e-3,
-                    model=TinyConfig(d_model=48, n_layers=2, n_heads=2, n_kv_heads=2),
-                    out=str(tmp_path_factory.mktemp("easy")))
-    return train_sft(cfg, progress=False)
 
 
 def test_group_advantages():
