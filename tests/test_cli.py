@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -126,13 +127,22 @@ def test_quickstart_smoke(tmp_path, capsys):
     import shlex
 
     from deliberate.cli import build_parser
+    from deliberate.cli.config_file import apply_config_file, relax_required
 
     hint = o.split("\nnext:\n", 1)[1].replace("\\\n", " ")
     commands = [shlex.split(line.split("#", 1)[0]) for line in hint.splitlines() if line.strip()]
     assert [c[:2] for c in commands] == [["deliberate", "sweep"], ["deliberate", "train"], ["deliberate", "sweep"]]
-    assert "smollm2" in commands[2]
-    for argv in commands:
-        build_parser().parse_args(argv[1:])
+    recipe = commands[2][commands[2].index("--config") + 1]  # the SmolLM2 recipe, a file of this repository
+    root = Path(__file__).resolve().parents[1]
+    assert "smollm2" in recipe and (root / recipe).is_file()
+    commands[2][commands[2].index(recipe)] = str(root / recipe)
+    for argv in commands:  # as the CLI reads them: a config file's values under the flags
+        parser = build_parser()
+        relax_required(parser)
+        args = parser.parse_args(argv[1:])
+        if args.config:
+            args = apply_config_file(parser, argv[1:], args)
+        assert args.task
 
 
 def test_commands_that_cannot_run_data_parallel_are_refused_under_a_launcher(monkeypatch, capsys):

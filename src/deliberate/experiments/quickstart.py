@@ -286,6 +286,5 @@ def next_commands(paths: dict[str, Path]) -> str:
             f"      --strategies majority,best_of_n,weighted,beam,mcts,dvts --budgets 4,16,64 --seeds 0,1,2 "
             f"--n-problems 300 --out runs/sweep   # a bigger sweep\n"
             f"  deliberate train rest-em --init {paths['policy']} --out runs/rest-em   # self-improvement\n"
-            f"  deliberate sweep --task arith {task} --model smollm2 --backend hf --verifier lprm:{paths['lprm']} \\\n"
-            f"      --strategies majority,best_of_n --budgets 1,4 --n-problems 20 --out runs/sweep-smollm2"
-            f"   # the same on SmolLM2")
+            "  deliberate sweep --config configs/recipes/gsm8k-smollm2-cpu.yaml --n-problems 3 --out runs/sweep-smollm2"
+            "   # the same on SmolLM2: GSM8K, GenRM (~10 min on 2 cores)")
