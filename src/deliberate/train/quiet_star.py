@@ -65,6 +65,10 @@ class QuietStarConfig:
     temperature: float = 1.0
     thought_init: str = "dash"
     reinforce_weight: float = 1.0
+    #: the thinking head's (start/end embeddings, mixer) learning rate / ``lr``: with Adam a parameter moves ~lr
+    #: per step, so at 1x the mixer's bias (init -3) cannot move far in a few hundred steps; the paper also
+    #: scales the start/end embeddings' updates up
+    head_lr_mult: float = 1.0
     steps: int = 200
     batch_size: int = 16
     lr: float = 3e-4
@@ -88,6 +92,9 @@ class QuietStarConfig:
             bad.append(f"thought_init must be one of {', '.join(INIT_KINDS)} (got {self.thought_init!r})")
         if self.eval_split not in ("validation", "test"):
             bad.append(f"eval_split must be validation or test (got {self.eval_split!r})")
+        if isinstance(self.head_lr_mult, bool) or not isinstance(self.head_lr_mult, (int, float)) \
+                or self.head_lr_mult <= 0:
+            bad.append(f"head_lr_mult must be > 0 (got {self.head_lr_mult!r})")
         if self.thoughts and self.n_thoughts < 2:
             bad.append("n_thoughts must be >= 2: the baseline is the mean over a position's thoughts")
         if bad:
@@ -188,7 +195,11 @@ def train(cfg: QuietStarConfig, out: Path, ckpt: Path, final: Path, progress: bo
                                     init=init_embedding(lm.model, lm.tokenizer.encode, cfg.thought_init))
         head.to(dev).train()
     params = torch.nn.ModuleList([lm.model] + ([head] if head is not None else []))
-    opt = adamw(params, cfg.lr, cfg.weight_decay)
+    opt = adamw(lm.model, cfg.lr, cfg.weight_decay)
+    for g in opt.param_groups:
+        g["lr_mult"] = 1.0
+    if head is not None:
+        opt.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0, "lr_mult": cfg.head_lr_mult})
     state: dict[str, Any] = {"step": 0, "compute": {}}
     if resume:
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -207,7 +218,7 @@ def train(cfg: QuietStarConfig, out: Path, ckpt: Path, final: Path, progress: bo
         ids, lengths = pad_batch([seqs[i] for i in batch_indices(len(seqs), cfg.batch_size, cfg.seed, step)], pad, dev)
         loss, stats, fwd, sampled = train_step(lm, head, ids, lengths, cfg, step)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+            g["lr"] = g["lr_mult"] * lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -13,7 +13,8 @@ any question also in validation or training), on its text ``prompt + gold ration
 
 ``python -m deliberate.train.quiet_star_eval --thought RUN... --plain RUN... --split test`` pairs runs
 by position (same seed), pairs by problem, and puts 95% intervals on the mean differences by a
-hierarchical bootstrap (seeds, then problems within each seed); it also splits the answer and all
+hierarchical bootstrap (:func:`~deliberate.eval.metrics.pooled_pipelines_ci`: seeds, then problems, one
+problem draw shared by the seeds when all saw the same problems); it also splits all tokens and the answer
 tokens by the no-thought model's loss (quartiles) to check the paper's "helps most on hard tokens".
 """
 
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deliberate.eval.metrics import pooled_pipelines_ci
 from deliberate.models.engine import Engine
 from deliberate.models.sampling import SamplingParams
 from deliberate.models.thinking import HEAD_FILE, ThinkingDecoder, load_head
@@ -136,18 +138,6 @@ def answer_ll(r: dict[str, Any], key: str = "token_lp") -> float:
     return float(np.mean(r[key][a0:a1]))
 
 
-def hierarchical_ci(per_seed: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the grand mean: resample seeds, then items within each drawn seed."""
-    rng = np.random.default_rng(seed)
-    k = len(per_seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        picks = rng.integers(0, k, k)
-        stats[b] = np.mean([per_seed[s][rng.integers(0, len(per_seed[s]), len(per_seed[s]))].mean() for s in picks])
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def load_rows(run: str | Path, split: str) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in map(json.loads, Path(run, f"eval_{split}.jsonl").read_text().splitlines())}
 
@@ -158,8 +148,9 @@ def compare(thought_runs: Sequence[str], plain_runs: Sequence[str], split: str) 
     res: dict[str, Any] = {"split": split, "seeds": len(pairs), "problems": [len(t) for t, _ in pairs]}
 
     def paired(f) -> dict[str, Any]:
-        per = [np.array([f(t[i], p[i]) for i in t if i in p], dtype=float) for t, p in pairs]
-        return {"mean": float(np.mean([x.mean() for x in per])), "ci": hierarchical_ci(per)}
+        m, ci = pooled_pipelines_ci([{i: f(t[i], p[i]) for i in t if i in p} for t, p in pairs])
+        return {"mean": m, "ci": list(ci), "per_seed": [float(np.mean([f(t[i], p[i]) for i in t if i in p]))
+                                                       for t, p in pairs]}
 
     res["answer_ll_diff"] = paired(lambda t, p: answer_ll(t) - answer_ll(p))
     res["answer_ll_within_model"] = paired(lambda t, p: answer_ll(t) - answer_ll(t, "own_plain_lp"))
@@ -171,31 +162,43 @@ def compare(thought_runs: Sequence[str], plain_runs: Sequence[str], split: str) 
     res["plain_greedy_accuracy"] = float(np.mean([np.mean([float(r["greedy"]) for r in p.values()]) for _, p in pairs]))
     res["plain_greedy_tokens"] = float(np.mean([np.mean([r["greedy_tokens"] for r in p.values()]) for _, p in pairs]))
     res["by_baseline_loss"] = loss_split(pairs)
+    res["answer_by_baseline_loss"] = loss_split(pairs, answer_only=True)
     return res
 
 
-def loss_split(pairs, n_bins: int = 4) -> list[dict[str, Any]]:
-    """Every token's thought - plain log-likelihood gain, binned by the plain model's loss on it (quartiles
-    over all seeds' tokens); per bin the mean gain with a hierarchical interval (a problem's tokens
-    resampled together: the per-problem mean gain within the bin is the item)."""
-    loss = np.concatenate([-np.array(p[i]["token_lp"]) for t, p in pairs for i in t if i in p])
+def token_slice(r: dict[str, Any], answer_only: bool) -> slice:
+    return slice(*r["answer_span"]) if answer_only else slice(None)
+
+
+def loss_split(pairs, n_bins: int = 4, answer_only: bool = False) -> list[dict[str, Any]]:
+    """Every token's (or every answer token's) thought - plain log-likelihood gain, binned by the plain
+    model's loss on it (quartiles over all seeds' tokens); per bin the mean gain with a hierarchical interval
+    (seeds, then problems: the item is a problem's mean gain over its tokens in the bin; a problem with no
+    token in the bin sits that bin out; a bin left empty by tied edges has no mean)."""
+    loss = np.concatenate([-np.array(p[i]["token_lp"])[token_slice(p[i], answer_only)]
+                           for t, p in pairs for i in t if i in p])
     edges = np.quantile(loss, np.linspace(0, 1, n_bins + 1))
     out = []
     for b in range(n_bins):
         lo, hi = edges[b], edges[b + 1]
         per = []
         for t, p in pairs:
-            items = []
+            items = {}
             for i in t:
                 if i not in p:
                     continue
-                pl, tl = -np.array(p[i]["token_lp"]), np.array(t[i]["token_lp"])
+                cut = token_slice(p[i], answer_only)
+                pl, tl = -np.array(p[i]["token_lp"])[cut], np.array(t[i]["token_lp"])[cut]
                 sel = (pl >= lo) & ((pl < hi) if b < n_bins - 1 else (pl <= hi))
                 if sel.any():
-                    items.append(float(np.mean(tl[sel] + pl[sel])))
-            per.append(np.array(items))
-        out.append({"baseline_loss": [float(lo), float(hi)], "mean_gain": float(np.mean([x.mean() for x in per])),
-                    "ci": hierarchical_ci(per)})
+                    items[i] = float(np.mean(tl[sel] + pl[sel]))
+            per.append(items)
+        per = [d for d in per if d]
+        if not per:  # tied quantile edges leave a bin empty
+            out.append({"baseline_loss": [float(lo), float(hi)], "mean_gain": None, "ci": None})
+            continue
+        m, ci = pooled_pipelines_ci(per)
+        out.append({"baseline_loss": [float(lo), float(hi)], "mean_gain": m, "ci": list(ci)})
     return out
 
 
