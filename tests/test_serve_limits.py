@@ -176,7 +176,9 @@ def test_disconnect_frees_the_model_within_a_second(served, tiny_ckpt):
     backend = TinyBackend(tiny_ckpt, device="cpu")
     srv, url = served(backend, model_name="tiny")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
-    body = json.dumps({"prompt": ["Q: 1+1\nA:", "Q: 2+3\nA:"], "n": 64, "max_tokens": 200,
+    # 16 prompts x 64 samples: seconds of work even on an idle machine, so the disconnect lands mid-call (with 2
+    # prompts the tiny model finished all 128 short answers inside the 0.3 s wait on an idle VM)
+    body = json.dumps({"prompt": [f"Q: {i}+{i + 3}\nA:" for i in range(16)], "n": 64, "max_tokens": 200,
                        "temperature": 1.0, "seed": 0}).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
